@@ -1,0 +1,3 @@
+from perftune.cli.app import main
+
+main()

@@ -1,0 +1,104 @@
+"""The public facade. The CLI and (later) the MCP server are thin adapters over these functions."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from perftune.bench.calibrate import (
+    DEFAULT_LADDER,
+    CalibrationPoint,
+    MockTruth,
+    ceiling,
+    point,
+    requests_for,
+)
+from perftune.bench.output import RecordsFormat, write_run
+from perftune.bench.records import CountTokens
+from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
+from perftune.bench.workloads import WorkloadSpec
+from perftune.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop when available (lower per-chunk overhead), else asyncio's loop."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - non-Linux
+        return asyncio.run(coro)
+
+
+def default_run_dir(prefix: str, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    short = hashlib.sha1(f"{stamp}{time.monotonic_ns()}".encode()).hexdigest()[:6]
+    return Path(root) / f"{prefix}-{stamp}-{short}"
+
+
+def tokenizer_counter(path: str | None) -> CountTokens | None:
+    """A text -> token count function from a tokenizer.json / model folder, for the retokenize fallback."""
+    if not path:
+        return None
+    p = Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.exists():
+        raise ConfigError(f"tokenizer not found: {file}", hint="pass a model folder or a tokenizer.json")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(file))
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def bench(
+    cfg: BenchConfig,
+    *,
+    out_dir: str | Path | None = None,
+    records_format: RecordsFormat = "jsonl",
+    tokenizer: str | None = None,
+    observer: Observer | None = None,
+) -> tuple[BenchRun, dict[str, str]]:
+    """Run a bench and write its evidence folder. Returns the run and the artifact paths."""
+    count = tokenizer_counter(tokenizer)
+    run = run_async(run_bench(cfg, observer=observer, count_tokens=count))
+    paths = write_run(run, out_dir or default_run_dir("bench"), records_format)
+    return run, paths
+
+
+def calibrate(
+    truth: MockTruth | None = None,
+    ladder: Sequence[int] = DEFAULT_LADDER,
+    *,
+    on_point: Callable[[CalibrationPoint], None] | None = None,
+    stop_after_unfaithful: int = 2,
+) -> tuple[list[CalibrationPoint], CalibrationPoint | None]:
+    """Measure this host's faithful client ceiling against a mock server in a child process."""
+    from perftune.mock.process import mock_process
+
+    truth = truth or MockTruth()
+    points: list[CalibrationPoint] = []
+    with mock_process(truth.ttft_ms, truth.itl_ms, truth.tokens_per_chunk) as endpoint:
+        misses = 0
+        for c in ladder:
+            n = requests_for(c)
+            cfg = BenchConfig(
+                endpoint=endpoint, model="mock",
+                workload=WorkloadSpec(kind="random", isl=truth.isl, osl=truth.osl, num_requests=n),
+                concurrency=c, trials=1, warmup_requests=min(c, 64), engine="perftune-mock",
+            )
+            run = run_async(run_bench(cfg))
+            t = run.result.trials[0]
+            p = point(c, t.ttft_ms.mean or float("nan"), t.output_tok_s, truth, itl_ms=t.itl_ms.mean)
+            points.append(p)
+            if on_point:
+                on_point(p)
+            misses = 0 if p.faithful else misses + 1
+            if misses >= stop_after_unfaithful:
+                break
+    return points, ceiling(points)

@@ -1,0 +1,1 @@
+"""The shared bench client: exact, fast, trustworthy measurement of OpenAI-compatible servers."""

@@ -1,0 +1,82 @@
+"""Pure statistics: distribution summaries and across-trial t-intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats as _sps
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+class Dist(BaseModel):
+    """Summary of one distribution (e.g. all TTFTs of a trial)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(description="number of samples")
+    mean: float | None = Field(description="arithmetic mean")
+    std: float | None = Field(description="sample standard deviation (ddof=1); None for n < 2")
+    min: float | None = Field(description="smallest sample")
+    max: float | None = Field(description="largest sample")
+    p50: float | None = Field(description="median (linear interpolation)")
+    p90: float | None = Field(description="90th percentile")
+    p95: float | None = Field(description="95th percentile")
+    p99: float | None = Field(description="99th percentile")
+
+
+def dist(values: Sequence[float]) -> Dist:
+    if len(values) == 0:
+        return Dist(n=0, mean=None, std=None, min=None, max=None, p50=None, p90=None, p95=None, p99=None)
+    a = np.asarray(values, dtype=np.float64)
+    p = np.percentile(a, PERCENTILES)
+    return Dist(
+        n=int(a.size),
+        mean=float(a.mean()),
+        std=float(a.std(ddof=1)) if a.size > 1 else None,
+        min=float(a.min()),
+        max=float(a.max()),
+        p50=float(p[0]),
+        p90=float(p[1]),
+        p95=float(p[2]),
+        p99=float(p[3]),
+    )
+
+
+class AcrossTrials(BaseModel):
+    """One headline metric across trials: mean, std, CV and a 95% Student-t interval of the mean."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(description="number of trials with a value")
+    mean: float | None = Field(description="mean of the per-trial values")
+    std: float | None = Field(description="sample std of the per-trial values (ddof=1); None for n < 2")
+    cv: float | None = Field(description="coefficient of variation std/mean")
+    ci95: tuple[float, float] | None = Field(
+        description="95% t-interval of the mean: mean -/+ t(0.975, n-1) * std / sqrt(n); None for n < 2"
+    )
+    ci95_half_width: float | None = Field(description="half width of ci95")
+    trials: list[float | None] = Field(description="the per-trial values, in trial order")
+
+
+def across_trials(values: Sequence[float | None]) -> AcrossTrials:
+    have = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(have)
+    if n == 0:
+        return AcrossTrials(n=0, mean=None, std=None, cv=None, ci95=None, ci95_half_width=None, trials=list(values))
+    a = np.asarray(have)
+    mean = float(a.mean())
+    if n < 2:
+        return AcrossTrials(n=1, mean=mean, std=None, cv=None, ci95=None, ci95_half_width=None, trials=list(values))
+    std = float(a.std(ddof=1))
+    half = float(_sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return AcrossTrials(
+        n=n,
+        mean=mean,
+        std=std,
+        cv=std / mean if mean else None,
+        ci95=(mean - half, mean + half),
+        ci95_half_width=half,
+        trials=list(values),
+    )

@@ -1,0 +1,36 @@
+"""The perftune CLI: one place that assembles the command groups."""
+
+from __future__ import annotations
+
+import typer
+
+import perftune
+from perftune.cli import bench, mock
+from perftune.cli.common import DEBUG
+
+app = typer.Typer(
+    help="perftune: from a bare model id to its best, proven serving configuration.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(bench.app, name="bench")
+app.command("mock-server")(mock.mock_server)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"perftune {perftune.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    DEBUG["on"] = debug
+
+
+def main() -> None:
+    app()

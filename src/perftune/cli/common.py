@@ -1,0 +1,49 @@
+"""Shared CLI plumbing: consoles, error rendering, JSON output."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import orjson
+from rich.console import Console
+
+from perftune.errors import PerftuneError
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEBUG = {"on": False}
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    sys.stdout.flush()
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Render PerftuneErrors once: one line, a hint, the log path; exit with the error's code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PerftuneError as e:
+            if DEBUG["on"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            if e.hint:
+                err_console.print(f"[yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+            if e.log_path:
+                err_console.print(f"log: {e.log_path}", highlight=False, soft_wrap=True)
+            raise SystemExit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise SystemExit(130) from None
+
+    return wrapper

@@ -1,0 +1,48 @@
+"""One error tree. Every failure the user can act on is a PerftuneError with a hint.
+
+The CLI renders these once: a one-line message, a hint, and (where there is one) a log path.
+"""
+
+from __future__ import annotations
+
+
+class PerftuneError(Exception):
+    """Base of all perftune errors: message + hint (+ optional log path)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str = "", log_path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.log_path = log_path
+
+
+class ConfigError(PerftuneError):
+    """Bad user input: flags, spec files, workload files."""
+
+    exit_code = 2
+
+
+class ModelError(PerftuneError):
+    """A model (config, catalog name, folder) cannot be read or understood."""
+
+
+class DeployError(PerftuneError):
+    """An engine could not be started, or died."""
+
+
+class BenchError(PerftuneError):
+    """The bench could not measure: endpoint unreachable, server rejected the requests."""
+
+
+class GateError(PerftuneError):
+    """A campaign gate is red."""
+
+
+class LakeError(PerftuneError):
+    """The perf lake could not be read or written."""
+
+
+class RegistryError(PerftuneError):
+    """The known-good registry is malformed or a check failed to run."""

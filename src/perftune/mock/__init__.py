@@ -1,0 +1,1 @@
+"""The ground-truth mock server: exact, deadline-driven token timing for testing clients."""

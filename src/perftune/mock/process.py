@@ -1,0 +1,48 @@
+"""Start the mock server as a child process (its own CPU, its own event loop) and tear it down."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import orjson
+
+from perftune.errors import DeployError
+
+
+@contextlib.contextmanager
+def mock_process(
+    ttft_ms: float, itl_ms: float, tokens_per_chunk: int = 1, model: str = "mock", startup_timeout_s: float = 20.0
+) -> Iterator[str]:
+    """Yield the endpoint URL of a mock server running in a child process group."""
+    cmd = [sys.executable, "-m", "perftune", "mock-server", "--host", "127.0.0.1", "--port", "0",
+           "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--tokens-per-chunk", str(tokens_per_chunk),
+           "--model-name", model, "--ready-json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + startup_timeout_s
+        line = b""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line or proc.poll() is not None:
+                break
+        if not line:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise DeployError("mock server did not start", hint=err.strip().splitlines()[-1] if err.strip() else "")
+        port = int(orjson.loads(line)["port"])
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
