@@ -31,7 +31,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 
-        return uvloop.run(coro)  # type: ignore[no-any-return]
+        return uvloop.run(coro)
     except ImportError:  # pragma: no cover - non-Linux
         return asyncio.run(coro)
 
@@ -88,9 +88,13 @@ def calibrate(
         for c in ladder:
             n = requests_for(c)
             cfg = BenchConfig(
-                endpoint=endpoint, model="mock",
+                endpoint=endpoint,
+                model="mock",
                 workload=WorkloadSpec(kind="random", isl=truth.isl, osl=truth.osl, num_requests=n),
-                concurrency=c, trials=1, warmup_requests=min(c, 64), engine="perftune-mock",
+                concurrency=c,
+                trials=1,
+                warmup_requests=min(c, 64),
+                engine="perftune-mock",
             )
             run = run_async(run_bench(cfg))
             t = run.result.trials[0]

@@ -16,9 +16,13 @@ Tier = Literal["DRAFT", "VERDICT"]
 
 class StackInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    engine: str = Field(description="serving engine as detected or declared (vllm, sglang, llamacpp, sim, mock)")
+    engine: str = Field(
+        description="serving engine as detected or declared (vllm, sglang, llamacpp, sim, mock)"
+    )
     engine_version: str | None = Field(description="engine version when the server reports it")
-    simulated: bool = Field(description="true when the server is perftune's simulator or mock: numbers are simulated")
+    simulated: bool = Field(
+        description="true when the server is perftune's simulator or mock: numbers are simulated"
+    )
     client: str = Field(description="bench client name and version")
     client_host: str = Field(description="host the client ran on")
     python: str = Field(description="client Python version")
@@ -58,12 +62,16 @@ class MeasurementContext(BaseModel):
     warmup_requests: int = Field(description="uncounted warmup requests before the trials")
     same_node: bool = Field(description="all compared numbers were taken on one node")
     baseline: str | None = Field(None, description="the named baseline this is compared to, if any")
-    tier: Tier = Field(description="DRAFT unless same-node, >= 3 trials, metric-isolated, vs a named baseline")
+    tier: Tier = Field(
+        description="DRAFT unless same-node, >= 3 trials, metric-isolated, vs a named baseline"
+    )
     tier_reasons: list[str] = Field(description="why the tier is DRAFT (empty for VERDICT)")
     started_at: str = Field(description="UTC ISO time the run started")
 
 
-def tier_for(*, trials: int, same_node: bool, baseline: str | None, metric_isolated: bool = True) -> tuple[Tier, list[str]]:
+def tier_for(
+    *, trials: int, same_node: bool, baseline: str | None, metric_isolated: bool = True
+) -> tuple[Tier, list[str]]:
     """DRAFT/VERDICT: VERDICT needs same node, >= 3 trials, an isolated metric and a named baseline."""
     reasons = []
     if not same_node:

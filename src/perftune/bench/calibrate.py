@@ -45,13 +45,27 @@ class CalibrationPoint(BaseModel):
     faithful: bool = Field(description="both errors within the tolerance")
 
 
-def point(concurrency: int, ttft_ms: float, output_tok_s: float, truth: MockTruth, itl_ms: float | None = None,
-          tolerance: float = TOLERANCE) -> CalibrationPoint:
+def point(
+    concurrency: int,
+    ttft_ms: float,
+    output_tok_s: float,
+    truth: MockTruth,
+    itl_ms: float | None = None,
+    tolerance: float = TOLERANCE,
+) -> CalibrationPoint:
     t_ttft, t_tput = truth.ttft_ms, truth.output_tok_s(concurrency)
     e1, e2 = (ttft_ms - t_ttft) / t_ttft, (output_tok_s - t_tput) / t_tput
-    return CalibrationPoint(concurrency=concurrency, ttft_ms=ttft_ms, output_tok_s=output_tok_s, truth_ttft_ms=t_ttft,
-                            truth_output_tok_s=t_tput, ttft_err=e1, tput_err=e2, itl_ms=itl_ms,
-                            faithful=abs(e1) <= tolerance and abs(e2) <= tolerance)
+    return CalibrationPoint(
+        concurrency=concurrency,
+        ttft_ms=ttft_ms,
+        output_tok_s=output_tok_s,
+        truth_ttft_ms=t_ttft,
+        truth_output_tok_s=t_tput,
+        ttft_err=e1,
+        tput_err=e2,
+        itl_ms=itl_ms,
+        faithful=abs(e1) <= tolerance and abs(e2) <= tolerance,
+    )
 
 
 def ceiling(points: Sequence[CalibrationPoint]) -> CalibrationPoint | None:

@@ -64,7 +64,8 @@ class BenchClient:
         # Plain-http endpoints use the lean hot-path transport; https falls back to aiohttp.
         self.fast: FastPool | None = (
             FastPool(self.base, headers=self.headers, request_timeout_s=request_timeout_s)
-            if self.base.startswith("http://") else None
+            if self.base.startswith("http://")
+            else None
         )
 
     async def __aenter__(self) -> BenchClient:
@@ -96,7 +97,9 @@ class BenchClient:
             try:
                 await self.fast.prewarm(n)
             except OSError as e:
-                raise BenchError(f"cannot open connections to {self.base}: {e}", hint="is the server up?") from e
+                raise BenchError(
+                    f"cannot open connections to {self.base}: {e}", hint="is the server up?"
+                ) from e
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -110,8 +113,10 @@ class BenchClient:
             async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 body = await resp.read()
                 if resp.status != 200:
-                    raise BenchError(f"GET {url} failed: {_server_message(resp.status, body)}",
-                                     hint="is this an OpenAI-compatible server?")
+                    raise BenchError(
+                        f"GET {url} failed: {_server_message(resp.status, body)}",
+                        hint="is this an OpenAI-compatible server?",
+                    )
                 return orjson.loads(body)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise BenchError(
@@ -119,7 +124,9 @@ class BenchClient:
                 hint="check --endpoint (scheme, host, port) and that the server is up",
             ) from e
         except orjson.JSONDecodeError as e:
-            raise BenchError(f"GET {url} did not return JSON", hint="is this an OpenAI-compatible server?") from e
+            raise BenchError(
+                f"GET {url} did not return JSON", hint="is this an OpenAI-compatible server?"
+            ) from e
 
     async def preflight(self, model: str) -> dict[str, Any]:
         """Reachability within 5 s, and the model name as the server knows it. Returns server facts."""
@@ -167,8 +174,11 @@ class BenchClient:
                     append((ns(), data))
                 cap.t_end_ns = cap.reads[-1][0] if cap.reads else ns()
         except TimeoutError:
-            cap.error_kind, cap.error_message, cap.t_end_ns = "timeout", (
-                f"no complete response within {self.request_timeout_s:g} s"), ns()
+            cap.error_kind, cap.error_message, cap.t_end_ns = (
+                "timeout",
+                (f"no complete response within {self.request_timeout_s:g} s"),
+                ns(),
+            )
         except asyncio.CancelledError:
             cap.error_kind, cap.error_message, cap.t_end_ns = "cancelled", "cancelled", ns()
             raise

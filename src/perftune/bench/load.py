@@ -87,7 +87,8 @@ def assess_load(
         achieved = (len(send_ns) - 1) / span_s if span_s > 0 else float("inf")
         if achieved < MIN_ACHIEVED_RATE_FRACTION * requested_rate:
             reasons.append(
-                f"achieved {achieved:.2f} req/s < {MIN_ACHIEVED_RATE_FRACTION:.0%} of requested {requested_rate:g}"
+                f"achieved {achieved:.2f} req/s < {MIN_ACHIEVED_RATE_FRACTION:.0%} "
+                f"of requested {requested_rate:g}"
             )
     return LoadReport(
         mode=mode,

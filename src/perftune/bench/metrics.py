@@ -42,8 +42,10 @@ def parse_slo(text: str | None) -> dict[str, float]:
     for part in text.split(","):
         key, sep, val = part.strip().partition("=")
         if not sep or key not in SLO_KEYS:
-            raise ConfigError(f"bad SLO term '{part.strip()}'",
-                              hint=f"write KEY=MS with KEY in {', '.join(SLO_KEYS)}, e.g. ttft_ms=200,tpot_ms=40")
+            raise ConfigError(
+                f"bad SLO term '{part.strip()}'",
+                hint=f"write KEY=MS with KEY in {', '.join(SLO_KEYS)}, e.g. ttft_ms=200,tpot_ms=40",
+            )
         try:
             out[key] = float(val)
         except ValueError as e:

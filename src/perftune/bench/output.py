@@ -43,16 +43,58 @@ def _write_parquet(records: list[RequestRecord], path: Path) -> None:
 def trials_csv(run: BenchRun) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    cols = ["trial", "sent", "ok", "errors", "timeouts", "cancelled", "output_tokens", "span_s",
-            "ttft_ms_mean", "ttft_ms_p99", "tpot_ms_mean", "tpot_ms_p50", "itl_ms_mean", "itl_ms_p99",
-            "e2e_ms_mean", "output_tok_s", "total_tok_s", "req_s", "goodput_req_s", "lag_p99_ms",
-            "achieved_rate", "valid"]
+    cols = [
+        "trial",
+        "sent",
+        "ok",
+        "errors",
+        "timeouts",
+        "cancelled",
+        "output_tokens",
+        "span_s",
+        "ttft_ms_mean",
+        "ttft_ms_p99",
+        "tpot_ms_mean",
+        "tpot_ms_p50",
+        "itl_ms_mean",
+        "itl_ms_p99",
+        "e2e_ms_mean",
+        "output_tok_s",
+        "total_tok_s",
+        "req_s",
+        "goodput_req_s",
+        "lag_p99_ms",
+        "achieved_rate",
+        "valid",
+    ]
     w.writerow(cols)
     for t in run.result.trials:
-        w.writerow([t.trial, t.counts.sent, t.counts.ok, t.counts.errors, t.counts.timeouts, t.counts.cancelled,
-                    t.counts.output_tokens, round(t.span_s, 6), t.ttft_ms.mean, t.ttft_ms.p99, t.tpot_ms.mean,
-                    t.tpot_ms.p50, t.itl_ms.mean, t.itl_ms.p99, t.e2e_ms.mean, t.output_tok_s, t.total_tok_s,
-                    t.req_s, t.goodput_req_s, t.load.lag_p99_ms, t.load.achieved_rate, t.load.valid])
+        w.writerow(
+            [
+                t.trial,
+                t.counts.sent,
+                t.counts.ok,
+                t.counts.errors,
+                t.counts.timeouts,
+                t.counts.cancelled,
+                t.counts.output_tokens,
+                round(t.span_s, 6),
+                t.ttft_ms.mean,
+                t.ttft_ms.p99,
+                t.tpot_ms.mean,
+                t.tpot_ms.p50,
+                t.itl_ms.mean,
+                t.itl_ms.p99,
+                t.e2e_ms.mean,
+                t.output_tok_s,
+                t.total_tok_s,
+                t.req_s,
+                t.goodput_req_s,
+                t.load.lag_p99_ms,
+                t.load.achieved_rate,
+                t.load.valid,
+            ]
+        )
     return buf.getvalue()
 
 
@@ -73,7 +115,9 @@ def write_run(run: BenchRun, out_dir: str | Path, records_format: RecordsFormat 
         write_bytes(paths["records"], records_jsonl(run.records))
     write_text(paths["trials_csv"], trials_csv(run))
     # The summary goes last: its presence means the folder is complete.
-    write_bytes(paths["summary"], orjson.dumps(run.result.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+    write_bytes(
+        paths["summary"], orjson.dumps(run.result.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
+    )
     return {k: str(v) for k, v in paths.items()}
 
 

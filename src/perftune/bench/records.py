@@ -7,6 +7,7 @@ kept on disk, so a metrics fix never needs a re-run.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -104,7 +105,7 @@ class RequestRecord:
         """Per-token intervals: a chunk's gap to the previous token chunk, spread over its tokens."""
         out: list[float] = []
         tc = self.token_chunks
-        for prev, cur in zip(tc, tc[1:], strict=False):
+        for prev, cur in itertools.pairwise(tc):
             per = (cur.t_ns - prev.t_ns) / 1e6 / cur.tokens
             out.extend([per] * cur.tokens)
         return out
@@ -112,7 +113,7 @@ class RequestRecord:
     def icl_ms(self) -> list[float]:
         """Inter-chunk gaps between consecutive token-carrying chunks."""
         tc = self.token_chunks
-        return [(b.t_ns - a.t_ns) / 1e6 for a, b in zip(tc, tc[1:], strict=False)]
+        return [(b.t_ns - a.t_ns) / 1e6 for a, b in itertools.pairwise(tc)]
 
     @property
     def input_mismatch(self) -> bool:
@@ -124,8 +125,10 @@ class RequestRecord:
 
     @property
     def output_mismatch(self) -> bool:
-        return self.ok and self.expected_output_tokens is not None and (
-            self.output_tokens != self.expected_output_tokens
+        return (
+            self.ok
+            and self.expected_output_tokens is not None
+            and (self.output_tokens != self.expected_output_tokens)
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from perftune.bench.client import BenchClient
 from perftune.bench.load import Arrival, LoadReport, arrival_offsets, assess_load
 from perftune.bench.metrics import DEFINITIONS, TrialResult, across, summarize_trial
-from perftune.bench.records import CountTokens, RawCapture, RequestRecord, decode
+from perftune.bench.records import Api, CountTokens, RawCapture, RequestRecord, decode
 from perftune.bench.stats import AcrossTrials
 from perftune.bench.workloads import Workload, WorkloadSpec, build_workload, request_body, salt_item
 from perftune.context import MeasurementContext, WorkloadContext, now_iso, stack_info, tier_for
@@ -55,7 +56,9 @@ class BenchConfig(BaseModel):
     burstiness: float = Field(1.0, gt=0, description="gamma arrivals: shape (1 = Poisson)")
     max_concurrency: int | None = Field(None, ge=1, description="open loop: cap on in-flight requests")
     trials: int = Field(3, ge=1, description="counted trials")
-    warmup_requests: int | None = Field(None, ge=0, description="uncounted warmup requests (default: min(16, n))")
+    warmup_requests: int | None = Field(
+        None, ge=0, description="uncounted warmup requests (default: min(16, n))"
+    )
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     slo: dict[str, float] = Field(default_factory=dict, description="per-request SLO upper bounds, ms")
     api_key: str | None = Field(None, description="bearer token, if the server wants one")
@@ -85,12 +88,18 @@ class BenchRun:
 
 def _validate(cfg: BenchConfig) -> None:
     if (cfg.concurrency is None) == (cfg.rate is None):
-        raise ConfigError("give exactly one of --concurrency (closed loop) or --rate (open loop)",
-                          hint="e.g. --concurrency 64, or --rate 50 --arrival poisson")
+        raise ConfigError(
+            "give exactly one of --concurrency (closed loop) or --rate (open loop)",
+            hint="e.g. --concurrency 64, or --rate 50 --arrival poisson",
+        )
     if cfg.workload is None and cfg.workload_file is None:
-        raise ConfigError("no workload given", hint="--workload random|prefix|chat|code|long, or --workload-file")
+        raise ConfigError(
+            "no workload given", hint="--workload random|prefix|chat|code|long, or --workload-file"
+        )
     if not cfg.endpoint.startswith(("http://", "https://")):
-        raise ConfigError(f"endpoint '{cfg.endpoint}' is not an http(s) URL", hint="e.g. http://127.0.0.1:8000")
+        raise ConfigError(
+            f"endpoint '{cfg.endpoint}' is not an http(s) URL", hint="e.g. http://127.0.0.1:8000"
+        )
 
 
 Prepared = tuple[tuple[str, bytes, bytes | None], "RequestItemInfo"]
@@ -107,13 +116,16 @@ def _serialize(client: BenchClient, wl: Workload, model: str, salt: int) -> list
 
 @dataclass(frozen=True, slots=True)
 class RequestItemInfo:
-    api: str
+    api: Api
     expected_input_tokens: int | None
     expected_output_tokens: int | None
 
 
 async def _closed_loop(
-    client: BenchClient, bodies: Sequence[Prepared], concurrency: int, trial: int,
+    client: BenchClient,
+    bodies: Sequence[Prepared],
+    concurrency: int,
+    trial: int,
     on_done: Callable[[RawCapture], None],
 ) -> list[RawCapture]:
     caps: list[RawCapture] = []
@@ -123,9 +135,14 @@ async def _closed_loop(
         t_free = time.monotonic_ns()
         for i in it:  # a shared iterator: each slot takes the next request the moment it frees
             body, info = bodies[i]
-            cap = RawCapture(idx=i, trial=trial, api=info.api, t_sched_ns=t_free,  # type: ignore[arg-type]
-                             expected_input_tokens=info.expected_input_tokens,
-                             expected_output_tokens=info.expected_output_tokens)
+            cap = RawCapture(
+                idx=i,
+                trial=trial,
+                api=info.api,
+                t_sched_ns=t_free,
+                expected_input_tokens=info.expected_input_tokens,
+                expected_output_tokens=info.expected_output_tokens,
+            )
             caps.append(cap)
             await client.send(body, cap)
             on_done(cap)
@@ -136,8 +153,12 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    client: BenchClient, bodies: Sequence[Prepared], offsets_s: Sequence[float],
-    max_concurrency: int | None, trial: int, on_done: Callable[[RawCapture], None],
+    client: BenchClient,
+    bodies: Sequence[Prepared],
+    offsets_s: Sequence[float],
+    max_concurrency: int | None,
+    trial: int,
+    on_done: Callable[[RawCapture], None],
 ) -> list[RawCapture]:
     caps: list[RawCapture] = []
     sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
@@ -157,11 +178,16 @@ async def _open_loop(
         delay = (target - time.monotonic_ns()) / 1e9
         if delay > SPIN_WINDOW_S:
             await asyncio.sleep(delay - SPIN_WINDOW_S)
-        while time.monotonic_ns() < target:
+        while time.monotonic_ns() < target:  # noqa: ASYNC110 - a deliberate yield-spin to a ns deadline
             await asyncio.sleep(0)
-        cap = RawCapture(idx=i, trial=trial, api=info.api, t_sched_ns=target,  # type: ignore[arg-type]
-                         expected_input_tokens=info.expected_input_tokens,
-                         expected_output_tokens=info.expected_output_tokens)
+        cap = RawCapture(
+            idx=i,
+            trial=trial,
+            api=info.api,
+            t_sched_ns=target,
+            expected_input_tokens=info.expected_input_tokens,
+            expected_output_tokens=info.expected_output_tokens,
+        )
         caps.append(cap)
         tasks.append(asyncio.create_task(one(body, cap)))
     await asyncio.gather(*tasks)
@@ -195,7 +221,9 @@ def resolve_workload(cfg: BenchConfig) -> Workload:
         assert cfg.workload is not None
         wl = build_workload(cfg.workload)
     if cfg.rate is not None and wl.arrival_offsets_s is None:
-        offs = arrival_offsets(len(wl.items), cfg.rate, cfg.arrival, burstiness=cfg.burstiness, seed=wl.spec.seed)
+        offs = arrival_offsets(
+            len(wl.items), cfg.rate, cfg.arrival, burstiness=cfg.burstiness, seed=wl.spec.seed
+        )
         wl = wl.model_copy(update={"arrival_offsets_s": offs}).sealed()
     return wl
 
@@ -217,8 +245,9 @@ async def run_bench(
     records: list[RequestRecord] = []
     trial_results: list[TrialResult] = []
 
-    async with BenchClient(cfg.endpoint, max_connections=conc, request_timeout_s=cfg.request_timeout_s,
-                           api_key=cfg.api_key) as client:
+    async with BenchClient(
+        cfg.endpoint, max_connections=conc, request_timeout_s=cfg.request_timeout_s, api_key=cfg.api_key
+    ) as client:
         facts = await client.preflight(cfg.model)
         progress_tokens = 0
 
@@ -237,12 +266,15 @@ async def run_bench(
         if warm_n:
             warm_bodies = _serialize(client, wl, cfg.model, salt=10_000)[:warm_n]
             await client.prewarm(min(conc, warm_n))
-            caps = await _closed_loop(client, warm_bodies, min(conc, warm_n), -1,
-                                      make_on_done("warmup", -1, warm_n))
+            caps = await _closed_loop(
+                client, warm_bodies, min(conc, warm_n), -1, make_on_done("warmup", -1, warm_n)
+            )
             bad = [decode(c, count_tokens) for c in caps]
             if all(not r.ok for r in bad):  # nothing worked: show the server's own message
-                raise BenchError(f"every warmup request failed: {bad[0].error_message}",
-                                 hint="check --model, the prompt length against the server's max length, and its log")
+                raise BenchError(
+                    f"every warmup request failed: {bad[0].error_message}",
+                    hint="check --model, the prompt length against the server's max length, and its log",
+                )
         for trial in range(cfg.trials):
             if between_trials is not None:
                 await between_trials()
@@ -256,8 +288,9 @@ async def run_bench(
             try:
                 if cfg.rate is not None:
                     assert wl.arrival_offsets_s is not None
-                    caps = await _open_loop(client, bodies, wl.arrival_offsets_s, cfg.max_concurrency, trial,
-                                            on_done)
+                    caps = await _open_loop(
+                        client, bodies, wl.arrival_offsets_s, cfg.max_concurrency, trial, on_done
+                    )
                 else:
                     assert cfg.concurrency is not None
                     caps = await _closed_loop(client, bodies, cfg.concurrency, trial, on_done)
@@ -273,8 +306,12 @@ async def run_bench(
 
 def _load_report(caps: Sequence[RawCapture], cfg: BenchConfig) -> LoadReport:
     sent = [c for c in caps if c.t_send_ns]
-    return assess_load([c.t_sched_ns for c in sent], [c.t_send_ns for c in sent],
-                       concurrency=cfg.concurrency, requested_rate=cfg.rate)
+    return assess_load(
+        [c.t_sched_ns for c in sent],
+        [c.t_send_ns for c in sent],
+        concurrency=cfg.concurrency,
+        requested_rate=cfg.rate,
+    )
 
 
 def _detect_engine(owned_by: str | None) -> str:
@@ -285,9 +322,15 @@ def _detect_engine(owned_by: str | None) -> str:
     return o or "unknown"
 
 
-def _assemble(cfg: BenchConfig, wl: Workload, facts: dict[str, object], warm_n: int, started: str,
-              trials: list[TrialResult]) -> BenchResult:
-    engine = cfg.engine or _detect_engine(facts.get("owned_by"))  # type: ignore[arg-type]
+def _assemble(
+    cfg: BenchConfig,
+    wl: Workload,
+    facts: dict[str, Any],
+    warm_n: int,
+    started: str,
+    trials: list[TrialResult],
+) -> BenchResult:
+    engine = cfg.engine or _detect_engine(facts.get("owned_by"))
     simulated = engine.startswith("perftune-")
     tier, reasons = tier_for(trials=len(trials), same_node=cfg.same_node, baseline=cfg.baseline)
     if simulated:
@@ -298,11 +341,18 @@ def _assemble(cfg: BenchConfig, wl: Workload, facts: dict[str, object], warm_n: 
         model=cfg.model,
         endpoint=cfg.endpoint,
         hardware=cfg.hardware,
-        stack=stack_info(engine, facts.get("version"), simulated),  # type: ignore[arg-type]
+        stack=stack_info(engine, facts.get("version"), simulated),
         workload=WorkloadContext(
-            kind=spec.kind, source=wl.source, isl=spec.isl if spec.kind in ("random", "prefix", "long") else None,
-            osl=spec.osl, fixed_output=bool(spec.fixed_output), num_requests=len(wl.items), sha256=wl.sha256,
-            concurrency=cfg.concurrency, rate=cfg.rate, arrival=cfg.arrival if cfg.rate else None,
+            kind=spec.kind,
+            source=wl.source,
+            isl=spec.isl if spec.kind in ("random", "prefix", "long") else None,
+            osl=spec.osl,
+            fixed_output=bool(spec.fixed_output),
+            num_requests=len(wl.items),
+            sha256=wl.sha256,
+            concurrency=cfg.concurrency,
+            rate=cfg.rate,
+            arrival=cfg.arrival if cfg.rate else None,
             max_concurrency=cfg.max_concurrency,
         ),
         regime="cold: prompts salted per trial and warmup, so no prefix-cache carry-over",

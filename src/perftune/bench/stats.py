@@ -64,11 +64,15 @@ def across_trials(values: Sequence[float | None]) -> AcrossTrials:
     have = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(have)
     if n == 0:
-        return AcrossTrials(n=0, mean=None, std=None, cv=None, ci95=None, ci95_half_width=None, trials=list(values))
+        return AcrossTrials(
+            n=0, mean=None, std=None, cv=None, ci95=None, ci95_half_width=None, trials=list(values)
+        )
     a = np.asarray(have)
     mean = float(a.mean())
     if n < 2:
-        return AcrossTrials(n=1, mean=mean, std=None, cv=None, ci95=None, ci95_half_width=None, trials=list(values))
+        return AcrossTrials(
+            n=1, mean=mean, std=None, cv=None, ci95=None, ci95_half_width=None, trials=list(values)
+        )
     std = float(a.std(ddof=1))
     half = float(_sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     return AcrossTrials(

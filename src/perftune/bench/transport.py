@@ -20,7 +20,7 @@ from perftune.bench.records import RawCapture
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("_t", "alive", "cap", "fut", "got_bytes", "keep_alive", "parser", "transport")
+    __slots__ = ("_t", "alive", "cap", "fut", "got_bytes", "keep_alive", "parser", "pending", "transport")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -30,6 +30,7 @@ class _Conn(asyncio.Protocol):
         self.alive = True
         self.keep_alive = True
         self.got_bytes = False
+        self.pending: list[tuple[int, bytes]] = []
         self._t = 0
 
     # ---- asyncio.Protocol
@@ -37,16 +38,29 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.pending:
+            self._drain()
         self.alive = False
         fut = self.fut
         if fut is not None and not fut.done():
-            fut.set_exception(ConnectionResetError(f"connection closed by server{': ' + str(exc) if exc else ''}"))
+            fut.set_exception(
+                ConnectionResetError(f"connection closed by server{': ' + str(exc) if exc else ''}")
+            )
 
     def data_received(self, data: bytes) -> None:
-        self._t = time.monotonic_ns()  # byte arrival, before any parsing
+        # Stamp at byte arrival and parse later in this loop turn: when many streams' chunks land in one
+        # poll, parsing each inline would push the next socket's stamp back by the parse time.
+        self.pending.append((time.monotonic_ns(), data))
         self.got_bytes = True
+        if len(self.pending) == 1:
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        pending, self.pending = self.pending, []
         try:
-            self.parser.feed_data(data)
+            for t, data in pending:
+                self._t = t
+                self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             fut = self.fut
             if fut is not None and not fut.done():
@@ -89,14 +103,21 @@ class FastPool:
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or 80
         self.request_timeout_s = request_timeout_s
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length"))
+        extra = "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length")
+        )
         self._head = f"Host: {self.host}:{self.port}\r\n{extra}".encode()
         self.idle: list[_Conn] = []
         self.all: set[_Conn] = set()
 
     def encode(self, path: str, body: bytes) -> bytes:
         """The full request bytes; built before a trial so the hot path only writes."""
-        return b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (path.encode(), self._head, len(body), body)
+        return b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            path.encode(),
+            self._head,
+            len(body),
+            body,
+        )
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

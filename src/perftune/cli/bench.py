@@ -18,7 +18,9 @@ from perftune.bench.runner import Progress as BenchProgress
 from perftune.bench.workloads import WorkloadKind, WorkloadSpec
 from perftune.cli.common import err_console, handle_errors, out_console, print_json
 
-app = typer.Typer(help="Measure an OpenAI-compatible server with perftune's exact client.", no_args_is_help=True)
+app = typer.Typer(
+    help="Measure an OpenAI-compatible server with perftune's exact client.", no_args_is_help=True
+)
 
 
 @app.command("run")
@@ -27,14 +29,20 @@ def run(
     endpoint: str = typer.Option(..., help="server base URL, e.g. http://127.0.0.1:8000"),
     model: str = typer.Option(..., help="served model name"),
     workload: WorkloadKind = typer.Option("random", help="random | prefix | chat | code | long"),
-    workload_file: Path | None = typer.Option(None, help="replay a frozen workload.json (overrides --workload)"),
+    workload_file: Path | None = typer.Option(
+        None, help="replay a frozen workload.json (overrides --workload)"
+    ),
     isl: int | None = typer.Option(None, help="input tokens (random/prefix/long)"),
     osl: int | None = typer.Option(None, help="output tokens (fixed with ignore_eos + min_tokens)"),
     num_requests: int = typer.Option(256, help="requests per trial"),
     seed: int = typer.Option(0, help="prompt and arrival seed"),
     prefix_groups: int = typer.Option(8, help="prefix workload: shared-prefix groups"),
-    prefix_len: int | None = typer.Option(None, help="prefix workload: shared prefix tokens (default 3/4 isl)"),
-    dataset: str | None = typer.Option(None, help="chat workload: JSONL or ShareGPT file (default WritingBench)"),
+    prefix_len: int | None = typer.Option(
+        None, help="prefix workload: shared prefix tokens (default 3/4 isl)"
+    ),
+    dataset: str | None = typer.Option(
+        None, help="chat workload: JSONL or ShareGPT file (default WritingBench)"
+    ),
     vocab_size: int | None = typer.Option(None, help="synthetic token ids stay below this (default 32000)"),
     concurrency: int | None = typer.Option(None, help="closed loop: fixed number of in-flight requests"),
     rate: float | None = typer.Option(None, help="open loop: requests per second"),
@@ -47,8 +55,12 @@ def run(
     slo: str | None = typer.Option(None, help="goodput SLO, e.g. ttft_ms=200,tpot_ms=40"),
     out: Path | None = typer.Option(None, help="run folder (default runs/bench-<time>-<id>)"),
     records_format: RecordsFormat = typer.Option("jsonl", help="per-request records: jsonl | parquet"),
-    tokenizer: str | None = typer.Option(None, help="tokenizer.json or model folder, for the retokenize fallback"),
-    hardware: str = typer.Option("unknown", help="hardware label for the measurement context, e.g. 1xH100-SXM"),
+    tokenizer: str | None = typer.Option(
+        None, help="tokenizer.json or model folder, for the retokenize fallback"
+    ),
+    hardware: str = typer.Option(
+        "unknown", help="hardware label for the measurement context, e.g. 1xH100-SXM"
+    ),
     engine: str | None = typer.Option(None, help="engine label (default: detected from /v1/models)"),
     baseline: str | None = typer.Option(None, help="named baseline this run is compared to"),
     api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="bearer token"),
@@ -58,17 +70,46 @@ def run(
     spec = None
     if workload_file is None:
         extra = {"token_high": vocab_size} if vocab_size else {}
-        spec = WorkloadSpec(kind=workload, num_requests=num_requests, isl=isl, osl=osl, seed=seed,
-                            prefix_groups=prefix_groups, prefix_len=prefix_len, dataset=dataset, **extra)
+        spec = WorkloadSpec(
+            kind=workload,
+            num_requests=num_requests,
+            isl=isl,
+            osl=osl,
+            seed=seed,
+            prefix_groups=prefix_groups,
+            prefix_len=prefix_len,
+            dataset=dataset,
+            **extra,
+        )
     cfg = BenchConfig(
-        endpoint=endpoint, model=model, workload=spec, workload_file=str(workload_file) if workload_file else None,
-        concurrency=concurrency, rate=rate, arrival=arrival, burstiness=burstiness, max_concurrency=max_concurrency,
-        trials=trials, warmup_requests=warmup, request_timeout_s=timeout_s, slo=parse_slo(slo), api_key=api_key,
-        hardware=hardware, engine=engine, baseline=baseline,
+        endpoint=endpoint,
+        model=model,
+        workload=spec,
+        workload_file=str(workload_file) if workload_file else None,
+        concurrency=concurrency,
+        rate=rate,
+        arrival=arrival,
+        burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        trials=trials,
+        warmup_requests=warmup,
+        request_timeout_s=timeout_s,
+        slo=parse_slo(slo),
+        api_key=api_key,
+        hardware=hardware,
+        engine=engine,
+        baseline=baseline,
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[tps]}"), TimeElapsedColumn(), console=err_console,
-                  transient=True, disable=not err_console.is_terminal) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as bar:
         tasks: dict[tuple[str, int], object] = {}
         t_start: dict[tuple[str, int], float] = {}
 
@@ -83,17 +124,24 @@ def run(
             dt = max(time.monotonic() - t_start[key], 1e-6)
             bar.update(tasks[key], completed=p.done, tps=f"~{p.output_tokens / dt:,.0f} tok/s")  # type: ignore[arg-type]
 
-        result, paths = api.bench(cfg, out_dir=out, records_format=records_format, tokenizer=tokenizer,
-                                  observer=observe)
+        result, paths = api.bench(
+            cfg, out_dir=out, records_format=records_format, tokenizer=tokenizer, observer=observe
+        )
     if as_json:
         print_json({**result.result.model_dump(mode="json"), "artifacts": paths})
         return
     ctx = result.result.context
-    table = Table(title=f"{ctx.model} @ {ctx.stack.engine} {ctx.stack.engine_version or ''} | {ctx.workload.kind} "
-                        f"isl={ctx.workload.isl} osl={ctx.workload.osl} | "
-                        + (f"c={ctx.workload.concurrency}" if ctx.workload.concurrency else
-                           f"rate={ctx.workload.rate} {ctx.workload.arrival}")
-                        + f" | {ctx.trials} trials | {ctx.tier}" + (" | SIMULATED" if ctx.stack.simulated else ""))
+    table = Table(
+        title=f"{ctx.model} @ {ctx.stack.engine} {ctx.stack.engine_version or ''} | {ctx.workload.kind} "
+        f"isl={ctx.workload.isl} osl={ctx.workload.osl} | "
+        + (
+            f"c={ctx.workload.concurrency}"
+            if ctx.workload.concurrency
+            else f"rate={ctx.workload.rate} {ctx.workload.arrival}"
+        )
+        + f" | {ctx.trials} trials | {ctx.tier}"
+        + (" | SIMULATED" if ctx.stack.simulated else "")
+    )
     for col in ("metric", "mean ± std", "95% CI", "CV", "per trial"):
         table.add_column(col)
     for row in headline_rows(result):
@@ -113,26 +161,38 @@ def calibrate(
     itl_ms: float = typer.Option(20.0, help="mock per-token interval"),
     isl: int = typer.Option(256, help="input tokens"),
     osl: int = typer.Option(128, help="output tokens"),
-    ladder: str = typer.Option(",".join(map(str, DEFAULT_LADDER)), help="concurrency ladder, comma separated"),
+    ladder: str = typer.Option(
+        ",".join(map(str, DEFAULT_LADDER)), help="concurrency ladder, comma separated"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print points and ceiling as JSON"),
 ) -> None:
-    """Print this host's faithful client ceiling: the highest output tok/s with TTFT and throughput within 10%."""
+    """Print this host's faithful client ceiling: highest output tok/s with TTFT and throughput within 10%."""
     truth = MockTruth(ttft_ms=ttft_ms, itl_ms=itl_ms, isl=isl, osl=osl)
     levels = [int(x) for x in ladder.split(",") if x.strip()]
 
     def show(p: CalibrationPoint) -> None:
         if not as_json:
-            err_console.print(f"c={p.concurrency:5d}  ttft {p.ttft_ms:8.2f} ms ({p.ttft_err:+.1%})  "
-                              f"out {p.output_tok_s:9.0f} tok/s ({p.tput_err:+.1%})  "
-                              f"{'faithful' if p.faithful else 'NOT faithful'}", highlight=False)
+            err_console.print(
+                f"c={p.concurrency:5d}  ttft {p.ttft_ms:8.2f} ms ({p.ttft_err:+.1%})  "
+                f"out {p.output_tok_s:9.0f} tok/s ({p.tput_err:+.1%})  "
+                f"{'faithful' if p.faithful else 'NOT faithful'}",
+                highlight=False,
+            )
 
     points, best = api.calibrate(truth, levels, on_point=show)
     if as_json:
-        print_json({"truth": truth.model_dump(), "points": [p.model_dump() for p in points],
-                    "ceiling": best.model_dump() if best else None})
+        print_json(
+            {
+                "truth": truth.model_dump(),
+                "points": [p.model_dump() for p in points],
+                "ceiling": best.model_dump() if best else None,
+            }
+        )
         return
     if best is None:
         out_console.print("ceiling: none (no faithful point; this host cannot measure even the lowest level)")
     else:
-        out_console.print(f"ceiling: {best.output_tok_s:,.0f} output tok/s at concurrency {best.concurrency} "
-                          f"(mock ttft {ttft_ms} ms, itl {itl_ms} ms, {isl} in / {osl} out; tolerance 10%)")
+        out_console.print(
+            f"ceiling: {best.output_tok_s:,.0f} output tok/s at concurrency {best.concurrency} "
+            f"(mock ttft {ttft_ms} ms, itl {itl_ms} ms, {isl} in / {osl} out; tolerance 10%)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 import typer
@@ -17,18 +18,29 @@ from perftune.mock.server import MockConfig, serve
 def mock_server(
     port: int = typer.Option(8811, help="port to listen on (0: any free port)"),
     host: str = typer.Option("127.0.0.1", help="address to bind"),
-    ttft_ms: float = typer.Option(20.0, help="first chunk (one token) leaves this long after the request arrives"),
+    ttft_ms: float = typer.Option(
+        20.0, help="first chunk (one token) leaves this long after the request arrives"
+    ),
     itl_ms: float = typer.Option(5.0, help="exact per-token interval after the first token"),
-    tokens_per_chunk: int = typer.Option(1, help="tokens per chunk after the first; chunks are K x itl apart"),
+    tokens_per_chunk: int = typer.Option(
+        1, help="tokens per chunk after the first; chunks are K x itl apart"
+    ),
     model_name: str = typer.Option("mock", help="served model name"),
     max_model_len: int = typer.Option(131072, help="reject prompt + max_tokens above this (HTTP 400)"),
     ready_json: bool = typer.Option(False, help="print one JSON line with the bound port when ready"),
 ) -> None:
     """Serve an OpenAI-compatible stream with exact, deadline-driven timing (ground truth for clients)."""
     if ttft_ms < 0 or itl_ms < 0 or tokens_per_chunk < 1:
-        raise ConfigError("ttft-ms and itl-ms must be >= 0 and tokens-per-chunk >= 1", hint="e.g. --ttft-ms 20 --itl-ms 5")
-    cfg = MockConfig(ttft_ms=ttft_ms, itl_ms=itl_ms, tokens_per_chunk=tokens_per_chunk, model=model_name,
-                     max_model_len=max_model_len)
+        raise ConfigError(
+            "ttft-ms and itl-ms must be >= 0 and tokens-per-chunk >= 1", hint="e.g. --ttft-ms 20 --itl-ms 5"
+        )
+    cfg = MockConfig(
+        ttft_ms=ttft_ms,
+        itl_ms=itl_ms,
+        tokens_per_chunk=tokens_per_chunk,
+        model=model_name,
+        max_model_len=max_model_len,
+    )
 
     async def main() -> None:
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -38,16 +50,18 @@ def mock_server(
                 sys.stdout.write(f'{{"event": "ready", "port": {f.result()}}}\n')
                 sys.stdout.flush()
             else:
-                err_console.print(f"mock server on http://{host}:{f.result()} (ttft {ttft_ms} ms, itl {itl_ms} ms, "
-                                  f"{tokens_per_chunk} tok/chunk)")
+                err_console.print(
+                    f"mock server on http://{host}:{f.result()} (ttft {ttft_ms} ms, itl {itl_ms} ms, "
+                    f"{tokens_per_chunk} tok/chunk)"
+                )
 
         ready.add_done_callback(announce)
         try:
             await serve(cfg, host, port, ready)
         except OSError as e:
-            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}", hint="pick a free --port") from e
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {e.strerror}", hint="pick a free --port"
+            ) from e
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run_async(main())
-    except KeyboardInterrupt:
-        pass

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -17,13 +18,37 @@ from perftune.errors import DeployError
 
 @contextlib.contextmanager
 def mock_process(
-    ttft_ms: float, itl_ms: float, tokens_per_chunk: int = 1, model: str = "mock", startup_timeout_s: float = 20.0
+    ttft_ms: float,
+    itl_ms: float,
+    tokens_per_chunk: int = 1,
+    model: str = "mock",
+    startup_timeout_s: float = 20.0,
+    max_model_len: int = 131072,
 ) -> Iterator[str]:
     """Yield the endpoint URL of a mock server running in a child process group."""
-    cmd = [sys.executable, "-m", "perftune", "mock-server", "--host", "127.0.0.1", "--port", "0",
-           "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--tokens-per-chunk", str(tokens_per_chunk),
-           "--model-name", model, "--ready-json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "perftune",
+        "mock-server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ttft-ms",
+        str(ttft_ms),
+        "--itl-ms",
+        str(itl_ms),
+        "--tokens-per-chunk",
+        str(tokens_per_chunk),
+        "--model-name",
+        model,
+        "--max-model-len",
+        str(max_model_len),
+        "--ready-json",
+    ]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below  # stderr to a file: a pipe nobody drains could block the server
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + startup_timeout_s
@@ -33,8 +58,11 @@ def mock_process(
             if line or proc.poll() is not None:
                 break
         if not line:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise DeployError("mock server did not start", hint=err.strip().splitlines()[-1] if err.strip() else "")
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise DeployError(
+                "mock server did not start", hint=err.strip().splitlines()[-1] if err.strip() else ""
+            )
         port = int(orjson.loads(line)["port"])
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -46,3 +74,6 @@ def mock_process(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        log.close()

@@ -15,6 +15,7 @@ not the client under test, the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import heapq
 import itertools
@@ -26,6 +27,7 @@ from typing import Any
 import orjson
 
 SPIN_S = 0.0015
+MAX_BURST_NS = 150_000
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -87,26 +89,37 @@ class _Stream:
 
     def usage(self) -> bytes:
         return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (
-            self.prompt_tokens, self.prompt_tokens + self.sent, self.sent)
+            self.prompt_tokens,
+            self.prompt_tokens + self.sent,
+            self.sent,
+        )
 
     def event(self, k: int, final: bool) -> bytes:
         text = b" tok" * k
         reason = b'"length"' if final else b"null"
         usage = b',"usage":' + self.usage() if self.continuous else b""
         if self.chat:
-            return (b'data: {"id":"%s","object":"chat.completion.chunk","created":0,"model":"%s","choices":'
-                    b'[{"index":0,"delta":{"content":"%s"},"logprobs":null,"finish_reason":%s}]%s}\n\n'
-                    % (self.rid, self.model, text, reason, usage))
-        return (b'data: {"id":"%s","object":"text_completion","created":0,"model":"%s","choices":'
-                b'[{"index":0,"text":"%s","logprobs":null,"finish_reason":%s,"stop_reason":null}]%s}\n\n'
-                % (self.rid, self.model, text, reason, usage))
+            return (
+                b'data: {"id":"%s","object":"chat.completion.chunk","created":0,"model":"%s","choices":'
+                b'[{"index":0,"delta":{"content":"%s"},"logprobs":null,"finish_reason":%s}]%s}\n\n'
+                % (self.rid, self.model, text, reason, usage)
+            )
+        return (
+            b'data: {"id":"%s","object":"text_completion","created":0,"model":"%s","choices":'
+            b'[{"index":0,"text":"%s","logprobs":null,"finish_reason":%s,"stop_reason":null}]%s}\n\n'
+            % (self.rid, self.model, text, reason, usage)
+        )
 
     def tail(self) -> bytes:
         out = b""
         if self.include_usage:
             obj = b"chat.completion.chunk" if self.chat else b"text_completion"
-            out += (b'data: {"id":"%s","object":"%s","created":0,"model":"%s","choices":[],"usage":%s}\n\n'
-                    % (self.rid, obj, self.model, self.usage()))
+            out += b'data: {"id":"%s","object":"%s","created":0,"model":"%s","choices":[],"usage":%s}\n\n' % (
+                self.rid,
+                obj,
+                self.model,
+                self.usage(),
+            )
         return out + b"data: [DONE]\n\n"
 
 
@@ -145,19 +158,22 @@ class MockServer:
             if wait > SPIN_S:
                 self.wake.clear()
                 # Sleep until just before the earliest deadline, or until an earlier stream arrives.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), wait - SPIN_S)
-                except TimeoutError:
-                    pass
                 continue
             now = ns()
             if heap[0].deadline_ns > now:
                 await asyncio.sleep(0)  # yield-spin: lets new requests in while we close on the deadline
                 continue
-            while heap and heap[0].deadline_ns <= now:
+            # Emit everything due, but yield every MAX_BURST_NS: a long emission burst would delay the
+            # arrival stamps of requests waiting in the socket buffers (their TTFT clock starts there).
+            burst_end = now + MAX_BURST_NS
+            while heap and heap[0].deadline_ns <= now < burst_end:
                 s = heapq.heappop(heap)
                 self._emit(s, now)
                 now = ns()
+            if heap and heap[0].deadline_ns <= now:
+                await asyncio.sleep(0)
 
     def _emit(self, s: _Stream, now: int) -> None:
         late = now - s.deadline_ns
@@ -257,14 +273,28 @@ class _HttpProtocol(asyncio.Protocol):
         if method == "GET" and path == "/health":
             self._respond(200, {})
         elif method == "GET" and path == "/v1/models":
-            self._respond(200, {"object": "list", "data": [
-                {"id": cfg.model, "object": "model", "owned_by": "perftune-mock", "max_model_len": cfg.max_model_len}]})
+            self._respond(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": cfg.model,
+                            "object": "model",
+                            "owned_by": "perftune-mock",
+                            "max_model_len": cfg.max_model_len,
+                        }
+                    ],
+                },
+            )
         elif method == "GET" and path == "/mock/stats":
             self._respond(200, srv.stats.to_json())
         elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
             self._generate(path.endswith("chat/completions"), body, t_arrival)
         else:
-            self._respond(404, {"error": {"message": f"no route {method} {path}", "type": "NotFoundError", "code": 404}})
+            self._respond(
+                404, {"error": {"message": f"no route {method} {path}", "type": "NotFoundError", "code": 404}}
+            )
 
     def _generate(self, chat: bool, raw: bytes, t_arrival: int) -> None:
         srv, cfg = self.server, self.server.cfg
@@ -272,21 +302,47 @@ class _HttpProtocol(asyncio.Protocol):
             body = orjson.loads(raw)
             assert isinstance(body, dict)
         except (orjson.JSONDecodeError, AssertionError):
-            self._respond(400, {"error": {"message": "request body is not a JSON object", "type": "BadRequestError",
-                                          "code": 400}})
+            self._respond(
+                400,
+                {
+                    "error": {
+                        "message": "request body is not a JSON object",
+                        "type": "BadRequestError",
+                        "code": 400,
+                    }
+                },
+            )
             return
         if body.get("model") != cfg.model:
-            self._respond(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
-                                          "type": "NotFoundError", "param": "model", "code": 404}})
+            self._respond(
+                404,
+                {
+                    "error": {
+                        "message": f"The model `{body.get('model')}` does not exist.",
+                        "type": "NotFoundError",
+                        "param": "model",
+                        "code": 404,
+                    }
+                },
+            )
             return
         prompt_tokens = count_prompt_tokens(body)
         total = int(body.get("max_tokens") or body.get("max_completion_tokens") or cfg.default_max_tokens)
         if total < 1 or prompt_tokens + total > cfg.max_model_len:
-            self._respond(400, {"error": {
-                "message": f"This model's maximum context length is {cfg.max_model_len} tokens. However, you "
-                           f"requested {prompt_tokens + total} tokens ({prompt_tokens} in the messages, {total} "
-                           f"in the completion). Please reduce the length of the messages or completion.",
-                "type": "BadRequestError", "param": None, "code": 400}})
+            self._respond(
+                400,
+                {
+                    "error": {
+                        "message": f"This model's maximum context length is {cfg.max_model_len} tokens. "
+                        f"However, you requested {prompt_tokens + total} tokens ({prompt_tokens} in the "
+                        f"messages, {total} in the completion). Please reduce the length of the messages "
+                        "or completion.",
+                        "type": "BadRequestError",
+                        "param": None,
+                        "code": 400,
+                    }
+                },
+            )
             return
         srv.stats.requests += 1
         rid = b"cmpl-mock-%d" % next(srv._seq)
@@ -295,31 +351,54 @@ class _HttpProtocol(asyncio.Protocol):
             self._nonstream(chat, rid, prompt_tokens, total, t_arrival)
             return
         s = _Stream(
-            deadline_ns=t_arrival + srv.ttft_ns, seq=next(srv._seq), proto=self, chat=chat, rid=rid,
-            model=cfg.model.encode(), prompt_tokens=prompt_tokens, total=total,
-            continuous=bool(opts.get("continuous_usage_stats")), include_usage=bool(opts.get("include_usage")),
+            deadline_ns=t_arrival + srv.ttft_ns,
+            seq=next(srv._seq),
+            proto=self,
+            chat=chat,
+            rid=rid,
+            model=cfg.model.encode(),
+            prompt_tokens=prompt_tokens,
+            total=total,
+            continuous=bool(opts.get("continuous_usage_stats")),
+            include_usage=bool(opts.get("include_usage")),
         )
         self.busy = True
-        head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         if chat:  # like vLLM: a role-only opening chunk with no content; it must not start TTFT
             usage = b',"usage":' + s.usage() if s.continuous else b""
-            head += _chunk(b'data: {"id":"%s","object":"chat.completion.chunk","created":0,"model":"%s",'
-                           b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
-                           b'"finish_reason":null}]%s}\n\n' % (rid, s.model, usage))
+            head += _chunk(
+                b'data: {"id":"%s","object":"chat.completion.chunk","created":0,"model":"%s",'
+                b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+                b'"finish_reason":null}]%s}\n\n' % (rid, s.model, usage)
+            )
         self.write_raw(head)
         srv.add(s)
 
     def _nonstream(self, chat: bool, rid: bytes, prompt_tokens: int, total: int, t_arrival: int) -> None:
         srv = self.server
         delay_ns = t_arrival + srv.ttft_ns + (total - 1) * srv.itl_ns - time.monotonic_ns()
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": total,
+            "total_tokens": prompt_tokens + total,
+        }
         text = " tok" * total
         choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
-            else {"index": 0, "text": text, "finish_reason": "length"})
-        obj = {"id": rid.decode(), "object": "chat.completion" if chat else "text_completion", "created": 0,
-               "model": srv.cfg.model, "choices": [choice], "usage": usage}
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+            if chat
+            else {"index": 0, "text": text, "finish_reason": "length"}
+        )
+        obj = {
+            "id": rid.decode(),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 0,
+            "model": srv.cfg.model,
+            "choices": [choice],
+            "usage": usage,
+        }
         self.busy = True
 
         def done() -> None:
@@ -338,7 +417,9 @@ async def serve(cfg: MockConfig, host: str, port: int, ready: asyncio.Future[int
     gc.freeze()
     gc.set_threshold(200_000, 50, 1000)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _HttpProtocol(srv), host, port, backlog=4096, reuse_address=True)
+    server = await loop.create_server(
+        lambda: _HttpProtocol(srv), host, port, backlog=4096, reuse_address=True
+    )
     bound = server.sockets[0].getsockname()[1]
     if ready is not None:
         ready.set_result(bound)

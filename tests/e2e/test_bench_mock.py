@@ -1,0 +1,191 @@
+"""The bench client against the ground-truth mock server (a real child process on loopback)."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perftune import api
+from perftune.bench.calibrate import MockTruth
+from perftune.bench.runner import BenchConfig
+from perftune.bench.workloads import WorkloadSpec
+from perftune.errors import BenchError
+
+from .conftest import ITL_MS, TTFT_MS
+
+pytestmark = pytest.mark.e2e
+
+
+def _tol(truth: float) -> float:
+    return max(0.02 * truth, 0.3)
+
+
+@pytest.mark.parametrize("concurrency", [1, 64, 256])
+def test_ttft_itl_and_exact_tokens_match_ground_truth(
+    mock: tuple[str, int], concurrency: int, tmp_path: Path
+) -> None:
+    url, tpc = mock
+    isl, osl = 128, 17
+    n = max(2 * concurrency, 16)
+    cfg = BenchConfig(
+        endpoint=url,
+        model="mock",
+        concurrency=concurrency,
+        trials=2,
+        workload=WorkloadSpec(kind="random", isl=isl, osl=osl, num_requests=n),
+    )
+    run, paths = api.bench(cfg, out_dir=tmp_path)
+    s = run.result.summary
+    ttft, itl = s["ttft_ms"].mean, s["itl_ms"].mean  # type: ignore[union-attr]
+    assert abs(ttft - TTFT_MS) <= _tol(TTFT_MS), f"ttft {ttft:.3f} vs {TTFT_MS}"
+    assert abs(itl - ITL_MS) <= _tol(ITL_MS), f"itl {itl:.3f} vs {ITL_MS}"
+    for t in run.result.trials:
+        c = t.counts
+        assert (c.ok, c.errors, c.timeouts) == (n, 0, 0)
+        assert c.output_tokens == n * osl and c.output_mismatch == 0
+        assert c.input_tokens == n * isl and c.input_mismatch == 0
+        assert c.token_sources == {"usage_delta": n}
+        # first chunk 1 token, then tpc per chunk: the client saw the server's chunking exactly
+        assert t.tokens_per_chunk.max == tpc
+    rec = json.loads(Path(paths["records"]).read_text().splitlines()[0])
+    assert [c[1] for c in rec["chunks"]][:2] == [1, tpc]
+    assert run.result.context.stack.simulated and run.result.context.tier == "DRAFT"
+
+
+def test_open_loop_poisson_hits_requested_rate(mock1: str, tmp_path: Path) -> None:
+    cfg = BenchConfig(
+        endpoint=mock1,
+        model="mock",
+        rate=50.0,
+        arrival="poisson",
+        trials=1,
+        warmup_requests=4,
+        workload=WorkloadSpec(kind="random", isl=64, osl=8, num_requests=150),
+    )
+    run, _ = api.bench(cfg, out_dir=tmp_path)
+    load = run.result.trials[0].load
+    assert load.mode == "open" and load.requested_rate == 50.0
+    assert load.achieved_rate is not None and abs(load.achieved_rate - 50.0) / 50.0 <= 0.03
+    assert load.lag_p99_ms >= load.lag_p50_ms >= 0.0
+    assert run.result.summary["valid"] is True
+
+
+def test_chat_workload_role_chunk_does_not_start_ttft(mock1: str, tmp_path: Path) -> None:
+    cfg = BenchConfig(
+        endpoint=mock1,
+        model="mock",
+        concurrency=4,
+        trials=1,
+        workload=WorkloadSpec(kind="chat", osl=8, num_requests=8),
+    )
+    run, _ = api.bench(cfg, out_dir=tmp_path)
+    t = run.result.trials[0]
+    assert t.counts.ok == 8 and t.counts.output_tokens == 64
+    assert abs((t.ttft_ms.mean or 0) - TTFT_MS) <= _tol(TTFT_MS)
+
+
+def test_cli_json_summary_shape(mock1: str, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perftune",
+            "bench",
+            "run",
+            "--endpoint",
+            mock1,
+            "--model",
+            "mock",
+            "--workload",
+            "random",
+            "--isl",
+            "32",
+            "--osl",
+            "4",
+            "--concurrency",
+            "4",
+            "--num-requests",
+            "8",
+            "--trials",
+            "3",
+            "--slo",
+            "ttft_ms=1000,tpot_ms=100",
+            "--records-format",
+            "parquet",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    doc = json.loads(out.stdout)
+    s = doc["summary"]
+    for m in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tok_s", "req_s"):
+        assert set(s[m]) >= {"mean", "std", "ci95", "trials"} and len(s[m]["trials"]) == 3
+    assert s["valid"] is True and s["goodput_fraction"]["mean"] == 1.0
+    ctx = doc["context"]
+    assert ctx["workload"]["isl"] == 32 and ctx["trials"] == 3 and ctx["stack"]["simulated"] is True
+    assert ctx["tier"] == "DRAFT" and "simulated server" in ctx["tier_reasons"]
+    assert set(doc["definitions"]) >= {"ttft_ms", "tpot_ms", "itl_ms", "icl_ms", "client_queue_ms"}
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(doc["artifacts"]["records"]).num_rows == 24
+    assert (tmp_path / "trials.csv").read_text().count("\n") == 4
+
+
+def test_unreachable_endpoint_fails_fast_with_a_clear_message() -> None:
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perftune",
+            "bench",
+            "run",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--concurrency",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert time.monotonic() - t0 < 10  # interpreter start included; the reachability check itself is 5 s max
+    assert out.returncode == 1 and "cannot reach http://127.0.0.1:9" in out.stderr and "hint:" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_server_4xx_messages_are_shown(mock1: str) -> None:
+    with pytest.raises(BenchError, match=r"model 'nope' is not served .*served: mock"):
+        api.bench(
+            BenchConfig(
+                endpoint=mock1,
+                model="nope",
+                concurrency=1,
+                workload=WorkloadSpec(kind="random", isl=8, osl=2, num_requests=1),
+            )
+        )
+    with pytest.raises(BenchError, match="maximum context length is 4096"):
+        api.bench(
+            BenchConfig(
+                endpoint=mock1,
+                model="mock",
+                concurrency=1,
+                workload=WorkloadSpec(kind="random", isl=5000, osl=2, num_requests=1),
+            )
+        )
+
+
+def test_calibrate_finds_a_faithful_ceiling() -> None:
+    points, best = api.calibrate(MockTruth(ttft_ms=50, itl_ms=10, isl=64, osl=16), ladder=[1, 8])
+    assert len(points) == 2 and best is not None and best.faithful
+    assert abs(points[0].ttft_err) < 0.1

@@ -1,0 +1,106 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from perftune.bench.workloads import (
+    WorkloadSpec,
+    build_workload,
+    load_workload,
+    request_body,
+    salt_item,
+    save_workload,
+)
+from perftune.errors import ConfigError
+
+
+def test_random_has_exact_lengths_and_is_deterministic() -> None:
+    wl = build_workload(WorkloadSpec(kind="random", isl=300, osl=40, num_requests=20, seed=5))
+    assert all(len(i.prompt_ids or []) == 300 and i.expected_input_tokens == 300 for i in wl.items)
+    assert all(i.max_tokens == 40 and i.fixed_output for i in wl.items)
+    again = build_workload(WorkloadSpec(kind="random", isl=300, osl=40, num_requests=20, seed=5))
+    assert again.sha256 == wl.sha256
+    other = build_workload(WorkloadSpec(kind="random", isl=300, osl=40, num_requests=20, seed=6))
+    assert other.sha256 != wl.sha256
+
+
+def test_prefix_groups_share_prefix_and_have_unique_suffixes() -> None:
+    wl = build_workload(
+        WorkloadSpec(kind="prefix", isl=128, osl=8, num_requests=12, prefix_groups=3, prefix_len=100)
+    )
+    ids = [i.prompt_ids for i in wl.items]
+    assert all(p is not None and len(p) == 128 for p in ids)
+    assert ids[0][:100] == ids[3][:100] == ids[6][:100]  # type: ignore[index]
+    assert ids[0][:100] != ids[1][:100]  # type: ignore[index]
+    assert ids[0][100:] != ids[3][100:]  # type: ignore[index]
+
+
+def test_long_defaults_and_bad_prefix() -> None:
+    wl = build_workload(WorkloadSpec(kind="long", num_requests=1))
+    assert len(wl.items[0].prompt_ids or []) == 32768 and wl.items[0].max_tokens == 256
+    with pytest.raises(ConfigError, match="prefix_len"):
+        build_workload(WorkloadSpec(kind="prefix", isl=10, prefix_len=10))
+
+
+def test_salt_keeps_length_and_prefix_sharing_but_differs_per_trial() -> None:
+    wl = build_workload(
+        WorkloadSpec(kind="prefix", isl=64, osl=8, num_requests=4, prefix_groups=2, prefix_len=48)
+    )
+    a0, a1 = (salt_item(wl.items[0], s, wl.spec) for s in (0, 1))
+    b0 = salt_item(wl.items[2], 0, wl.spec)  # same group as items[0]
+    assert len(a0.prompt_ids or []) == 64
+    assert a0.prompt_ids != a1.prompt_ids and (a0.prompt_ids or [])[1:] == (a1.prompt_ids or [])[1:]
+    assert (a0.prompt_ids or [])[:48] == (b0.prompt_ids or [])[:48]
+    assert all(wl.spec.token_low <= t < wl.spec.token_high for t in a1.prompt_ids or [])
+
+
+def test_frozen_file_round_trips_and_detects_tampering(tmp_path: Path) -> None:
+    wl = build_workload(WorkloadSpec(kind="random", isl=8, osl=4, num_requests=3))
+    p = tmp_path / "wl.json"
+    save_workload(wl, p)
+    assert load_workload(p) == wl
+    d = json.loads(p.read_text())
+    d["items"][0]["max_tokens"] = 5
+    p.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="hash mismatch"):
+        load_workload(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_workload(tmp_path / "nope.json")
+
+
+def test_chat_from_jsonl_and_sharegpt(tmp_path: Path) -> None:
+    jl = tmp_path / "c.jsonl"
+    jl.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"prompt": "write a poem"}\n'
+    )
+    wl = build_workload(WorkloadSpec(kind="chat", num_requests=4, osl=16, dataset=str(jl)))
+    assert {i.messages[0]["content"] for i in wl.items if i.messages} == {"hi", "write a poem"}
+    assert all(i.messages and i.messages[-1]["role"] == "user" for i in wl.items)
+    assert not wl.items[0].fixed_output  # real prompts: natural output length unless asked
+    sg = tmp_path / "s.json"
+    sg.write_text(
+        json.dumps([{"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a"}]}])
+    )
+    wl2 = build_workload(WorkloadSpec(kind="chat", num_requests=2, dataset=str(sg)))
+    assert wl2.items[0].messages == [{"role": "user", "content": "q1"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{nope\n")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        build_workload(WorkloadSpec(kind="chat", dataset=str(bad)))
+
+
+def test_offline_corpora_writingbench_and_humaneval() -> None:
+    wb = build_workload(WorkloadSpec(kind="chat", num_requests=5))
+    assert "WritingBench" in wb.source and "1000 conversations" in wb.source
+    he = build_workload(WorkloadSpec(kind="code", num_requests=5))
+    assert "HumanEval" in he.source and "164 prompts" in he.source
+    assert all(i.prompt and "def " in i.prompt for i in he.items)
+
+
+def test_request_body_asks_for_exact_usage_and_fixed_length() -> None:
+    wl = build_workload(WorkloadSpec(kind="random", isl=4, osl=7, num_requests=1))
+    body = request_body(wl.items[0], "m")
+    assert body["stream"] is True and body["prompt"] == wl.items[0].prompt_ids
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert body["ignore_eos"] is True and body["min_tokens"] == body["max_tokens"] == 7
