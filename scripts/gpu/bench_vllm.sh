@@ -84,4 +84,3 @@ for c in (1, 16, 64):
               f"{v['mean_tpot_ms']:7.3f}          {v['median_tpot_ms']:7.3f}")
     except Exception as e: print("vllm", c, "missing", e)
 PY
-tar czf "$out/../results.tgz" -C "$out" . && mv "$out/../results.tgz" "$out/results.tgz"
