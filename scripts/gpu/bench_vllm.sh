@@ -47,7 +47,10 @@ curl -s "localhost:$port/metrics" > "$t/metrics.prom"
 
 export PYTHONPATH="/tmp/ptdeps:$PWD/src"
 declare -A N=([1]=16 [16]=128 [64]=256)
+reset() { curl -s -X POST "localhost:$port/reset_prefix_cache" >/dev/null; }
+pc() { curl -s "localhost:$port/metrics" | grep -E '^vllm:prefix_cache_(queries|hits)_total' | awk '{print $2}' | paste -sd' '; }
 for c in 1 16 64; do
+  reset
   log "perftune bench c=$c"
   python3 -m perftune bench run --endpoint "http://127.0.0.1:$port" --model "$model_name" --workload random \
     --isl 1024 --osl 128 --concurrency "$c" --num-requests "${N[$c]}" --trials 3 --hardware 1xH100 \
@@ -55,14 +58,16 @@ for c in 1 16 64; do
 done
 curl -s "localhost:$port/metrics" > "$t/metrics_after.prom"
 for c in 1 16 64; do
+  reset; before=$(pc)
   log "vllm bench serve c=$c"
   ( source /tmp/perftune-offline/vllm/env.sh
     python3 -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url "http://127.0.0.1:$port" \
       --model "$model_name" --tokenizer "$stage/model" --dataset-name random --random-input-len 1024 \
-      --random-output-len 128 --random-range-ratio 0 --num-prompts "${N[$c]}" --max-concurrency "$c" \
+      --random-output-len 128 --random-range-ratio 0 --num-prompts "${N[$c]}" --max-concurrency "$c" --seed "$c" \
       --request-rate inf --ignore-eos --num-warmups 4 --disable-tqdm --percentile-metrics ttft,tpot,itl,e2el \
       --save-result --result-dir "$out" --result-filename "vllm-c$c.json" ) > "$out/vllm-bench-c$c.log" 2>&1 \
     || tail -20 "$out/vllm-bench-c$c.log"
+  echo "$before $(pc)" > "$out/vllm-c$c.prefix_cache"   # queries hits before, queries hits after
 done
 kill "$pid"; wait "$pid" 2>/dev/null
 log "summary"
@@ -76,11 +81,13 @@ for c in (1, 16, 64):
         med = [t["tpot_ms"]["p50"] for t in d["trials"]]
         print(f"perftune {c:3d} {s['output_tok_s']['mean']:8.1f}+-{s['output_tok_s']['std']:.1f} "
               f"{s['ttft_ms']['mean']:8.2f}+-{s['ttft_ms']['std']:.2f} {s['tpot_ms']['mean']:7.3f}+-{s['tpot_ms']['std']:.3f} "
-              f"{sum(med)/len(med):7.3f} valid={s['valid']} n={s['ttft_ms']['n']}")
+              f"{sum(med)/len(med):7.3f} valid={s['valid']} n={s['ttft_ms']['n']} "
+              f"prefix_hit={[t.get('engine_prefix_cache_hit_rate') for t in d['trials']]}")
     except Exception as e: print("perftune", c, "missing", e)
     try:
         v = json.loads((out / f"vllm-c{c}.json").read_text())
+        q0, h0, q1, h1 = map(float, (out / f"vllm-c{c}.prefix_cache").read_text().split())
         print(f"vllm     {c:3d} {v['output_throughput']:8.1f}          {v['mean_ttft_ms']:8.2f}          "
-              f"{v['mean_tpot_ms']:7.3f}          {v['median_tpot_ms']:7.3f}")
+              f"{v['mean_tpot_ms']:7.3f}          {v['median_tpot_ms']:7.3f} prefix_hit={(h1-h0)/max(q1-q0,1):.3f}")
     except Exception as e: print("vllm", c, "missing", e)
 PY

@@ -128,6 +128,18 @@ class BenchClient:
                 f"GET {url} did not return JSON", hint="is this an OpenAI-compatible server?"
             ) from e
 
+    async def metrics_text(self) -> str | None:
+        """The server's Prometheus /metrics text, or None when it has none (best effort, 2 s)."""
+        try:
+            async with self.session.get(
+                self.base + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                return (await resp.read()).decode(errors="replace")
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
     async def preflight(self, model: str) -> dict[str, Any]:
         """Reachability within 5 s, and the model name as the server knows it. Returns server facts."""
         models = await self.get_json("/v1/models")

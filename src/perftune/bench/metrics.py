@@ -104,10 +104,17 @@ class TrialResult(BaseModel):
     goodput_req_s: float | None = Field(description="None when no SLO was given")
     goodput_fraction: float | None = Field(description="None when no SLO was given")
     load: LoadReport
+    engine_prefix_cache_hit_rate: float | None = Field(
+        None, description="prefix-cache hits / queries during the trial, from the engine's /metrics counters"
+    )
 
 
 def summarize_trial(
-    trial: int, records: Sequence[RequestRecord], load: LoadReport, slo: dict[str, float]
+    trial: int,
+    records: Sequence[RequestRecord],
+    load: LoadReport,
+    slo: dict[str, float],
+    engine_prefix_cache_hit_rate: float | None = None,
 ) -> TrialResult:
     ok = [r for r in records if r.ok]
     t0 = min((r.t_sched_ns for r in records), default=0)
@@ -159,6 +166,7 @@ def summarize_trial(
         goodput_req_s=None if good is None else good / span_s,
         goodput_fraction=None if good is None else good / max(1, len(records)),
         load=load,
+        engine_prefix_cache_hit_rate=engine_prefix_cache_hit_rate,
     )
 
 

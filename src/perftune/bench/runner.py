@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from perftune.bench.stats import AcrossTrials
 from perftune.bench.workloads import Workload, WorkloadSpec, build_workload, request_body, salt_item
 from perftune.context import MeasurementContext, WorkloadContext, now_iso, stack_info, tier_for
 from perftune.errors import BenchError, ConfigError
+from perftune.telemetry.prom import parse_totals, prefix_cache_hit_rate
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 OPEN_LOOP_LEAD_S = 0.05  # first open-loop send this long after the schedule is laid down
@@ -66,6 +68,10 @@ class BenchConfig(BaseModel):
     engine: str | None = Field(None, description="engine label (default: detected from /v1/models)")
     same_node: bool = Field(True, description="client and all compared runs on one node")
     baseline: str | None = Field(None, description="named baseline this run is compared to")
+    salt_seed: int | None = Field(
+        None,
+        description="prompt salt base; default a fresh random value per run, so no two runs share prompts",
+    )
 
 
 class BenchResult(BaseModel):
@@ -242,6 +248,9 @@ async def run_bench(
     warm_n = cfg.warmup_requests if cfg.warmup_requests is not None else min(16, n)
     conc = cfg.concurrency or cfg.max_concurrency or max(1, min(n, 256))
     started = now_iso()
+    # Salts are unique per run and per trial: a prefix cache warmed by an earlier run, the warmup or an
+    # earlier trial can never serve these prompts.
+    run_salt = cfg.salt_seed if cfg.salt_seed is not None else secrets.randbits(40) * 1000
     records: list[RequestRecord] = []
     trial_results: list[TrialResult] = []
 
@@ -264,7 +273,7 @@ async def run_bench(
             return on_done
 
         if warm_n:
-            warm_bodies = _serialize(client, wl, cfg.model, salt=10_000)[:warm_n]
+            warm_bodies = _serialize(client, wl, cfg.model, salt=run_salt)[:warm_n]
             await client.prewarm(min(conc, warm_n))
             caps = await _closed_loop(
                 client, warm_bodies, min(conc, warm_n), -1, make_on_done("warmup", -1, warm_n)
@@ -278,11 +287,12 @@ async def run_bench(
         for trial in range(cfg.trials):
             if between_trials is not None:
                 await between_trials()
-            bodies = _serialize(client, wl, cfg.model, salt=trial)
+            bodies = _serialize(client, wl, cfg.model, salt=run_salt + 1 + trial)
             await client.prewarm(min(conc, n))
             on_done = make_on_done("trial", trial, n)
             # No collector pauses inside the measured window: a gen-2 pass over the trial's captures
             # takes milliseconds and would land inside somebody's TTFT. Collect after the trial.
+            before = await client.metrics_text()
             gc.collect()
             gc.disable()
             try:
@@ -296,12 +306,18 @@ async def run_bench(
                     caps = await _closed_loop(client, bodies, cfg.concurrency, trial, on_done)
             finally:
                 gc.enable()
+            after = await client.metrics_text()
+            hit_rate = (
+                prefix_cache_hit_rate(parse_totals(before), parse_totals(after)) if before and after else None
+            )
             recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
             load = _load_report(caps, cfg)
-            trial_results.append(summarize_trial(trial, recs, load, cfg.slo))
+            trial_results.append(
+                summarize_trial(trial, recs, load, cfg.slo, engine_prefix_cache_hit_rate=hit_rate)
+            )
             records.extend(recs)
 
-    return BenchRun(_assemble(cfg, wl, facts, warm_n, started, trial_results), wl, records)
+    return BenchRun(_assemble(cfg, wl, facts, warm_n, started, trial_results, run_salt), wl, records)
 
 
 def _load_report(caps: Sequence[RawCapture], cfg: BenchConfig) -> LoadReport:
@@ -329,6 +345,7 @@ def _assemble(
     warm_n: int,
     started: str,
     trials: list[TrialResult],
+    run_salt: int,
 ) -> BenchResult:
     engine = cfg.engine or _detect_engine(facts.get("owned_by"))
     simulated = engine.startswith("perftune-")
@@ -355,7 +372,7 @@ def _assemble(
             arrival=cfg.arrival if cfg.rate else None,
             max_concurrency=cfg.max_concurrency,
         ),
-        regime="cold: prompts salted per trial and warmup, so no prefix-cache carry-over",
+        regime=f"cold: prompts salted per run and trial (salt base {run_salt}), no prefix-cache carry-over",
         trials=len(trials),
         warmup_requests=warm_n,
         same_node=cfg.same_node,
@@ -368,6 +385,8 @@ def _assemble(
     summary: dict[str, AcrossTrials | bool | list[str] | dict[str, float | None]] = dict(across(trials))
     if cfg.slo:
         summary.update(across(trials, ("goodput_req_s", "goodput_fraction")))
+    if any(t.engine_prefix_cache_hit_rate is not None for t in trials):
+        summary.update(across(trials, ("engine_prefix_cache_hit_rate",)))
     summary["valid"] = not invalid
     summary["invalid_reasons"] = invalid
     summary["schedule_lag_ms"] = {

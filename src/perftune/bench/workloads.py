@@ -308,6 +308,8 @@ def salt_item(item: RequestItem, salt: int, spec: WorkloadSpec) -> RequestItem:
         span = spec.token_high - spec.token_low
         ids = list(item.prompt_ids)
         ids[0] = spec.token_low + (ids[0] - spec.token_low + 7919 * (salt + 1)) % span
+        if len(ids) > 1:  # a second salted token: 1 in span^2 chance of colliding with another salt
+            ids[1] = spec.token_low + (ids[1] - spec.token_low + (salt // span) + 1) % span
         return item.model_copy(update={"prompt_ids": ids})
     tag = f"[{salt:x}] "
     if item.prompt is not None:

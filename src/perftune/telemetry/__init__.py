@@ -1,0 +1,1 @@
+"""Engine telemetry: Prometheus scraping (and later NVML/GPM sampling, profilers)."""
