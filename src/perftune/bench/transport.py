@@ -20,9 +20,21 @@ from perftune.bench.records import RawCapture
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("_t", "alive", "cap", "fut", "got_bytes", "keep_alive", "parser", "pending", "transport")
+    __slots__ = (
+        "_t",
+        "alive",
+        "cap",
+        "drain_q",
+        "fut",
+        "got_bytes",
+        "keep_alive",
+        "parser",
+        "pending",
+        "transport",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, drain_q: _DrainQueue) -> None:
+        self.drain_q = drain_q
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.BaseTransport | None = None
         self.cap: RawCapture | None = None
@@ -49,11 +61,12 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         # Stamp at byte arrival and parse later in this loop turn: when many streams' chunks land in one
-        # poll, parsing each inline would push the next socket's stamp back by the parse time.
+        # poll, parsing each inline would push the next socket's stamp back by the parse time. One drain
+        # callback per loop turn serves every connection that received data in it.
         self.pending.append((time.monotonic_ns(), data))
         self.got_bytes = True
         if len(self.pending) == 1:
-            asyncio.get_running_loop().call_soon(self._drain)
+            self.drain_q.schedule(self)
 
     def _drain(self) -> None:
         pending, self.pending = self.pending, []
@@ -93,6 +106,26 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+class _DrainQueue:
+    """Connections with stamped-but-unparsed reads; drained once per event-loop turn."""
+
+    __slots__ = ("conns",)
+
+    def __init__(self) -> None:
+        self.conns: list[_Conn] = []
+
+    def schedule(self, conn: _Conn) -> None:
+        if not self.conns:
+            asyncio.get_running_loop().call_soon(self.drain)
+        self.conns.append(conn)
+
+    def drain(self) -> None:
+        conns, self.conns = self.conns, []
+        for c in conns:
+            if c.pending:
+                c._drain()
+
+
 class FastPool:
     """Keep-alive connections to one host; one request per connection at a time."""
 
@@ -108,6 +141,7 @@ class FastPool:
         )
         self._head = f"Host: {self.host}:{self.port}\r\n{extra}".encode()
         self.idle: list[_Conn] = []
+        self._drain_q = _DrainQueue()
         self.all: set[_Conn] = set()
 
     def encode(self, path: str, body: bytes) -> bytes:
@@ -121,7 +155,7 @@ class FastPool:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        _, conn = await loop.create_connection(lambda: _Conn(self._drain_q), self.host, self.port)
         self.all.add(conn)
         return conn
 

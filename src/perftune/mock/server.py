@@ -21,7 +21,7 @@ import heapq
 import itertools
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -73,19 +73,19 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-@dataclass(order=True)
+@dataclass(slots=True)
 class _Stream:
     deadline_ns: int
     seq: int
-    proto: _HttpProtocol = field(compare=False)
-    chat: bool = field(compare=False)
-    rid: bytes = field(compare=False)
-    model: bytes = field(compare=False)
-    prompt_tokens: int = field(compare=False)
-    total: int = field(compare=False)
-    continuous: bool = field(compare=False)
-    include_usage: bool = field(compare=False)
-    sent: int = field(default=0, compare=False)
+    proto: _HttpProtocol
+    chat: bool
+    rid: bytes
+    model: bytes
+    prompt_tokens: int
+    total: int
+    continuous: bool
+    include_usage: bool
+    sent: int = 0
 
     def usage(self) -> bytes:
         return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (
@@ -128,7 +128,8 @@ class MockServer:
 
     def __init__(self, cfg: MockConfig) -> None:
         self.cfg = cfg
-        self.heap: list[_Stream] = []
+        # (deadline_ns, seq, stream): tuples compare in C; a dataclass __lt__ cost 17% of the mock's CPU.
+        self.heap: list[tuple[int, int, _Stream]] = []
         self.wake = asyncio.Event()
         self.stats = _Stats()
         self._seq = itertools.count()
@@ -144,7 +145,7 @@ class MockServer:
             self._task.cancel()
 
     def add(self, s: _Stream) -> None:
-        heapq.heappush(self.heap, s)
+        heapq.heappush(self.heap, (s.deadline_ns, s.seq, s))
         self.wake.set()
 
     async def _scheduler(self) -> None:
@@ -154,7 +155,7 @@ class MockServer:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            wait = (heap[0].deadline_ns - ns()) / 1e9
+            wait = (heap[0][0] - ns()) / 1e9
             if wait > SPIN_S:
                 self.wake.clear()
                 # Sleep until just before the earliest deadline, or until an earlier stream arrives.
@@ -162,17 +163,17 @@ class MockServer:
                     await asyncio.wait_for(self.wake.wait(), wait - SPIN_S)
                 continue
             now = ns()
-            if heap[0].deadline_ns > now:
+            if heap[0][0] > now:
                 await asyncio.sleep(0)  # yield-spin: lets new requests in while we close on the deadline
                 continue
             # Emit everything due, but yield every MAX_BURST_NS: a long emission burst would delay the
             # arrival stamps of requests waiting in the socket buffers (their TTFT clock starts there).
             burst_end = now + MAX_BURST_NS
-            while heap and heap[0].deadline_ns <= now < burst_end:
-                s = heapq.heappop(heap)
+            while heap and heap[0][0] <= now < burst_end:
+                s = heapq.heappop(heap)[2]
                 self._emit(s, now)
                 now = ns()
-            if heap and heap[0].deadline_ns <= now:
+            if heap and heap[0][0] <= now:
                 await asyncio.sleep(0)
 
     def _emit(self, s: _Stream, now: int) -> None:
@@ -195,7 +196,7 @@ class MockServer:
         s.proto.write_raw(_chunk(data))
         nxt = min(self.cfg.tokens_per_chunk, s.total - s.sent)
         s.deadline_ns += nxt * self.itl_ns
-        heapq.heappush(self.heap, s)
+        heapq.heappush(self.heap, (s.deadline_ns, s.seq, s))
 
 
 class _HttpProtocol(asyncio.Protocol):
