@@ -1,4 +1,4 @@
-"""Client overhead: the faithful ceiling of perftune's bench client vs `vllm bench serve`, same run, same mock.
+"""Client overhead: the faithful ceiling of perftune's client vs `vllm bench serve`, same run, same mock.
 
 Both clients run, one after the other, against ONE mock server (child process, 1 token per chunk,
 100 ms TTFT, 20 ms ITL, 256 in / 128 out) over the same concurrency ladder. At each level a client is
@@ -133,8 +133,9 @@ def sweep(name: str, measure: object, ladder: list[int]) -> list[CalibrationPoin
         p = measure(c)  # type: ignore[operator]
         pts.append(p)
         print(
-            f"{name:8s} c={c:5d} ttft {p.ttft_ms:8.2f} ms ({p.ttft_err:+6.1%})  out {p.output_tok_s:9.0f} tok/s "
-            f"(truth {p.truth_output_tok_s:9.0f}, {p.tput_err:+6.1%})  {'faithful' if p.faithful else 'NOT faithful'}",
+            f"{name:8s} c={c:5d} ttft {p.ttft_ms:8.2f} ms ({p.ttft_err:+6.1%})  "
+            f"out {p.output_tok_s:9.0f} tok/s (truth {p.truth_output_tok_s:9.0f}, {p.tput_err:+6.1%})  "
+            f"{'faithful' if p.faithful else 'NOT faithful'}",
             flush=True,
         )
         misses = 0 if p.faithful else misses + 1
