@@ -32,7 +32,7 @@ from perftune.mock.process import mock_process
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench-venv" / "vllm"
 REQS = Path(__file__).with_name("vllm-bench-requirements.txt")
-LADDER = (64, 256, 512, 1024, 1536, 1792, 2048, 3072)
+LADDER = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 1536, 1792, 2048, 3072)
 TRUTH = MockTruth(ttft_ms=100.0, itl_ms=20.0, tokens_per_chunk=1, isl=256, osl=128)
 
 

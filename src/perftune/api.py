@@ -22,6 +22,8 @@ from perftune.bench.records import CountTokens
 from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
 from perftune.bench.workloads import WorkloadSpec
 from perftune.errors import ConfigError
+from perftune.registry.check import CheckResult
+from perftune.registry.schema import ModelEntry
 
 T = TypeVar("T")
 
@@ -106,3 +108,97 @@ def calibrate(
             if misses >= stop_after_unfaithful:
                 break
     return points, ceiling(points)
+
+
+# ---------------------------------------------------------------- known-good registry
+
+
+def known_good_record(
+    model_id: str,
+    *,
+    registry: str | Path | None = None,
+    slug: str,
+    engine: str,
+    required_flags: Sequence[str] = (),
+    grind_frontier: str,
+    engine_versions: str = "",
+    hardware: str = "",
+    arch_note: str = "",
+    fallback: str = "",
+    champion: dict[str, str] | None = None,
+) -> tuple[Path, ModelEntry]:
+    """Append a model's known-good entry (append-only, comment-preserving, locked, atomic)."""
+    from pydantic import ValidationError
+
+    from perftune.registry.schema import Champion, RequiredFlag
+    from perftune.registry.store import parse_required_flag, record, resolve_registry
+
+    try:
+        flags = [RequiredFlag.model_validate(parse_required_flag(f)) for f in required_flags]
+        entry = ModelEntry(
+            slug=slug,
+            engine=engine,
+            engine_versions=engine_versions,
+            hardware=hardware,
+            arch_note=arch_note,
+            fallback=fallback,
+            grind_frontier=grind_frontier,
+            required_flags=flags,
+            champion=Champion.model_validate(champion) if champion else None,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(
+            f"invalid entry: {'.'.join(map(str, err['loc']))}: {err['msg']}",
+            hint="severity is one of boot-blocker | crash-high-c | deploy-correctness | perf",
+        ) from e
+    path = resolve_registry(registry)
+    record(path, model_id, entry)
+    return path, entry
+
+
+def known_good_check(
+    model: str | None,
+    *,
+    registry: str | Path | None = None,
+    serve_args: str | None = None,
+    deploy_file: str | Path | None = None,
+    engine_version: str | None = None,
+    require_registered: bool = False,
+) -> tuple[Path, CheckResult]:
+    """Check a deploy (serve args or deploy file) against the registry. Pure decision, fail-closed."""
+    from perftune.registry.check import check_deploy
+    from perftune.registry.deploy_args import parse_deploy_file, parse_serve_args
+    from perftune.registry.store import load_registry, resolve_registry
+
+    if (serve_args is None) == (deploy_file is None):
+        raise ConfigError(
+            "give exactly one of --serve-args or --deploy-file",
+            hint='e.g. --serve-args "vllm serve MODEL -tp 4"',
+        )
+    if deploy_file is not None:
+        p = Path(deploy_file)
+        if not p.exists():
+            raise ConfigError(
+                f"deploy file not found: {p}", hint="pass a Kubernetes manifest, script or serve spec"
+            )
+        deploy = parse_deploy_file(p.read_text(encoding="utf-8"), p.name)
+    else:
+        assert serve_args is not None
+        deploy = parse_serve_args(serve_args)
+    if engine_version:
+        deploy.engine_version = engine_version
+    model = model or deploy.model
+    if not model:
+        raise ConfigError("no model given and none found in the deploy", hint="pass --model MODEL_ID")
+    path = resolve_registry(registry)
+    reg = load_registry(path)
+    return path, check_deploy(model, reg.models.get(model), deploy, require_registered=require_registered)
+
+
+def known_good_validate(registry: str | Path | None = None) -> tuple[Path, int]:
+    """Validate a whole registry file; returns its path and the number of model entries."""
+    from perftune.registry.store import load_registry, resolve_registry
+
+    path = resolve_registry(registry)
+    return path, len(load_registry(path).models)

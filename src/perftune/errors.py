@@ -45,4 +45,6 @@ class LakeError(PerftuneError):
 
 
 class RegistryError(PerftuneError):
-    """The known-good registry is malformed or a check failed to run."""
+    """The known-good registry is missing, malformed, or refuses the change."""
+
+    exit_code = 3

@@ -55,6 +55,23 @@ def test_ttft_itl_and_exact_tokens_match_ground_truth(
     assert run.result.context.stack.simulated and run.result.context.tier == "DRAFT"
 
 
+def test_aiohttp_transport_is_exact_too(mock1: str, tmp_path: Path) -> None:
+    cfg = BenchConfig(
+        endpoint=mock1,
+        model="mock",
+        concurrency=8,
+        trials=1,
+        transport="aiohttp",
+        workload=WorkloadSpec(kind="random", isl=64, osl=9, num_requests=16),
+    )
+    run, _ = api.bench(cfg, out_dir=tmp_path)
+    t = run.result.trials[0]
+    assert t.counts.ok == 16 and t.counts.output_tokens == 16 * 9 and t.counts.input_mismatch == 0
+    assert abs((t.ttft_ms.mean or 0) - TTFT_MS) <= _tol(TTFT_MS) and abs(
+        (t.itl_ms.mean or 0) - ITL_MS
+    ) <= _tol(ITL_MS)
+
+
 def test_open_loop_poisson_hits_requested_rate(mock1: str, tmp_path: Path) -> None:
     cfg = BenchConfig(
         endpoint=mock1,

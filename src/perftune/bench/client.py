@@ -51,6 +51,7 @@ class BenchClient:
         max_connections: int,
         request_timeout_s: float = 600.0,
         api_key: str | None = None,
+        transport: str = "auto",
     ) -> None:
         self.base = endpoint.rstrip("/")
         if self.base.endswith("/v1"):
@@ -64,7 +65,7 @@ class BenchClient:
         # Plain-http endpoints use the lean hot-path transport; https falls back to aiohttp.
         self.fast: FastPool | None = (
             FastPool(self.base, headers=self.headers, request_timeout_s=request_timeout_s)
-            if self.base.startswith("http://")
+            if self.base.startswith("http://") and transport == "auto"
             else None
         )
 

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,9 @@ class Progress:
 Observer = Callable[[Progress], None]
 
 
+Transport = Literal["auto", "aiohttp"]
+
+
 class BenchConfig(BaseModel):
     """A resolved bench run: where, what, how hard, how many times."""
 
@@ -68,6 +71,10 @@ class BenchConfig(BaseModel):
     engine: str | None = Field(None, description="engine label (default: detected from /v1/models)")
     same_node: bool = Field(True, description="client and all compared runs on one node")
     baseline: str | None = Field(None, description="named baseline this run is compared to")
+    transport: Transport = Field(
+        "auto",
+        description="auto: the lean keep-alive pool for http, aiohttp for https; aiohttp: always aiohttp",
+    )
     salt_seed: int | None = Field(
         None,
         description="prompt salt base; default a fresh random value per run, so no two runs share prompts",
@@ -255,7 +262,11 @@ async def run_bench(
     trial_results: list[TrialResult] = []
 
     async with BenchClient(
-        cfg.endpoint, max_connections=conc, request_timeout_s=cfg.request_timeout_s, api_key=cfg.api_key
+        cfg.endpoint,
+        max_connections=conc,
+        request_timeout_s=cfg.request_timeout_s,
+        api_key=cfg.api_key,
+        transport=cfg.transport,
     ) as client:
         facts = await client.preflight(cfg.model)
         progress_tokens = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, mock
+from perftune.cli import bench, known_good, mock
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -15,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench.app, name="bench")
+app.add_typer(known_good.app, name="known-good")
 app.command("mock-server")(mock.mock_server)
 
 

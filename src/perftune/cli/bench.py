@@ -13,7 +13,7 @@ from perftune.bench.calibrate import DEFAULT_LADDER, CalibrationPoint, MockTruth
 from perftune.bench.load import Arrival
 from perftune.bench.metrics import parse_slo
 from perftune.bench.output import RecordsFormat, headline_rows
-from perftune.bench.runner import BenchConfig
+from perftune.bench.runner import BenchConfig, Transport
 from perftune.bench.runner import Progress as BenchProgress
 from perftune.bench.workloads import WorkloadKind, WorkloadSpec
 from perftune.cli.common import err_console, handle_errors, out_console, print_json
@@ -64,6 +64,9 @@ def run(
     engine: str | None = typer.Option(None, help="engine label (default: detected from /v1/models)"),
     baseline: str | None = typer.Option(None, help="named baseline this run is compared to"),
     api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="bearer token"),
+    transport: Transport = typer.Option(
+        "auto", help="auto (lean pool for http, aiohttp for https) | aiohttp"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object on stdout"),
 ) -> None:
     """Benchmark a server: warmup + N trials, exact tokens, mean/std/CI95 per headline metric."""
@@ -99,6 +102,7 @@ def run(
         hardware=hardware,
         engine=engine,
         baseline=baseline,
+        transport=transport,
     )
     with Progress(
         TextColumn("{task.description}"),

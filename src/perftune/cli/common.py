@@ -8,6 +8,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
+from pydantic import ValidationError
 from rich.console import Console
 
 from perftune.errors import PerftuneError
@@ -35,6 +36,16 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
+        except ValidationError as e:
+            if DEBUG["on"]:
+                raise
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "input"
+            err_console.print(
+                f"[bold red]error:[/] invalid {where}: {first['msg']}", highlight=False, soft_wrap=True
+            )
+            err_console.print("[yellow]hint:[/] see --help for allowed values", highlight=False)
+            raise SystemExit(2) from None
         except PerftuneError as e:
             if DEBUG["on"]:
                 raise

@@ -1,0 +1,205 @@
+"""Registry files: resolution, comment-preserving load, validation with line numbers, locked append.
+
+`record` never rewrites what is already in the file: the new entry is rendered by ruamel.yaml and
+appended under `models:` (which must be the file's last top-level key), then the whole result is
+parsed and validated before it atomically replaces the file, under an exclusive lock on a sidecar
+`.lock` file. So the banner and every entry's prose survive byte for byte, and concurrent records
+never lose an entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from perftune.errors import ConfigError, RegistryError
+from perftune.registry.schema import ModelEntry, Registry
+from perftune.util.atomic import write_text
+
+ENV_VAR = "PERFTUNE_KNOWN_GOOD_REGISTRY"
+REPO_RELATIVE = Path("configs") / "known-good-configs.yaml"
+
+BANNER = """\
+# =====================================================================================================
+#  KNOWN-GOOD SERVING CONFIGS (schema known_good_config_v1)
+#
+#  Flags listed under required_flags are NOT tuning choices: without them a model does not boot,
+#  wedges under load, or serves wrong answers. `perftune deploy` refuses a deploy that drops one
+#  (fail-closed). Append with `perftune known-good record`; promote DRAFT -> VERDICT by hand, in review.
+#  Every flag names its evidence. Validate with `perftune known-good validate`.
+# =====================================================================================================
+schema: known_good_config_v1
+models:
+"""
+
+
+def user_registry_path() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "perftune" / "known-good-configs.yaml"
+
+
+def resolve_registry(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
+    """--registry, then $PERFTUNE_KNOWN_GOOD_REGISTRY, then configs/known-good-configs.yaml walking up,
+    then the user config folder."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    here = (cwd or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / REPO_RELATIVE).exists():
+            return d / REPO_RELATIVE
+    return user_registry_path()
+
+
+def _yaml() -> YAML:
+    y = YAML()  # round-trip: keeps comments, key order, quoting
+    y.preserve_quotes = True
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 4096
+    return y
+
+
+def _line_of(doc: Any, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest key on `loc` that the YAML document knows."""
+    node, line = doc, None
+    for key in loc:
+        if isinstance(node, CommentedMap) and key in node:
+            line = node.lc.key(key)[0] + 1
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            if hasattr(node, "lc"):
+                line = node.lc.item(key)[0] + 1
+            node = node[key]
+        else:
+            break
+    return line
+
+
+def parse_registry(text: str, path: Path) -> tuple[Any, Registry]:
+    """Parse and validate; errors name the file and line."""
+    try:
+        doc = _yaml().load(StringIO(text))
+    except MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise RegistryError(
+            f"{where}: malformed YAML: {e.problem}", hint="fix the YAML syntax at that line"
+        ) from e
+    except YAMLError as e:
+        raise RegistryError(f"{path}: malformed YAML: {e}", hint="fix the YAML syntax") from e
+    if not isinstance(doc, dict):
+        raise RegistryError(
+            f"{path}: not a registry (top level is not a mapping)",
+            hint="start from the banner: schema: known_good_config_v1 / models:",
+        )
+    try:
+        reg = Registry.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        line = _line_of(doc, loc)
+        where = f"{path}:{line}" if line else str(path)
+        raise RegistryError(
+            f"{where}: {'.'.join(map(str, loc))}: {err['msg']}",
+            hint="see `perftune known-good validate --help` for the schema",
+        ) from e
+    return doc, reg
+
+
+def load_registry(path: Path) -> Registry:
+    if not path.exists():
+        raise RegistryError(
+            f"registry not found: {path}",
+            hint=f"pass --registry, set ${ENV_VAR}, or create one with `perftune known-good record`",
+        )
+    return parse_registry(path.read_text(encoding="utf-8"), path)[1]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def render_entry(model_id: str, entry: ModelEntry) -> str:
+    """YAML text for one `models:` item, indented for appending under `models:`."""
+    data = entry.model_dump(mode="json", exclude_none=True)
+    buf = StringIO()
+    _yaml().dump({"models": {model_id: data}}, buf)
+    lines = buf.getvalue().splitlines(keepends=True)
+    assert lines[0].startswith("models:")
+    return "".join(lines[1:])
+
+
+def record(path: Path, model_id: str, entry: ModelEntry) -> Registry:
+    """Append a model entry. Fails (and leaves the file untouched) if the model exists or the file is bad."""
+    with _locked(path):
+        text = path.read_text(encoding="utf-8") if path.exists() else BANNER
+        doc, reg = parse_registry(text, path)
+        if model_id in reg.models:
+            raise RegistryError(
+                f"{path}: model '{model_id}' is already registered",
+                hint="registry entries are append-only; edit the existing entry by hand (in review), e.g. to "
+                "add a flag or promote DRAFT to VERDICT",
+            )
+        keys = list(doc.keys())
+        if keys[-1:] != ["models"] or (
+            doc["models"] is not None and not isinstance(doc["models"], CommentedMap)
+        ):
+            raise RegistryError(
+                f"{path}: `models:` must be the last top-level key, as a block mapping",
+                hint="move `models:` to the end of the file so entries can be appended",
+            )
+        if doc["models"] is not None and doc["models"].fa.flow_style():
+            raise RegistryError(
+                f"{path}: `models:` is a flow mapping ({{...}})",
+                hint="write it as a block mapping (one entry per indented key)",
+            )
+        new_text = text if text.endswith("\n") else text + "\n"
+        new_text += render_entry(model_id, entry)
+        _, new_reg = parse_registry(new_text, path)  # validate the result before it replaces anything
+        if model_id not in new_reg.models or len(new_reg.models) != len(reg.models) + 1:
+            raise RegistryError(
+                f"{path}: appending '{model_id}' did not produce a valid registry",
+                hint="check the file's indentation under `models:`",
+            )
+        write_text(path, new_text)
+        return new_reg
+
+
+def parse_required_flag(spec: str) -> dict[str, str]:
+    """'FLAG|MATCH|SEVERITY|WHY|AFFECTED|EVIDENCE' (MATCH may itself contain '|')."""
+    parts = spec.split("|")
+    if len(parts) < 6:
+        raise ConfigError(
+            f"--required-flag needs 6 fields separated by '|', got {len(parts)}: {spec!r}",
+            hint="FLAG|MATCH|SEVERITY|WHY|AFFECTED|EVIDENCE, e.g. "
+            "'--additional-config|gdn_prefill_backend.*triton|crash-high-c|wedges at c>=8|vllm 0.22|"
+            "docs/x.md'",
+        )
+    flag, match = parts[0], "|".join(parts[1:-4])
+    severity, why, affected, evidence = parts[-4:]
+    return {
+        "flag": flag,
+        "match": match,
+        "severity": severity,
+        "why": why,
+        "affected": affected,
+        "evidence": evidence,
+    }
