@@ -7,7 +7,7 @@ import hashlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from perftune.bench.calibrate import (
     DEFAULT_LADDER,
@@ -24,6 +24,11 @@ from perftune.bench.workloads import WorkloadSpec
 from perftune.errors import ConfigError
 from perftune.registry.check import CheckResult
 from perftune.registry.schema import ModelEntry
+
+if TYPE_CHECKING:
+    from perftune.advisors.loader import LoaderAdvice
+    from perftune.advisors.tp import TpAdvice
+    from perftune.models.card import ModelCard as ModelCard_
 
 T = TypeVar("T")
 
@@ -202,3 +207,121 @@ def known_good_validate(registry: str | Path | None = None) -> tuple[Path, int]:
 
     path = resolve_registry(registry)
     return path, len(load_registry(path).models)
+
+
+# ---------------------------------------------------------------- model intelligence and advisors
+
+
+def inspect_model(ref: str) -> ModelCard_:
+    from perftune.models.resolve import model_card
+
+    return model_card(ref)
+
+
+def advise_tp(
+    ref: str,
+    gpu_name: str,
+    *,
+    dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    current_tp: int | None = None,
+    concurrency: int = 64,
+    context: int = 4096,
+    usd_per_gpu_hour: float = 2.5,
+    emit: str | Path | None = None,
+) -> TpAdvice:
+    from perftune.advisors.tp import advise_tp as _advise
+    from perftune.advisors.tp import tp_markdown
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+    from perftune.util.atomic import write_text
+
+    a = _advise(
+        model_card(ref),
+        gpu(gpu_name),
+        dtype=dtype,
+        kv_dtype=kv_dtype,
+        current_tp=current_tp,
+        concurrency=concurrency,
+        context=context,
+        usd_per_gpu_hour=usd_per_gpu_hour,
+    )
+    if emit:
+        d = Path(emit)
+        write_text(d / "tp_rightsize.json", a.model_dump_json(indent=2) + "\n")
+        write_text(d / "TP-RIGHTSIZE.md", tp_markdown(a))
+    return a
+
+
+def advise_sol(
+    ref: str,
+    gpu_name: str,
+    *,
+    dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    tp: int = 1,
+    batch: int = 1,
+    context: int = 1024,
+    measured_tpot_ms: float | None = None,
+) -> dict[str, Any]:
+    from perftune.hardware.ceilings import gpu
+    from perftune.hardware.roofline import roofline, sol_pct
+    from perftune.models.resolve import model_card
+
+    r = roofline(
+        model_card(ref),
+        gpu(gpu_name),
+        tp=tp,
+        weight_dtype=dtype,
+        kv_dtype=kv_dtype,
+        batch=batch,
+        context=context,
+    )
+    out: dict[str, Any] = {**r.model_dump(), "bound": r.decode_bound, "model": ref}
+    if measured_tpot_ms is not None:
+        out["measured_tpot_ms"] = measured_tpot_ms
+        out["sol_pct"] = sol_pct(r.decode_step_floor_ms, measured_tpot_ms)
+    return out
+
+
+def advise_loader(
+    *,
+    model: str | None = None,
+    model_gb: float | None = None,
+    serve_args: str = "",
+    hub_egress: bool = True,
+    runai_streamer: bool = False,
+    object_store: bool = False,
+    local_nvme: bool = True,
+    emit: str | Path | None = None,
+) -> tuple[LoaderAdvice, float]:
+    from perftune.advisors.loader import advise_loader as _advise
+    from perftune.advisors.loader import loader_markdown
+    from perftune.models.resolve import model_card
+    from perftune.util.atomic import write_text
+
+    if model_gb is None:
+        if model is None:
+            raise ConfigError("give --model or --model-gb", hint="e.g. --model llama-3.1-70b")
+        model_gb = model_card(model).native_weight_bytes / 1e9
+    a = _advise(
+        model_gb=model_gb,
+        serve_args=serve_args,
+        hub_egress=hub_egress,
+        runai_streamer=runai_streamer,
+        object_store=object_store,
+        local_nvme=local_nvme,
+    )
+    if emit:
+        d = Path(emit)
+        write_text(d / "loader_advisor.json", a.model_dump_json(indent=2) + "\n")
+        write_text(d / "LOADER.md", loader_markdown(a, model_gb))
+    return a, model_gb
+
+
+def synth_model(ref: str, out: str | Path) -> dict[str, Any]:
+    from perftune.models.resolve import load_config
+    from perftune.models.synth import synth
+
+    cfg, _, _ = load_config(ref)
+    return synth(cfg, Path(out))

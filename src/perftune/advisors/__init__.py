@@ -1,0 +1,1 @@
+"""Advisors: pure functions over a ModelCard and hardware ceilings."""

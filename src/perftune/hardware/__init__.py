@@ -1,0 +1,1 @@
+"""GPU ceilings (data) and roofline / speed-of-light maths (pure)."""

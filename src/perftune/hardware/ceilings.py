@@ -1,0 +1,47 @@
+"""Load GPU ceilings from ceilings.yaml (the only place peaks come from)."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from pydantic import BaseModel, ConfigDict, Field
+from ruamel.yaml import YAML
+
+from perftune.errors import ConfigError
+
+
+class Gpu(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(description="ceilings.yaml key, e.g. h100-sxm")
+    name: str
+    memory_gb: float = Field(description="HBM capacity, decimal GB")
+    hbm_tb_s: float = Field(description="peak HBM bandwidth, TB/s")
+    tflops: dict[str, float] = Field(description="dense tensor TFLOPS per dtype")
+    interconnect_gb_s: float = Field(description="GPU-to-GPU bandwidth, GB/s (bidirectional)")
+    power_w: float
+    aliases: list[str] = Field(default_factory=list)
+    source: str = Field(description="where the figures come from")
+
+    def peak_tflops(self, dtype: str) -> float:
+        d = {"fp16": "bf16", "int4": "bf16", "nvfp4": "fp4", "mxfp4": "fp4"}.get(dtype, dtype)
+        # Weight-only quantized GEMMs run at the activation dtype where the GPU has no faster path.
+        return self.tflops.get(d) or self.tflops.get("fp8" if d == "fp4" else "bf16") or self.tflops["bf16"]
+
+
+@cache
+def all_gpus() -> dict[str, Gpu]:
+    text = resources.files("perftune.hardware").joinpath("ceilings.yaml").read_text()
+    data = YAML(typ="safe").load(text)
+    return {k: Gpu(key=k, **v) for k, v in data.items()}
+
+
+def gpu(name: str) -> Gpu:
+    key = name.lower().strip()
+    gpus = all_gpus()
+    if key in gpus:
+        return gpus[key]
+    for g in gpus.values():
+        if key in g.aliases:
+            return g
+    raise ConfigError(f"unknown GPU '{name}'", hint="one of: " + ", ".join(sorted(gpus)))

@@ -1,0 +1,1 @@
+"""Model intelligence: config.json -> ModelCard (shapes, parameters, KV bytes), catalog, synth."""

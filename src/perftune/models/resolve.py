@@ -1,0 +1,85 @@
+"""Find a model's config: catalog name, local folder or config.json, or a hub id (online or HF cache)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from perftune.errors import ModelError
+from perftune.models.card import ModelCard, build_card
+
+
+def catalog_index() -> dict[str, dict[str, Any]]:
+    text = resources.files("perftune.models").joinpath("catalog/index.yaml").read_text()
+    return dict(YAML(typ="safe").load(text))
+
+
+def catalog_config(name: str) -> dict[str, Any] | None:
+    f = resources.files("perftune.models").joinpath(f"catalog/{name.lower()}.json")
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(
+            f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})",
+            hint="config.json must be valid JSON",
+        ) from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object", hint="config.json must be a JSON object")
+    return data
+
+
+def load_config(ref: str) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """(config, display name, hf_quant_config or None) for a catalog name, folder, file or hub id."""
+    cat = catalog_config(ref)
+    if cat is not None:
+        return cat, ref.lower(), None
+    p = Path(ref)
+    if p.is_dir():
+        cfg_path = p / "config.json"
+        if not cfg_path.exists():
+            raise ModelError(
+                f"{p}: no config.json in this folder", hint="point at a model folder or a config.json"
+            )
+        q = p / "hf_quant_config.json"
+        return _read_json(cfg_path), str(p), _read_json(q) if q.exists() else None
+    if p.suffix == ".json" or p.exists():
+        if not p.exists():
+            raise ModelError(f"config file not found: {p}", hint="check the path")
+        return _read_json(p), str(p), None
+    if "/" in ref:
+        return _from_hub(ref), ref, None
+    raise ModelError(
+        f"unknown model '{ref}'",
+        hint="a catalog name ("
+        + ", ".join(sorted(catalog_index()))
+        + "), a model folder, a config.json, or a hub id org/name",
+    )
+
+
+def _from_hub(repo_id: str) -> dict[str, Any]:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ModelError("huggingface_hub is not installed", hint="pip install huggingface-hub") from e
+    try:
+        path = hf_hub_download(repo_id, "config.json")
+    except Exception as e:  # offline and uncached, gated, or not found: all the same to the user
+        raise ModelError(
+            f"cannot get config.json for hub id '{repo_id}' ({type(e).__name__})",
+            hint="offline and not in the local HF cache? download it once, or pass a local folder "
+            "or a catalog name",
+        ) from e
+    return _read_json(Path(path))
+
+
+def model_card(ref: str) -> ModelCard:
+    cfg, name, hfq = load_config(ref)
+    return build_card(cfg, name, hfq)

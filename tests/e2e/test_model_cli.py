@@ -1,0 +1,92 @@
+"""Model intelligence commands as written in the issue, through the real CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _pt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "perftune", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_inspect_advise_json_fields() -> None:
+    d = json.loads(_pt("inspect", "deepseek-v3", "--json").stdout)
+    assert (
+        d["total_params"] > 6.7e11
+        and d["active_params"] > 3.6e10
+        and d["kv_bytes_per_token"]["bf16"] == 70272
+    )
+    t = json.loads(
+        _pt(
+            "advise", "tp", "qwen3-30b-a3b", "--gpu", "h100", "--dtype", "bf16", "--current-tp", "8", "--json"
+        ).stdout
+    )
+    assert t["recommended_tp"] in (1, 2) and t["over_provisioned"] is True and t["confidence"] == "measured"
+    assert t["rationale"]
+    s = json.loads(
+        _pt(
+            "advise",
+            "sol",
+            "llama-3.1-8b",
+            "--gpu",
+            "h100",
+            "--dtype",
+            "bf16",
+            "--batch",
+            "1",
+            "--measured-tpot-ms",
+            "6.46",
+            "--json",
+        ).stdout
+    )
+    assert 4.7 < s["decode_step_floor_ms"] < 4.9 and 73 < s["sol_pct"] < 76 and s["bound"] == "memory"
+
+
+def test_bad_input_is_one_line() -> None:
+    r = _pt("inspect", "no-such-model")
+    assert r.returncode == 1 and "unknown model 'no-such-model'" in r.stderr and "Traceback" not in r.stderr
+    g = _pt("advise", "sol", "llama-3.1-8b", "--gpu", "z80")
+    assert g.returncode == 2 and "unknown GPU 'z80'" in g.stderr
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen3-30b-a3b", "deepseek-v3"])
+def test_synth_loads_with_transformers(name: str, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "m"
+    r = _pt("model", "synth", name, "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    catalog = Path(__file__).resolve().parents[2] / "src/perftune/models/catalog" / f"{name}.json"
+    assert cfg == json.loads(catalog.read_text())  # the exact config
+    conf = transformers.AutoConfig.from_pretrained(out)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(tok) == conf.vocab_size == cfg["vocab_size"]
+    assert tok.bos_token_id == cfg["bos_token_id"] and tok.eos_token_id == cfg["eos_token_id"]
+    assert len(tok("def f(x):\n    return x")["input_ids"]) > 3
+    again = _pt("model", "synth", name, "--out", str(out))
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_synth_reproduces_the_shared_dummy_llama(tmp_path: Path) -> None:
+    shared = Path(__file__).resolve().parents[3] / "shared" / "gpu" / "models" / "llama-3.1-8b-dummy"
+    if not shared.exists():
+        pytest.skip("../shared/gpu/models/llama-3.1-8b-dummy is not beside this checkout")
+    tokenizers = pytest.importorskip("tokenizers")
+    out = tmp_path / "llama-dummy"
+    assert _pt("model", "synth", "llama-3.1-8b", "--out", str(out)).returncode == 0
+    assert json.loads((out / "config.json").read_text()) == json.loads((shared / "config.json").read_text())
+    assert json.loads((out / "generation_config.json").read_text()) == json.loads(
+        (shared / "generation_config.json").read_text()
+    )
+    ours = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    theirs = tokenizers.Tokenizer.from_file(str(shared / "tokenizer.json"))
+    assert ours.get_vocab_size() == theirs.get_vocab_size() == 128256
+    for tid in (128000, 128001):
+        assert ours.id_to_token(tid) == theirs.id_to_token(tid)
