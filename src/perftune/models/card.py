@@ -353,10 +353,30 @@ def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | Non
         attention = "hybrid"
         notes.append("hybrid: KV cache only in full-attention layers; linear layers keep a constant state")
     elif family == "nemotron_h":
+        # One block per character of hybrid_override_pattern: M = Mamba-2 mixer, * = attention,
+        # - = MLP (squared ReLU: up and down, no gate). Each block has one pre-norm.
         pattern = str(cfg.get("hybrid_override_pattern") or "")
+        if len(pattern) != L:
+            raise ModelError(
+                f"{name}: hybrid_override_pattern has {len(pattern)} blocks, num_hidden_layers is {L}",
+                hint="the pattern needs one character (M, *, -) per layer",
+            )
         attn_layers = pattern.count("*")
+        n_mamba, n_mlp = pattern.count("M"), pattern.count("-")
+        mh, mhd = int(cfg["mamba_num_heads"]), int(cfg["mamba_head_dim"])
+        ds, ng = int(cfg["ssm_state_size"]), int(cfg.get("n_groups") or 1)
+        ck = int(cfg.get("conv_kernel") or 4)
+        d_inner = mh * mhd
+        conv_dim = d_inner + 2 * ng * ds
+        per_mamba = (
+            h * (2 * d_inner + 2 * ng * ds + mh) + conv_dim * ck + conv_dim + 3 * mh + d_inner + d_inner * h
+        )
+        linear = n_mamba * per_mamba
+        linear_state = n_mamba * (mh * mhd * ds + conv_dim * (ck - 1)) * 2.0
+        dense_mlp = n_mlp * 2 * h * inter
+        norms_per_layer = h
         attention = "hybrid"
-        notes.append("nemotron_h: parameters of Mamba layers approximated; KV from attention layers only")
+        notes.append("nemotron_h: KV cache only in attention blocks; Mamba blocks keep a constant state")
     attention_total = (
         attn_layers * attn_per_layer if family in ("qwen3_next", "nemotron_h") else L * attn_per_layer
     )

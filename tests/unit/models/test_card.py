@@ -106,3 +106,42 @@ def test_bad_input(tmp_path: Path) -> None:
         model_card(str(tmp_path / ".."))
     with pytest.raises(ModelError, match="unknown model 'nope'"):
         model_card("nope")
+
+
+def test_nemotron_h_hybrid_counts_blocks_by_pattern() -> None:
+    # Shapes of the public Nemotron-H-8B config (24 Mamba-2, 4+1 attention, 23 MLP blocks; published ~8B).
+    pat = ("M-M-M-M*-" * 5 + "M-M-M-M-")[:52]
+    cfg = {
+        "model_type": "nemotron_h",
+        "hidden_size": 4096,
+        "num_hidden_layers": 52,
+        "hybrid_override_pattern": pat,
+        "mamba_num_heads": 128,
+        "mamba_head_dim": 64,
+        "ssm_state_size": 128,
+        "n_groups": 8,
+        "conv_kernel": 4,
+        "intermediate_size": 21504,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 131072,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 8192,
+    }
+    c = build_card(cfg, "nemotron-h-8b")
+    assert c.attention == "hybrid" and c.attention_layers == pat.count("*") == 5
+    assert c.kv_bytes_per_token["bf16"] == 2 * 8 * 128 * 5 * 2
+    assert c.total_params / 1e9 == pytest.approx(8.0, rel=0.01)
+    assert c.linear_state_bytes_per_seq > 0
+    with pytest.raises(ModelError, match="53 blocks, num_hidden_layers is 52"):
+        build_card({**cfg, "hybrid_override_pattern": pat + "M"}, "x")
+
+
+def test_hub_id_offline_and_uncached_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match=r"cannot get config\.json for hub id 'perftune-test/not-cached'"):
+        model_card("perftune-test/not-cached")
