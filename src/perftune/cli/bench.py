@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -118,8 +119,6 @@ def run(
         t_start: dict[tuple[str, int], float] = {}
 
         def observe(p: BenchProgress) -> None:
-            import time
-
             key = (p.phase, p.trial)
             if key not in tasks:
                 label = "warmup" if p.phase == "warmup" else f"trial {p.trial + 1}/{trials}"
