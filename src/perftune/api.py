@@ -22,13 +22,13 @@ from perftune.bench.records import CountTokens
 from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
 from perftune.bench.workloads import WorkloadSpec
 from perftune.errors import ConfigError
-from perftune.registry.check import CheckResult
-from perftune.registry.schema import ModelEntry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` needs none of them
     from perftune.advisors.loader import LoaderAdvice
     from perftune.advisors.tp import TpAdvice
     from perftune.models.card import ModelCard as ModelCard_
+    from perftune.registry.check import CheckResult
+    from perftune.registry.schema import ModelEntry
 
 T = TypeVar("T")
 
@@ -135,7 +135,7 @@ def known_good_record(
     """Append a model's known-good entry (append-only, comment-preserving, locked, atomic)."""
     from pydantic import ValidationError
 
-    from perftune.registry.schema import Champion, RequiredFlag
+    from perftune.registry.schema import Champion, ModelEntry, RequiredFlag
     from perftune.registry.store import parse_required_flag, record, resolve_registry
 
     try:
