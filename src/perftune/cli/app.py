@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, known_good, mock, models
+from perftune.cli import bench, known_good, levers, mock, models
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(known_good.app, name="known-good")
 app.add_typer(models.advise_app, name="advise")
 app.add_typer(models.model_app, name="model")
 app.command("inspect")(models.inspect)
+app.command("levers")(levers.levers)
 app.command("mock-server")(mock.mock_server)
 
 

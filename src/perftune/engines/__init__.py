@@ -1,0 +1,1 @@
+"""Engine adapters (pure): ServeSpec -> LaunchPlan, and the cross-engine lever catalog."""

@@ -1,0 +1,184 @@
+"""Engine adapters: vLLM, SGLang, llama.cpp (llama-server). Pure argv/env building.
+
+Footguns:
+- vLLM's /reset_prefix_cache only exists with VLLM_SERVER_DEV_MODE=1 (the adapter sets it).
+- SGLang serves /metrics only with --enable-metrics (always set), and resets its radix cache on
+  POST /flush_cache.
+- A TP/DP lever and the spec's tp/dp are the same thing: the spec wins, a conflicting lever is an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from perftune.engines.base import CacheReset, LaunchPlan, ServeSpec, python
+from perftune.engines.levers import lookup, translate
+from perftune.errors import ConfigError
+
+METRICS = {
+    "vllm": {
+        "running": "vllm:num_requests_running",
+        "waiting": "vllm:num_requests_waiting",
+        "kv_usage": "vllm:kv_cache_usage_perc",
+        "prefix_queries": "vllm:prefix_cache_queries_total",
+        "prefix_hits": "vllm:prefix_cache_hits_total",
+        "preemptions": "vllm:num_preemptions_total",
+        "spec_drafted": "vllm:spec_decode_num_draft_tokens_total",
+        "spec_accepted": "vllm:spec_decode_num_accepted_tokens_total",
+    },
+    "sglang": {
+        "running": "sglang:num_running_reqs",
+        "waiting": "sglang:num_queue_reqs",
+        "kv_usage": "sglang:token_usage",
+        "prefix_hit_rate": "sglang:cache_hit_rate",
+        "spec_accept_length": "sglang:spec_accept_length",
+    },
+    "llamacpp": {},
+}
+
+
+def _served_name(spec: ServeSpec) -> str:
+    return spec.served_name or Path(spec.model.rstrip("/")).name or spec.model
+
+
+def _parallel_levers(spec: ServeSpec) -> dict[str, object]:
+    levers = dict(spec.levers)
+    for name in list(levers):
+        canon = lookup(name).name
+        if canon in ("tensor-parallel", "data-parallel"):
+            want = spec.tp if canon == "tensor-parallel" else spec.dp
+            if int(levers.pop(name)) != want:
+                raise ConfigError(
+                    f"lever {name} conflicts with the spec's {canon.split('-')[0][:1]}p={want}",
+                    hint="set parallelism once, with --tp / --dp",
+                )
+    return levers
+
+
+def plan_vllm(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+    levers = _parallel_levers(spec)
+    lever_argv = translate(levers, "vllm", spec.engine_version, tp=spec.tp)
+    served = _served_name(spec)
+    argv = [
+        python(),
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        spec.model,
+        "--served-model-name",
+        served,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if spec.tp > 1:
+        argv += ["--tensor-parallel-size", str(spec.tp)]
+    if spec.dp > 1:
+        argv += ["--data-parallel-size", str(spec.dp)]
+    if spec.dtype:
+        argv += ["--dtype", spec.dtype]
+    argv += lever_argv + spec.extra_args
+    env = {"VLLM_SERVER_DEV_MODE": "1", **spec.env}
+    return LaunchPlan(
+        engine="vllm",
+        served_name=served,
+        argv=argv,
+        env=env,
+        port_flag="--port",
+        host_flag="--host",
+        health_path="/health",
+        ready_rule="GET /health == 200 and /v1/models lists the served name",
+        metrics_path="/metrics",
+        metric_names=METRICS["vllm"],
+        cache_reset=CacheReset(
+            method="POST", path="/reset_prefix_cache", note="needs VLLM_SERVER_DEV_MODE=1 (set)"
+        ),
+        lever_argv=lever_argv,
+    )
+
+
+def plan_sglang(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+    levers = _parallel_levers(spec)
+    lever_argv = translate(levers, "sglang", spec.engine_version, tp=spec.tp)
+    served = _served_name(spec)
+    argv = [
+        python(),
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        spec.model,
+        "--served-model-name",
+        served,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--enable-metrics",
+    ]
+    if spec.tp > 1:
+        argv += ["--tp-size", str(spec.tp)]
+    if spec.dp > 1:
+        argv += ["--dp-size", str(spec.dp)]
+    if spec.dtype:
+        argv += ["--dtype", spec.dtype]
+    argv += lever_argv + spec.extra_args
+    return LaunchPlan(
+        engine="sglang",
+        served_name=served,
+        argv=argv,
+        env=dict(spec.env),
+        port_flag="--port",
+        host_flag="--host",
+        health_path="/health",
+        ready_rule="GET /health == 200 and /v1/models lists the served name",
+        metrics_path="/metrics",
+        metric_names=METRICS["sglang"],
+        cache_reset=CacheReset(method="POST", path="/flush_cache", note="radix cache flush"),
+        lever_argv=lever_argv,
+    )
+
+
+def plan_llamacpp(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+    if spec.tp > 1 or spec.dp > 1:
+        raise ConfigError(
+            "llama.cpp has no tensor/data parallelism in perftune's adapter",
+            hint="use tp=1, dp=1 (llama-server splits layers across GPUs itself)",
+        )
+    lever_argv = translate(dict(spec.levers), "llamacpp", spec.engine_version)
+    served = _served_name(spec)
+    argv = [
+        "llama-server",
+        "--model",
+        spec.model,
+        "--alias",
+        served,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--metrics",
+        *lever_argv,
+        *spec.extra_args,
+    ]
+    return LaunchPlan(
+        engine="llamacpp",
+        served_name=served,
+        argv=argv,
+        env=dict(spec.env),
+        port_flag="--port",
+        host_flag="--host",
+        health_path="/health",
+        ready_rule="GET /health == 200 (503 while loading) and /v1/models lists the alias",
+        metrics_path="/metrics",
+        metric_names=METRICS["llamacpp"],
+        cache_reset=None,
+        lever_argv=lever_argv,
+    )
+
+
+PLANNERS = {"vllm": plan_vllm, "sglang": plan_sglang, "llamacpp": plan_llamacpp}
+
+
+def plan(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000) -> LaunchPlan:
+    return PLANNERS[spec.engine](spec, host=host, port=port)

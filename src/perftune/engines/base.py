@@ -1,0 +1,66 @@
+"""ServeSpec (what the user asked for) -> LaunchPlan (how to start it). Pure; one adapter per engine.
+
+A deploy target runs a LaunchPlan somewhere; adapters and targets never know about each other.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeSpec(BaseModel):
+    """A serving configuration as the user states it."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: Literal["vllm", "sglang", "llamacpp"] = Field(description="engine to launch")
+    model: str = Field(description="model folder, GGUF file, or hub id")
+    served_name: str | None = Field(None, description="name clients use (default: the model folder's name)")
+    engine_version: str | None = Field(None, description="engine version, when known (lever availability)")
+    tp: int = Field(1, ge=1, description="tensor parallelism")
+    dp: int = Field(1, ge=1, description="data parallelism inside the server")
+    dtype: str | None = Field(None, description="activation/weight dtype (auto when omitted)")
+    levers: dict[str, Any] = Field(
+        default_factory=dict, description="cross-engine levers (see `perftune levers`)"
+    )
+    extra_args: list[str] = Field(default_factory=list, description="engine flags passed through verbatim")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+
+
+class CacheReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["POST", "GET"]
+    path: str
+    note: str = ""
+
+
+class LaunchPlan(BaseModel):
+    """Everything a deploy target needs to start, probe and clean an engine."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    served_name: str
+    argv: list[str] = Field(description="the full command, host and port included")
+    env: dict[str, str]
+    port_flag: str
+    host_flag: str
+    health_path: str = Field(description="GET path that answers 200 when the server is up")
+    ready_rule: str = Field(description="human-readable readiness rule")
+    metrics_path: str | None
+    metric_names: dict[str, str] = Field(description="perftune metric -> engine Prometheus name")
+    cache_reset: CacheReset | None
+    lever_argv: list[str] = Field(
+        description="the part of argv that came from levers (for the launch summary)"
+    )
+
+
+class Adapter(Protocol):
+    name: str
+
+    def plan(self, spec: ServeSpec, *, host: str, port: int) -> LaunchPlan: ...
+
+
+def python() -> str:
+    return sys.executable
