@@ -1,0 +1,175 @@
+"""Local target: the engine runs as a child process group on this machine.
+
+Footguns:
+- The server gets its own process group (start_new_session), so teardown reaches the engine's
+  workers too (vLLM's EngineCore, SGLang's scheduler and detokenizer processes).
+- Readiness races health against process death against a timeout: a dead engine never answers.
+- Logs go to files in the run folder, never to our stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from perftune.engines.base import LaunchPlan
+from perftune.errors import ConfigError, DeployError
+
+TAIL_LINES = 30
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free right now (bind to 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"port {port} on {host} is busy ({e.strerror})",
+                hint="pick another --port, or leave it out to get a free one",
+            ) from e
+
+
+def tail(path: Path, n: int = TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+@dataclass
+class LocalDeployment:
+    plan: LaunchPlan
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid  # start_new_session: the child leads its own group
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def up(
+    plan: LaunchPlan, run_dir: Path, *, host: str, port: int, gpus: list[int] | None = None
+) -> LocalDeployment:
+    """Start the server (port must already be in plan.argv). Does not wait for readiness."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / f"{plan.engine}-server.log"
+    env = {**os.environ, **plan.env}
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                plan.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            raise DeployError(
+                f"{plan.engine} is not installed: cannot run '{plan.argv[0]}'",
+                hint=f"install {plan.engine} in this environment",
+                log_path=str(log_path),
+            ) from e
+    return LocalDeployment(plan=plan, base_url=f"http://{host}:{port}", proc=proc, log_path=log_path)
+
+
+async def wait_ready(dep: LocalDeployment, timeout_s: float, poll_s: float = 0.5) -> float:
+    """Seconds until health OK and /v1/models lists the served name; raises on death or timeout."""
+    t0 = time.monotonic()
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        while True:
+            if not dep.alive():
+                raise DeployError(
+                    f"{dep.plan.engine} exited with code {dep.proc.returncode} before it was ready:\n"
+                    f"{tail(dep.log_path)}",
+                    hint="read the server log",
+                    log_path=str(dep.log_path),
+                )
+            if time.monotonic() - t0 > timeout_s:
+                raise DeployError(
+                    f"{dep.plan.engine} not ready within {timeout_s:g} s:\n{tail(dep.log_path)}",
+                    hint="raise the timeout, or read the server log",
+                    log_path=str(dep.log_path),
+                )
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                async with s.get(dep.base_url + dep.plan.health_path) as r:
+                    if r.status == 200:
+                        async with s.get(dep.base_url + "/v1/models") as m:
+                            data = await m.json(content_type=None)
+                            ids = [str(x.get("id")) for x in data.get("data", [])]
+                            if dep.plan.served_name in ids:
+                                return time.monotonic() - t0
+            await asyncio.sleep(poll_s)
+
+
+def down(dep: LocalDeployment, grace_s: float = 15.0) -> None:
+    """TERM the whole process group, KILL after the grace period. Idempotent."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(dep.pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            dep.proc.poll()
+            if not group_alive(dep.pgid):
+                return
+            time.sleep(0.05)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        dep.proc.wait(timeout=1)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # The group leader may be a zombie we have not reaped; it counts as gone.
+    try:
+        with open(f"/proc/{pgid}/stat") as f:
+            state = f.read().split(")", 1)[1].split()[0]
+        others = _group_members(pgid) - {pgid}
+        return state != "Z" or bool(others)
+    except OSError:
+        return bool(_group_members(pgid))
+
+
+def _group_members(pgid: int) -> set[int]:
+    out = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().split(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.add(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
