@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, known_good, levers, mock, models
+from perftune.cli import bench, deploy, known_good, levers, mock, models
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(models.advise_app, name="advise")
 app.add_typer(models.model_app, name="model")
 app.command("inspect")(models.inspect)
 app.command("levers")(levers.levers)
+app.command("deploy", context_settings=deploy.CONTEXT)(deploy.deploy)
 app.command("mock-server")(mock.mock_server)
 
 

@@ -182,3 +182,40 @@ PLANNERS = {"vllm": plan_vllm, "sglang": plan_sglang, "llamacpp": plan_llamacpp}
 
 def plan(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000) -> LaunchPlan:
     return PLANNERS[spec.engine](spec, host=host, port=port)
+
+
+def plan_mock(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+    """perftune's ground-truth mock server as an 'engine': exercises the deploy path without a GPU."""
+    if spec.levers:
+        raise ConfigError("the mock engine takes no levers", hint="levers apply to vllm, sglang, llamacpp")
+    served = _served_name(spec)
+    argv = [
+        python(),
+        "-m",
+        "perftune",
+        "mock-server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--model-name",
+        served,
+        *spec.extra_args,
+    ]
+    return LaunchPlan(
+        engine="mock",
+        served_name=served,
+        argv=argv,
+        env=dict(spec.env),
+        port_flag="--port",
+        host_flag="--host",
+        health_path="/health",
+        ready_rule="GET /health == 200 and /v1/models",
+        metrics_path=None,
+        metric_names={},
+        cache_reset=None,
+        lever_argv=[],
+    )
+
+
+PLANNERS["mock"] = plan_mock

@@ -15,7 +15,9 @@ class ServeSpec(BaseModel):
     """A serving configuration as the user states it."""
 
     model_config = ConfigDict(extra="forbid")
-    engine: Literal["vllm", "sglang", "llamacpp"] = Field(description="engine to launch")
+    engine: Literal["vllm", "sglang", "llamacpp", "mock"] = Field(
+        description="engine to launch (mock: perftune's ground-truth server, for rehearsals and tests)"
+    )
     model: str = Field(description="model folder, GGUF file, or hub id")
     served_name: str | None = Field(None, description="name clients use (default: the model folder's name)")
     engine_version: str | None = Field(None, description="engine version, when known (lever availability)")

@@ -1,0 +1,228 @@
+"""Deploy: known-good gate -> launch plan -> local process -> ready -> smoke gate. The imperative shell."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from perftune.engines.adapters import plan as make_plan
+from perftune.engines.base import LaunchPlan, ServeSpec
+from perftune.errors import ConfigError, DeployError, GateError
+from perftune.registry.gate import enforce_known_good
+from perftune.targets.local import (
+    LocalDeployment,
+    check_port_free,
+    down,
+    free_port,
+    group_alive,
+    up,
+    wait_ready,
+)
+from perftune.util.atomic import write_text
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, not a path
+INSTALL_HINTS = {
+    "vllm": "pip install vllm (or stage the offline bundle: shared/gpu/README.md)",
+    "sglang": "pip install 'sglang[all]'",
+    "llamacpp": "install llama.cpp's llama-server and put it on PATH",
+}
+
+
+class SmokeResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    completion_text: str
+    chat_text: str
+    passed: bool
+    reason: str
+
+
+class DeployRecord(BaseModel):
+    """What `deploy --detach` leaves behind so `deploy down RUN_ID` can find the process group."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    endpoint: str
+    served_name: str
+    engine: str
+    engine_version: str | None
+    pgid: int
+    log_path: str
+    plan: LaunchPlan
+    ready_s: float
+    smoke: SmokeResult | None
+    known_good: dict[str, Any] = Field(description="the registry check's verdict and reasons")
+
+
+def _engine_installed(p: LaunchPlan) -> None:
+    exe = p.argv[0]
+    if p.engine == "llamacpp" and shutil.which(exe) is None:
+        raise DeployError(
+            f"llama.cpp is not installed: '{exe}' is not on PATH", hint=INSTALL_HINTS["llamacpp"]
+        )
+    if p.engine in ("vllm", "sglang"):
+        module = "vllm" if p.engine == "vllm" else "sglang"
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            raise DeployError(
+                f"{p.engine} is not installed in this Python ({exe})", hint=INSTALL_HINTS[p.engine]
+            )
+
+
+async def smoke(base_url: str, served: str, *, chat_only: bool = False) -> SmokeResult:
+    """One completion and one chat completion with non-empty output.
+
+    Instruction-tuned models are judged on the chat endpoint only: a raw completion on an -it model
+    can degenerate by design and would falsely fail a correct checkpoint.
+    """
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            async with s.post(base_url + path, json=body) as r:
+                data = await r.json(content_type=None)
+                if r.status != 200:
+                    raise DeployError(
+                        f"smoke {path} failed: HTTP {r.status}: {str(data)[:300]}",
+                        hint="the server is up but rejects requests; read its log",
+                    )
+                return dict(data)
+
+        c = await post(
+            "/v1/completions",
+            {"model": served, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+        )
+        ch = await post(
+            "/v1/chat/completions",
+            {
+                "model": served,
+                "max_tokens": 8,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "Say hello."}],
+            },
+        )
+    ctext = str(c["choices"][0].get("text") or "")
+    htext = str(ch["choices"][0]["message"].get("content") or "")
+    ok_chat = bool(htext.strip())
+    ok = ok_chat if chat_only else ok_chat and bool(ctext.strip())
+    reason = (
+        "chat and completion returned text"
+        if ok
+        else ("empty chat completion" if not ok_chat else "empty completion")
+    )
+    return SmokeResult(completion_text=ctext, chat_text=htext, passed=ok, reason=reason)
+
+
+async def detect_version(base_url: str, engine: str) -> str | None:
+    paths = {"vllm": "/version", "sglang": "/get_server_info", "llamacpp": "/props"}
+    path = paths.get(engine)
+    if path is None:
+        return None
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+            s.get(base_url + path) as r,
+        ):
+            data = await r.json(content_type=None)
+            v = data.get("version") if isinstance(data, dict) else None
+            return str(v) if v else None
+    return None
+
+
+def run_id_for(spec: ServeSpec) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    h = hashlib.sha1(f"{spec.model_dump_json()}{time.time_ns()}".encode()).hexdigest()[:6]
+    return f"deploy-{spec.engine}-{stamp}-{h}"
+
+
+def deploy(
+    spec: ServeSpec,
+    *,
+    runs_dir: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    ready_timeout_s: float = 900.0,
+    registry: str | Path | None = None,
+    chat_only_smoke: bool = False,
+    gpus: list[int] | None = None,
+) -> tuple[DeployRecord, LocalDeployment]:
+    """Validate everything, then launch, wait for readiness and smoke-test. Tears down on any failure."""
+    if spec.engine != "mock" and not Path(spec.model).exists() and not HUB_ID.match(spec.model):
+        raise ConfigError(
+            f"model folder not found: {spec.model}", hint="pass a model folder, a GGUF file or a hub id"
+        )
+    if port is None:
+        port = free_port(host)
+    else:
+        check_port_free(host, port)
+    p = make_plan(spec, host=host, port=port)  # validates every lever before anything launches
+    kg = enforce_known_good(
+        spec.model,
+        spec.engine,
+        p.argv[p.argv.index(spec.model) :] if spec.model in p.argv else p.argv,
+        env=p.env,
+        engine_version=spec.engine_version,
+        registry=registry,
+    )
+    _engine_installed(p)
+    run_id = run_id_for(spec)
+    run_dir = runs_dir / run_id
+    dep = up(p, run_dir, host=host, port=port, gpus=gpus)
+    try:
+        ready_s = asyncio.run(wait_ready(dep, ready_timeout_s))
+        version = spec.engine_version or asyncio.run(detect_version(dep.base_url, spec.engine))
+        sm = asyncio.run(smoke(dep.base_url, p.served_name, chat_only=chat_only_smoke))
+        if not sm.passed:
+            raise GateError(
+                f"smoke gate red: {sm.reason}", hint="read the server log", log_path=str(dep.log_path)
+            )
+    except BaseException:
+        down(dep)
+        raise
+    rec = DeployRecord(
+        run_id=run_id,
+        endpoint=dep.base_url,
+        served_name=p.served_name,
+        engine=spec.engine,
+        engine_version=version,
+        pgid=dep.pgid,
+        log_path=str(dep.log_path),
+        plan=p,
+        ready_s=ready_s,
+        smoke=sm,
+        known_good={"verdict": kg.verdict, "reasons": kg.reasons},
+    )
+    write_text(run_dir / "deploy.json", rec.model_dump_json(indent=2) + "\n")
+    return rec, dep
+
+
+def deploy_down(run_id: str, runs_dir: Path, grace_s: float = 15.0) -> bool:
+    """Tear down a detached deploy by run id. Returns False if it was already gone (idempotent)."""
+    f = runs_dir / run_id / "deploy.json"
+    if not f.exists():
+        raise ConfigError(
+            f"no deploy record for {run_id} in {runs_dir}", hint="check the run id and --runs-dir"
+        )
+    rec = DeployRecord.model_validate(json.loads(f.read_text()))
+    if not group_alive(rec.pgid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(rec.pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and group_alive(rec.pgid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        if group_alive(rec.pgid):
+            os.killpg(rec.pgid, signal.SIGKILL)
+    return True
