@@ -133,14 +133,20 @@ def down(dep: LocalDeployment, grace_s: float = 15.0) -> None:
             os.killpg(dep.pgid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            dep.proc.poll()
-            if not group_alive(dep.pgid):
-                return
-            time.sleep(0.05)
+        if _group_gone_within(dep, wait):
+            break
     with contextlib.suppress(subprocess.TimeoutExpired):
-        dep.proc.wait(timeout=1)
+        dep.proc.wait(timeout=5)  # always reap the leader, so no zombie outlives us
+
+
+def _group_gone_within(dep: LocalDeployment, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        dep.proc.poll()
+        if not group_alive(dep.pgid):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def group_alive(pgid: int) -> bool:
