@@ -90,6 +90,50 @@ def test_open_loop_poisson_hits_requested_rate(mock1: str, tmp_path: Path) -> No
     assert run.result.summary["valid"] is True
 
 
+def test_cache_is_reset_before_every_trial(mock1: str, tmp_path: Path) -> None:
+    import json as _json
+    import urllib.request
+
+    def resets() -> int:
+        return int(_json.loads(urllib.request.urlopen(mock1 + "/mock/stats").read())["cache_resets"])
+
+    before = resets()
+    cfg = BenchConfig(
+        endpoint=mock1,
+        model="mock",
+        concurrency=2,
+        trials=3,
+        workload=WorkloadSpec(kind="random", isl=16, osl=2, num_requests=4),
+    )
+    run, _ = api.bench(cfg, out_dir=tmp_path)
+    assert resets() - before == 3
+    assert run.result.summary["cache_reset"] == {
+        "path": "/reset_prefix_cache",
+        "ok_trials": 3,
+        "failed_statuses": [],
+    }
+    off = BenchConfig(
+        endpoint=mock1,
+        model="mock",
+        concurrency=2,
+        trials=2,
+        reset_cache="none",
+        workload=WorkloadSpec(kind="random", isl=16, osl=2, num_requests=4),
+    )
+    api.bench(off, out_dir=tmp_path / "off")
+    assert resets() - before == 3
+    bad = BenchConfig(
+        endpoint=mock1,
+        model="mock",
+        concurrency=1,
+        trials=1,
+        reset_cache="/no_such_reset",
+        workload=WorkloadSpec(kind="random", isl=16, osl=2, num_requests=1),
+    )
+    run_bad, _ = api.bench(bad, out_dir=tmp_path / "bad")
+    assert run_bad.result.summary["cache_reset"]["failed_statuses"] == [404]  # type: ignore[index]
+
+
 def test_chat_workload_role_chunk_does_not_start_ttft(mock1: str, tmp_path: Path) -> None:
     cfg = BenchConfig(
         endpoint=mock1,

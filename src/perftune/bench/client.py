@@ -129,6 +129,15 @@ class BenchClient:
                 f"GET {url} did not return JSON", hint="is this an OpenAI-compatible server?"
             ) from e
 
+    async def post_status(self, path: str) -> int:
+        """POST with an empty body (cache resets); the HTTP status, or 0 when unreachable."""
+        try:
+            async with self.session.post(self.base + path, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return 0
+
     async def metrics_text(self) -> str | None:
         """The server's Prometheus /metrics text, or None when it has none (best effort, 2 s)."""
         try:

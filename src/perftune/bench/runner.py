@@ -75,6 +75,11 @@ class BenchConfig(BaseModel):
         "auto",
         description="auto: the lean keep-alive pool for http, aiohttp for https; aiohttp: always aiohttp",
     )
+    reset_cache: str = Field(
+        "auto",
+        description="prefix-cache reset before every trial: auto (by detected engine: vLLM POST "
+        "/reset_prefix_cache, SGLang POST /flush_cache), none, or a POST path",
+    )
     salt_seed: int | None = Field(
         None,
         description="prompt salt base; default a fresh random value per run, so no two runs share prompts",
@@ -85,7 +90,7 @@ class BenchResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: str = "perftune.bench.summary/v1"
     context: MeasurementContext
-    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, float | None]] = Field(
+    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, Any]] = Field(
         description="headline metrics across trials, plus valid / invalid_reasons"
     )
     trials: list[TrialResult]
@@ -269,6 +274,8 @@ async def run_bench(
         transport=cfg.transport,
     ) as client:
         facts = await client.preflight(cfg.model)
+        reset_path = _reset_path(cfg.reset_cache, _detect_engine(facts.get("owned_by")))
+        cache_resets: list[int] = []
         progress_tokens = 0
 
         def make_on_done(phase: str, trial: int, total: int) -> Callable[[RawCapture], None]:
@@ -298,6 +305,9 @@ async def run_bench(
         for trial in range(cfg.trials):
             if between_trials is not None:
                 await between_trials()
+            if reset_path is not None:
+                status = await client.post_status(reset_path)
+                cache_resets.append(status)
             bodies = _serialize(client, wl, cfg.model, salt=run_salt + 1 + trial)
             await client.prewarm(min(conc, n))
             on_done = make_on_done("trial", trial, n)
@@ -328,7 +338,25 @@ async def run_bench(
             )
             records.extend(recs)
 
+    facts["cache_reset"] = {"path": reset_path, "statuses": cache_resets}
     return BenchRun(_assemble(cfg, wl, facts, warm_n, started, trial_results, run_salt), wl, records)
+
+
+RESET_PATHS = {
+    "vllm": "/reset_prefix_cache",
+    "sglang": "/flush_cache",
+    "perftune-mock": "/reset_prefix_cache",
+}
+
+
+def _reset_path(setting: str, engine: str) -> str | None:
+    if setting == "none":
+        return None
+    if setting == "auto":
+        return RESET_PATHS.get(engine)
+    if not setting.startswith("/"):
+        raise ConfigError(f"--reset-cache '{setting}' is not auto, none or a path", hint="e.g. /flush_cache")
+    return setting
 
 
 def _load_report(caps: Sequence[RawCapture], cfg: BenchConfig) -> LoadReport:
@@ -393,13 +421,20 @@ def _assemble(
         started_at=started,
     )
     invalid = [f"trial {t.trial}: {r}" for t in trials for r in t.load.invalid_reasons]
-    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, float | None]] = dict(across(trials))
+    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, Any]] = dict(across(trials))
     if cfg.slo:
         summary.update(across(trials, ("goodput_req_s", "goodput_fraction")))
     if any(t.engine_prefix_cache_hit_rate is not None for t in trials):
         summary.update(across(trials, ("engine_prefix_cache_hit_rate",)))
     summary["valid"] = not invalid
     summary["invalid_reasons"] = invalid
+    reset = facts.get("cache_reset") or {}
+    statuses = reset.get("statuses") or []
+    summary["cache_reset"] = {
+        "path": reset.get("path"),
+        "ok_trials": sum(1 for s in statuses if s == 200),
+        "failed_statuses": [s for s in statuses if s != 200],
+    }
     summary["schedule_lag_ms"] = {
         "p50_max": max(t.load.lag_p50_ms for t in trials),
         "p99_max": max(t.load.lag_p99_ms for t in trials),

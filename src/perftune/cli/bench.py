@@ -65,6 +65,9 @@ def run(
     engine: str | None = typer.Option(None, help="engine label (default: detected from /v1/models)"),
     baseline: str | None = typer.Option(None, help="named baseline this run is compared to"),
     api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="bearer token"),
+    reset_cache: str = typer.Option(
+        "auto", help="prefix-cache reset before each trial: auto (vLLM/SGLang by engine) | none | POST path"
+    ),
     transport: Transport = typer.Option(
         "auto", help="auto (lean pool for http, aiohttp for https) | aiohttp"
     ),
@@ -104,6 +107,7 @@ def run(
         engine=engine,
         baseline=baseline,
         transport=transport,
+        reset_cache=reset_cache,
     )
     with Progress(
         TextColumn("{task.description}"),

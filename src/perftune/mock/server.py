@@ -47,6 +47,7 @@ class _Stats:
     late_sum_ns: int = 0
     late_max_ns: int = 0
     requests: int = 0
+    cache_resets: int = 0
 
     def to_json(self) -> dict[str, float]:
         return {
@@ -54,6 +55,7 @@ class _Stats:
             "chunks": self.chunks,
             "lateness_mean_ms": self.late_sum_ns / self.chunks / 1e6 if self.chunks else 0.0,
             "lateness_max_ms": self.late_max_ns / 1e6,
+            "cache_resets": self.cache_resets,
         }
 
 
@@ -288,6 +290,9 @@ class _HttpProtocol(asyncio.Protocol):
                     ],
                 },
             )
+        elif method == "POST" and path == "/reset_prefix_cache":  # as vLLM (dev mode): the mock has no cache
+            srv.stats.cache_resets += 1
+            self._respond(200, {})
         elif method == "GET" and path == "/mock/stats":
             self._respond(200, srv.stats.to_json())
         elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
