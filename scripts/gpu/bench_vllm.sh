@@ -6,6 +6,10 @@
 #
 # STAGE holds wheels/ (perftune's deps missing on the host), model/ (the dummy model folder) and
 # install-offline-bundle.sh; PARTS holds the vllm.pNN parts and vllm.sha256. Results go to OUT.
+# STAGE/wheels holds the cp312 wheels of perftune's runtime dependencies the host lacks (orjson,
+# httptools, pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions,
+# ruamel.yaml): `pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
+# --platform any -d STAGE/wheels orjson httptools pydantic ruamel.yaml`.
 set -uo pipefail
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}
 mkdir -p "$out"

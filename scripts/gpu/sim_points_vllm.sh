@@ -5,6 +5,10 @@
 # so a run cut short still returns every finished point.
 #
 #   scripts/gpu/sim_points_vllm.sh STAGE PARTS OUT
+# STAGE/wheels holds the cp312 wheels of perftune's runtime dependencies the host lacks (orjson,
+# httptools, pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions,
+# ruamel.yaml): `pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
+# --platform any -d STAGE/wheels orjson httptools pydantic ruamel.yaml`.
 set -uo pipefail
 stage=${1:?}; parts=${2:?}; out=${3:?}
 mkdir -p "$out"
