@@ -67,7 +67,15 @@ class DeployRecord(BaseModel):
 
 def _engine_installed(p: LaunchPlan) -> None:
     exe = p.argv[0]
-    if p.engine == "llamacpp" and shutil.which(exe) is None:
+    if p.engine == "llamacpp" and p.argv[1:3] == ["-m", "llama_cpp.server"]:
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise DeployError(
+                "llama.cpp is not installed (no llama-server on PATH, no llama-cpp-python)",
+                hint="pip install 'llama-cpp-python[server]', or put llama-server on PATH",
+            )
+    elif p.engine == "llamacpp" and shutil.which(exe) is None:
         raise DeployError(
             f"llama.cpp is not installed: '{exe}' is not on PATH", hint=INSTALL_HINTS["llamacpp"]
         )

@@ -9,6 +9,7 @@ Footguns:
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from perftune.engines.base import CacheReset, LaunchPlan, ServeSpec, python
@@ -139,7 +140,43 @@ def plan_sglang(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
     )
 
 
-def plan_llamacpp(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+# llama-server flag -> llama-cpp-python server flag (None: the python server has no equivalent).
+PY_SERVER_FLAGS: dict[str, str | None] = {
+    "--ctx-size": "--n_ctx",
+    "--batch-size": "--n_batch",
+    "--ubatch-size": "--n_ubatch",
+    "--threads": "--n_threads",
+    "--n-gpu-layers": "--n_gpu_layers",
+    "--cache-type-k": "--type_k",
+    "--cache-type-v": "--type_v",
+    "--parallel": None,
+}
+GGML_TYPES = {"f16": "1", "q4_0": "2", "q8_0": "8"}
+
+
+def _py_server_argv(lever_argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(lever_argv):
+        flag = lever_argv[i]
+        if flag.startswith("--flash-attn="):
+            out += ["--flash_attn", "true" if flag.endswith("=on") else "false"]
+            i += 1
+            continue
+        mapped = PY_SERVER_FLAGS.get(flag, flag)
+        if mapped is None:
+            raise ConfigError(
+                f"{flag} is not supported by the llama-cpp-python server (one request at a time)",
+                hint="install llama.cpp's llama-server for parallel slots, or drop the lever",
+            )
+        value = lever_argv[i + 1]
+        out += [mapped, GGML_TYPES.get(value, value) if mapped in ("--type_k", "--type_v") else value]
+        i += 2
+    return out
+
+
+def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None = None) -> LaunchPlan:
+    """llama-server when it is on PATH (or asked for), else llama-cpp-python's server (PyPI)."""
     if spec.tp > 1 or spec.dp > 1:
         raise ConfigError(
             "llama.cpp has no tensor/data parallelism in perftune's adapter",
@@ -147,6 +184,42 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         )
     lever_argv = translate(dict(spec.levers), "llamacpp", spec.engine_version)
     served = _served_name(spec)
+    launcher = launcher or ("llama-server" if shutil.which("llama-server") else "llama-cpp-python")
+    if launcher == "llama-cpp-python":
+        # Footguns: no /health (readiness = /v1/models), token-id prompts are rejected, streams carry no
+        # usage (the bench then counts one token per chunk and says so), one request at a time.
+        py_argv = _py_server_argv(lever_argv)
+        py = [
+            python(),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            spec.model,
+            "--model_alias",
+            served,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--interrupt_requests",  # by default a new request kills the streaming one: queue instead
+            "false",
+            *py_argv,
+            *spec.extra_args,
+        ]
+        return LaunchPlan(
+            engine="llamacpp",
+            served_name=served,
+            argv=py,
+            env=dict(spec.env),
+            port_flag="--port",
+            host_flag="--host",
+            health_path="/v1/models",
+            ready_rule="GET /v1/models == 200 and lists the alias (no /health)",
+            metrics_path=None,
+            metric_names=METRICS["llamacpp"],
+            cache_reset=None,
+            lever_argv=py_argv,
+        )
     argv = [
         "llama-server",
         "--model",
