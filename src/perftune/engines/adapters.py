@@ -42,7 +42,8 @@ def _served_name(spec: ServeSpec) -> str:
     return spec.served_name or Path(spec.model.rstrip("/")).name or spec.model
 
 
-def _parallel_levers(spec: ServeSpec) -> dict[str, object]:
+def _levers_with_parallelism(spec: ServeSpec) -> dict[str, object]:
+    """The spec's levers plus its tp/dp, all translated by the lever catalog (one mechanism for flags)."""
     levers = dict(spec.levers)
     for name in list(levers):
         canon = lookup(name).name
@@ -53,90 +54,66 @@ def _parallel_levers(spec: ServeSpec) -> dict[str, object]:
                     f"lever {name} conflicts with the spec's {canon.split('-')[0][:1]}p={want}",
                     hint="set parallelism once, with --tp / --dp",
                 )
+    if spec.tp > 1:
+        levers["tensor-parallel"] = spec.tp
+    if spec.dp > 1:
+        levers["data-parallel"] = spec.dp
     return levers
 
 
-def plan_vllm(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
-    levers = _parallel_levers(spec)
-    lever_argv = translate(levers, "vllm", spec.engine_version, tp=spec.tp)
+def _openai_server_plan(
+    spec: ServeSpec,
+    *,
+    entry: list[str],
+    host: str,
+    port: int,
+    env: dict[str, str],
+    cache_reset: CacheReset,
+) -> LaunchPlan:
+    """vLLM and SGLang: the same OpenAI-compatible server shape, different entry points and flags."""
+    engine = spec.engine
+    lever_argv = translate(_levers_with_parallelism(spec), engine, spec.engine_version, tp=spec.tp)
     served = _served_name(spec)
-    argv = [
-        python(),
-        "-m",
-        "vllm.entrypoints.cli.main",
-        "serve",
-        spec.model,
-        "--served-model-name",
-        served,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    if spec.tp > 1:
-        argv += ["--tensor-parallel-size", str(spec.tp)]
-    if spec.dp > 1:
-        argv += ["--data-parallel-size", str(spec.dp)]
+    argv = [*entry, "--served-model-name", served, "--host", host, "--port", str(port)]
     if spec.dtype:
         argv += ["--dtype", spec.dtype]
     argv += lever_argv + spec.extra_args
-    env = {"VLLM_SERVER_DEV_MODE": "1", **spec.env}
     return LaunchPlan(
-        engine="vllm",
+        engine=engine,
         served_name=served,
         argv=argv,
         env=env,
-        port_flag="--port",
-        host_flag="--host",
         health_path="/health",
         ready_rule="GET /health == 200 and /v1/models lists the served name",
         metrics_path="/metrics",
-        metric_names=METRICS["vllm"],
-        cache_reset=CacheReset(
-            method="POST", path="/reset_prefix_cache", note="needs VLLM_SERVER_DEV_MODE=1 (set)"
-        ),
+        metric_names=METRICS[engine],
+        cache_reset=cache_reset,
         lever_argv=lever_argv,
     )
 
 
+def plan_vllm(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+    return _openai_server_plan(
+        spec,
+        entry=[python(), "-m", "vllm.entrypoints.cli.main", "serve", spec.model],
+        host=host,
+        port=port,
+        env={"VLLM_SERVER_DEV_MODE": "1", **spec.env},
+        cache_reset=CacheReset(
+            method="POST", path="/reset_prefix_cache", note="needs VLLM_SERVER_DEV_MODE=1 (set)"
+        ),
+    )
+
+
 def plan_sglang(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
-    levers = _parallel_levers(spec)
-    lever_argv = translate(levers, "sglang", spec.engine_version, tp=spec.tp)
-    served = _served_name(spec)
-    argv = [
-        python(),
-        "-m",
-        "sglang.launch_server",
-        "--model-path",
-        spec.model,
-        "--served-model-name",
-        served,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--enable-metrics",
-    ]
-    if spec.tp > 1:
-        argv += ["--tp-size", str(spec.tp)]
-    if spec.dp > 1:
-        argv += ["--dp-size", str(spec.dp)]
-    if spec.dtype:
-        argv += ["--dtype", spec.dtype]
-    argv += lever_argv + spec.extra_args
-    return LaunchPlan(
-        engine="sglang",
-        served_name=served,
-        argv=argv,
+    return _openai_server_plan(
+        spec,
+        # SGLang serves /metrics only with --enable-metrics.
+        entry=[python(), "-m", "sglang.launch_server", "--model-path", spec.model, "--enable-metrics"],
+        host=host,
+        port=port,
         env=dict(spec.env),
-        port_flag="--port",
-        host_flag="--host",
-        health_path="/health",
-        ready_rule="GET /health == 200 and /v1/models lists the served name",
-        metrics_path="/metrics",
-        metric_names=METRICS["sglang"],
         cache_reset=CacheReset(method="POST", path="/flush_cache", note="radix cache flush"),
-        lever_argv=lever_argv,
     )
 
 
@@ -211,8 +188,6 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None
             served_name=served,
             argv=py,
             env=dict(spec.env),
-            port_flag="--port",
-            host_flag="--host",
             health_path="/v1/models",
             ready_rule="GET /v1/models == 200 and lists the alias (no /health)",
             metrics_path=None,
@@ -239,8 +214,6 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None
         served_name=served,
         argv=argv,
         env=dict(spec.env),
-        port_flag="--port",
-        host_flag="--host",
         health_path="/health",
         ready_rule="GET /health == 200 (503 while loading) and /v1/models lists the alias",
         metrics_path="/metrics",
@@ -280,8 +253,6 @@ def plan_mock(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         served_name=served,
         argv=argv,
         env=dict(spec.env),
-        port_flag="--port",
-        host_flag="--host",
         health_path="/health",
         ready_rule="GET /health == 200 and /v1/models",
         metrics_path=None,

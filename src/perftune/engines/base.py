@@ -46,8 +46,6 @@ class LaunchPlan(BaseModel):
     served_name: str
     argv: list[str] = Field(description="the full command, host and port included")
     env: dict[str, str]
-    port_flag: str
-    host_flag: str
     health_path: str = Field(description="GET path that answers 200 when the server is up")
     ready_rule: str = Field(description="human-readable readiness rule")
     metrics_path: str | None
