@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from perftune.targets.local import (
     down,
     free_port,
     group_alive,
+    stop_group,
     up,
     wait_ready,
 )
@@ -225,12 +224,5 @@ def deploy_down(run_id: str, runs_dir: Path, grace_s: float = 15.0) -> bool:
     rec = DeployRecord.model_validate(json.loads(f.read_text()))
     if not group_alive(rec.pgid):
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(rec.pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and group_alive(rec.pgid):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        if group_alive(rec.pgid):
-            os.killpg(rec.pgid, signal.SIGKILL)
+    stop_group(rec.pgid, grace_s)
     return True

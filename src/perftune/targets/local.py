@@ -128,22 +128,29 @@ async def wait_ready(dep: LocalDeployment, timeout_s: float, poll_s: float = 0.5
 
 def down(dep: LocalDeployment, grace_s: float = 15.0) -> None:
     """TERM the whole process group, KILL after the grace period. Idempotent."""
+    stop_group(dep.pgid, grace_s, proc=dep.proc)
+
+
+def stop_group(pgid: int, grace_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """TERM a process group, KILL what is left after the grace period; reap `proc` if we own it."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(dep.pgid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             break
-        if _group_gone_within(dep, wait):
+        if _group_gone_within(pgid, wait, proc):
             break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        dep.proc.wait(timeout=5)  # always reap the leader, so no zombie outlives us
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)  # always reap the leader, so no zombie outlives us
 
 
-def _group_gone_within(dep: LocalDeployment, seconds: float) -> bool:
+def _group_gone_within(pgid: int, seconds: float, proc: subprocess.Popen[bytes] | None) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        dep.proc.poll()
-        if not group_alive(dep.pgid):
+        if proc is not None:
+            proc.poll()  # reap the leader as soon as it exits, so it does not linger as a zombie
+        if not group_alive(pgid):
             return True
         time.sleep(0.05)
     return False
