@@ -25,8 +25,6 @@ from pathlib import Path
 
 from perftune import api
 from perftune.bench.calibrate import CalibrationPoint, MockTruth, ceiling, point, requests_for
-from perftune.bench.runner import BenchConfig, run_bench
-from perftune.bench.workloads import WorkloadSpec
 from perftune.mock.process import mock_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,17 +60,7 @@ def tokenizer_dir() -> Path:
 
 
 def perftune_point(endpoint: str, c: int) -> CalibrationPoint:
-    cfg = BenchConfig(
-        endpoint=endpoint,
-        model="mock",
-        concurrency=c,
-        trials=1,
-        warmup_requests=min(c, 64),
-        engine="perftune-mock",
-        workload=WorkloadSpec(kind="random", isl=TRUTH.isl, osl=TRUTH.osl, num_requests=requests_for(c)),
-    )
-    t = api.run_async(run_bench(cfg)).result.trials[0]
-    return point(c, t.ttft_ms.mean or float("nan"), t.output_tok_s, TRUTH, itl_ms=t.itl_ms.mean)
+    return api.calibration_point(endpoint, c, TRUTH)
 
 
 def vllm_point(py: Path, endpoint: str, c: int, tok: Path) -> CalibrationPoint:

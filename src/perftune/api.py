@@ -78,6 +78,23 @@ def bench(
     return run, paths
 
 
+def calibration_point(endpoint: str, concurrency: int, truth: MockTruth) -> CalibrationPoint:
+    """One closed-loop level against a mock with known timing, judged against ground truth."""
+    cfg = BenchConfig(
+        endpoint=endpoint,
+        model="mock",
+        workload=WorkloadSpec(
+            kind="random", isl=truth.isl, osl=truth.osl, num_requests=requests_for(concurrency)
+        ),
+        concurrency=concurrency,
+        trials=1,
+        warmup_requests=min(concurrency, 64),
+        engine="perftune-mock",
+    )
+    t = run_async(run_bench(cfg)).result.trials[0]
+    return point(concurrency, t.ttft_ms.mean or float("nan"), t.output_tok_s, truth, itl_ms=t.itl_ms.mean)
+
+
 def calibrate(
     truth: MockTruth | None = None,
     ladder: Sequence[int] = DEFAULT_LADDER,
@@ -93,19 +110,7 @@ def calibrate(
     with mock_process(truth.ttft_ms, truth.itl_ms, truth.tokens_per_chunk) as endpoint:
         misses = 0
         for c in ladder:
-            n = requests_for(c)
-            cfg = BenchConfig(
-                endpoint=endpoint,
-                model="mock",
-                workload=WorkloadSpec(kind="random", isl=truth.isl, osl=truth.osl, num_requests=n),
-                concurrency=c,
-                trials=1,
-                warmup_requests=min(c, 64),
-                engine="perftune-mock",
-            )
-            run = run_async(run_bench(cfg))
-            t = run.result.trials[0]
-            p = point(c, t.ttft_ms.mean or float("nan"), t.output_tok_s, truth, itl_ms=t.itl_ms.mean)
+            p = calibration_point(endpoint, c, truth)
             points.append(p)
             if on_point:
                 on_point(p)
