@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -67,8 +68,6 @@ class DeployRecord(BaseModel):
 def _engine_installed(p: LaunchPlan) -> None:
     exe = p.argv[0]
     if p.engine == "llamacpp" and p.argv[1:3] == ["-m", "llama_cpp.server"]:
-        import importlib.util
-
         if importlib.util.find_spec("llama_cpp") is None:
             raise DeployError(
                 "llama.cpp is not installed (no llama-server on PATH, no llama-cpp-python)",
@@ -80,8 +79,6 @@ def _engine_installed(p: LaunchPlan) -> None:
         )
     if p.engine in ("vllm", "sglang"):
         module = "vllm" if p.engine == "vllm" else "sglang"
-        import importlib.util
-
         if importlib.util.find_spec(module) is None:
             raise DeployError(
                 f"{p.engine} is not installed in this Python ({exe})", hint=INSTALL_HINTS[p.engine]

@@ -65,11 +65,10 @@ def deploy(
                 "usage: perftune deploy down RUN_ID", hint="the run id printed by deploy --detach"
             )
         stopped = deploy_down(extra[1], runs_dir)
-        (print_json if as_json else out_console.print)(
-            {"run_id": extra[1], "stopped": stopped}
-            if as_json
-            else f"{extra[1]}: " + ("stopped" if stopped else "already gone")
-        )
+        if as_json:
+            print_json({"run_id": extra[1], "stopped": stopped})
+        else:
+            out_console.print(f"{extra[1]}: {'stopped' if stopped else 'already gone'}")
         return
     if engine is None or model is None:
         raise ConfigError(
