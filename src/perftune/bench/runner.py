@@ -138,6 +138,17 @@ class RequestItemInfo:
     expected_input_tokens: int | None
     expected_output_tokens: int | None
 
+    def capture(self, idx: int, trial: int, t_sched_ns: int) -> RawCapture:
+        """A fresh capture for sending this request, scheduled at t_sched_ns."""
+        return RawCapture(
+            idx=idx,
+            trial=trial,
+            api=self.api,
+            t_sched_ns=t_sched_ns,
+            expected_input_tokens=self.expected_input_tokens,
+            expected_output_tokens=self.expected_output_tokens,
+        )
+
 
 async def _closed_loop(
     client: BenchClient,
@@ -153,14 +164,7 @@ async def _closed_loop(
         t_free = time.monotonic_ns()
         for i in it:  # a shared iterator: each slot takes the next request the moment it frees
             body, info = bodies[i]
-            cap = RawCapture(
-                idx=i,
-                trial=trial,
-                api=info.api,
-                t_sched_ns=t_free,
-                expected_input_tokens=info.expected_input_tokens,
-                expected_output_tokens=info.expected_output_tokens,
-            )
+            cap = info.capture(i, trial, t_free)
             caps.append(cap)
             await client.send(body, cap)
             on_done(cap)
@@ -198,14 +202,7 @@ async def _open_loop(
             await asyncio.sleep(delay - SPIN_WINDOW_S)
         while time.monotonic_ns() < target:  # noqa: ASYNC110 - a deliberate yield-spin to a ns deadline
             await asyncio.sleep(0)
-        cap = RawCapture(
-            idx=i,
-            trial=trial,
-            api=info.api,
-            t_sched_ns=target,
-            expected_input_tokens=info.expected_input_tokens,
-            expected_output_tokens=info.expected_output_tokens,
-        )
+        cap = info.capture(i, trial, target)
         caps.append(cap)
         tasks.append(asyncio.create_task(one(body, cap)))
     await asyncio.gather(*tasks)
