@@ -330,3 +330,71 @@ def synth_model(ref: str, out: str | Path) -> dict[str, Any]:
 
     cfg, _, _ = load_config(ref)
     return synth(cfg, Path(out))
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+def sim_setup(
+    model: str, gpu_name: str, flags: Sequence[str] = (), calibration: str | Path | None = None
+) -> tuple[Any, Any, Any, Any, str | None]:
+    """(ModelCard, Gpu, SimConfig, Calibration, model_dir) for a model ref, a GPU and vLLM flags."""
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+    from perftune.sim.calibration import for_gpu
+    from perftune.sim.config import parse_vllm_flags
+
+    card = model_card(model)
+    g = gpu(gpu_name)
+    cfg = parse_vllm_flags(list(flags))
+    model_dir = model if Path(model).is_dir() else None
+    return card, g, cfg, for_gpu(g, calibration), model_dir
+
+
+def sim_predict(
+    model: str,
+    gpu_name: str,
+    workload: WorkloadSpec,
+    *,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    trials: int = 3,
+    flags: Sequence[str] = (),
+    calibration: str | Path | None = None,
+) -> Any:
+    """Bench-identical metrics in virtual time (a BenchResult labelled simulated)."""
+    from perftune.sim.predict import PredictSpec, predict
+
+    card, g, cfg, cal, model_dir = sim_setup(model, gpu_name, flags, calibration)
+    spec = PredictSpec(workload=workload, concurrency=concurrency, rate=rate, trials=trials)
+    return predict(card, g, cfg, cal, spec, model_dir=model_dir)
+
+
+def sim_calibrate(
+    measurements: Sequence[str | Path],
+    out: str | Path,
+    *,
+    model: str = "llama-3.1-8b",
+    gpu_name: str | None = None,
+    device_memory_mib: float | None = None,
+    kv_tokens: int | None = None,
+    maxiter: int = 200,
+) -> Any:
+    """Fit the simulator's efficiency factors to measured points; writes and returns the Calibration."""
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+    from perftune.sim.calibrate import base_calibration, fit, load_measurements
+    from perftune.sim.calibration import save_calibration
+
+    points = load_measurements(measurements, gpu_override=gpu(gpu_name).key if gpu_name else None)
+    keys = {m.gpu for m in points}
+    if len(keys) > 1:
+        raise ConfigError(
+            f"measurements mix GPUs: {', '.join(sorted(keys))}", hint="calibrate one GPU at a time"
+        )
+    g = gpu(keys.pop())
+    card = model_card(model)
+    base = base_calibration(card, g, device_memory_mib, kv_tokens)
+    cal = fit(card, g, points, base, maxiter=maxiter)
+    save_calibration(cal, out)
+    return cal

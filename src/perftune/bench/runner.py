@@ -336,13 +336,14 @@ async def run_bench(
             records.extend(recs)
 
     facts["cache_reset"] = {"path": reset_path, "statuses": cache_resets}
-    return BenchRun(_assemble(cfg, wl, facts, warm_n, started, trial_results, run_salt), wl, records)
+    return BenchRun(assemble(cfg, wl, facts, warm_n, started, trial_results, run_salt), wl, records)
 
 
 RESET_PATHS = {
     "vllm": "/reset_prefix_cache",
     "sglang": "/flush_cache",
     "perftune-mock": "/reset_prefix_cache",
+    "perftune-sim": "/reset_prefix_cache",
 }
 
 
@@ -374,7 +375,7 @@ def _detect_engine(owned_by: str | None) -> str:
     return o or "unknown"
 
 
-def _assemble(
+def assemble(
     cfg: BenchConfig,
     wl: Workload,
     facts: dict[str, Any],

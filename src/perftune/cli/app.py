@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, deploy, known_good, levers, mock, models
+from perftune.cli import bench, deploy, known_good, levers, mock, models, sim
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -22,6 +22,8 @@ app.command("inspect")(models.inspect)
 app.command("levers")(levers.levers)
 app.command("deploy", context_settings=deploy.CONTEXT)(deploy.deploy)
 app.command("mock-server")(mock.mock_server)
+app.command("sim-server", context_settings=sim.CONTEXT)(sim.sim_server)
+app.add_typer(sim.app, name="sim")
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,4 @@
-"""Start the mock server as a child process (its own CPU, its own event loop) and tear it down."""
+"""Start perftune's own servers (mock, simulator) as child processes (own CPU, own event loop)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ def mock_process(
         str(max_model_len),
         "--ready-json",
     ]
+    with ready_json_process(cmd, "mock server", startup_timeout_s) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def ready_json_process(cmd: list[str], what: str, startup_timeout_s: float = 20.0) -> Iterator[str]:
+    """Run a server that prints `{"event": "ready", "port": N}` when up; yield its URL; tear it down."""
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below  # stderr to a file: a pipe nobody drains could block the server
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     try:
@@ -61,7 +68,7 @@ def mock_process(
             log.seek(0)
             err = log.read().decode(errors="replace")
             raise DeployError(
-                "mock server did not start", hint=err.strip().splitlines()[-1] if err.strip() else ""
+                f"{what} did not start", hint=err.strip().splitlines()[-1] if err.strip() else ""
             )
         port = int(orjson.loads(line)["port"])
         yield f"http://127.0.0.1:{port}"

@@ -1,0 +1,147 @@
+"""`perftune sim-server`, `perftune sim predict`, `perftune sim calibrate`: the simulated engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+import typer
+
+from perftune.cli.common import err_console, handle_errors, out_console, print_json
+from perftune.errors import ConfigError
+
+CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+app = typer.Typer(help="The simulated engine: predict in virtual time, calibrate against real runs.")
+
+
+@handle_errors
+def sim_server(
+    ctx: typer.Context,
+    model: str = typer.Option(..., help="model folder (its tokenizer counts tokens) or catalog name"),
+    gpu: str = typer.Option("h100", help="GPU to simulate (ceilings.yaml key or alias)"),
+    port: int = typer.Option(8812, help="port (0: any free port)"),
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    calibration: Path | None = typer.Option(None, help="calibration YAML (default: the built-in one)"),
+    ready_json: bool = typer.Option(False, help="print one JSON line with the bound port when ready"),
+) -> None:
+    """Serve a simulated vLLM in real time. Extra arguments are vLLM flags, e.g. --max-num-seqs 64."""
+    from perftune.api import run_async, sim_setup
+    from perftune.sim.server import SimServer, serve
+
+    flags = list(ctx.args)
+    card, g, cfg, cal, model_dir = sim_setup(model, gpu, flags, calibration)
+    if cfg.served_name is None:
+        cfg = cfg.model_copy(update={"served_name": model})  # vLLM serves the model argument by default
+    srv = SimServer(card, g, cfg, cal, model_dir)
+
+    async def main() -> None:
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def announce(f: asyncio.Future[int]) -> None:
+            if ready_json:
+                sys.stdout.write(f'{{"event": "ready", "port": {f.result()}}}\n')
+                sys.stdout.flush()
+            else:
+                err_console.print(
+                    f"SIMULATED vLLM on http://{host}:{f.result()}: {srv.served} on {g.key} "
+                    f"({srv.version}); KV {srv.core.kv_tokens:,} tokens; {srv.tok.source}",
+                    highlight=False,
+                )
+
+        ready.add_done_callback(announce)
+        try:
+            await serve(srv, host, port, ready)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {e.strerror}", hint="pick a free --port"
+            ) from e
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(main())
+
+
+@app.command("predict", context_settings=CONTEXT)
+@handle_errors
+def predict(
+    ctx: typer.Context,
+    model: str = typer.Option(..., help="catalog name or model folder"),
+    gpu: str = typer.Option("h100", help="GPU to simulate"),
+    workload: str = typer.Option("random", help="random | prefix | chat | code | long"),
+    isl: int | None = typer.Option(None, help="input tokens (random, prefix, long)"),
+    osl: int | None = typer.Option(None, help="output tokens"),
+    num_requests: int | None = typer.Option(
+        None, help="requests per trial (default: 4 x concurrency, >= 32)"
+    ),
+    concurrency: int | None = typer.Option(None, help="closed-loop concurrency"),
+    rate: float | None = typer.Option(None, help="open-loop Poisson rate, req/s"),
+    trials: int = typer.Option(3, help="trials (step-time jitter is seeded)"),
+    seed: int = typer.Option(0, help="workload seed"),
+    calibration: Path | None = typer.Option(None, help="calibration YAML (default: the built-in one)"),
+    as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
+) -> None:
+    """Predict the bench metrics of a configuration in virtual time (ms). Extra args are vLLM flags."""
+    from perftune.api import sim_predict
+    from perftune.bench.workloads import WorkloadSpec
+
+    n = num_requests or max(32, 4 * (concurrency or 8))
+    spec = WorkloadSpec(kind=workload, isl=isl, osl=osl, num_requests=n, seed=seed)
+    res = sim_predict(
+        model,
+        gpu,
+        spec,
+        concurrency=concurrency,
+        rate=rate,
+        trials=trials,
+        flags=ctx.args,
+        calibration=calibration,
+    )
+    if as_json:
+        print_json(res.model_dump(mode="json"))
+        return
+    s = res.summary
+    out_console.print(
+        f"[bold]SIMULATED[/] {res.context.model} on {res.context.hardware}, "
+        f"{res.context.stack.engine_version}",
+        highlight=False,
+    )
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tok_s", "req_s"):
+        a = s[key]
+        out_console.print(f"  {key:14s} {a.mean:10.2f} ± {a.std or 0:.2f}  (n={a.n} trials)", highlight=False)
+
+
+@app.command("calibrate")
+@handle_errors
+def calibrate(
+    measurements: list[Path] = typer.Argument(
+        ..., help="perftune bench summary.json / points.jsonl / points.yaml"
+    ),
+    out: Path = typer.Option(..., help="calibration YAML to write"),
+    model: str = typer.Option("llama-3.1-8b", help="the model the measurements were taken on"),
+    gpu: str | None = typer.Option(None, help="GPU, when the measurements' hardware label is ambiguous"),
+    device_memory_mib: float | None = typer.Option(None, help="device memory the engine saw (nvidia-smi)"),
+    kv_tokens: int | None = typer.Option(
+        None, help="KV-cache tokens the engine reported at its default fraction"
+    ),
+    maxiter: int = typer.Option(200, help="optimizer iterations"),
+    as_json: bool = typer.Option(False, "--json", help="print the calibration as JSON"),
+) -> None:
+    """Fit the simulator's efficiency factors to real measurements."""
+    from perftune.api import sim_calibrate
+
+    cal = sim_calibrate(
+        measurements,
+        out,
+        model=model,
+        gpu_name=gpu,
+        device_memory_mib=device_memory_mib,
+        kv_tokens=kv_tokens,
+        maxiter=maxiter,
+    )
+    if as_json:
+        print_json(cal.model_dump(mode="json"))
+        return
+    out_console.print(
+        f"wrote {out}: fit error on the training points (MAPE %) {cal.train_mape_pct}", highlight=False
+    )

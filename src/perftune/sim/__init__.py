@@ -1,0 +1,1 @@
+"""perftune's simulated engine: vLLM-style continuous batching with roofline step times."""

@@ -1,0 +1,228 @@
+"""`perftune sim calibrate`: fit the simulator's efficiency factors to real measurements.
+
+Measurements are perftune bench results (summary.json, or JSONL of summaries) with their context,
+or a small YAML table of externally measured points that states its provenance. The fit minimizes the
+squared log error of TPOT, TTFT and output tok/s over the points (Nelder-Mead on log factors): each
+point is replayed in virtual time with the same request count and concurrency it was measured at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML
+
+from perftune.bench.workloads import WorkloadSpec, build_workload
+from perftune.engines.levers import translate
+from perftune.errors import ConfigError
+from perftune.hardware.ceilings import Gpu, all_gpus
+from perftune.models.card import WEIGHT_BYTES, ModelCard
+from perftune.sim.calibration import FITTABLE, Calibration
+from perftune.sim.config import SimConfig, parse_vllm_flags
+from perftune.sim.core import EngineCore, SimRequest, block_hashes
+from perftune.sim.predict import run_trial, sim_requests
+from perftune.sim.tokens import PromptTokenizer
+
+
+class Measurement(BaseModel):
+    """One measured (concurrency, ISL, OSL) point with what was measured and how."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="file (and row) it came from")
+    gpu: str = Field(description="ceilings.yaml key")
+    engine: str
+    engine_version: str | None
+    flags: list[str] = Field(default_factory=list, description="engine flags of the measured server")
+    kind: Literal["random"] = "random"
+    isl: int
+    osl: int
+    concurrency: int
+    num_requests: int
+    trials: int
+    tpot_ms: float
+    tpot_stat: Literal["mean", "median"] = "mean"
+    ttft_ms: float
+    output_tok_s: float
+    note: str = ""
+
+
+def gpu_key_from_label(label: str) -> str | None:
+    """'1xH100-80GB-HBM3' -> 'h100-sxm': the longest ceilings key or alias found in the label."""
+    low = label.lower()
+    best: tuple[int, str] | None = None
+    for key, g in all_gpus().items():
+        for name in (key, *g.aliases):
+            if name in low and (best is None or len(name) > best[0]):
+                best = (len(name), key)
+    return best[1] if best else None
+
+
+def _from_summary(d: dict[str, Any], src: str, gpu_override: str | None) -> Measurement:
+    ctx, s = d["context"], d["summary"]
+    w = ctx["workload"]
+    if w["kind"] != "random" or not w.get("concurrency"):
+        raise ConfigError(
+            f"{src}: only closed-loop random-workload results calibrate", hint="bench --workload random"
+        )
+    key = gpu_override or gpu_key_from_label(ctx.get("hardware", ""))
+    if key is None:
+        raise ConfigError(f"{src}: cannot tell the GPU from '{ctx.get('hardware')}'", hint="pass --gpu")
+    stack = ctx["stack"]
+    if stack.get("simulated"):
+        raise ConfigError(f"{src}: a simulated result cannot calibrate the simulator", hint="use real runs")
+    return Measurement(
+        source=src,
+        gpu=key,
+        engine=stack["engine"],
+        engine_version=stack.get("engine_version"),
+        flags=translate(ctx.get("levers") or {}, "vllm"),
+        isl=w["isl"],
+        osl=w["osl"],
+        concurrency=w["concurrency"],
+        num_requests=w["num_requests"],
+        trials=ctx["trials"],
+        tpot_ms=s["tpot_ms"]["mean"],
+        ttft_ms=s["ttft_ms"]["mean"],
+        output_tok_s=s["output_tok_s"]["mean"],
+    )
+
+
+def load_measurements(paths: Sequence[str | Path], gpu_override: str | None = None) -> list[Measurement]:
+    out: list[Measurement] = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise ConfigError(
+                f"measurement file not found: {p}", hint="pass perftune bench summary.json files"
+            )
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                table = YAML(typ="safe").load(text)
+                for i, row in enumerate(table["points"]):
+                    out.append(Measurement(source=f"{p}#{i}", **{**table["context"], **row}))
+            elif p.suffix == ".jsonl":
+                for i, line in enumerate(text.splitlines()):
+                    if line.strip():
+                        out.append(_from_summary(json.loads(line), f"{p}#{i}", gpu_override))
+            else:
+                out.append(_from_summary(json.loads(text), str(p), gpu_override))
+        except (KeyError, TypeError, ValueError, ValidationError) as e:
+            raise ConfigError(f"{p}: not a measurement file ({e})", hint="perftune bench summary.json") from e
+    if not out:
+        raise ConfigError("no measurements", hint="pass at least one summary.json")
+    return out
+
+
+class PointPrediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tpot_ms: float
+    ttft_ms: float
+    output_tok_s: float
+
+
+def predict_point(
+    card: ModelCard, g: Gpu, cal: Calibration, m: Measurement, trials: int = 1
+) -> PointPrediction:
+    """Replay one measured point in virtual time (same requests, concurrency, trials) and average."""
+    cfg = parse_vllm_flags(m.flags, SimConfig())
+    core = EngineCore(card, g, cfg, cal)
+    tpots, ttfts, rates = [], [], []
+    t = 0.0
+    # Closed-loop waves beyond 32 x concurrency only repeat the steady state: replaying them would
+    # cost minutes per fit (c=1 x 1000 requests is 128k steps) and change no metric beyond noise.
+    n = min(m.num_requests, max(32 * m.concurrency, 8))
+    for k in range(trials):
+        reqs = [replace(r, held=[]) for r in _requests(m.isl, m.osl, n, k + 1, cfg.block_size)]
+        lines = run_trial(core, reqs, concurrency=m.concurrency, offsets=None, t0=t, keep_tokens=False)
+        per = [(tl.t_end - tl.tokens[0]) / (tl.req.output - 1) for tl in lines if tl.req.output > 1]
+        tpots.append(float(np.median(per) if m.tpot_stat == "median" else np.mean(per)) * 1e3)
+        ttfts.append(float(np.mean([tl.tokens[0] - tl.t_send for tl in lines])) * 1e3)
+        span = max(tl.t_end for tl in lines) - min(tl.t_sched for tl in lines)
+        rates.append(sum(tl.req.output for tl in lines) / span)
+        t = max(tl.t_end for tl in lines) + 1.0
+    return PointPrediction(
+        tpot_ms=float(np.mean(tpots)), ttft_ms=float(np.mean(ttfts)), output_tok_s=float(np.mean(rates))
+    )
+
+
+@cache
+def _requests(isl: int, osl: int, n: int, salt: int, block_size: int) -> tuple[SimRequest, ...]:
+    """Pristine requests of a random-workload point (copied per use: the core mutates them)."""
+    wl = build_workload(WorkloadSpec(kind="random", isl=isl, osl=osl, num_requests=n))
+    reqs = sim_requests(wl, salt, PromptTokenizer(None))
+    for r in reqs:
+        r.hashes = block_hashes(r.prompt_ids, block_size)
+    return tuple(reqs)
+
+
+WEIGHTS = {"tpot_ms": 1.0, "output_tok_s": 1.0, "ttft_ms": 0.5}
+
+
+def ape(pred: PointPrediction, m: Measurement) -> dict[str, float]:
+    """Absolute percentage error per metric."""
+    return {k: abs(getattr(pred, k) - getattr(m, k)) / getattr(m, k) * 100 for k in WEIGHTS}
+
+
+def fit(
+    card: ModelCard,
+    g: Gpu,
+    points: Sequence[Measurement],
+    base: Calibration | None = None,
+    maxiter: int = 300,
+) -> Calibration:
+    from scipy.optimize import minimize
+
+    base = base or Calibration(gpu=g.key)
+    x0 = np.log([getattr(base, k) or 1e-3 for k in FITTABLE])
+    upper = {"hbm_efficiency": 1.0, "gemm_efficiency": 1.0, "attn_efficiency": 1.0}
+
+    def make(x: np.ndarray) -> Calibration:
+        vals = {k: min(float(math.exp(v)), upper.get(k, math.inf)) for k, v in zip(FITTABLE, x, strict=True)}
+        return base.model_copy(update=vals)
+
+    def loss(x: np.ndarray) -> float:
+        cal = make(x)
+        total = 0.0
+        for m in points:
+            p = predict_point(card, g, cal, m)
+            total += sum(w * math.log(getattr(p, k) / getattr(m, k)) ** 2 for k, w in WEIGHTS.items())
+        return total / len(points)
+
+    res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6})
+    cal = make(res.x)
+    errs = [ape(predict_point(card, g, cal, m), m) for m in points]
+    return cal.model_copy(
+        update={
+            "fitted": list(FITTABLE),
+            "priors": [
+                k for k in ("eager_launch_ms", "piecewise_launch_ms", "jitter_cv") if k not in FITTABLE
+            ],
+            "sources": sorted({m.source.split("#")[0] for m in points}),
+            "engine": points[0].engine,
+            "engine_version": points[0].engine_version,
+            "train_mape_pct": {k: round(float(np.mean([e[k] for e in errs])), 2) for k in WEIGHTS},
+        }
+    )
+
+
+def base_calibration(
+    card: ModelCard, g: Gpu, device_memory_mib: float | None = None, kv_tokens: int | None = None
+) -> Calibration:
+    """Starting point of a fit, with the memory model pinned to what the engine reported, when known:
+    the KV size it logged at its default fraction (0.9) fixes the non-KV reserve."""
+    base = Calibration(gpu=g.key)
+    if device_memory_mib:
+        base = base.model_copy(update={"memory_bytes": device_memory_mib * 2**20})
+    if kv_tokens:
+        weights = card.total_params * WEIGHT_BYTES["bf16"]
+        reserve = base.device_bytes(g) * 0.9 - weights - kv_tokens * card.kv_bytes_per_token["bf16"]
+        base = base.model_copy(update={"non_kv_reserve_bytes": max(0.0, reserve)})
+    return base

@@ -1,0 +1,116 @@
+"""Efficiency factors that turn roofline times into step times, per (GPU, engine version).
+
+Fitted factors come from real measurements (`perftune sim calibrate`); the rest are physical priors
+and are listed as such in the file, so nobody mistakes a prior for a measurement.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML
+
+from perftune.errors import ConfigError
+from perftune.hardware.ceilings import Gpu
+from perftune.util.atomic import write_text
+
+FITTABLE = (
+    "hbm_efficiency",
+    "gemm_efficiency",
+    "attn_efficiency",
+    "step_overhead_ms",
+    "per_seq_overhead_us",
+    "api_latency_ms",
+    "frontend_ms_per_request",
+)
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: str = "perftune.sim.calibration/v1"
+    gpu: str = Field(description="ceilings.yaml key the factors apply to")
+    engine: str = Field("vllm", description="engine whose step times were measured")
+    engine_version: str | None = Field(None, description="engine version measured")
+    hbm_efficiency: float = Field(0.75, gt=0, le=1, description="achieved / peak HBM bandwidth (weights, KV)")
+    gemm_efficiency: float = Field(0.6, gt=0, le=1, description="achieved / peak dense tensor FLOPS (GEMMs)")
+    attn_efficiency: float = Field(0.4, gt=0, le=1, description="achieved / peak FLOPS in prefill attention")
+    step_overhead_ms: float = Field(0.3, ge=0, description="fixed cost per step (scheduler, sampling, sync)")
+    per_seq_overhead_us: float = Field(5.0, ge=0, description="cost per scheduled sequence per step")
+    api_latency_ms: float = Field(
+        5.0, ge=0, description="request arrival to engine admission, in parallel (HTTP, validation, IPC)"
+    )
+    frontend_ms_per_request: float = Field(
+        0.5, ge=0, description="serialized API-server CPU per request: a burst of arrivals queues here"
+    )
+    eager_launch_ms: float = Field(
+        2.0, ge=0, description="extra per step without CUDA graphs (kernel launches of a ~32-layer model)"
+    )
+    piecewise_launch_ms: float = Field(
+        0.3, ge=0, description="extra per step when only the non-attention parts are graphed (mixed batches)"
+    )
+    jitter_cv: float = Field(0.01, ge=0, le=0.5, description="lognormal step-time noise (seeded)")
+    memory_bytes: float | None = Field(None, gt=0, description="device memory as the engine sees it")
+    non_kv_reserve_bytes: float = Field(
+        1.0e9, description="memory besides weights and KV (activations, graphs), per GPU"
+    )
+    fitted: list[str] = Field(default_factory=list, description="factors fitted to measurements")
+    priors: list[str] = Field(default_factory=list, description="factors that are physical priors")
+    sources: list[str] = Field(default_factory=list, description="measurement files it was fitted on")
+    train_mape_pct: dict[str, float] = Field(
+        default_factory=dict, description="fit error on its training set"
+    )
+    note: str = ""
+
+    def device_bytes(self, g: Gpu) -> float:
+        # Datasheet "80 GB" parts expose about 80 GiB; the engine sizes KV from what it sees.
+        return self.memory_bytes or g.memory_gb * 2**30 * 0.995
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"calibration file not found: {p}", hint="make one with `perftune sim calibrate`")
+    try:
+        return Calibration(**YAML(typ="safe").load(p.read_text()))
+    except (ValidationError, TypeError) as e:
+        raise ConfigError(f"{p}: not a simulator calibration ({e})", hint="regenerate it") from e
+
+
+@cache
+def builtin(gpu_key: str) -> Calibration | None:
+    f = resources.files("perftune.sim").joinpath("calibrations", f"{gpu_key}.yaml")
+    if not f.is_file():
+        return None
+    return Calibration(**YAML(typ="safe").load(f.read_text()))
+
+
+def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
+    """An explicit file, else the built-in calibration for this GPU, else priors only (labelled so)."""
+    if path:
+        cal = load_calibration(path)
+        if cal.gpu != g.key:
+            raise ConfigError(
+                f"calibration is for {cal.gpu}, not {g.key}", hint="pass the matching --calibration"
+            )
+        return cal
+    return builtin(g.key) or Calibration(
+        gpu=g.key,
+        priors=[*FITTABLE, "eager_launch_ms", "piecewise_launch_ms", "jitter_cv"],
+        note="no calibration for this GPU: every factor is a prior",
+    )
+
+
+def save_calibration(cal: Calibration, path: str | Path) -> None:
+    buf = io.StringIO()
+    y = YAML()
+    y.default_flow_style = False
+    buf.write(
+        "# perftune simulator calibration. Fitted factors came from the measurements in `sources`;\n"
+        "# `priors` are physical estimates, not measurements.\n"
+    )
+    y.dump(cal.model_dump(), buf)
+    write_text(Path(path), buf.getvalue())

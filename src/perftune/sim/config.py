@@ -1,0 +1,145 @@
+"""What the simulator models, and the vLLM command-line flags that set it.
+
+The simulator accepts vLLM's own flag names for the levers it models, so the vLLM adapter can point at
+it unchanged; a flag it cannot model is refused with a one-line error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from perftune.errors import ConfigError
+
+CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
+CudagraphMode = Literal["NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"]
+
+
+class SimConfig(BaseModel):
+    """Serving levers of one simulated vLLM instance (defaults: vLLM 0.26.0 on an 80 GB Hopper)."""
+
+    model_config = ConfigDict(extra="forbid")
+    served_name: str | None = Field(None, description="served model name (default: the model's name)")
+    max_num_seqs: int = Field(1024, ge=1, description="most sequences scheduled in one step")
+    max_num_batched_tokens: int = Field(8192, ge=1, description="token budget per step (chunked prefill)")
+    enable_chunked_prefill: bool = Field(True, description="split long prompts across steps")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory used")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field("auto", description="KV-cache element type")
+    quantization: Literal["none", "fp8"] = Field("none", description="weight quantization")
+    enable_prefix_caching: bool = Field(True, description="reuse KV of identical prompt blocks")
+    block_size: int = Field(16, ge=1, description="KV block size, tokens")
+    cudagraph_mode: CudagraphMode = Field("FULL_AND_PIECEWISE", description="vLLM cudagraph_mode")
+    max_cudagraph_capture_size: int = Field(512, ge=1, description="largest batch captured as a graph")
+    tensor_parallel_size: int = Field(1, ge=1, description="tensor parallelism")
+    max_model_len: int | None = Field(None, ge=1, description="context limit (default: the model's)")
+    seed: int = Field(0, description="seed for sampled tokens and step-time jitter")
+
+    @property
+    def kv_dtype(self) -> str:
+        return "fp8" if self.kv_cache_dtype == "fp8" else "bf16"
+
+    @property
+    def weight_dtype(self) -> str:
+        return "fp8" if self.quantization == "fp8" else "bf16"
+
+
+# Flags accepted and ignored because they do not change what the simulator computes.
+_NEUTRAL = {"--load-format": "weights are never loaded", "--dtype": "bf16/auto only (see --quantization)"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"simulator flags: {message}", hint="see `perftune sim-server --help`")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="perftune sim-server", add_help=False, allow_abbrev=False)
+    p.add_argument("--served-model-name")
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--enable-chunked-prefill", action="store_true", default=None)
+    p.add_argument("--no-enable-chunked-prefill", dest="enable_chunked_prefill", action="store_false")
+    p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument("--kv-cache-dtype", choices=["auto", "fp8", "fp8_e4m3"])
+    p.add_argument("--quantization", "-q", choices=["fp8"])
+    p.add_argument("--enable-prefix-caching", action="store_true", default=None)
+    p.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--enforce-eager", action="store_true", default=None)
+    p.add_argument("--compilation-config", "-O")
+    p.add_argument("--max-cudagraph-capture-size", type=int)
+    p.add_argument("--tensor-parallel-size", "-tp", type=int)
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--seed", type=int)
+    for flag in _NEUTRAL:
+        p.add_argument(flag)
+    return p
+
+
+def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfig:
+    """vLLM flags -> SimConfig. Unknown flags raise ConfigError naming the flag."""
+    known, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        raise ConfigError(
+            f"the simulator cannot model vLLM flag '{flag}'",
+            hint="modelled: --max-num-seqs --max-num-batched-tokens --(no-)enable-chunked-prefill "
+            "--gpu-memory-utilization --kv-cache-dtype --quantization fp8 --(no-)enable-prefix-caching "
+            "--block-size --enforce-eager --compilation-config '{\"cudagraph_mode\": ...}' "
+            "--max-cudagraph-capture-size --tensor-parallel-size --max-model-len --seed",
+        )
+    d = (base or SimConfig()).model_dump()
+    v = vars(known)
+    for key in (
+        "served_model_name",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "enable_chunked_prefill",
+        "gpu_memory_utilization",
+        "enable_prefix_caching",
+        "block_size",
+        "max_cudagraph_capture_size",
+        "tensor_parallel_size",
+        "max_model_len",
+        "seed",
+    ):
+        if v.get(key) is not None:
+            d["served_name" if key == "served_model_name" else key] = v[key]
+    if v.get("kv_cache_dtype"):
+        d["kv_cache_dtype"] = "fp8" if v["kv_cache_dtype"].startswith("fp8") else "auto"
+    if v.get("quantization"):
+        d["quantization"] = v["quantization"]
+    if v.get("enforce_eager"):
+        d["cudagraph_mode"] = "NONE"
+    if v.get("compilation_config"):
+        d["cudagraph_mode"] = _cudagraph_mode(v["compilation_config"], d["cudagraph_mode"])
+    return SimConfig(**d)
+
+
+def _cudagraph_mode(text: str, current: str) -> str:
+    if text.strip().isdigit():  # -O 0..3: optimization level; only 0 (eager) changes graphs
+        return "NONE" if text.strip() == "0" else current
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise ConfigError(
+            "--compilation-config is not JSON",
+            hint='e.g. --compilation-config \'{"cudagraph_mode": "FULL"}\'',
+        ) from e
+    if not isinstance(obj, dict):
+        raise ConfigError(
+            "--compilation-config must be a JSON object", hint='e.g. {"cudagraph_mode": "FULL"}'
+        )
+    extra = sorted(set(obj) - {"cudagraph_mode", "max_cudagraph_capture_size"})
+    if extra:
+        raise ConfigError(
+            f"the simulator cannot model compilation-config key(s) {', '.join(extra)}",
+            hint="modelled keys: cudagraph_mode",
+        )
+    mode = str(obj.get("cudagraph_mode", current)).upper()
+    if mode not in CUDAGRAPH_MODES:
+        raise ConfigError(f"unknown cudagraph_mode '{mode}'", hint="one of " + ", ".join(CUDAGRAPH_MODES))
+    return mode

@@ -1,0 +1,333 @@
+"""The simulated engine core: vLLM V1-style continuous batching over a paged KV cache. Pure.
+
+Each step schedules running requests first (a decode token each, or the rest of a chunked prefill),
+then admits waiting requests while the token budget (`max_num_batched_tokens`) and `max_num_seqs`
+allow. KV lives in blocks of `block_size` tokens; when a running request cannot get a block, the
+most recently admitted request is preempted (its KV freed, to be recomputed) as vLLM does. Prefix
+caching hashes full prompt blocks as a chain (a block's hash covers everything before it), shares
+hit blocks by reference count and evicts unreferenced cached blocks LRU-first.
+
+The core has no clock: `step()` returns the step's duration and the tokens it produced; the caller
+(the real-time server or the virtual-time predictor) advances time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perftune.errors import ConfigError
+from perftune.hardware.ceilings import Gpu
+from perftune.models.card import WEIGHT_BYTES, ModelCard
+from perftune.sim.calibration import Calibration
+from perftune.sim.config import SimConfig
+from perftune.sim.timing import StepModel
+
+
+@dataclass(slots=True, eq=False)
+class SimRequest:
+    rid: int
+    prompt_len: int
+    max_tokens: int
+    prompt_ids: list[int] | None = None  # None: unique content, never a prefix-cache hit
+    output: int = 0
+    computed: int = 0  # tokens whose KV is in the cache
+    blocks: int = 0  # blocks this request references (shared + private)
+    held: list[int] = field(default_factory=list)  # cached block hashes it holds a reference on
+    registered: int = 0  # prompt blocks already offered to the prefix cache
+    hashes: list[int] | None = None
+    preemptions: int = 0
+    finished: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_len + self.output
+
+
+@dataclass(slots=True)
+class StepResult:
+    duration_s: float
+    emitted: list[SimRequest]  # requests that produced one token at the end of this step
+    finished: list[SimRequest]
+    scheduled: int
+    tokens: int
+
+
+@dataclass
+class Counters:
+    """Cumulative engine counters, exported under vLLM's metric names."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    preemptions: int = 0
+    finished: int = 0
+    steps: int = 0
+
+
+def block_hashes(ids: list[int] | None, block_size: int) -> list[int]:
+    """Chained hashes of the full blocks of a prompt: block i's hash covers blocks 0..i."""
+    out: list[int] = []
+    if ids is not None:
+        h = 0
+        for i in range(len(ids) // block_size):
+            h = hash((h, *ids[i * block_size : (i + 1) * block_size]))
+            out.append(h)
+    return out
+
+
+def kv_capacity_blocks(card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> int:
+    """KV blocks per GPU: memory fraction minus weights and the non-KV reserve, as vLLM sizes it."""
+    tp = cfg.tensor_parallel_size
+    weights = card.total_params * WEIGHT_BYTES[cfg.weight_dtype] / tp
+    free = cal.device_bytes(g) * cfg.gpu_memory_utilization - weights - cal.non_kv_reserve_bytes
+    per_block = card.kv_bytes_per_token[cfg.kv_dtype] / tp * cfg.block_size
+    if free <= 0 or per_block <= 0:
+        raise ConfigError(
+            f"no memory left for the KV cache: {weights / 1e9:.1f} GB of weights per GPU at "
+            f"gpu_memory_utilization {cfg.gpu_memory_utilization}",
+            hint="raise --gpu-memory-utilization, use --tensor-parallel-size, or --quantization fp8",
+        )
+    return int(free // per_block)
+
+
+class EngineCore:
+    def __init__(self, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> None:
+        self.card, self.cfg, self.cal = card, cfg, cal
+        self.timing = StepModel.build(card, g, cfg, cal)
+        self.total_blocks = kv_capacity_blocks(card, g, cfg, cal)
+        self.max_model_len = cfg.max_model_len or card.max_context
+        if self.max_model_len > self.total_blocks * cfg.block_size:
+            raise ConfigError(
+                f"max_model_len {self.max_model_len} needs more KV than fits "
+                f"({self.total_blocks * cfg.block_size} tokens)",
+                hint="lower --max-model-len or raise --gpu-memory-utilization (as vLLM would ask)",
+            )
+        self.used = 0  # referenced blocks
+        self.cache: dict[int, int] = {}  # block hash -> reference count
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced (LRU first)
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.counters = Counters()
+        self.rng = np.random.default_rng(cfg.seed)
+
+    # ------------------------------------------------------------------ KV blocks
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.total_blocks * self.cfg.block_size
+
+    @property
+    def kv_usage(self) -> float:
+        return self.used / self.total_blocks
+
+    def _alloc(self, n: int) -> bool:
+        if n <= 0:
+            return True
+        if self.total_blocks - self.used < n:
+            return False
+        self.used += n
+        while self.used + len(self.evictable) > self.total_blocks:
+            h, _ = self.evictable.popitem(last=False)
+            del self.cache[h]
+        return True
+
+    def _release(self, r: SimRequest) -> None:
+        for h in r.held:
+            ref = self.cache[h] - 1
+            self.cache[h] = ref
+            if ref == 0:
+                self.evictable[h] = None
+        self.used -= r.blocks
+        r.blocks, r.held, r.computed, r.registered = 0, [], 0, 0
+
+    def _block_hashes(self, r: SimRequest) -> list[int]:
+        if r.hashes is None:
+            r.hashes = block_hashes(r.prompt_ids, self.cfg.block_size)
+        return r.hashes
+
+    def _match_prefix(self, r: SimRequest) -> None:
+        """Take references on the longest cached prefix (at least one prompt token is recomputed)."""
+        self.counters.prefix_queries += r.prompt_len
+        if not self.cfg.enable_prefix_caching:
+            return
+        limit = (r.prompt_len - 1) // self.cfg.block_size
+        for h in self._block_hashes(r)[:limit]:
+            ref = self.cache.get(h)
+            if ref is None:
+                break
+            if ref == 0:
+                del self.evictable[h]
+                self.used += 1
+            self.cache[h] = ref + 1
+            r.held.append(h)
+        r.blocks = r.registered = len(r.held)
+        r.computed = r.blocks * self.cfg.block_size
+        self.counters.prefix_hits += r.computed
+
+    def _register(self, r: SimRequest) -> None:
+        """Offer newly completed full prompt blocks to the prefix cache."""
+        full = min(r.computed, r.prompt_len) // self.cfg.block_size
+        if r.registered >= full or not self.cfg.enable_prefix_caching:
+            return
+        hashes = self._block_hashes(r)
+        while r.registered < min(full, len(hashes)):
+            h = hashes[r.registered]
+            if h not in self.cache:  # our private block becomes a cached block we reference
+                self.cache[h] = 1
+                r.held.append(h)
+            r.registered += 1
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every unreferenced cached block (vLLM refuses while requests hold blocks; so do we)."""
+        if self.running:
+            return False
+        for h in self.evictable:
+            del self.cache[h]
+        self.evictable.clear()
+        return True
+
+    # ------------------------------------------------------------------ requests
+
+    def validate(self, r: SimRequest) -> None:
+        if r.prompt_len < 1 or r.max_tokens < 1 or r.prompt_len + r.max_tokens > self.max_model_len:
+            raise ConfigError(
+                f"request needs {r.prompt_len + r.max_tokens} tokens; max_model_len is {self.max_model_len}",
+                hint="shorten the prompt or max_tokens",
+            )
+
+    def add(self, r: SimRequest) -> None:
+        self.validate(r)
+        self.counters.prompt_tokens += r.prompt_len
+        self.waiting.append(r)
+
+    def abort(self, r: SimRequest) -> None:
+        if r.finished:
+            return
+        r.finished = True
+        if r in self.running:
+            self.running.remove(r)
+            self._release(r)
+        elif r in self.waiting:
+            self.waiting.remove(r)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def _preempt(self) -> SimRequest:
+        victim = self.running.pop()
+        self._release(victim)
+        victim.preemptions += 1
+        self.counters.preemptions += 1
+        self.waiting.appendleft(victim)
+        return victim
+
+    def _blocks_for(self, r: SimRequest, n: int) -> int:
+        return math.ceil((r.computed + n) / self.cfg.block_size) - r.blocks
+
+    def schedule(self) -> list[tuple[SimRequest, int]]:
+        cfg = self.cfg
+        budget = cfg.max_num_batched_tokens
+        out: list[tuple[SimRequest, int]] = []
+        preempted = False
+        i = 0
+        bs = cfg.block_size
+        running = self.running
+        while i < len(running) and budget > 0:
+            r = running[i]
+            need = r.prompt_len + r.output - r.computed
+            if need == 1 and r.computed % bs:  # decode inside a partly filled block: no allocation
+                out.append((r, 1))
+                budget -= 1
+                i += 1
+                continue
+            n = min(need, budget)
+            if n < need and not cfg.enable_chunked_prefill:
+                i += 1
+                continue
+            while not self._alloc(self._blocks_for(r, n)):
+                preempted = True
+                if self._preempt() is r:
+                    break
+            else:
+                r.blocks += self._blocks_for(r, n)
+                out.append((r, n))
+                budget -= n
+                i += 1
+                continue
+            break  # r itself was preempted: nothing after it can run either
+        while self.waiting and not preempted and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            r = self.waiting[0]
+            self._match_prefix(r)
+            need = r.num_tokens - r.computed
+            n = min(need, budget)
+            if n < need and not cfg.enable_chunked_prefill:
+                self._release(r)
+                break
+            if not self._alloc(self._blocks_for(r, n)):
+                self._release(r)
+                break
+            r.blocks += self._blocks_for(r, n)
+            self.waiting.popleft()
+            self.running.append(r)
+            out.append((r, n))
+            budget -= n
+        return out
+
+    def step(self) -> StepResult:
+        """Schedule, time, and advance one step."""
+        sched = self.schedule()
+        if not sched:
+            return StepResult(0.0, [], [], 0, 0)
+        tokens = dec_kv = 0
+        pairs = 0.0
+        decode_only = True
+        for r, n in sched:
+            tokens += n
+            if n == 1 and r.computed >= r.prompt_len:  # decode: reads its whole context's KV
+                dec_kv += r.computed + 1
+            else:
+                decode_only = False
+                pairs += n * (r.computed + (n + 1) / 2)
+        dt = self.timing.step_s(len(sched), tokens, dec_kv, pairs, decode_only)
+        if self.cal.jitter_cv > 0:
+            dt *= float(np.exp(self.rng.normal(0.0, self.cal.jitter_cv)))
+        emitted: list[SimRequest] = []
+        finished: list[SimRequest] = []
+        for r, n in sched:
+            r.computed += n
+            if n > 1 or r.computed <= r.prompt_len:  # only prompt blocks are offered to the cache
+                self._register(r)
+            if r.computed == r.num_tokens:
+                r.output += 1
+                self.counters.generation_tokens += 1
+                emitted.append(r)
+                if r.output >= r.max_tokens:
+                    r.finished = True
+                    finished.append(r)
+        for r in finished:
+            self.running.remove(r)
+            self._release(r)
+            self.counters.finished += 1
+        self.counters.steps += 1
+        return StepResult(dt, emitted, finished, len(sched), tokens)
+
+
+class Frontend:
+    """The API server in front of the engine: a fixed latency, plus CPU work that serializes requests
+    (a burst of arrivals reaches the engine one after another, which is what raises TTFT at high
+    concurrency beyond the prefill queue alone)."""
+
+    def __init__(self, cal: Calibration) -> None:
+        self.latency_s = cal.api_latency_ms * 1e-3
+        self.per_req_s = cal.frontend_ms_per_request * 1e-3
+        self.free_at = 0.0
+
+    def admit_at(self, t: float) -> float:
+        start = max(t, self.free_at)
+        self.free_at = start + self.per_req_s
+        return self.free_at + self.latency_s

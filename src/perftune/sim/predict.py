@@ -1,0 +1,210 @@
+"""`perftune sim predict`: the bench client's metrics in virtual time, in milliseconds.
+
+The same workload builder, salting, closed/open-loop discipline and metric code as a real bench
+run drive the engine core on a virtual clock: a closed-loop slot sends its next request the moment
+the previous one ends; a request that arrives during a step joins at the next step; every token a
+step produces is stamped at the step's end. Results are labelled simulated.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import perftune
+from perftune.bench.load import arrival_offsets, assess_load
+from perftune.bench.metrics import summarize_trial
+from perftune.bench.records import Chunk, RequestRecord
+from perftune.bench.runner import BenchConfig, BenchResult, assemble
+from perftune.bench.workloads import Workload, WorkloadSpec, build_workload, salt_item
+from perftune.context import now_iso
+from perftune.errors import ConfigError
+from perftune.hardware.ceilings import Gpu
+from perftune.models.card import ModelCard
+from perftune.sim.calibration import Calibration
+from perftune.sim.config import SimConfig
+from perftune.sim.core import EngineCore, Frontend, SimRequest
+from perftune.sim.tokens import PromptTokenizer
+
+
+@dataclass(slots=True)
+class _Timeline:
+    req: SimRequest
+    idx: int
+    t_sched: float
+    t_send: float = 0.0
+    tokens: list[float] = field(default_factory=list)
+    t_end: float = 0.0
+
+
+class PredictSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workload: WorkloadSpec
+    concurrency: int | None = Field(None, ge=1, description="closed loop slots")
+    rate: float | None = Field(None, gt=0, description="open loop req/s")
+    trials: int = Field(3, ge=1)
+    salt_seed: int = Field(0, description="prompt salt base (deterministic)")
+
+
+def run_trial(
+    core: EngineCore,
+    reqs: Sequence[SimRequest],
+    *,
+    concurrency: int | None,
+    offsets: Sequence[float] | None,
+    t0: float,
+    keep_tokens: bool = True,
+) -> list[_Timeline]:
+    """Drive one trial from virtual time t0; returns each request's timeline (seconds)."""
+    lines = [_Timeline(r, i, 0.0) for i, r in enumerate(reqs)]
+    by_req = {id(tl.req): tl for tl in lines}
+    front = Frontend(core.cal)
+    # (time, stage, idx): stage 0 = the client sends, stage 1 = the engine admits it.
+    events: list[tuple[float, int, int]] = []
+    nxt = 0
+    if offsets is not None:
+        events = [(t0 + off, 0, i) for i, off in enumerate(offsets)]
+        nxt = len(reqs)
+    else:
+        assert concurrency is not None
+        for _ in range(min(concurrency, len(reqs))):
+            events.append((t0, 0, nxt))
+            nxt += 1
+    heapq.heapify(events)
+    now = t0
+    done = 0
+    while done < len(reqs):
+        if not core.has_work() and events and events[0][0] > now:
+            now = events[0][0]
+        while events and events[0][0] <= now:
+            t, stage, i = heapq.heappop(events)
+            tl = lines[i]
+            if stage == 0:
+                tl.t_sched = tl.t_send = t
+                heapq.heappush(events, (front.admit_at(t), 1, i))
+            else:
+                core.add(tl.req)
+        res = core.step()
+        if res.scheduled == 0:
+            if not events:
+                raise RuntimeError("simulator stalled: requests waiting but nothing schedulable")
+            now = max(now, events[0][0])
+            continue
+        now += res.duration_s
+        for r in res.emitted:
+            tl = by_req[id(r)]
+            if keep_tokens or not tl.tokens:
+                tl.tokens.append(now)
+        for r in res.finished:
+            tl = by_req[id(r)]
+            tl.t_end = now
+            done += 1
+            if offsets is None and nxt < len(reqs):
+                heapq.heappush(events, (now, 0, nxt))
+                nxt += 1
+    return lines
+
+
+def _records(lines: Sequence[_Timeline], trial: int, fixed: Sequence[bool]) -> list[RequestRecord]:
+    ns = 1e9
+    out = []
+    for tl in lines:
+        r = tl.req
+        out.append(
+            RequestRecord(
+                idx=tl.idx,
+                trial=trial,
+                api="completions",
+                ok=True,
+                error_kind=None,
+                error_message="",
+                status=200,
+                t_sched_ns=round(tl.t_sched * ns),
+                t_send_ns=round(tl.t_send * ns),
+                t_end_ns=round(tl.t_end * ns),
+                input_tokens=r.prompt_len,
+                output_tokens=r.output,
+                token_source="usage_delta",
+                expected_input_tokens=r.prompt_len,
+                expected_output_tokens=r.max_tokens if fixed[tl.idx] else None,
+                chunks=[Chunk(round(t * ns), 1, 1) for t in tl.tokens],
+            )
+        )
+    return out
+
+
+def sim_requests(wl: Workload, salt: int, tok: PromptTokenizer) -> list[SimRequest]:
+    out = []
+    for i, item in enumerate(wl.items):
+        s = salt_item(item, salt, wl.spec)
+        if s.prompt_ids is not None:
+            ids = list(s.prompt_ids)
+        elif s.messages is not None:
+            ids = tok.prompt_ids({"messages": s.messages})
+        else:
+            ids = tok.prompt_ids({"prompt": s.prompt or ""})
+        out.append(SimRequest(rid=i, prompt_len=len(ids), max_tokens=s.max_tokens, prompt_ids=ids))
+    return out
+
+
+def predict(
+    card: ModelCard,
+    g: Gpu,
+    cfg: SimConfig,
+    cal: Calibration,
+    spec: PredictSpec,
+    *,
+    model_dir: str | None = None,
+) -> BenchResult:
+    if (spec.concurrency is None) == (spec.rate is None):
+        raise ConfigError("give exactly one of --concurrency or --rate", hint="e.g. --concurrency 16")
+    wl = build_workload(spec.workload)
+    offsets = None
+    if spec.rate is not None:
+        offsets = arrival_offsets(len(wl.items), spec.rate, "poisson", seed=wl.spec.seed)
+        wl = wl.model_copy(update={"arrival_offsets_s": offsets}).sealed()
+    core = EngineCore(card, g, cfg, cal)
+    tok = PromptTokenizer(model_dir)
+    fixed = [it.fixed_output for it in wl.items]
+    trials = []
+    t = 0.0
+    for k in range(spec.trials):
+        core.reset_prefix_cache()
+        q0, h0 = core.counters.prefix_queries, core.counters.prefix_hits
+        lines = run_trial(
+            core,
+            sim_requests(wl, spec.salt_seed + k + 1, tok),
+            concurrency=spec.concurrency,
+            offsets=offsets,
+            t0=t,
+        )
+        t = max(tl.t_end for tl in lines) + 1.0
+        recs = _records(lines, k, fixed)
+        ns = [r.t_sched_ns for r in recs]
+        load = assess_load(ns, ns, concurrency=spec.concurrency, requested_rate=spec.rate)
+        dq = core.counters.prefix_queries - q0
+        hit = (core.counters.prefix_hits - h0) / dq if dq else None
+        trials.append(summarize_trial(k, recs, load, {}, engine_prefix_cache_hit_rate=hit))
+    bcfg = BenchConfig(
+        endpoint="virtual://perftune-sim",
+        model=cfg.served_name or card.name,
+        workload=spec.workload,
+        concurrency=spec.concurrency,
+        rate=spec.rate,
+        trials=spec.trials,
+        warmup_requests=0,
+        hardware=f"{cfg.tensor_parallel_size}x{g.key} (simulated)",
+        engine="perftune-sim",
+    )
+    facts = {"owned_by": "perftune-sim", "version": sim_version(cal)}
+    return assemble(bcfg, wl, facts, 0, now_iso(), trials, spec.salt_seed)
+
+
+def sim_version(cal: Calibration) -> str:
+    base = f"perftune-sim {perftune.__version__}"
+    if cal.fitted:
+        return f"{base} (calibrated on {cal.engine} {cal.engine_version or '?'} {cal.gpu})"
+    return f"{base} (uncalibrated priors for {cal.gpu})"

@@ -1,0 +1,90 @@
+"""Step time of one continuous-batching step: roofline terms times calibrated efficiencies. Pure.
+
+A step runs every scheduled token through the weights once (GEMMs: max of reading the weights and
+the FLOPs of all tokens), decode attention reads each sequence's KV (memory-bound), prefill attention
+is compute-bound and quadratic in the chunk's context, TP adds two all-reduces per layer, and each
+step pays a fixed cost plus a cost per sequence. Without CUDA graphs every kernel is launched from the
+CPU (eager_launch_ms); vLLM's FULL_AND_PIECEWISE graphs a decode-only batch whole and a mixed batch
+in pieces around attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from perftune.hardware.ceilings import Gpu
+from perftune.hardware.roofline import ALLREDUCE_LATENCY_US
+from perftune.models.card import WEIGHT_BYTES, ModelCard
+from perftune.sim.calibration import Calibration
+from perftune.sim.config import SimConfig
+
+
+@dataclass(frozen=True, slots=True)
+class StepModel:
+    weight_read_s: float  # weights one GPU reads per step, at calibrated bandwidth
+    flop_s_per_token: float  # GEMM time per token, at calibrated FLOPS
+    kv_read_s_per_token: float  # decode attention: time to read one token of KV
+    attn_s_per_pair: float  # prefill attention: time per (query, key) pair
+    allreduce_s_per_token: float
+    allreduce_fixed_s: float
+    fixed_s: float
+    per_seq_s: float
+    eager_s: float
+    piecewise_s: float
+    mode: str
+    graph_max_bs: int
+
+    @classmethod
+    def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
+        tp = cfg.tensor_parallel_size
+        bpp = WEIGHT_BYTES[cfg.weight_dtype]
+        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency
+        flops = g.peak_tflops(cfg.weight_dtype) * 1e12 * cal.gemm_efficiency
+        attn_flops = g.peak_tflops("bf16") * 1e12 * cal.attn_efficiency
+        kv_tok = card.kv_bytes_per_token[cfg.kv_dtype] / tp
+        # 2 matmuls (QK^T, PV) x 2 FLOPs x heads x head_dim per (query, key) pair, per attention layer.
+        pair_flops = 4.0 * card.attention_layers * card.heads * card.head_dim / tp
+        link = g.interconnect_gb_s / 2 * 1e9
+        n_ar = 2 * card.layers
+        return cls(
+            weight_read_s=card.active_params * bpp / tp / bw,
+            flop_s_per_token=2.0 * card.active_params / tp / flops,
+            kv_read_s_per_token=kv_tok / bw,
+            attn_s_per_pair=pair_flops / attn_flops,
+            allreduce_s_per_token=(2 * (tp - 1) / tp * n_ar * card.hidden_size * 2.0 / link)
+            if tp > 1
+            else 0.0,
+            allreduce_fixed_s=n_ar * ALLREDUCE_LATENCY_US * 1e-6 if tp > 1 else 0.0,
+            fixed_s=cal.step_overhead_ms * 1e-3,
+            per_seq_s=cal.per_seq_overhead_us * 1e-6,
+            eager_s=cal.eager_launch_ms * 1e-3,
+            piecewise_s=cal.piecewise_launch_ms * 1e-3,
+            mode=cfg.cudagraph_mode,
+            graph_max_bs=cfg.max_cudagraph_capture_size,
+        )
+
+    def launch_s(self, decode_only: bool, tokens: int) -> float:
+        """CPU launch cost not hidden by CUDA graphs, per vLLM cudagraph_mode."""
+        if self.mode == "NONE":
+            return self.eager_s
+        if tokens > self.graph_max_bs:
+            # Beyond the largest captured size nothing is graphed, but kernels are long enough that
+            # launches mostly overlap GPU work; what stays exposed is about the piecewise cost.
+            return self.piecewise_s
+        if decode_only and self.mode != "PIECEWISE":
+            return 0.0
+        if self.mode in ("PIECEWISE", "FULL_AND_PIECEWISE"):
+            return self.piecewise_s
+        return self.eager_s  # FULL / FULL_DECODE_ONLY run mixed batches eagerly
+
+    def step_s(
+        self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool
+    ) -> float:
+        """Seconds for one step: `tokens` scheduled over `n_seqs` sequences; decode sequences read
+        `decode_kv_tokens` of KV in all; prefill chunks attend over `prefill_pairs` (query, key) pairs."""
+        gemm = max(self.weight_read_s, self.flop_s_per_token * tokens)
+        attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
+        comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
+        return (
+            self.fixed_s + self.per_seq_s * n_seqs + gemm + attn + comm + self.launch_s(decode_only, tokens)
+        )
