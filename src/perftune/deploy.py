@@ -129,7 +129,7 @@ async def smoke(base_url: str, served: str, *, chat_only: bool = False) -> Smoke
 
 
 async def detect_version(base_url: str, engine: str) -> str | None:
-    paths = {"vllm": "/version", "sglang": "/get_server_info", "llamacpp": "/props"}
+    paths = {"vllm": "/version", "sim": "/version", "sglang": "/get_server_info", "llamacpp": "/props"}
     path = paths.get(engine)
     if path is None:
         return None
@@ -162,7 +162,11 @@ def deploy(
     gpus: list[int] | None = None,
 ) -> tuple[DeployRecord, LocalDeployment]:
     """Validate everything, then launch, wait for readiness and smoke-test. Tears down on any failure."""
-    if spec.engine != "mock" and not Path(spec.model).exists() and not HUB_ID.match(spec.model):
+    if spec.engine == "sim":
+        from perftune.models.resolve import model_card
+
+        model_card(spec.model)  # a catalog name or a model folder; fails here with a hint otherwise
+    elif spec.engine != "mock" and not Path(spec.model).exists() and not HUB_ID.match(spec.model):
         raise ConfigError(
             f"model folder not found: {spec.model}", hint="pass a model folder, a GGUF file or a hub id"
         )

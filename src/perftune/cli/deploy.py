@@ -27,7 +27,7 @@ def _levers(items: list[str]) -> dict[str, str]:
 def deploy(
     ctx: typer.Context,
     engine: str | None = typer.Option(
-        None, help="vllm | sglang | llamacpp | mock (sim comes with the simulator)"
+        None, help="vllm | sglang | llamacpp | sim (perftune's simulated vLLM) | mock"
     ),
     model: str | None = typer.Option(None, help="model folder, GGUF file or hub id"),
     lever: list[str] = typer.Option([], help="NAME=VALUE, repeatable (see `perftune levers`)"),
@@ -38,6 +38,7 @@ def deploy(
     port: int | None = typer.Option(None, help="port (default: a free one)"),
     host: str = typer.Option("127.0.0.1", help="bind address"),
     gpus: str | None = typer.Option(None, help="CUDA_VISIBLE_DEVICES for the server, e.g. 0,1"),
+    sim_gpu: str = typer.Option("h100", help="engine sim: the GPU it models"),
     ready_timeout_s: float = typer.Option(900.0, help="seconds to wait for readiness"),
     chat_only_smoke: bool = typer.Option(
         False, help="instruction-tuned model: judge the smoke gate on chat only"
@@ -74,13 +75,8 @@ def deploy(
         raise ConfigError(
             "deploy needs --engine and --model", hint="e.g. perftune deploy --engine vllm --model ./m"
         )
-    if engine == "sim":
-        raise ConfigError(
-            "the simulated engine is not available in this version",
-            hint="use --engine mock for a ground-truth rehearsal server, or a real engine",
-        )
-    if engine not in ("vllm", "sglang", "llamacpp", "mock"):
-        raise ConfigError(f"unknown engine '{engine}'", hint="one of vllm, sglang, llamacpp, mock")
+    if engine not in ("vllm", "sglang", "llamacpp", "sim", "mock"):
+        raise ConfigError(f"unknown engine '{engine}'", hint="one of vllm, sglang, llamacpp, sim, mock")
     spec = ServeSpec(
         engine=engine,
         model=model,
@@ -90,6 +86,7 @@ def deploy(
         dp=dp,
         levers=_levers(lever),
         extra_args=extra,
+        gpu=sim_gpu if engine == "sim" else None,
     )
     gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
     rec, dep = do_deploy(

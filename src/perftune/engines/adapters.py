@@ -1,10 +1,12 @@
-"""Engine adapters: vLLM, SGLang, llama.cpp (llama-server). Pure argv/env building.
+"""Engine adapters: vLLM, SGLang, llama.cpp (llama-server), the simulator. Pure argv/env building.
 
 Footguns:
 - vLLM's /reset_prefix_cache only exists with VLLM_SERVER_DEV_MODE=1 (the adapter sets it).
 - SGLang serves /metrics only with --enable-metrics (always set), and resets its radix cache on
   POST /flush_cache.
 - A TP/DP lever and the spec's tp/dp are the same thing: the spec wins, a conflicting lever is an error.
+- The simulator takes vLLM's flags (levers translate as for vLLM) and refuses the ones it cannot model
+  at start, so an unmodelled lever fails the deploy instead of being ignored.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ METRICS = {
     },
     "llamacpp": {},
 }
+METRICS["sim"] = METRICS["vllm"]  # the simulator exports vLLM's metric names
 
 
 def _served_name(spec: ServeSpec) -> str:
@@ -263,3 +266,40 @@ def plan_mock(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
 
 
 PLANNERS["mock"] = plan_mock
+
+
+def plan_sim(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
+    """perftune's simulated vLLM: vLLM's lever flags, `--gpu` for the modelled hardware."""
+    if spec.dp > 1:
+        raise ConfigError("the simulator models one replica", hint="drop --dp for engine sim")
+    lever_argv = translate(_levers_with_parallelism(spec), "vllm", None, tp=spec.tp)
+    served = _served_name(spec)
+    argv = [python(), "-m", "perftune", "sim-server", "--model", spec.model, "--gpu", spec.gpu or "h100"]
+    argv += [
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served,
+        *lever_argv,
+        *spec.extra_args,
+    ]
+    from perftune.sim.config import parse_vllm_flags
+
+    parse_vllm_flags([*lever_argv, *spec.extra_args])  # refuse an unmodelled flag before anything starts
+    return LaunchPlan(
+        engine="sim",
+        served_name=served,
+        argv=argv,
+        env=dict(spec.env),
+        health_path="/health",
+        ready_rule="GET /health == 200 and /v1/models lists the served name",
+        metrics_path="/metrics",
+        metric_names=METRICS["sim"],
+        cache_reset=CacheReset(method="POST", path="/reset_prefix_cache", note="as vLLM's dev endpoint"),
+        lever_argv=lever_argv,
+    )
+
+
+PLANNERS["sim"] = plan_sim

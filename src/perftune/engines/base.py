@@ -15,14 +15,15 @@ class ServeSpec(BaseModel):
     """A serving configuration as the user states it."""
 
     model_config = ConfigDict(extra="forbid")
-    engine: Literal["vllm", "sglang", "llamacpp", "mock"] = Field(
-        description="engine to launch (mock: perftune's ground-truth server, for rehearsals and tests)"
+    engine: Literal["vllm", "sglang", "llamacpp", "sim", "mock"] = Field(
+        description="engine to launch (sim: perftune's simulated vLLM; mock: ground-truth test server)"
     )
     model: str = Field(description="model folder, GGUF file, or hub id")
     served_name: str | None = Field(None, description="name clients use (default: the model folder's name)")
     engine_version: str | None = Field(None, description="engine version, when known (lever availability)")
     tp: int = Field(1, ge=1, description="tensor parallelism")
     dp: int = Field(1, ge=1, description="data parallelism inside the server")
+    gpu: str | None = Field(None, description="GPU the simulator models (engine sim only; default h100)")
     dtype: str | None = Field(None, description="activation/weight dtype (auto when omitted)")
     levers: dict[str, Any] = Field(
         default_factory=dict, description="cross-engine levers (see `perftune levers`)"
