@@ -17,28 +17,7 @@ from pathlib import Path
 from perftune.engines.base import CacheReset, LaunchPlan, ServeSpec, python
 from perftune.engines.levers import lookup, translate
 from perftune.errors import ConfigError
-
-METRICS = {
-    "vllm": {
-        "running": "vllm:num_requests_running",
-        "waiting": "vllm:num_requests_waiting",
-        "kv_usage": "vllm:kv_cache_usage_perc",
-        "prefix_queries": "vllm:prefix_cache_queries_total",
-        "prefix_hits": "vllm:prefix_cache_hits_total",
-        "preemptions": "vllm:num_preemptions_total",
-        "spec_drafted": "vllm:spec_decode_num_draft_tokens_total",
-        "spec_accepted": "vllm:spec_decode_num_accepted_tokens_total",
-    },
-    "sglang": {
-        "running": "sglang:num_running_reqs",
-        "waiting": "sglang:num_queue_reqs",
-        "kv_usage": "sglang:token_usage",
-        "prefix_hit_rate": "sglang:cache_hit_rate",
-        "spec_accept_length": "sglang:spec_accept_length",
-    },
-    "llamacpp": {},
-}
-METRICS["sim"] = METRICS["vllm"]  # the simulator exports vLLM's metric names
+from perftune.telemetry.prom import METRICS
 
 
 def _served_name(spec: ServeSpec) -> str:

@@ -9,6 +9,58 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict, Field
+
+# perftune telemetry field -> each engine's Prometheus name (counters without their _total suffix is
+# fine: lookups try both). One schema for every engine; a field an engine does not export stays None.
+METRICS: dict[str, dict[str, str]] = {
+    "vllm": {
+        "running": "vllm:num_requests_running",
+        "waiting": "vllm:num_requests_waiting",
+        "kv_usage": "vllm:kv_cache_usage_perc",
+        "prefix_queries": "vllm:prefix_cache_queries_total",
+        "prefix_hits": "vllm:prefix_cache_hits_total",
+        "preemptions": "vllm:num_preemptions_total",
+        "spec_drafted": "vllm:spec_decode_num_draft_tokens_total",
+        "spec_accepted": "vllm:spec_decode_num_accepted_tokens_total",
+    },
+    "sglang": {
+        "running": "sglang:num_running_reqs",
+        "waiting": "sglang:num_queue_reqs",
+        "kv_usage": "sglang:token_usage",
+        "prefix_hit_rate": "sglang:cache_hit_rate",
+        "spec_accept_length": "sglang:spec_accept_length",
+    },
+    "llamacpp": {},
+}
+METRICS["sim"] = METRICS["vllm"]  # the simulator exports vLLM's names
+
+
+class EngineTelemetry(BaseModel):
+    """One /metrics scrape in perftune's engine-neutral schema (sums over label sets)."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    running: float | None = Field(None, description="requests in the running batch")
+    waiting: float | None = Field(None, description="requests queued")
+    kv_usage: float | None = Field(None, description="KV-cache usage, 0..1")
+    prefix_queries: float | None = Field(None, description="cumulative prefix-cache queries (vLLM: tokens)")
+    prefix_hits: float | None = Field(None, description="cumulative prefix-cache hits (vLLM: tokens)")
+    prefix_hit_rate: float | None = Field(None, description="engine-reported hit rate (SGLang gauge)")
+    preemptions: float | None = Field(None, description="cumulative preemptions")
+    spec_drafted: float | None = Field(None, description="cumulative drafted speculative tokens")
+    spec_accepted: float | None = Field(None, description="cumulative accepted speculative tokens")
+    spec_accept_length: float | None = Field(None, description="mean accepted length (SGLang gauge)")
+
+
+def snapshot(text: str, engine: str) -> EngineTelemetry:
+    totals = parse_totals(text)
+    values: dict[str, float | None] = {}
+    for field_name, metric in METRICS.get(engine, {}).items():
+        base = metric.removesuffix("_total")
+        values[field_name] = next((totals[n] for n in (metric, base, base + "_total") if n in totals), None)
+    return EngineTelemetry(engine=engine, **values)
+
 
 # (queries, hits) counter names per engine, as exposed on /metrics. vLLM counts tokens.
 PREFIX_CACHE_COUNTERS: dict[str, tuple[str, str]] = {
