@@ -398,3 +398,67 @@ def sim_calibrate(
     cal = fit(card, g, points, base, maxiter=maxiter)
     save_calibration(cal, out)
     return cal
+
+
+# ---------------------------------------------------------------- campaign, lake, frontier
+
+
+def optimize(
+    *,
+    runs_dir: str | Path = "runs",
+    intent: Any = None,
+    resume: str | None = None,
+    until: str | None = None,
+    start_phase: str | None = None,
+    skip: Sequence[str] = (),
+    confirm: Callable[[str], bool] | None = None,
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Run (or resume) a campaign through its gated phases; publishes to the lake at the end."""
+    from perftune.campaign.pipeline import run_campaign
+    from perftune.lake.db import default_lake
+
+    return run_campaign(
+        runs_dir=Path(runs_dir),
+        intent=intent,
+        resume=resume,
+        until=until,
+        start_phase=start_phase,
+        skip=list(skip),
+        confirm=confirm,
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+    )
+
+
+def lake_query(sql: str, lake: str | Path | None = None) -> list[dict[str, Any]]:
+    from perftune.lake.db import default_lake, query
+
+    return query(lake or default_lake(), sql)
+
+
+def lake_show(what: str, lake: str | Path | None = None, model: str | None = None) -> list[dict[str, Any]]:
+    from perftune.lake.db import default_lake, query
+
+    tables = {
+        "campaigns": "SELECT campaign_id, model, gpu, engines, focus, status, tier, created_at, gaps "
+        "FROM campaigns",
+        "champions": "SELECT campaign_id, model, rank, recommended, engine, config, gpus, metric, value, "
+        "ci_lo, ci_hi, concurrency, tier, eligible, reason, failing_gates FROM champions",
+    }
+    if what not in tables:
+        raise ConfigError(f"cannot show '{what}'", hint="one of: campaigns, champions")
+    sql = tables[what] + (" WHERE model = ?" if model else "") + " ORDER BY 1, 2"
+    return query(lake or default_lake(), sql, [model] if model else None)
+
+
+def frontier(findings: str | Path | None = None, model: str | None = None) -> list[dict[str, Any]]:
+    from perftune.registry import findings as ledger
+
+    path = Path(findings) if findings else ledger.default_path()
+    if not path.exists():
+        raise ConfigError(
+            f"no value-findings ledger at {path}", hint="run a campaign first, or pass --findings"
+        )
+    return ledger.frontier(path, model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, deploy, known_good, levers, mock, models, sim
+from perftune.cli import bench, campaign, deploy, known_good, levers, mock, models, sim
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -24,6 +24,9 @@ app.command("deploy", context_settings=deploy.CONTEXT)(deploy.deploy)
 app.command("mock-server")(mock.mock_server)
 app.command("sim-server", context_settings=sim.CONTEXT)(sim.sim_server)
 app.add_typer(sim.app, name="sim")
+app.command("optimize")(campaign.optimize)
+app.add_typer(campaign.lake_app, name="lake")
+app.command("frontier")(campaign.frontier)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""The campaign: evidence bundle, gated phases, champion selection (perftune optimize)."""

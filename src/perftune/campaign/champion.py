@@ -1,0 +1,175 @@
+"""Phase 8.4: pick the champion across engines and configs. Pure.
+
+Throughput focus: the best output tok/s per GPU of any concurrency whose cell meets the SLO (mean
+TTFT, median TPOT) on the primary (random) workload. Latency focus: the lowest median TPOT at the
+target concurrency. Candidates whose 95% intervals overlap the leader's are tied; a tie goes to fewer
+GPUs, then to the simpler config (fewer levers changed). The crown is VERDICT only when every gate a
+production claim needs is green; otherwise DRAFT with each failing gate named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from perftune.campaign.state import SUITE, Cell, Intent
+
+PRIMARY = "random"
+
+
+class Ranked(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    config: str
+    gpus: int
+    levers: dict[str, Any]
+    prefix_cache: bool | None
+    cell_id: str | None = Field(description="the cell the value comes from (None: no eligible cell)")
+    value: float | None = Field(description="tok/s/GPU (throughput) or median TPOT ms (latency)")
+    ci95: list[float] | None
+    concurrency: int | None
+    eligible: bool
+    reason: str = ""
+    tied_with_leader: bool = False
+
+
+class ChampionSelection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    focus: str
+    metric: str
+    ranking: list[Ranked]
+    champion: Ranked | None
+    tier: str
+    failing_gates: list[str]
+    notes: list[str]
+
+
+def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
+    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+
+
+def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
+    c0 = cells[0]
+    base = {
+        "engine": c0.engine,
+        "config": c0.config,
+        "gpus": c0.gpus,
+        "levers": c0.levers,
+        "prefix_cache": c0.prefix_cache,
+    }
+    primary = [c for c in cells if c.workload == PRIMARY]
+    if not primary:
+        return Ranked(
+            **base,
+            cell_id=None,
+            value=None,
+            ci95=None,
+            concurrency=None,
+            eligible=False,
+            reason="no random-workload cell",
+        )
+    if intent.focus == "throughput":
+        ok = [
+            c
+            for c in primary
+            if (c.ttft_mean_ms or 0) <= intent.slo_ttft_ms and (c.tpot_median_ms or 0) <= intent.slo_tpot_ms
+        ]
+        if not ok:
+            return Ranked(
+                **base,
+                cell_id=None,
+                value=None,
+                ci95=None,
+                concurrency=None,
+                eligible=False,
+                reason=f"no concurrency meets the SLO (TTFT <= {intent.slo_ttft_ms} ms, "
+                f"median TPOT <= {intent.slo_tpot_ms} ms)",
+            )
+        best = max(ok, key=lambda c: c.output_tok_s / c.gpus)
+        ci = [x / best.gpus for x in best.output_tok_s_ci95] if best.output_tok_s_ci95 else None
+        return Ranked(
+            **base,
+            cell_id=best.cell_id,
+            value=best.output_tok_s / best.gpus,
+            ci95=ci,
+            concurrency=best.concurrency,
+            eligible=True,
+        )
+    at = [c for c in primary if c.concurrency <= intent.target_concurrency]
+    if not at or at[-1].tpot_median_ms is None:
+        return Ranked(
+            **base,
+            cell_id=None,
+            value=None,
+            ci95=None,
+            concurrency=None,
+            eligible=False,
+            reason=f"no cell at concurrency <= {intent.target_concurrency}",
+        )
+    cell = max(at, key=lambda c: c.concurrency)
+    return Ranked(
+        **base,
+        cell_id=cell.cell_id,
+        value=cell.tpot_median_ms,
+        ci95=cell.tpot_ci95,
+        concurrency=cell.concurrency,
+        eligible=True,
+    )
+
+
+def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool]) -> ChampionSelection:
+    """`gates`: production gates by name -> passed (full suite, accuracy, byte-grounded SoL, ...)."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.engine, c.config), []).append(c)
+    cands = [_candidate(sorted(g, key=lambda c: c.concurrency), intent) for g in groups.values()]
+    higher_better = intent.focus == "throughput"
+    eligible = [r for r in cands if r.eligible and r.value is not None]
+    eligible.sort(key=lambda r: -(r.value or 0) if higher_better else (r.value or 0))
+    notes: list[str] = []
+    champion = None
+    if eligible:
+        leader = eligible[0]
+        tied = [r for r in eligible if r is leader or _overlap(r.ci95, leader.ci95)]
+        for r in tied:
+            r.tied_with_leader = len(tied) > 1
+        champion = min(tied, key=lambda r: (r.gpus, len(r.levers), eligible.index(r)))
+        if len(tied) > 1:
+            notes.append(
+                f"{len(tied)} candidates tied with the leader (95% intervals overlap); "
+                "crowned by fewer GPUs, then the simpler config"
+            )
+    failing = [name for name, ok in gates.items() if not ok]
+    states = {r.engine: r.prefix_cache for r in eligible}
+    if intent.focus == "throughput" and len(set(states.values())) > 1:
+        failing.append(
+            "prefix caching differs across engines: " + ", ".join(f"{e}={s}" for e, s in states.items())
+        )
+    if champion is None:
+        failing.append("no eligible candidate")
+    ranking = eligible + [r for r in cands if r not in eligible]
+    return ChampionSelection(
+        focus=intent.focus,
+        metric="output tok/s per GPU under the SLO (random workload)"
+        if higher_better
+        else f"median TPOT ms at concurrency {intent.target_concurrency} (random workload)",
+        ranking=ranking,
+        champion=champion,
+        tier="VERDICT" if not failing else "DRAFT",
+        failing_gates=failing,
+        notes=notes,
+    )
+
+
+def production_gates(cells: Sequence[Cell], phases_green: dict[str, bool]) -> dict[str, bool]:
+    """The gates a VERDICT champion needs, each True when passed."""
+    ran = {c.workload for c in cells}
+    return {
+        f"full workload suite ({', '.join(SUITE)}) ran for every candidate": set(SUITE) <= ran,
+        "phase 5 accuracy gate passed": phases_green.get("5", False),
+        "byte-grounded %SoL (DRAM-bandwidth counters)": False,
+        ">= 3 trials in every cell": all(c.trials >= 3 for c in cells) and bool(cells),
+        "measured on real engines (not simulated)": not any(c.simulated for c in cells),
+    }

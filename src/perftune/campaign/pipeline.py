@@ -1,0 +1,263 @@
+"""The campaign state machine: gated phases, pause on red, crash-safe resume, always publish.
+
+Each phase returns a gate (green/red, reason, headline, artifacts). The pipeline never advances past
+a red gate; between phases it asks `confirm` (the CLI asks on a TTY; --yes continues on green).
+State is saved after every phase transition and every finished cell, atomically, so a campaign killed
+with SIGKILL resumes where it was: finished cells are never re-run, and servers it had up are reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perftune.campaign.state import CampaignState, Cell, Deployment, Intent, PhaseRecord, new_run_id
+from perftune.context import now_iso
+from perftune.errors import ConfigError, PerftuneError
+from perftune.util.atomic import write_text
+
+Observer = Callable[[str], None]
+Confirm = Callable[[str], bool]
+
+
+@dataclass
+class Gate:
+    status: str  # green | red
+    reason: str
+    headline: str = ""
+    tier: str = ""
+    artifacts: list[str] | None = None
+
+
+@dataclass
+class Ctx:
+    run_dir: Path
+    state: CampaignState
+    observe: Observer
+
+    @property
+    def intent(self) -> Intent:
+        return self.state.intent
+
+    def save(self) -> None:
+        self.state.save(self.run_dir)
+
+    def rel(self, p: Path) -> str:
+        return str(p.relative_to(self.run_dir))
+
+
+PhaseFn = Callable[[Ctx], Gate]
+
+
+def _phase_table() -> list[tuple[str, str, PhaseFn | None]]:
+    from perftune.campaign import phases
+
+    return [
+        ("0", "resolve + scaffold", phases.phase0),
+        ("1", "deploy baseline per engine", phases.phase1),
+        ("2", "profile", None),
+        ("2.5", "synthesize", None),
+        ("3", "tune", None),
+        ("4", "quantize", None),
+        ("5", "validate quantization", None),
+        ("6", "train a draft", None),
+        ("7", "validate the draft", None),
+        ("8", "bench the workload suite", phases.phase8),
+        ("8.4", "select the champion", phases.phase84),
+        ("8.5", "ratchet", phases.phase85),
+    ]
+
+
+PHASE_IDS = ["0", "1", "2", "2.5", "3", "4", "5", "6", "7", "8", "8.4", "8.5"]
+
+
+def _check_phase(p: str | None, what: str) -> None:
+    if p is not None and p not in PHASE_IDS:
+        raise ConfigError(f"unknown phase '{p}' for {what}", hint="one of " + ", ".join(PHASE_IDS))
+
+
+def new_campaign(intent: Intent, runs_dir: Path) -> tuple[Path, CampaignState]:
+    run_id = new_run_id(intent)
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    state = CampaignState(
+        run_id=run_id,
+        created_at=now_iso(),
+        intent=intent,
+        phases={pid: PhaseRecord(id=pid, name=name) for pid, name, _ in _phase_table()},
+    )
+    state.save(run_dir)
+    return run_dir, state
+
+
+def reap_orphans(state: CampaignState) -> list[int]:
+    """Stop servers a killed run left up (their process groups survive the campaign process)."""
+    from perftune.targets.local import group_alive, stop_group
+
+    reaped = []
+    for d in state.live:
+        if group_alive(d.pgid):
+            stop_group(d.pgid, 10.0)
+            reaped.append(d.pgid)
+    state.live = []
+    return reaped
+
+
+@contextlib.contextmanager
+def live_server(ctx: Ctx, engine: str, phase_dir: Path) -> Iterator[Any]:
+    """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after."""
+    from perftune.deploy import deploy
+    from perftune.engines.base import ServeSpec
+    from perftune.targets.local import down
+
+    i = ctx.intent
+    model = i.model if engine in ("sim", "mock") else (i.model_path or i.model)
+    spec = ServeSpec(
+        engine=engine,
+        model=model,
+        served_name=Path(i.model.rstrip("/")).name,
+        tp=int(ctx.state.facts.get("tp", 1)),
+        levers=dict(i.levers.get(engine, {})),
+        extra_args=list(i.engine_args.get(engine, [])),
+        gpu=i.gpu if engine == "sim" else None,
+    )
+    rec, dep = deploy(
+        spec, runs_dir=phase_dir / "servers", registry=i.registry, ready_timeout_s=i.ready_timeout_s
+    )
+    ctx.state.live.append(Deployment(engine=engine, pgid=dep.pgid, run_id=rec.run_id))
+    ctx.save()
+    try:
+        yield rec
+    finally:
+        down(dep)
+        ctx.state.live = [d for d in ctx.state.live if d.pgid != dep.pgid]
+        ctx.save()
+
+
+def bench_cell(
+    ctx: Ctx,
+    rec: Any,
+    *,
+    phase: str,
+    engine: str,
+    config: str,
+    workload: str,
+    concurrency: int,
+    cell_dir: Path,
+) -> Cell:
+    """Bench one cell into cell_dir (written beside it, then renamed in: never half a folder)."""
+    from perftune.api import bench
+    from perftune.bench.runner import BenchConfig
+    from perftune.campaign.phases import make_cell, workload_spec
+
+    i = ctx.intent
+    tmp = cell_dir.with_name(cell_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(cell_dir, ignore_errors=True)
+    cfg = BenchConfig(
+        endpoint=rec.endpoint,
+        model=rec.served_name,
+        workload=workload_spec(ctx, workload, concurrency),
+        concurrency=concurrency,
+        trials=i.trials,
+        warmup_requests=min(4, concurrency),
+        hardware=f"{i.gpus}x{i.gpu}",
+        engine=None,
+    )
+    run, _ = bench(cfg, out_dir=tmp)
+    tmp.rename(cell_dir)
+    return make_cell(ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir)
+
+
+def run_campaign(
+    *,
+    runs_dir: Path,
+    intent: Intent | None = None,
+    resume: str | None = None,
+    until: str | None = None,
+    start_phase: str | None = None,
+    skip: list[str] | None = None,
+    confirm: Confirm | None = None,
+    observe: Observer | None = None,
+    lake: Path | None = None,
+) -> tuple[Path, CampaignState]:
+    skip = skip or []
+    for p in [until, start_phase, *skip]:
+        _check_phase(p, "--until/--start-phase/--skip")
+    if (intent is None) == (resume is None):
+        raise ConfigError(
+            "give a model or --resume RUN_ID", hint="perftune optimize MODEL, or --resume RUN_ID"
+        )
+    if resume is not None:
+        run_dir = runs_dir / resume
+        state = CampaignState.load(run_dir)
+        reap_orphans(state)
+        state.save(run_dir)
+    else:
+        assert intent is not None
+        run_dir, state = new_campaign(intent, runs_dir)
+    ctx = Ctx(run_dir, state, observe or (lambda _m: None))
+    table = _phase_table()
+    ids = [pid for pid, _, _ in table]
+    if start_phase is not None:
+        first = ids.index(start_phase)
+    else:
+        done = ("green", "skipped", "not-available")
+        first = next((k for k, pid in enumerate(ids) if state.phases[pid].status not in done), len(ids))
+    try:
+        for k in range(first, len(ids)):
+            pid, _name, fn = table[k]
+            rec = state.phases[pid]
+            if pid in skip:
+                rec.status, rec.reason = "skipped", "skipped by --skip"
+            elif fn is None:
+                rec.status, rec.reason = "not-available", "not available in this version"
+            else:
+                _run_phase(ctx, rec, fn)
+            ctx.save()
+            write_text(run_dir / "summary.md", _summary(state))
+            if rec.status == "red":
+                ctx.observe(f"phase {pid}: RED — {rec.reason}; the campaign is paused")
+                break
+            if pid == until:
+                break
+            nxt = ids[k + 1] if k + 1 < len(ids) else None
+            if nxt is not None and fn is not None and confirm is not None and not confirm(nxt):
+                ctx.observe(f"paused before phase {nxt}; resume with --resume {state.run_id}")
+                break
+    finally:
+        write_text(run_dir / "summary.md", _summary(state))
+        if lake is not None:
+            from perftune.campaign.publish import publish
+
+            counts = publish(run_dir, lake)
+            ctx.observe(f"published to {lake}: {counts}")
+    return run_dir, state
+
+
+def _summary(state: CampaignState) -> str:
+    from perftune.campaign.report import summary_md
+
+    return summary_md(state)
+
+
+def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
+    rec.status, rec.started_at, rec.reason = "running", now_iso(), ""
+    ctx.save()
+    ctx.observe(f"phase {rec.id}: {rec.name}")
+    t0 = time.monotonic()
+    try:
+        gate = fn(ctx)
+    except PerftuneError as e:
+        gate = Gate("red", f"{e.message}" + (f" (log: {e.log_path})" if e.log_path else ""))
+    real = [e for e in ctx.intent.engines if e not in ("sim", "mock")]
+    rec.gpu_minutes = (time.monotonic() - t0) / 60 * ctx.intent.gpus if real and rec.id in ("1", "8") else 0.0
+    rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
+    rec.artifacts = gate.artifacts or []
+    rec.finished_at = now_iso()
+    ctx.observe(f"phase {rec.id}: {gate.status} — {gate.reason}")

@@ -1,0 +1,166 @@
+"""Bundle -> lake rows (pure reading of the bundle) and the publish call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from perftune.bench.records import RequestRecord
+from perftune.campaign.state import CampaignState
+from perftune.lake.db import dumps, publish_rows
+
+
+def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    state = CampaignState.load(run_dir)
+    cid, i = state.run_id, state.intent
+    cells, trials, requests = [], [], []
+    for c in sorted(state.cells.values(), key=lambda c: c.cell_id):
+        ci: list[float | None] = [None, None] if c.output_tok_s_ci95 is None else list(c.output_tok_s_ci95)
+        cells.append(
+            {
+                "campaign_id": cid,
+                "cell_id": c.cell_id,
+                "phase": c.phase,
+                "engine": c.engine,
+                "config": c.config,
+                "workload": c.workload,
+                "concurrency": c.concurrency,
+                "gpus": c.gpus,
+                "output_tok_s": c.output_tok_s,
+                "output_tok_s_std": c.output_tok_s_std,
+                "output_tok_s_ci_lo": ci[0],
+                "output_tok_s_ci_hi": ci[1],
+                "tpot_median_ms": c.tpot_median_ms,
+                "ttft_mean_ms": c.ttft_mean_ms,
+                "trials": c.trials,
+                "sol_pct": c.sol_pct,
+                "ceiling_key": c.ceiling_key,
+                "tier": c.tier,
+                "simulated": c.simulated,
+                "prefix_cache": c.prefix_cache,
+                "levers_json": dumps(c.levers),
+                "context_json": dumps(c.context),
+            }
+        )
+        summary = json.loads((run_dir / c.path / "summary.json").read_text())
+        for t in summary["trials"]:
+            trials.append(
+                {
+                    "campaign_id": cid,
+                    "cell_id": c.cell_id,
+                    "trial": t["trial"],
+                    "span_s": t["span_s"],
+                    "ok": t["counts"]["ok"],
+                    "errors": t["counts"]["errors"],
+                    "output_tok_s": t["output_tok_s"],
+                    "req_s": t["req_s"],
+                    "ttft_ms_mean": t["ttft_ms"]["mean"],
+                    "tpot_ms_mean": t["tpot_ms"]["mean"],
+                    "tpot_ms_p50": t["tpot_ms"]["p50"],
+                    "itl_ms_p99": t["itl_ms"]["p99"],
+                    "prefix_cache_hit_rate": t.get("engine_prefix_cache_hit_rate"),
+                }
+            )
+        rec_file = run_dir / c.path / "records.jsonl"
+        if rec_file.exists():
+            for line in rec_file.read_text().splitlines():
+                if not line.strip():
+                    continue
+                r = RequestRecord.from_json(json.loads(line))
+                if r.trial < 0:
+                    continue  # warmup
+                requests.append(
+                    {
+                        "campaign_id": cid,
+                        "cell_id": c.cell_id,
+                        "trial": r.trial,
+                        "idx": r.idx,
+                        "ok": r.ok,
+                        "ttft_ms": r.ttft_ms,
+                        "tpot_ms": r.tpot_ms,
+                        "e2e_ms": r.e2e_ms,
+                        "input_tokens": r.input_tokens,
+                        "output_tokens": r.output_tokens,
+                        "token_source": r.token_source,
+                    }
+                )
+    champions, findings = [], []
+    sel_file = run_dir / "phase8.4" / "champion_select.json"
+    tier = "DRAFT"
+    if sel_file.exists():
+        sel = json.loads(sel_file.read_text())
+        tier = sel["tier"]
+        chosen = sel.get("champion") or {}
+        for rank, r in enumerate(sel["ranking"]):
+            ci = r.get("ci95") or [None, None]
+            champions.append(
+                {
+                    "campaign_id": cid,
+                    "model": i.model,
+                    "rank": rank,
+                    "recommended": bool(chosen)
+                    and r["cell_id"] == chosen.get("cell_id")
+                    and r["config"] == chosen.get("config"),
+                    "engine": r["engine"],
+                    "config": r["config"],
+                    "gpus": r["gpus"],
+                    "metric": sel["metric"],
+                    "value": r["value"],
+                    "ci_lo": ci[0],
+                    "ci_hi": ci[1],
+                    "concurrency": r["concurrency"],
+                    "cell_id": r["cell_id"],
+                    "tier": sel["tier"],
+                    "eligible": r["eligible"],
+                    "reason": r["reason"],
+                    "failing_gates": dumps(sel["failing_gates"]),
+                }
+            )
+    if state.phases["8.5"].status == "green" and i.findings:
+        from perftune.registry import findings as ledger
+
+        f = ledger.load(Path(i.findings)).get(i.model)
+        if f is not None and f.baseline.get("campaign") == cid:
+            findings.append(
+                {
+                    "campaign_id": cid,
+                    "model": i.model,
+                    "next_lever": f.next_lever,
+                    "next_value": f.next_value,
+                    "rationale": f.rationale,
+                }
+            )
+    statuses = [p.status for p in state.phases.values()]
+    status = (
+        "red" if "red" in statuses else "complete" if state.phases["8.5"].status == "green" else "partial"
+    )
+    gaps = [f"{p.id} {p.name}: {p.status}" for p in state.phases.values() if p.status not in ("green",)]
+    campaigns = [
+        {
+            "campaign_id": cid,
+            "model": i.model,
+            "gpu": f"{i.gpus}x{i.gpu}",
+            "engines": ",".join(i.engines),
+            "focus": i.focus,
+            "created_at": state.created_at,
+            "status": status,
+            "tier": tier,
+            "gaps": dumps(gaps),
+            "intent_json": i.model_dump_json(),
+            "phases_json": dumps({k: p.status for k, p in state.phases.items()}),
+        }
+    ]
+    return cid, {
+        "campaigns": campaigns,
+        "cells": cells,
+        "trials": trials,
+        "requests": requests,
+        "champions": champions,
+        "findings": findings,
+    }
+
+
+def publish(run_dir: Path, lake: Path) -> dict[str, int]:
+    cid, rows = bundle_rows(run_dir)
+    return publish_rows(lake, cid, rows)

@@ -1,0 +1,117 @@
+"""Markdown of the bundle: SOURCE.md, summary.md, CHAMPION.md. Pure; a number never appears bare."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perftune.campaign.champion import ChampionSelection, Ranked
+from perftune.campaign.state import CampaignState, Cell
+
+
+def cell_line(c: Cell) -> str:
+    """A cell's headline with its context: engine, hardware, workload, load, trials, tier."""
+    ctx = c.context
+    stack = ctx.get("stack", {})
+    sim = " SIMULATED" if c.simulated else ""
+    std = f" ± {c.output_tok_s_std:.0f}" if c.output_tok_s_std is not None else ""
+    tpot = f", median TPOT {c.tpot_median_ms:.2f} ms" if c.tpot_median_ms is not None else ""
+    ttft = f", mean TTFT {c.ttft_mean_ms:.0f} ms" if c.ttft_mean_ms is not None else ""
+    sol = f", {c.sol_pct:.0f}% SoL ({c.ceiling_key})" if c.sol_pct is not None else ""
+    wl = ctx.get("workload", {})
+    shape = f" {wl.get('isl')}/{wl.get('osl')}" if wl.get("isl") else ""
+    return (
+        f"{c.output_tok_s:.0f}{std} output tok/s{tpot}{ttft}{sol} — {c.engine} "
+        f"{stack.get('engine_version') or ''} {c.config} on {ctx.get('hardware')}{sim}, "
+        f"{c.workload}{shape}, c={c.concurrency}, {c.trials} trials, {c.tier}"
+    )
+
+
+def source_md(state: CampaignState, decisions: list[tuple[str, str]], advice: dict[str, Any]) -> str:
+    i = state.intent
+    lines = [
+        f"# SOURCE: campaign {state.run_id}",
+        "",
+        "The intent, stated back, and every decision with its rationale.",
+        "",
+        "## Intent",
+        f"- model: `{i.model}`" + (f" (weights from `{i.model_path}`)" if i.model_path else ""),
+        f"- hardware: {i.gpus} x {i.gpu}",
+        f"- engines: {', '.join(i.engines)}",
+        f"- focus: {i.focus}"
+        + (
+            f" (SLO: mean TTFT <= {i.slo_ttft_ms:g} ms, median TPOT <= {i.slo_tpot_ms:g} ms)"
+            if i.focus == "throughput"
+            else f" (median TPOT at concurrency {i.target_concurrency})"
+        ),
+        f"- phase 8 suite: {', '.join(i.workloads)} at concurrency {i.resolved_ladder()}, {i.trials} trials per cell",
+        "",
+        "## Advisors",
+    ]
+    for name, text in advice.items():
+        lines.append(f"- **{name}**: {text}")
+    lines += ["", "## Decisions"]
+    for what, why in decisions:
+        lines.append(f"- {what} — {why}")
+    return "\n".join(lines) + "\n"
+
+
+def summary_md(state: CampaignState) -> str:
+    i = state.intent
+    simulated = any(c.simulated for c in state.cells.values()) or "sim" in i.engines
+    lines = [
+        f"# Campaign {state.run_id}",
+        "",
+        f"{i.model} on {i.gpus} x {i.gpu}; engines {', '.join(i.engines)}; focus {i.focus}."
+        + (" **Numbers from the simulated engine are SIMULATED.**" if simulated else ""),
+        "",
+        "| phase | name | gate | reason | headline | tier | GPU-min | artifacts |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in state.phases.values():
+        arts = ", ".join(f"`{a}`" for a in p.artifacts[:4]) + (" …" if len(p.artifacts) > 4 else "")
+        lines.append(
+            f"| {p.id} | {p.name} | {p.status} | {p.reason} | {p.headline} | {p.tier} | {p.gpu_minutes:.1f} | {arts} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ranked_line(r: Ranked, metric_unit: str) -> str:
+    if r.value is None:
+        return f"| {r.engine} | {r.config} | {r.gpus} | - | - | - | not eligible: {r.reason} |"
+    ci = f"[{r.ci95[0]:.2f}, {r.ci95[1]:.2f}]" if r.ci95 else "-"
+    tie = "tied with leader" if r.tied_with_leader else ""
+    return f"| {r.engine} | {r.config} | {r.gpus} | {r.value:.2f} {metric_unit} | {ci} | c={r.concurrency} | {tie} |"
+
+
+def champion_md(state: CampaignState, sel: ChampionSelection, cells: dict[str, Cell]) -> str:
+    unit = "tok/s/GPU" if sel.focus == "throughput" else "ms"
+    lines = [f"# CHAMPION — campaign {state.run_id}", ""]
+    ch = sel.champion
+    if ch is not None and sel.tier == "VERDICT":
+        lines += ["**RECOMMENDED FOR PRODUCTION** (VERDICT: every production gate passed)", ""]
+    elif ch is not None:
+        lines += ["**DRAFT — not a production recommendation.** Failing gates:", ""]
+        lines += [f"- {g}" for g in sel.failing_gates] + [""]
+    else:
+        lines += (
+            ["No champion: no candidate was eligible.", ""] + [f"- {g}" for g in sel.failing_gates] + [""]
+        )
+    if ch is not None and ch.cell_id:
+        lines += [
+            f"Champion: **{ch.engine} / {ch.config}** on {ch.gpus} GPU(s), levers {ch.levers or '{} (engine defaults)'}",
+            "",
+            f"Metric: {sel.metric}. Value: {ch.value:.2f} {unit} at c={ch.concurrency}.",
+            "",
+            f"Evidence cell: {cell_line(cells[ch.cell_id])}",
+            "",
+        ]
+    lines += [
+        "## Ranking",
+        "",
+        "| engine | config | GPUs | value | 95% CI | at | note |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [_ranked_line(r, unit) for r in sel.ranking]
+    if sel.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in sel.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,149 @@
+"""Campaign intent (what the user asked), state (campaign.json) and cells. Pure data + atomic save."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from perftune.errors import ConfigError
+from perftune.util.atomic import write_text
+
+Focus = Literal["throughput", "latency"]
+PhaseStatus = Literal["pending", "running", "green", "red", "skipped", "not-available"]
+SCHEMA = "perftune.campaign/v1"
+
+# Concurrency ladders of the focus tiers (phase 8): throughput pushes the batch, latency stays low.
+LADDERS: dict[str, list[int]] = {"throughput": [8, 32, 64], "latency": [1, 4, 16]}
+SUITE = ["random", "prefix", "chat", "code", "long"]
+
+
+class Intent(BaseModel):
+    """What the user asked for, resolved: the campaign's SOURCE."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="catalog name, model folder or hub id")
+    model_path: str | None = Field(None, description="model folder real engines load (sim: optional)")
+    engines: list[str] = Field(description="engines to compare: vllm, sglang, llamacpp, sim, mock")
+    gpu: str = Field("h100", description="GPU model (ceilings.yaml key or alias)")
+    gpus: int = Field(1, ge=1, description="GPUs available on the node")
+    focus: Focus = Field("throughput", description="what the champion optimizes")
+    slo_ttft_ms: float = Field(
+        2000.0, gt=0, description="throughput focus: mean TTFT bound of a counted cell"
+    )
+    slo_tpot_ms: float = Field(
+        50.0, gt=0, description="throughput focus: median TPOT bound of a counted cell"
+    )
+    target_concurrency: int = Field(16, ge=1, description="latency focus: concurrency the TPOT is judged at")
+    workloads: list[str] = Field(default_factory=lambda: list(SUITE), description="phase 8 workloads")
+    ladder: list[int] = Field(default_factory=list, description="phase 8 concurrencies (default: by focus)")
+    isl: int = Field(1024, ge=1, description="random/prefix input tokens")
+    osl: int = Field(128, ge=1, description="output tokens")
+    long_isl: int = Field(8192, ge=1, description="long workload input tokens")
+    trials: int = Field(3, ge=1, description="trials per cell")
+    requests_per_slot: int = Field(2, ge=1, description="requests per cell = max(16, this x concurrency)")
+    baseline_concurrency: int = Field(16, ge=1, description="phase 1 baseline bench concurrency")
+    engine_args: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra engine flags by engine"
+    )
+    levers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="baseline levers by engine")
+    registry: str | None = Field(None, description="known-good registry path")
+    findings: str | None = Field(None, description="value-findings ledger path")
+    ready_timeout_s: float = Field(900.0, gt=0)
+
+    def resolved_ladder(self) -> list[int]:
+        return self.ladder or LADDERS[self.focus]
+
+
+class PhaseRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    name: str
+    status: PhaseStatus = "pending"
+    reason: str = ""
+    headline: str = ""
+    tier: str = ""
+    artifacts: list[str] = Field(default_factory=list)
+    gpu_minutes: float = 0.0
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class Cell(BaseModel):
+    """One measured (config, workload, concurrency) point with its full context."""
+
+    model_config = ConfigDict(extra="forbid")
+    cell_id: str
+    phase: str
+    engine: str
+    config: str = Field(description="config name: baseline or an arm")
+    levers: dict[str, Any]
+    workload: str
+    concurrency: int
+    gpus: int
+    path: str = Field(description="bench folder, relative to the run folder")
+    output_tok_s: float
+    output_tok_s_std: float | None
+    output_tok_s_ci95: list[float] | None
+    tpot_median_ms: float | None = Field(description="mean over trials of the per-trial median TPOT")
+    tpot_ci95: list[float] | None
+    ttft_mean_ms: float | None
+    trials: int
+    sol_pct: float | None = Field(description="decode roofline floor / measured median TPOT")
+    ceiling_key: str | None
+    tier: str
+    simulated: bool
+    prefix_cache: bool | None = Field(description="prefix caching on/off as configured")
+    context: dict[str, Any] = Field(description="the bench MeasurementContext")
+
+
+class Deployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    pgid: int
+    run_id: str
+
+
+class CampaignState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: str = SCHEMA
+    run_id: str
+    created_at: str
+    intent: Intent
+    phases: dict[str, PhaseRecord]
+    cells: dict[str, Cell] = Field(default_factory=dict)
+    live: list[Deployment] = Field(default_factory=list, description="servers this campaign has up")
+    facts: dict[str, Any] = Field(default_factory=dict, description="outputs of phases later phases use")
+
+    def save(self, run_dir: Path) -> None:
+        write_text(run_dir / "campaign.json", self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> CampaignState:
+        f = run_dir / "campaign.json"
+        if not f.exists():
+            raise ConfigError(f"no campaign.json in {run_dir}", hint="check the run id and --runs-dir")
+        try:
+            return cls.model_validate(json.loads(f.read_text()))
+        except (ValueError, ValidationError) as e:
+            raise ConfigError(
+                f"{f}: not a perftune campaign ({e})", hint="was it written by perftune?"
+            ) from e
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", Path(text.rstrip("/")).name.lower()).strip("-")
+    return s[:40] or "model"
+
+
+def new_run_id(intent: Intent, now: float | None = None) -> str:
+    """slug + date + short hash: the experiment id and the campaign id."""
+    t = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(t))
+    h = hashlib.sha1(f"{intent.model_dump_json()}{t}".encode()).hexdigest()[:6]
+    return f"{slug(intent.model)}-{stamp}-{h}"

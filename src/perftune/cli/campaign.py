@@ -1,0 +1,184 @@
+"""`perftune optimize`, `perftune lake ...`, `perftune frontier`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from perftune.cli.common import err_console, handle_errors, out_console, print_json
+from perftune.errors import ConfigError
+
+lake_app = typer.Typer(help="The perf lake (DuckDB): query, show, export.")
+
+
+@handle_errors
+def optimize(
+    model: str | None = typer.Argument(None, help="catalog name, model folder or hub id"),
+    engines: str = typer.Option("sim", help="comma-separated: vllm, sglang, llamacpp, sim, mock"),
+    gpu: str = typer.Option("h100", help="GPU model"),
+    gpus: int = typer.Option(1, help="GPUs on the node"),
+    model_path: str | None = typer.Option(None, help="model folder real engines load (default: MODEL)"),
+    focus: str = typer.Option("throughput", help="throughput | latency"),
+    slo_ttft_ms: float = typer.Option(2000.0, help="throughput focus: mean TTFT bound"),
+    slo_tpot_ms: float = typer.Option(50.0, help="throughput focus: median TPOT bound"),
+    workloads: str = typer.Option("random,prefix,chat,code,long", help="phase 8 workloads"),
+    ladder: str | None = typer.Option(None, help="phase 8 concurrencies, e.g. 8,32,64 (default: by focus)"),
+    isl: int = typer.Option(1024, help="random/prefix input tokens"),
+    osl: int = typer.Option(128, help="output tokens"),
+    trials: int = typer.Option(3, help="trials per cell"),
+    engine_arg: list[str] = typer.Option([], help="ENGINE=FLAG passed to that engine, repeatable"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles go"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
+    registry: Path | None = typer.Option(None, help="known-good registry (default: the per-user one)"),
+    findings: Path | None = typer.Option(None, help="value-findings ledger (default: the per-user one)"),
+    resume: str | None = typer.Option(None, help="resume this run id"),
+    until: str | None = typer.Option(None, help="stop after this phase"),
+    start_phase: str | None = typer.Option(None, help="start at this phase"),
+    skip: list[str] = typer.Option([], help="skip this phase, repeatable"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="continue on green without asking"),
+    as_json: bool = typer.Option(False, "--json", help="print the campaign state as JSON at the end"),
+) -> None:
+    """Drive a model through the gated campaign: resolve, baselines, suite, champion, ratchet."""
+    from perftune.api import optimize as run
+    from perftune.campaign.state import Intent
+
+    intent = None
+    if resume is None:
+        if model is None:
+            raise ConfigError(
+                "optimize needs a MODEL or --resume RUN_ID", hint="e.g. perftune optimize llama-3.1-8b"
+            )
+        eargs: dict[str, list[str]] = {}
+        for item in engine_arg:
+            eng, sep, flag = item.partition("=")
+            if not sep:
+                raise ConfigError(
+                    f"bad --engine-arg '{item}'", hint="write ENGINE=FLAG, e.g. vllm=--load-format=dummy"
+                )
+            eargs.setdefault(eng, []).extend(
+                flag.split("=", 1) if flag.startswith("--") and "=" in flag else [flag]
+            )
+        intent = Intent(
+            model=model,
+            model_path=model_path,
+            engines=[e.strip() for e in engines.split(",") if e.strip()],
+            gpu=gpu,
+            gpus=gpus,
+            focus=focus,
+            slo_ttft_ms=slo_ttft_ms,
+            slo_tpot_ms=slo_tpot_ms,
+            workloads=[w.strip() for w in workloads.split(",") if w.strip()],
+            ladder=[int(x) for x in ladder.split(",")] if ladder else [],
+            isl=isl,
+            osl=osl,
+            trials=trials,
+            engine_args=eargs,
+            registry=str(registry) if registry else None,
+            findings=str(findings) if findings else None,
+        )
+        bad = [e for e in intent.engines if e not in ("vllm", "sglang", "llamacpp", "sim", "mock")]
+        if bad:
+            raise ConfigError(
+                f"unknown engine(s): {', '.join(bad)}", hint="vllm, sglang, llamacpp, sim, mock"
+            )
+        badw = [w for w in intent.workloads if w not in ("random", "prefix", "chat", "code", "long")]
+        if badw:
+            raise ConfigError(
+                f"unknown workload(s): {', '.join(badw)}", hint="random, prefix, chat, code, long"
+            )
+
+    def confirm(nxt: str) -> bool:
+        if yes:
+            return True
+        if sys.stdin.isatty():
+            return typer.confirm(f"continue to phase {nxt}?", default=True)
+        return False
+
+    run_dir, state = run(
+        runs_dir=runs_dir,
+        intent=intent,
+        resume=resume,
+        until=until,
+        start_phase=start_phase,
+        skip=skip,
+        confirm=confirm,
+        observe=lambda m: err_console.print(m, highlight=False),
+        lake=lake,
+    )
+    if as_json:
+        print_json(state.model_dump(mode="json"))
+    else:
+        sys.stdout.write((run_dir / "summary.md").read_text() + f"\nbundle: {run_dir}\n")
+    if any(p.status == "red" for p in state.phases.values()):
+        raise SystemExit(4)
+
+
+@lake_app.command("query")
+@handle_errors
+def lake_query(
+    sql: str = typer.Argument(..., help="SQL over campaigns, cells, trials, requests, champions, findings"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake path"),
+    as_json: bool = typer.Option(False, "--json", help="print rows as JSON"),
+) -> None:
+    """Run a SQL query against the lake (read-only)."""
+    from perftune.api import lake_query as q
+
+    _render(q(sql, lake), as_json)
+
+
+@lake_app.command("show")
+@handle_errors
+def lake_show(
+    what: str = typer.Argument(..., help="campaigns | champions"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake path"),
+    model: str | None = typer.Option(None, help="only this model"),
+    as_json: bool = typer.Option(False, "--json", help="print rows as JSON"),
+) -> None:
+    """Show campaigns or champions (every row with its tier)."""
+    from perftune.api import lake_show as s
+
+    _render(s(what, lake, model), as_json)
+
+
+@lake_app.command("export")
+@handle_errors
+def lake_export(
+    out: Path = typer.Option(..., help="folder for one Parquet file per table"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake path"),
+) -> None:
+    """Export every lake table to Parquet."""
+    from perftune.lake.db import default_lake, export_parquet
+
+    for f in export_parquet(lake or default_lake(), out):
+        out_console.print(f, highlight=False)
+
+
+@handle_errors
+def frontier(
+    model: str | None = typer.Option(None, help="only this model"),
+    findings: Path | None = typer.Option(None, help="value-findings ledger (default: the per-user one)"),
+    as_json: bool = typer.Option(False, "--json", help="print rows as JSON"),
+) -> None:
+    """The ranked frontier of open levers, per model (the next lever first)."""
+    from perftune.api import frontier as f
+
+    _render(f(findings, model), as_json)
+
+
+def _render(rows: list[dict[str, object]], as_json: bool) -> None:
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    if not rows:
+        out_console.print("(no rows)")
+        return
+    t = Table()
+    for col in rows[0]:
+        t.add_column(str(col))
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r.values()])
+    out_console.print(t)

@@ -1,0 +1,1 @@
+"""The perf lake: DuckDB tables of campaigns, cells, trials, requests, champions and findings."""
