@@ -197,7 +197,7 @@ def phase1(ctx: Ctx) -> Gate:
     d = ctx.run_dir / "phase1"
     heads, arts = [], []
     for engine in i.engines:
-        cell_id = f"{engine}.baseline.random.c{i.baseline_concurrency}"
+        cell_id = f"p1.{engine}.baseline.random.c{i.baseline_concurrency}"
         cell = ctx.state.cells.get(cell_id)
         if cell is None:
             ctx.observe(f"phase 1: deploy {engine}, smoke gate, baseline bench")
@@ -244,11 +244,11 @@ def phase8(ctx: Ctx) -> Gate:
             for w in i.workloads
             for c in (ladder if w != "long" else [x for x in ladder if x <= 8] or [min(ladder)])
         ]
-        todo = [(w, c) for w, c in plan if f"{engine}.baseline.{w}.c{c}" not in ctx.state.cells]
+        todo = [(w, c) for w, c in plan if f"p8.{engine}.baseline.{w}.c{c}" not in ctx.state.cells]
         if todo:
             with live_server(ctx, engine, d) as rec:
                 for w, c in todo:
-                    cell_id = f"{engine}.baseline.{w}.c{c}"
+                    cell_id = f"p8.{engine}.baseline.{w}.c{c}"
                     ctx.observe(f"phase 8: {cell_id}")
                     cell = bench_cell(
                         ctx,
@@ -263,7 +263,7 @@ def phase8(ctx: Ctx) -> Gate:
                     ctx.state.cells[cell_id] = cell
                     ctx.save()
         for w, c in plan:
-            cell = ctx.state.cells[f"{engine}.baseline.{w}.c{c}"]
+            cell = ctx.state.cells[f"p8.{engine}.baseline.{w}.c{c}"]
             ran.append(cell)
             if _failed_share(ctx, cell) > 0.05:
                 bad.append(cell.cell_id)

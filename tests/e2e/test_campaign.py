@@ -1,0 +1,166 @@
+"""`perftune optimize` end to end on the simulator: phases, gates, resume after SIGKILL, the lake."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perftune import api
+from perftune.campaign.publish import publish
+from perftune.campaign.state import CampaignState, Intent
+from perftune.lake.db import TABLES, query
+from perftune.targets.local import group_alive
+
+pytestmark = pytest.mark.e2e
+BUILT = ("0", "1", "8", "8.4", "8.5")
+
+
+def _intent(tmp: Path, **kw: object) -> Intent:
+    base: dict[str, object] = {
+        "model": "llama-3.1-8b",
+        "engines": ["sim"],
+        "workloads": ["random", "prefix"],
+        "ladder": [4, 8],
+        "isl": 256,
+        "osl": 32,
+        "trials": 3,
+        "baseline_concurrency": 4,
+        "registry": str(tmp / "kg.yaml"),
+        "findings": str(tmp / "findings.yaml"),
+    }
+    base.update(kw)
+    return Intent.model_validate(base)
+
+
+def _dump(lake: Path) -> dict[str, list[dict[str, object]]]:
+    return {t: query(lake, f"SELECT * FROM {t} ORDER BY ALL") for t in TABLES}
+
+
+def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_path: Path) -> None:
+    lake = tmp_path / "lake.duckdb"
+    run_dir, state = api.optimize(
+        runs_dir=tmp_path / "runs", intent=_intent(tmp_path), confirm=lambda _: True, lake=lake
+    )
+    status = {k: p.status for k, p in state.phases.items()}
+    assert all(status[p] == "green" for p in BUILT), status
+    assert {status[p] for p in status if p not in BUILT} == {"not-available"}
+    champion = (run_dir / "CHAMPION.md").read_text()
+    assert "DRAFT" in champion and "RECOMMENDED FOR PRODUCTION" not in champion
+    assert (
+        "phase 5 accuracy gate passed" in champion and "measured on real engines (not simulated)" in champion
+    )
+    summary = (run_dir / "summary.md").read_text()
+    assert "SIMULATED" in summary and "not available in this version" in summary
+    assert (run_dir / "SOURCE.md").exists() and (run_dir / "campaign.json").exists()
+    # every cell has its full evidence and context
+    for c in state.cells.values():
+        assert (run_dir / c.path / "summary.json").exists() and c.context["stack"]["simulated"]
+    rows = query(lake, "select count(*) as n from cells")[0]["n"]
+    assert rows == len(state.cells) == 1 + 2 * 2
+    assert query(lake, "select recommended, tier from champions")[0] == {"recommended": True, "tier": "DRAFT"}
+    # publishing the same campaign again leaves the lake unchanged
+    before = _dump(lake)
+    publish(run_dir, lake)
+    assert _dump(lake) == before
+    # the ratchet: a next lever and a known-good entry, both on file
+    assert api.frontier(tmp_path / "findings.yaml")[0]["is_next"]
+    assert "llama-3.1-8b:" in (tmp_path / "kg.yaml").read_text()
+
+
+def test_red_smoke_gate_pauses_the_campaign(tmp_path: Path) -> None:
+    # A mock engine whose context is 4 tokens: the smoke gate's first request is refused (HTTP 400).
+    intent = _intent(tmp_path, engines=["mock"], engine_args={"mock": ["--max-model-len", "4"]})
+    run_dir, state = api.optimize(
+        runs_dir=tmp_path / "runs", intent=intent, confirm=lambda _: True, lake=tmp_path / "l.duckdb"
+    )
+    assert state.phases["0"].status == "green"
+    assert state.phases["1"].status == "red" and "smoke" in state.phases["1"].reason
+    assert all(state.phases[p].status == "pending" for p in ("8", "8.4", "8.5"))
+    assert "| 1 | deploy baseline per engine | red | smoke" in (run_dir / "summary.md").read_text()
+    assert not state.live  # nothing left running
+
+
+def test_sigkill_during_phase8_then_resume_reruns_nothing(tmp_path: Path) -> None:
+    runs, lake = tmp_path / "runs", tmp_path / "lake.duckdb"
+    cmd = [
+        sys.executable,
+        "-m",
+        "perftune",
+        "optimize",
+        "llama-3.1-8b",
+        "--engines",
+        "sim",
+        "--yes",
+        "--runs-dir",
+        str(runs),
+        "--lake",
+        str(lake),
+        "--registry",
+        str(tmp_path / "kg.yaml"),
+        "--findings",
+        str(tmp_path / "f.yaml"),
+        "--workloads",
+        "random,prefix",
+        "--ladder",
+        "4,8",
+        "--isl",
+        "256",
+        "--osl",
+        "64",
+        "--trials",
+        "3",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    state = None
+    while time.monotonic() < deadline:
+        files = list(runs.glob("*/campaign.json"))
+        if files:
+            try:
+                state = CampaignState.model_validate(json.loads(files[0].read_text()))
+            except ValueError:
+                state = None
+            if state and any(c.phase == "8" for c in state.cells.values()) and state.live:
+                break
+        time.sleep(0.2)
+    assert state is not None, "phase 8 never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = files[0].parent
+    killed = CampaignState.load(run_dir)
+    done = {cid: (run_dir / c.path / "summary.json").stat().st_mtime_ns for cid, c in killed.cells.items()}
+    orphans = [d.pgid for d in killed.live]
+    assert orphans and any(group_alive(p) for p in orphans)  # the server outlived its campaign
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perftune",
+            "optimize",
+            "--resume",
+            run_dir.name,
+            "--runs-dir",
+            str(runs),
+            "--lake",
+            str(lake),
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = CampaignState.load(run_dir)
+    assert all(final.phases[p].status == "green" for p in BUILT)
+    for cid, mtime in done.items():  # finished cells were not re-run
+        assert (run_dir / final.cells[cid].path / "summary.json").stat().st_mtime_ns == mtime
+    assert len(final.cells) == 1 + 2 * 2 and not final.live
+    assert not any(group_alive(p) for p in orphans)  # resume reaped the orphaned server
+    assert not list(run_dir.rglob("*.partial"))
