@@ -462,3 +462,39 @@ def frontier(findings: str | Path | None = None, model: str | None = None) -> li
             f"no value-findings ledger at {path}", hint="run a campaign first, or pass --findings"
         )
     return ledger.frontier(path, model)
+
+
+def tune(
+    run_id: str,
+    *,
+    runs_dir: str | Path = "runs",
+    engines: Sequence[str] | None = None,
+    budget_gpu_min: float = 60.0,
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Run phase 3 (tuning) of an existing campaign, in its bundle."""
+    from perftune.campaign.pipeline import run_campaign
+    from perftune.campaign.state import CampaignState
+    from perftune.lake.db import default_lake
+
+    run_dir = Path(runs_dir) / run_id
+    state = CampaignState.load(run_dir)
+    if state.phases["1"].status != "green":
+        raise ConfigError(
+            f"campaign {run_id} has no green phase 1", hint="run perftune optimize up to phase 1 first"
+        )
+    update: dict[str, Any] = {"budget_gpu_min": budget_gpu_min}
+    if engines:
+        update["engines"] = list(engines)
+    state.intent = state.intent.model_copy(update=update)
+    state.phases["3"].status = "pending"
+    state.save(run_dir)
+    return run_campaign(
+        runs_dir=Path(runs_dir),
+        resume=run_id,
+        start_phase="3",
+        until="3",
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+    )

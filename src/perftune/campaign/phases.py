@@ -110,7 +110,7 @@ def phase0(ctx: Ctx) -> Gate:
     write_text(ctx.run_dir / "SOURCE.md", source_md(ctx.state, decisions, advice))
     return Gate(
         "green",
-        f"{card.name} fits at TP={use_tp} on {g.key}",
+        f"{i.model} fits at TP={use_tp} on {g.key}",
         headline=f"TP={use_tp}, {card.total_params / 1e9:.1f} B params",
         artifacts=[
             "SOURCE.md",
@@ -137,7 +137,17 @@ def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
     return WorkloadSpec(kind=kind, osl=i.osl, num_requests=n)
 
 
-def make_cell(ctx: Ctx, run: Any, *, phase: str, engine: str, config: str, workload: str, path: Path) -> Cell:
+def make_cell(
+    ctx: Ctx,
+    run: Any,
+    *,
+    phase: str,
+    engine: str,
+    config: str,
+    workload: str,
+    path: Path,
+    levers: dict[str, Any] | None = None,
+) -> Cell:
     from perftune.hardware.ceilings import gpu
     from perftune.hardware.roofline import roofline
 
@@ -154,7 +164,7 @@ def make_cell(ctx: Ctx, run: Any, *, phase: str, engine: str, config: str, workl
     if med.mean:
         rf = roofline(_card(ctx), gpu(ctx.intent.gpu), tp=tp, batch=conc, context=max(1, ctx_len))
         sol, key = 100.0 * rf.decode_step_floor_ms / med.mean, rf.ceiling_key
-    levers = dict(ctx.intent.levers.get(engine, {}))
+    levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
     prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))
     return Cell(
         cell_id=path.name,
@@ -203,6 +213,7 @@ def phase1(ctx: Ctx) -> Gate:
             ctx.observe(f"phase 1: deploy {engine}, smoke gate, baseline bench")
             with live_server(ctx, engine, d) as rec:
                 write_text(d / f"{engine}.deploy.json", rec.model_dump_json(indent=2) + "\n")
+                ctx.state.facts.setdefault("engine_versions", {})[engine] = rec.engine_version
                 cell = bench_cell(
                     ctx,
                     rec,
@@ -239,34 +250,40 @@ def phase8(ctx: Ctx) -> Gate:
     ladder = i.resolved_ladder()
     ran, bad = [], []
     for engine in i.engines:
-        plan = [
-            (w, c)
-            for w in i.workloads
-            for c in (ladder if w != "long" else [x for x in ladder if x <= 8] or [min(ladder)])
-        ]
-        todo = [(w, c) for w, c in plan if f"p8.{engine}.baseline.{w}.c{c}" not in ctx.state.cells]
-        if todo:
-            with live_server(ctx, engine, d) as rec:
-                for w, c in todo:
-                    cell_id = f"p8.{engine}.baseline.{w}.c{c}"
-                    ctx.observe(f"phase 8: {cell_id}")
-                    cell = bench_cell(
-                        ctx,
-                        rec,
-                        phase="8",
-                        engine=engine,
-                        config="baseline",
-                        workload=w,
-                        concurrency=c,
-                        cell_dir=d / "cells" / cell_id,
-                    )
-                    ctx.state.cells[cell_id] = cell
-                    ctx.save()
-        for w, c in plan:
-            cell = ctx.state.cells[f"p8.{engine}.baseline.{w}.c{c}"]
-            ran.append(cell)
-            if _failed_share(ctx, cell) > 0.05:
-                bad.append(cell.cell_id)
+        configs = [("baseline", dict(i.levers.get(engine, {})))]
+        tuned = ctx.state.facts.get("tuned", {}).get(engine)
+        if tuned is not None and tuned != configs[0][1]:
+            configs.append(("tuned", tuned))
+        for name, levers in configs:
+            plan = [
+                (w, c)
+                for w in i.workloads
+                for c in (ladder if w != "long" else [x for x in ladder if x <= 8] or [min(ladder)])
+            ]
+            todo = [(w, c) for w, c in plan if f"p8.{engine}.{name}.{w}.c{c}" not in ctx.state.cells]
+            if todo:
+                with live_server(ctx, engine, d, levers) as rec:
+                    for w, c in todo:
+                        cell_id = f"p8.{engine}.{name}.{w}.c{c}"
+                        ctx.observe(f"phase 8: {cell_id}")
+                        cell = bench_cell(
+                            ctx,
+                            rec,
+                            phase="8",
+                            engine=engine,
+                            config=name,
+                            workload=w,
+                            concurrency=c,
+                            cell_dir=d / "cells" / cell_id,
+                            levers=levers,
+                        )
+                        ctx.state.cells[cell_id] = cell
+                        ctx.save()
+            for w, c in plan:
+                cell = ctx.state.cells[f"p8.{engine}.{name}.{w}.c{c}"]
+                ran.append(cell)
+                if _failed_share(ctx, cell) > 0.05:
+                    bad.append(cell.cell_id)
     write_text(
         d / "suite.json",
         json.dumps({"workloads": i.workloads, "ladder": ladder, "cells": [c.cell_id for c in ran]}, indent=2)
@@ -279,7 +296,8 @@ def phase8(ctx: Ctx) -> Gate:
     best = max((c for c in ran if c.workload == "random"), key=lambda c: c.output_tok_s, default=None)
     return Gate(
         "green",
-        f"{len(ran)} cells: {', '.join(i.workloads)} x c={ladder} x {len(i.engines)} engine(s)",
+        f"{len(ran)} cells: {', '.join(i.workloads)} x c={ladder} x {len(i.engines)} engine(s), "
+        "baseline and tuned configs",
         headline=f"best random cell: {cell_line(best)}" if best else "",
         tier="DRAFT",
         artifacts=["phase8/suite.json", "phase8/cells/"],
@@ -376,6 +394,7 @@ def phase85(ctx: Ctx) -> Gate:
             engine=ch["engine"],
             required_flags=[],
             grind_frontier=f"{fpath}#{i.model}",
+            engine_versions=str(ctx.state.facts.get("engine_versions", {}).get(ch["engine"]) or ""),
             hardware=f"{i.gpus}x{i.gpu}",
             arch_note="no workaround flags needed: deploy, smoke and the suite passed on engine defaults",
             champion={
@@ -410,3 +429,12 @@ def phase85(ctx: Ctx) -> Gate:
         tier=ch["tier"],
         artifacts=["phase8.5/ratchet.md", str(fpath), str(reg)],
     )
+
+
+# ------------------------------------------------------------------ phase 3
+
+
+def phase3(ctx: Ctx) -> Gate:
+    from perftune.campaign.tuning import run_phase3
+
+    return run_phase3(ctx)

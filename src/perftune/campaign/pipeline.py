@@ -62,7 +62,7 @@ def _phase_table() -> list[tuple[str, str, PhaseFn | None]]:
         ("1", "deploy baseline per engine", phases.phase1),
         ("2", "profile", None),
         ("2.5", "synthesize", None),
-        ("3", "tune", None),
+        ("3", "tune", phases.phase3),
         ("4", "quantize", None),
         ("5", "validate quantization", None),
         ("6", "train a draft", None),
@@ -109,7 +109,9 @@ def reap_orphans(state: CampaignState) -> list[int]:
 
 
 @contextlib.contextmanager
-def live_server(ctx: Ctx, engine: str, phase_dir: Path) -> Iterator[Any]:
+def live_server(
+    ctx: Ctx, engine: str, phase_dir: Path, levers: dict[str, Any] | None = None
+) -> Iterator[Any]:
     """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after."""
     from perftune.deploy import deploy
     from perftune.engines.base import ServeSpec
@@ -122,7 +124,7 @@ def live_server(ctx: Ctx, engine: str, phase_dir: Path) -> Iterator[Any]:
         model=model,
         served_name=Path(i.model.rstrip("/")).name,
         tp=int(ctx.state.facts.get("tp", 1)),
-        levers=dict(i.levers.get(engine, {})),
+        levers=dict(i.levers.get(engine, {}) if levers is None else levers),
         extra_args=list(i.engine_args.get(engine, [])),
         gpu=i.gpu if engine == "sim" else None,
     )
@@ -149,6 +151,7 @@ def bench_cell(
     workload: str,
     concurrency: int,
     cell_dir: Path,
+    levers: dict[str, Any] | None = None,
 ) -> Cell:
     """Bench one cell into cell_dir (written beside it, then renamed in: never half a folder)."""
     from perftune.api import bench
@@ -171,7 +174,9 @@ def bench_cell(
     )
     run, _ = bench(cfg, out_dir=tmp)
     tmp.rename(cell_dir)
-    return make_cell(ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir)
+    return make_cell(
+        ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir, levers=levers
+    )
 
 
 def run_campaign(
@@ -256,7 +261,9 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
     except PerftuneError as e:
         gate = Gate("red", f"{e.message}" + (f" (log: {e.log_path})" if e.log_path else ""))
     real = [e for e in ctx.intent.engines if e not in ("sim", "mock")]
-    rec.gpu_minutes = (time.monotonic() - t0) / 60 * ctx.intent.gpus if real and rec.id in ("1", "8") else 0.0
+    rec.gpu_minutes = (
+        (time.monotonic() - t0) / 60 * ctx.intent.gpus if real and rec.id in ("1", "3", "8") else 0.0
+    )
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []
     rec.finished_at = now_iso()

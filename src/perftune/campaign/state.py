@@ -55,6 +55,8 @@ class Intent(BaseModel):
     registry: str | None = Field(None, description="known-good registry path")
     findings: str | None = Field(None, description="value-findings ledger path")
     ready_timeout_s: float = Field(900.0, gt=0)
+    budget_gpu_min: float = Field(60.0, gt=0, description="phase 3 budget, GPU-minutes")
+    wedge_s: float = Field(120.0, gt=0, description="phase 3: a request with no progress this long = wedge")
 
     def resolved_ladder(self) -> list[int]:
         return self.ladder or LADDERS[self.focus]

@@ -27,6 +27,7 @@ app.add_typer(sim.app, name="sim")
 app.command("optimize")(campaign.optimize)
 app.add_typer(campaign.lake_app, name="lake")
 app.command("frontier")(campaign.frontier)
+app.command("tune")(campaign.tune)
 
 
 def _version(value: bool) -> None:

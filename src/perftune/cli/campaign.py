@@ -182,3 +182,39 @@ def _render(rows: list[dict[str, object]], as_json: bool) -> None:
     for r in rows:
         t.add_row(*["" if v is None else str(v) for v in r.values()])
     out_console.print(t)
+
+
+@handle_errors
+def tune(
+    run: str = typer.Option(..., help="campaign run id (phases 0-1 done)"),
+    engines: str | None = typer.Option(
+        None, help="comma-separated engines to tune (default: the campaign's)"
+    ),
+    budget_gpu_min: float = typer.Option(60.0, help="GPU-minutes the tuner may spend"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask"),
+) -> None:
+    """Phase 3 of a campaign: tune each engine's levers (same node, interleaved, >= 3 trials)."""
+    from perftune.api import tune as run_tune
+
+    if (
+        not yes
+        and sys.stdin.isatty()
+        and not typer.confirm(f"tune {run} with up to {budget_gpu_min} GPU-min?")
+    ):
+        raise SystemExit(1)
+    run_dir, state = run_tune(
+        run,
+        runs_dir=runs_dir,
+        engines=[e.strip() for e in engines.split(",")] if engines else None,
+        budget_gpu_min=budget_gpu_min,
+        observe=lambda m: err_console.print(m, highlight=False),
+        lake=lake,
+    )
+    p = state.phases["3"]
+    sys.stdout.write(
+        f"phase 3: {p.status} — {p.reason}\n{p.headline}\nsee {run_dir / 'phase3' / 'TUNE.md'}\n"
+    )
+    if p.status == "red":
+        raise SystemExit(4)

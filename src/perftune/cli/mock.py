@@ -28,6 +28,9 @@ def mock_server(
     model_name: str = typer.Option("mock", help="served model name"),
     max_model_len: int = typer.Option(131072, help="reject prompt + max_tokens above this (HTTP 400)"),
     ready_json: bool = typer.Option(False, help="print one JSON line with the bound port when ready"),
+    wedge_after: int | None = typer.Option(
+        None, help="test engine: streams of requests after the Nth open and never send a token"
+    ),
 ) -> None:
     """Serve an OpenAI-compatible stream with exact, deadline-driven timing (ground truth for clients)."""
     if ttft_ms < 0 or itl_ms < 0 or tokens_per_chunk < 1:
@@ -40,6 +43,7 @@ def mock_server(
         tokens_per_chunk=tokens_per_chunk,
         model=model_name,
         max_model_len=max_model_len,
+        wedge_after=wedge_after,
     )
 
     async def main() -> None:

@@ -39,6 +39,7 @@ class MockConfig:
     model: str = "mock"
     max_model_len: int = 131072
     default_max_tokens: int = 16
+    wedge_after: int | None = None  # test engine: requests past this count get headers, then nothing
 
 
 @dataclass
@@ -381,6 +382,8 @@ class _HttpProtocol(asyncio.Protocol):
                 b'"finish_reason":null}]%s}\n\n' % (rid, s.model, usage)
             )
         self.write_raw(head)
+        if cfg.wedge_after is not None and srv.stats.requests > cfg.wedge_after:
+            return  # wedged: the stream stays open and silent, as a hung engine's would
         srv.add(s)
 
     def _nonstream(self, chat: bool, rid: bytes, prompt_tokens: int, total: int, t_arrival: int) -> None:

@@ -1,0 +1,107 @@
+"""Arms: one lever changed per arm against each engine's baseline (round 1), generated from the lever
+catalog and the ModelCard, written to an editable arms.tsv. Pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from perftune.engines.levers import lookup, parse_value, translate
+from perftune.errors import ConfigError, PerftuneError
+from perftune.models.card import ModelCard
+from perftune.util.atomic import write_text
+
+
+class Arm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    name: str
+    levers: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}/{self.name}"
+
+
+def _candidates(card: ModelCard) -> list[tuple[str, list[Any]]]:
+    """(lever, values) worth one arm each, for this model."""
+    out: list[tuple[str, list[Any]]] = [
+        ("batch-cap", [64, 256, 512]),
+        ("prefill-chunk", [2048, 16384]),
+        ("memory-fraction", [0.95]),
+        ("kv-cache-dtype", ["fp8"]),
+        ("cuda-graphs", [False]),
+        ("prefix-cache", [False]),
+    ]
+    if card.moe is not None:  # MoE: expert parallel and its kernels
+        out.append(("expert-parallel", [True]))
+    if card.max_context >= 65536:  # long context: larger prefill chunks matter
+        out.append(("prefill-chunk", [32768]))
+    return out
+
+
+def generate_arms(
+    card: ModelCard, engines: list[str], baselines: dict[str, dict[str, Any]] | None = None
+) -> list[Arm]:
+    """Per engine: the baseline first, then one arm per (lever, value) the engine supports."""
+    arms: list[Arm] = []
+    for engine in engines:
+        base = dict((baselines or {}).get(engine, {}))
+        arms.append(Arm(engine=engine, name="baseline", levers=base))
+        flag_engine = "vllm" if engine in ("sim", "mock") else engine
+        for lever, values in _candidates(card):
+            for v in values:
+                levers = {**base, lever: v}
+                try:
+                    translate(levers, flag_engine)
+                except PerftuneError:
+                    continue  # not supported by this engine: no arm, and the TSV says nothing false
+                if engine == "mock":
+                    continue
+                arms.append(Arm(engine=engine, name=f"{lever}={v}", levers=levers))
+    return arms
+
+
+def compose(engine: str, winners: list[Arm], base: dict[str, Any]) -> Arm:
+    levers = dict(base)
+    for w in winners:
+        levers.update({k: v for k, v in w.levers.items() if base.get(k) != v})
+    name = "+".join(w.name for w in winners) or "baseline"
+    return Arm(engine=engine, name=f"composed:{name}", levers=levers)
+
+
+def write_tsv(arms: list[Arm], path: Path) -> None:
+    lines = ["# engine\tarm\tlevers (k=v;k=v). The first row per engine is its baseline. Edit freely."]
+    for a in arms:
+        lines.append(f"{a.engine}\t{a.name}\t" + ";".join(f"{k}={v}" for k, v in a.levers.items()))
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_tsv(path: Path) -> list[Arm]:
+    arms = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise ConfigError(f"{path}:{n}: expected engine<TAB>arm<TAB>levers", hint="see the header line")
+        levers: dict[str, Any] = {}
+        for item in filter(None, (parts[2] if len(parts) > 2 else "").split(";")):
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise ConfigError(f"{path}:{n}: bad lever '{item}'", hint="write NAME=VALUE")
+            levers[k] = parse_value(lookup(k), v)
+        arms.append(Arm(engine=parts[0], name=parts[1], levers=levers))
+    return arms
+
+
+def grid_arms(engine: str, base: dict[str, Any], space: dict[str, list[Any]]) -> list[Arm]:
+    """Round-1 arms inside a search space: the baseline, then each other value of each lever alone."""
+    arms = [Arm(engine=engine, name="baseline", levers=dict(base))]
+    for lever, values in space.items():
+        for v in values:
+            if base.get(lever) != v:
+                arms.append(Arm(engine=engine, name=f"{lever}={v}", levers={**base, lever: v}))
+    return arms

@@ -1,0 +1,211 @@
+"""Evaluators the tuner drives: the simulator in virtual time (planning, pruning, the efficiency
+benchmark) and a live engine deployed per arm (phase 3). Plus the pure failure classifier."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perftune.engines.levers import translate
+from perftune.errors import PerftuneError
+from perftune.hardware.ceilings import Gpu
+from perftune.models.card import ModelCard
+from perftune.sim.calibration import Calibration
+from perftune.sim.config import SimConfig, parse_vllm_flags
+from perftune.sim.core import EngineCore, SimRequest, block_hashes, kv_capacity_blocks
+from perftune.tune.arms import Arm
+from perftune.tune.search import Failure, FailureClass, Measure, Outcome
+
+OOM_MARKERS = (
+    "out of memory",
+    "outofmemoryerror",
+    "cuda error: out of memory",
+    "no available memory for the cache",
+)
+
+
+def classify(stage: str, log_tail: str, server_alive: bool, timeouts: int) -> FailureClass:
+    """boot: never became ready; oom: the log says memory; crash: died under load; wedge: alive but
+    requests made no progress for the wedge timeout."""
+    low = log_tail.lower()
+    if any(m in low for m in OOM_MARKERS):
+        return "oom"
+    if stage == "deploy":
+        return "boot"
+    if not server_alive:
+        return "crash"
+    return "wedge" if timeouts else "crash"
+
+
+def sim_config(arm: Arm, base: SimConfig | None = None) -> SimConfig:
+    return parse_vllm_flags(translate(arm.levers, "vllm"), base or SimConfig())
+
+
+def feasibility(card: ModelCard, g: Gpu, cal: Calibration, concurrency: int, context: int) -> Any:
+    """A pruning predicate from the memory model: OOM at load, or KV too small for the target."""
+
+    def check(arm: Arm) -> str | None:
+        if arm.engine not in ("sim", "vllm"):
+            return None
+        try:
+            cfg = sim_config(arm)
+            blocks = kv_capacity_blocks(card, g, cfg, cal)
+        except PerftuneError as e:
+            return f"predicted infeasible: {e.message}"
+        need = concurrency * context
+        if blocks * cfg.block_size < need:
+            return f"predicted KV too small: {blocks * cfg.block_size} tokens < {concurrency} x {context}"
+        return None
+
+    return check
+
+
+@cache
+def _pristine(isl: int, osl: int, n: int, salt: int, block: int) -> tuple[SimRequest, ...]:
+    from perftune.bench.workloads import WorkloadSpec, build_workload
+    from perftune.sim.predict import sim_requests
+    from perftune.sim.tokens import PromptTokenizer
+
+    wl = build_workload(WorkloadSpec(kind="random", isl=isl, osl=osl, num_requests=n))
+    reqs = sim_requests(wl, salt, PromptTokenizer(None))
+    for r in reqs:
+        r.hashes = block_hashes(r.prompt_ids, block)
+    return tuple(reqs)
+
+
+class PredictEvaluator:
+    """The simulator as the node: each call is one deploy (boot_s, a modelled cost) plus one trial per
+    concurrency, measured in virtual time. Every number is simulated."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        g: Gpu,
+        cal: Calibration,
+        isl: int,
+        osl: int,
+        boot_s: float = 60.0,
+        requests_per_slot: int = 2,
+    ) -> None:
+        self.card, self.g, self.cal = card, g, cal
+        self.isl, self.osl, self.boot_s, self.per_slot = isl, osl, boot_s, requests_per_slot
+
+    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
+        from perftune.sim.predict import run_trial
+
+        seed = int(hashlib.sha1(f"{arm.key}/{trial}".encode()).hexdigest()[:8], 16)
+        try:
+            cfg = sim_config(arm).model_copy(update={"seed": seed})
+            core = EngineCore(self.card, self.g, cfg, self.cal)
+        except PerftuneError as e:
+            return Outcome(
+                [], self.boot_s, Failure(arm.key, "oom" if "memory" in e.message else "boot", e.message)
+            )
+        out, spent, t0 = [], self.boot_s, 0.0
+        for c in concurrencies:
+            n = c if screening else max(16, self.per_slot * c)
+            reqs = [replace(r, held=[]) for r in _pristine(self.isl, self.osl, n, trial + 1, cfg.block_size)]
+            lines = run_trial(core, reqs, concurrency=c, offsets=None, t0=t0, keep_tokens=False)
+            end = max(tl.t_end for tl in lines)
+            span = end - t0
+            t0 = end + 1.0
+            spent += span
+            tpots = [(tl.t_end - tl.tokens[0]) / (tl.req.output - 1) for tl in lines if tl.req.output > 1]
+            out.append(
+                Measure(
+                    arm=arm.key,
+                    concurrency=c,
+                    trial=trial,
+                    output_tok_s=sum(tl.req.output for tl in lines) / span,
+                    ttft_ms=float(np.mean([tl.tokens[0] - tl.t_send for tl in lines])) * 1e3,
+                    tpot_ms=float(np.median(tpots)) * 1e3,
+                )
+            )
+        return Outcome(out, spent)
+
+
+class LiveEvaluator:
+    """A real (or simulated) engine per arm through `perftune deploy`, one bench trial per concurrency,
+    cache reset before each; failures are classified with their log excerpt."""
+
+    def __init__(self, ctx: Any, phase_dir: Path, wedge_s: float = 60.0, gpus: int = 1) -> None:
+        self.ctx, self.dir, self.wedge_s, self.gpus = ctx, phase_dir, wedge_s, gpus
+
+    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
+        import time
+
+        from perftune.api import bench
+        from perftune.bench.runner import BenchConfig
+        from perftune.campaign.phases import workload_spec
+        from perftune.campaign.pipeline import live_server
+        from perftune.targets.local import group_alive
+
+        t0 = time.monotonic()
+        ctx = self.ctx
+        i = ctx.intent
+        saved = dict(i.levers)
+        ctx.state.intent = i.model_copy(update={"levers": {**saved, arm.engine: arm.levers}})
+        out: list[Measure] = []
+        try:
+            with live_server(ctx, arm.engine, self.dir) as rec:
+                for c in concurrencies:
+                    wl = workload_spec(ctx, "random", c)
+                    if screening:
+                        wl = wl.model_copy(update={"num_requests": c})
+                    cfg = BenchConfig(
+                        endpoint=rec.endpoint,
+                        model=rec.served_name,
+                        workload=wl,
+                        concurrency=c,
+                        trials=1,
+                        warmup_requests=min(2, c),
+                        request_timeout_s=self.wedge_s,
+                        hardware=f"{i.gpus}x{i.gpu}",
+                    )
+                    safe = arm.name.replace("/", "_").replace(":", "_")
+                    run, _ = bench(cfg, out_dir=self.dir / "trials" / f"{arm.engine}.{safe}.t{trial}.c{c}")
+                    t = run.result.trials[0]
+                    if t.counts.ok < t.counts.sent:
+                        alive = group_alive(rec.pgid)
+                        tail = _tail(rec.log_path)
+                        klass = classify("bench", tail, alive, t.counts.timeouts)
+                        return Outcome(
+                            out, self._gpu_s(t0), Failure(arm.key, klass, tail[-1500:], rec.log_path)
+                        )
+                    out.append(
+                        Measure(
+                            arm.key, c, trial, t.output_tok_s, t.ttft_ms.mean or 0.0, t.tpot_ms.p50 or 0.0
+                        )
+                    )
+        except PerftuneError as e:
+            tail = _tail(e.log_path) if e.log_path else e.message
+            return Outcome(
+                out,
+                self._gpu_s(t0),
+                Failure(
+                    arm.key,
+                    classify("deploy", tail + e.message, False, 0),
+                    (e.message + "\n" + tail)[-1500:],
+                    e.log_path,
+                ),
+            )
+        finally:
+            ctx.state.intent = ctx.state.intent.model_copy(update={"levers": saved})
+        return Outcome(out, self._gpu_s(t0))
+
+    def _gpu_s(self, t0: float) -> float:
+        import time
+
+        return (time.monotonic() - t0) * self.gpus
+
+
+def _tail(path: str | None, n: int = 30) -> str:
+    if not path or not Path(path).exists():
+        return ""
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])

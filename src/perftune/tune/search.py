@@ -1,0 +1,261 @@
+"""The tuner: prune, screen, successive halving, full interleaved treatment, compose, crown. Pure
+except for the evaluator it drives (a live engine, or the simulator in virtual time).
+
+Order is interleaved: every pass visits each surviving arm once (A B C A B C), so drift of the node
+(thermals, clocks, a noisy neighbour) spreads over all arms instead of biasing the ones measured last.
+An arm is crowned only with >= 3 trials at every concurrency of the ladder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from scipy import stats
+
+from perftune.tune.arms import Arm, compose
+
+FailureClass = Literal["boot", "oom", "crash", "wedge"]
+
+
+@dataclass
+class Measure:
+    """One trial of one arm at one concurrency."""
+
+    arm: str
+    concurrency: int
+    trial: int
+    output_tok_s: float
+    ttft_ms: float
+    tpot_ms: float  # median TPOT of the trial
+
+
+@dataclass
+class Failure:
+    arm: str
+    klass: FailureClass
+    excerpt: str
+    log_path: str | None = None
+
+
+@dataclass
+class Outcome:
+    measures: list[Measure]
+    gpu_s: float
+    failure: Failure | None = None
+
+
+class Evaluator(Protocol):
+    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome: ...
+
+
+@dataclass
+class TuneConfig:
+    ladder: list[int]
+    slo_ttft_ms: float
+    slo_tpot_ms: float
+    trials: int = 3
+    top_k: int = 3
+    budget_gpu_s: float = math.inf
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    crowned: Arm | None
+    score: float | None
+    ci95: tuple[float, float] | None
+    baseline_score: float | None
+    ratio: float | None
+    ratio_ci95: tuple[float, float] | None
+    top3: list[tuple[str, float, int]]  # (arm, score, trials)
+    pareto: list[tuple[str, int, float, float]]  # (arm, c, tok/s, median TPOT)
+
+
+@dataclass
+class TuneResult:
+    engines: list[EngineResult]
+    failures: list[Failure]
+    pruned: list[tuple[str, str]]
+    order: list[tuple[str, int, str]] = field(default_factory=list)  # (arm, trial, stage) as executed
+    gpu_s: float = 0.0
+    gpu_s_by_stage: dict[str, float] = field(default_factory=dict)
+    measures: list[Measure] = field(default_factory=list)
+    budget_exhausted: bool = False
+
+
+def interleave(arms: Sequence[Arm], trials: Sequence[int]) -> list[tuple[Arm, int]]:
+    """ABAB: trial t of every arm before trial t+1 of any."""
+    return [(a, t) for t in trials for a in arms]
+
+
+def score(measures: Sequence[Measure], cfg: TuneConfig) -> tuple[float | None, list[float]]:
+    """Throughput under the SLO: the best concurrency whose mean TTFT and median TPOT meet the SLO;
+    returns its mean tok/s and the per-trial values (for intervals)."""
+    best: tuple[float, list[float]] | None = None
+    for c in sorted({m.concurrency for m in measures}):
+        ms = [m for m in measures if m.concurrency == c]
+        if (
+            np.mean([m.ttft_ms for m in ms]) > cfg.slo_ttft_ms
+            or np.median([m.tpot_ms for m in ms]) > cfg.slo_tpot_ms
+        ):
+            continue
+        vals = [m.output_tok_s for m in ms]
+        if best is None or np.mean(vals) > best[0]:
+            best = (float(np.mean(vals)), vals)
+    return (best[0], best[1]) if best else (None, [])
+
+
+def ci95(vals: Sequence[float]) -> tuple[float, float] | None:
+    if len(vals) < 2:
+        return None
+    m, s = float(np.mean(vals)), float(np.std(vals, ddof=1))
+    h = float(stats.t.ppf(0.975, len(vals) - 1)) * s / math.sqrt(len(vals))
+    return (m - h, m + h)
+
+
+def ratio_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, tuple[float, float]] | None:
+    """mean(a)/mean(b) with a 95% interval from the log-ratio's delta-method variance (Welch df)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    ma, mb = float(np.mean(a)), float(np.mean(b))
+    va = float(np.var(a, ddof=1)) / len(a) / ma**2
+    vb = float(np.var(b, ddof=1)) / len(b) / mb**2
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / ((va**2 / (len(a) - 1) if va else 0) + (vb**2 / (len(b) - 1) if vb else 0) or 1e-12)
+    t = float(stats.t.ppf(0.975, max(1.0, df)))
+    r = ma / mb
+    return r, (r * math.exp(-t * se), r * math.exp(t * se))
+
+
+def run_tuner(
+    arms: Sequence[Arm],
+    evaluator: Evaluator,
+    cfg: TuneConfig,
+    feasible: Callable[[Arm], str | None] = lambda _a: None,
+) -> TuneResult:
+    res = TuneResult(engines=[], failures=[], pruned=[])
+    by_arm: dict[str, list[Measure]] = {}
+    failed: set[str] = set()
+
+    def spend(stage: str, arm: Arm, trial: int, concs: Sequence[int], screening: bool) -> None:
+        if res.gpu_s >= cfg.budget_gpu_s:
+            res.budget_exhausted = True
+            return
+        out = evaluator.run(arm, concs, trial, screening=screening)
+        res.order.append((arm.key, trial, stage))
+        res.gpu_s += out.gpu_s
+        res.gpu_s_by_stage[stage] = res.gpu_s_by_stage.get(stage, 0.0) + out.gpu_s
+        if out.failure is not None:
+            res.failures.append(out.failure)
+            failed.add(arm.key)
+            return
+        if not screening:
+            by_arm.setdefault(arm.key, []).extend(out.measures)
+        res.measures.extend(out.measures)
+
+    engines = list(dict.fromkeys(a.engine for a in arms))
+    top_c = max(cfg.ladder)
+    for engine in engines:
+        mine = [a for a in arms if a.engine == engine]
+        base = mine[0]
+        live = []
+        for a in mine:
+            why = feasible(a)
+            if why and a is not base:
+                res.pruned.append((a.key, why))
+            else:
+                live.append(a)
+        # 1. screening: one short trial each at the top concurrency
+        screen: dict[str, float] = {}
+        for a, t in interleave(live, [0]):
+            n0 = len(res.measures)
+            spend("screen", a, t, [top_c], True)
+            got = [m for m in res.measures[n0:] if m.arm == a.key]
+            if got:
+                screen[a.key] = score(got, cfg)[0] or got[0].output_tok_s * 0.5  # SLO-breaking: demoted
+        # 2. successive halving to the top K (the baseline always stays, as the comparison)
+        ranked = sorted((a for a in live if a.key in screen), key=lambda a: -screen[a.key])
+        keep = ranked[: max(cfg.top_k, math.ceil(len(ranked) / 2))]
+        rung: dict[str, float] = {}
+        for a, t in interleave(keep, [1]):
+            n0 = len(res.measures)
+            spend("halving", a, t, [top_c], True)
+            got = [m for m in res.measures[n0:] if m.arm == a.key]
+            if got:
+                rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
+        finalists = sorted((a for a in keep if a.key in rung), key=lambda a: -rung[a.key])[: cfg.top_k]
+        if base not in finalists and base.key not in failed:
+            finalists = [base, *finalists]
+        # 3. full treatment, interleaved, >= cfg.trials at every concurrency
+        for a, t in interleave(finalists, range(cfg.trials)):
+            spend("full", a, t, cfg.ladder, False)
+        # 4. round 2: compose the levers that beat the baseline, confirm against it
+        bscore, bvals = score(by_arm.get(base.key, []), cfg)
+        winners = [
+            a
+            for a in finalists
+            if a is not base
+            and (sc := score(by_arm.get(a.key, []), cfg))[0] is not None
+            and bscore is not None
+            and (ci := ci95(sc[1])) is not None
+            and (bci := ci95(bvals)) is not None
+            and ci[0] > bci[1]
+        ]
+        if len(winners) >= 2:
+            comp = compose(engine, winners, base.levers)
+            if feasible(comp) is None:
+                for a, t in interleave([comp, base], range(cfg.trials, 2 * cfg.trials)):
+                    spend("compose", a, t, cfg.ladder, False)
+                finalists.append(comp)
+        # 5. crown: the best arm with >= cfg.trials trials at every concurrency
+        scored = []
+        for a in finalists:
+            ms = by_arm.get(a.key, [])
+            full = all(sum(1 for m in ms if m.concurrency == c) >= cfg.trials for c in cfg.ladder)
+            s, vals = score(ms, cfg)
+            if full and s is not None and a.key not in failed:
+                scored.append((a, s, vals, min(sum(1 for m in ms if m.concurrency == c) for c in cfg.ladder)))
+        scored.sort(key=lambda x: -x[1])
+        bscore, bvals = score(by_arm.get(base.key, []), cfg)
+        crowned = scored[0] if scored else None
+        rc = ratio_ci(crowned[2], bvals) if crowned and bvals else None
+        pareto = []
+        for a, _s, _v, _n in scored:
+            for c in cfg.ladder:
+                ms = [m for m in by_arm[a.key] if m.concurrency == c]
+                pareto.append(
+                    (
+                        a.name,
+                        c,
+                        float(np.mean([m.output_tok_s for m in ms])),
+                        float(np.median([m.tpot_ms for m in ms])),
+                    )
+                )
+        res.engines.append(
+            EngineResult(
+                engine=engine,
+                crowned=crowned[0] if crowned else None,
+                score=crowned[1] if crowned else None,
+                ci95=ci95(crowned[2]) if crowned else None,
+                baseline_score=bscore,
+                ratio=rc[0] if rc else None,
+                ratio_ci95=rc[1] if rc else None,
+                top3=[(a.name, s, n) for a, s, _v, n in scored[:3]],
+                pareto=_pareto_front(pareto),
+            )
+        )
+    return res
+
+
+def _pareto_front(points: list[tuple[str, int, float, float]]) -> list[tuple[str, int, float, float]]:
+    """Points not dominated in (higher tok/s, lower median TPOT)."""
+    front = [
+        p
+        for p in points
+        if not any(q[2] >= p[2] and q[3] <= p[3] and q != p and (q[2] > p[2] or q[3] < p[3]) for q in points)
+    ]
+    return sorted(front, key=lambda p: p[3])
