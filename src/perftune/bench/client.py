@@ -12,6 +12,7 @@ Footguns this module exists to avoid:
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from typing import Any
 
@@ -141,13 +142,20 @@ class BenchClient:
     async def metrics_text(self) -> str | None:
         """The server's Prometheus /metrics text, or None when it has none (best effort, 2 s)."""
         try:
+            # The session does not decompress (stream bytes are timed raw), and SGLang's /metrics
+            # gzips whenever the client allows it: ask for identity, and still undo a gzip body.
             async with self.session.get(
-                self.base + "/metrics", timeout=aiohttp.ClientTimeout(total=2.0)
+                self.base + "/metrics",
+                timeout=aiohttp.ClientTimeout(total=2.0),
+                headers={"Accept-Encoding": "identity"},
             ) as resp:
                 if resp.status != 200:
                     return None
-                return (await resp.read()).decode(errors="replace")
-        except (aiohttp.ClientError, TimeoutError, OSError):
+                body = await resp.read()
+                if resp.headers.get("Content-Encoding", "").lower() == "gzip" or body[:2] == b"\x1f\x8b":
+                    body = gzip.decompress(body)
+                return body.decode(errors="replace")
+        except (aiohttp.ClientError, TimeoutError, OSError, gzip.BadGzipFile, EOFError):
             return None
 
     async def preflight(self, model: str) -> dict[str, Any]:

@@ -325,9 +325,7 @@ async def run_bench(
             finally:
                 gc.enable()
             after = await client.metrics_text()
-            hit_rate = (
-                prefix_cache_hit_rate(parse_totals(before), parse_totals(after)) if before and after else None
-            )
+            hit_rate = _hit_rate(before, after)
             recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
             load = _load_report(caps, cfg)
             trial_results.append(
@@ -345,6 +343,16 @@ RESET_PATHS = {
     "perftune-mock": "/reset_prefix_cache",
     "perftune-sim": "/reset_prefix_cache",
 }
+
+
+def _hit_rate(before: str | None, after: str | None) -> float | None:
+    """Prefix-cache hit rate between two scrapes; unreadable telemetry never fails a measured trial."""
+    if not before or not after:
+        return None
+    try:
+        return prefix_cache_hit_rate(parse_totals(before), parse_totals(after))
+    except ValueError:
+        return None
 
 
 def _reset_path(setting: str, engine: str) -> str | None:

@@ -28,6 +28,8 @@ METRICS: dict[str, dict[str, str]] = {
         "running": "sglang:num_running_reqs",
         "waiting": "sglang:num_queue_reqs",
         "kv_usage": "sglang:token_usage",
+        "prefix_hits": "sglang:realtime_tokens_total[mode=prefill_cache]",
+        "prefix_computed": "sglang:realtime_tokens_total[mode=prefill_compute]",
         "prefix_hit_rate": "sglang:cache_hit_rate",
         "spec_accept_length": "sglang:spec_accept_length",
     },
@@ -46,6 +48,7 @@ class EngineTelemetry(BaseModel):
     kv_usage: float | None = Field(None, description="KV-cache usage, 0..1")
     prefix_queries: float | None = Field(None, description="cumulative prefix-cache queries (vLLM: tokens)")
     prefix_hits: float | None = Field(None, description="cumulative prefix-cache hits (vLLM: tokens)")
+    prefix_computed: float | None = Field(None, description="cumulative prompt tokens computed (SGLang)")
     prefix_hit_rate: float | None = Field(None, description="engine-reported hit rate (SGLang gauge)")
     preemptions: float | None = Field(None, description="cumulative preemptions")
     spec_drafted: float | None = Field(None, description="cumulative drafted speculative tokens")
@@ -62,31 +65,44 @@ def snapshot(text: str, engine: str) -> EngineTelemetry:
     return EngineTelemetry(engine=engine, **values)
 
 
-# (queries, hits) counter names per engine, as exposed on /metrics. vLLM counts tokens.
-PREFIX_CACHE_COUNTERS: dict[str, tuple[str, str]] = {
-    "vllm": ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"),
+# (query counters summed, hit counter) per engine, in prompt tokens, as exposed on /metrics. SGLang
+# 0.5.x has no hit/query pair: it counts prompt tokens by how they were served, under
+# sglang:realtime_tokens_total{mode="prefill_cache" | "prefill_compute" | "decode"}.
+PREFIX_CACHE_COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "vllm": (("vllm:prefix_cache_queries_total",), "vllm:prefix_cache_hits_total"),
+    "sglang": (
+        (
+            "sglang:realtime_tokens_total[mode=prefill_cache]",
+            "sglang:realtime_tokens_total[mode=prefill_compute]",
+        ),
+        "sglang:realtime_tokens_total[mode=prefill_cache]",
+    ),
 }
 
 
 def parse_totals(text: str) -> dict[str, float]:
-    """Sum every sample by name over its labels (engines, models): {sample_name: value}."""
+    """Sum every sample by name over its labels (engines, models): {sample_name: value}. Samples with a
+    `mode` label are also summed per mode, as `name[mode=VALUE]`."""
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             out[s.name] = out.get(s.name, 0.0) + float(s.value)
+            if "mode" in s.labels:
+                key = f"{s.name}[mode={s.labels['mode']}]"
+                out[key] = out.get(key, 0.0) + float(s.value)
     return out
 
 
 def prefix_cache_hit_rate(before: dict[str, float], after: dict[str, float]) -> float | None:
     """Hits / queries between two snapshots, for whichever engine's counters are present."""
     for queries, hits in PREFIX_CACHE_COUNTERS.values():
-        if queries in before and queries in after:
-            dq = after[queries] - before[queries]
+        if all(q in after for q in queries):
+            dq = sum(after[q] - before.get(q, 0.0) for q in queries)
             dh = after.get(hits, 0.0) - before.get(hits, 0.0)
             return dh / dq if dq > 0 else None
     return None
 
 
 def known_counter_names() -> Iterable[str]:
-    for pair in PREFIX_CACHE_COUNTERS.values():
-        yield from pair
+    for queries, hits in PREFIX_CACHE_COUNTERS.values():
+        yield from (*queries, hits)
