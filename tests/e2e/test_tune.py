@@ -1,0 +1,72 @@
+"""Phase 3 on real processes: the simulator tuned end to end, and a wedging engine classified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perftune import api
+from perftune.campaign.pipeline import Ctx
+from perftune.campaign.state import CampaignState, Intent
+from perftune.tune.arms import Arm
+from perftune.tune.evaluate import LiveEvaluator
+
+pytestmark = pytest.mark.e2e
+
+
+def _intent(tmp: Path, **kw: object) -> Intent:
+    base: dict[str, object] = {
+        "model": "llama-3.1-8b",
+        "engines": ["sim"],
+        "workloads": ["random"],
+        "ladder": [4, 8],
+        "isl": 256,
+        "osl": 32,
+        "trials": 3,
+        "baseline_concurrency": 4,
+        "registry": str(tmp / "kg.yaml"),
+        "findings": str(tmp / "f.yaml"),
+        "wedge_s": 3.0,
+    }
+    base.update(kw)
+    return Intent.model_validate(base)
+
+
+def test_wedging_engine_is_recorded_as_a_wedge(tmp_path: Path) -> None:
+    intent = _intent(
+        tmp_path, engines=["mock"], engine_args={"mock": ["--wedge-after", "8", "--ttft-ms", "5"]}
+    )
+    run_dir, state = api.optimize(
+        runs_dir=tmp_path / "runs", intent=intent, until="0", lake=tmp_path / "l.duckdb"
+    )
+    ctx = Ctx(run_dir, state, lambda _m: None)
+    ev = LiveEvaluator(ctx, run_dir / "phase3", wedge_s=3.0)
+    out = ev.run(Arm(engine="mock", name="baseline"), [4], 0, screening=False)
+    assert out.failure is not None and out.failure.klass == "wedge", out.failure
+    assert not CampaignState.load(run_dir).live  # the wedged server was torn down
+
+
+def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run_dir, state = api.optimize(
+        runs_dir=runs, intent=_intent(tmp_path), until="1", lake=tmp_path / "l.duckdb"
+    )
+    assert state.phases["1"].status == "green"
+    tsv = run_dir / "phase3" / "arms.tsv"  # a user-edited arms file: it wins over the generated one
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    tsv.write_text(
+        "sim\tbaseline\t\nsim\tbatch-cap=2\tbatch-cap=2\nsim\tkv-cache-dtype=fp8\tkv-cache-dtype=fp8\n"
+    )
+    run_dir, state = api.tune(run_dir.name, runs_dir=runs, budget_gpu_min=30, lake=tmp_path / "l.duckdb")
+    p3 = state.phases["3"]
+    assert p3.status == "green", p3.reason
+    tune = json.loads((run_dir / "phase3" / "tune.json").read_text())
+    crowned = tune["engines"][0]["crowned"]
+    assert crowned is not None and crowned["name"] != "batch-cap=2"  # 2 slots cannot serve c=8 well
+    assert all(n >= 3 for _name, _score, n in tune["engines"][0]["top3"])
+    full = [(a, t) for a, t, stage in tune["order"] if stage == "full"]
+    assert [t for _a, t in full] == sorted(t for _a, t in full)  # interleaved: ABAB
+    assert "Pareto" in (run_dir / "phase3" / "TUNE.md").read_text()
+    assert state.facts["tuned"]["sim"] == crowned["levers"]
