@@ -19,6 +19,12 @@ from perftune.engines.levers import lookup, translate
 from perftune.errors import ConfigError
 from perftune.telemetry.prom import METRICS
 
+MULTI_GPU_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+
 
 def _served_name(spec: ServeSpec) -> str:
     return spec.served_name or Path(spec.model.rstrip("/")).name or spec.model
@@ -55,6 +61,10 @@ def _openai_server_plan(
     """vLLM and SGLang: the same OpenAI-compatible server shape, different entry points and flags."""
     engine = spec.engine
     lever_argv = translate(_levers_with_parallelism(spec), engine, spec.engine_version, tp=spec.tp)
+    if spec.tp * spec.dp > 1:
+        # Multi-GPU: NVLink multicast (NVLS) off in NCCL, torch symmetric memory and NVSHMEM; it has
+        # hung or crashed engines on shared hosts. The user's env still wins.
+        env = {**MULTI_GPU_ENV, **env}
     served = _served_name(spec)
     argv = [*entry, "--served-model-name", served, "--host", host, "--port", str(port)]
     if spec.dtype:

@@ -1,0 +1,10 @@
+"""Adapter plans: environment the engines need."""
+def test_multi_gpu_plans_turn_nvlink_multicast_off() -> None:
+    from perftune.engines.adapters import MULTI_GPU_ENV, plan
+    from perftune.engines.base import ServeSpec
+
+    tp2 = plan(ServeSpec(engine="vllm", model="/m", tp=2), port=1)
+    assert all(tp2.env[k] == v for k, v in MULTI_GPU_ENV.items())
+    assert "NCCL_NVLS_ENABLE" not in plan(ServeSpec(engine="vllm", model="/m"), port=1).env
+    mine = plan(ServeSpec(engine="sglang", model="/m", dp=2, env={"NCCL_NVLS_ENABLE": "1"}), port=1)
+    assert mine.env["NCCL_NVLS_ENABLE"] == "1"  # the user's explicit choice wins
