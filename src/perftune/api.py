@@ -484,7 +484,7 @@ def tune(
         raise ConfigError(
             f"campaign {run_id} has no green phase 1", hint="run perftune optimize up to phase 1 first"
         )
-    update: dict[str, Any] = {"budget_gpu_min": budget_gpu_min}
+    update: dict[str, Any] = {"budget_gpu_min": budget_gpu_min, "tune": True}
     if engines:
         update["engines"] = list(engines)
     state.intent = state.intent.model_copy(update=update)

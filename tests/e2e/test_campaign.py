@@ -50,7 +50,8 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
     )
     status = {k: p.status for k, p in state.phases.items()}
     assert all(status[p] == "green" for p in BUILT), status
-    assert {status[p] for p in status if p not in BUILT} == {"not-available"}
+    assert status["3"] == "skipped" and "opt-in" in state.phases["3"].reason
+    assert {status[p] for p in status if p not in (*BUILT, "3")} == {"not-available"}
     champion = (run_dir / "CHAMPION.md").read_text()
     assert "DRAFT" in champion and "RECOMMENDED FOR PRODUCTION" not in champion
     assert (

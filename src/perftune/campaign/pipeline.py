@@ -222,6 +222,9 @@ def run_campaign(
                 rec.status, rec.reason = "skipped", "skipped by --skip"
             elif fn is None:
                 rec.status, rec.reason = "not-available", "not available in this version"
+            elif pid == "3" and not ctx.intent.tune:
+                rec.status = "skipped"
+                rec.reason = f"tuning is opt-in: optimize --tune, or perftune tune --run {state.run_id}"
             else:
                 _run_phase(ctx, rec, fn)
             ctx.save()

@@ -55,6 +55,7 @@ class Intent(BaseModel):
     registry: str | None = Field(None, description="known-good registry path")
     findings: str | None = Field(None, description="value-findings ledger path")
     ready_timeout_s: float = Field(900.0, gt=0)
+    tune: bool = Field(False, description="run phase 3 (tuning) inside optimize; `perftune tune` always does")
     budget_gpu_min: float = Field(60.0, gt=0, description="phase 3 budget, GPU-minutes")
     wedge_s: float = Field(120.0, gt=0, description="phase 3: a request with no progress this long = wedge")
 
