@@ -83,19 +83,22 @@ def main() -> int:
         + ", ".join(f"{k}={v / 60:.1f}" for k, v in res.gpu_s_by_stage.items())
     )
     print(
-        f"  crowned {e.crowned.name} ({e.top3[0][2]} trials per concurrency): exhaustive score {found:.0f} tok/s; "
-        f"baseline {table[base_key] or 0:.0f} tok/s"
+        f"  crowned {e.crowned.name} ({e.top3[0][2]} trials per concurrency): "
+        f"exhaustive score {found:.0f} tok/s; baseline {table[base_key] or 0:.0f} tok/s"
     )
     if e.ratio is not None and e.ratio_ci95 is not None:
         print(
-            f"  champion / baseline (tuner's own trials): {e.ratio:.3f} [{e.ratio_ci95[0]:.3f}, {e.ratio_ci95[1]:.3f}] 95% CI"
+            f"  champion / baseline (tuner's own trials): {e.ratio:.3f} "
+            f"[{e.ratio_ci95[0]:.3f}, {e.ratio_ci95[1]:.3f}] 95% CI"
         )
     print(f"  pruned: {len(res.pruned)}; failures: {len(res.failures)}")
     print(
-        f"  tuner budget: {res.gpu_s / 60:.1f} GPU-min vs exhaustive {exhaustive_s / 60:.1f} GPU-min (simulated)"
+        f"  tuner budget: {res.gpu_s / 60:.1f} GPU-min vs exhaustive {exhaustive_s / 60:.1f} GPU-min "
+        "(simulated)"
     )
     print(
-        f"tuner: {100 * found / optimum:.1f}% of optimum throughput using {100 * res.gpu_s / exhaustive_s:.1f}% of exhaustive budget"
+        f"tuner: {100 * found / optimum:.1f}% of optimum throughput using "
+        f"{100 * res.gpu_s / exhaustive_s:.1f}% of exhaustive budget"
     )
     return 0
 

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 import time
@@ -144,6 +145,19 @@ async def detect_version(base_url: str, engine: str) -> str | None:
     return None
 
 
+def _gpu_preflight(spec: ServeSpec, gpus: list[int] | None) -> None:
+    """NVML: the GPUs exist, are free, and hold the weights (per GPU at the spec's TP)."""
+    from perftune.errors import PerftuneError
+    from perftune.models.resolve import model_card
+    from perftune.targets.gpu_preflight import check_gpus, read_gpus
+
+    try:
+        need = model_card(spec.model).native_weight_bytes / spec.tp
+    except PerftuneError:
+        need = 0.0  # no readable config: existence and busy checks still apply
+    check_gpus(read_gpus(), gpus if gpus is not None else list(range(spec.tp * spec.dp)), need)
+
+
 def run_id_for(spec: ServeSpec) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     h = hashlib.sha1(f"{spec.model_dump_json()}{time.time_ns()}".encode()).hexdigest()[:6]
@@ -184,6 +198,8 @@ def deploy(
         registry=registry,
     )
     _engine_installed(p)
+    if spec.engine in ("vllm", "sglang") and not os.environ.get("PERFTUNE_SKIP_GPU_PREFLIGHT"):
+        _gpu_preflight(spec, gpus)
     run_id = run_id_for(spec)
     run_dir = runs_dir / run_id
     dep = up(p, run_dir, host=host, port=port, gpus=gpus)

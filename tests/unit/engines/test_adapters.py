@@ -1,4 +1,6 @@
 """Adapter plans: environment the engines need."""
+
+
 def test_multi_gpu_plans_turn_nvlink_multicast_off() -> None:
     from perftune.engines.adapters import MULTI_GPU_ENV, plan
     from perftune.engines.base import ServeSpec
