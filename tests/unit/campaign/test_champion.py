@@ -1,0 +1,125 @@
+"""Champion selection (pure): ties, tie-breaks, SLO eligibility, prefix-cache matching, tiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perftune.campaign.champion import production_gates, select_champion
+from perftune.campaign.report import champion_md
+from perftune.campaign.state import CampaignState, Cell, Intent, PhaseRecord
+
+
+def cell(
+    engine: str,
+    config: str,
+    tok: float,
+    ci: float,
+    *,
+    gpus: int = 1,
+    c: int = 64,
+    tpot: float = 10.0,
+    ttft: float = 200.0,
+    levers: dict[str, Any] | None = None,
+    prefix: bool | None = True,
+    workload: str = "random",
+    simulated: bool = False,
+    trials: int = 3,
+) -> Cell:
+    return Cell(
+        cell_id=f"p8.{engine}.{config}.{workload}.c{c}",
+        phase="8",
+        engine=engine,
+        config=config,
+        levers=levers or {},
+        workload=workload,
+        concurrency=c,
+        gpus=gpus,
+        path="x",
+        output_tok_s=tok,
+        output_tok_s_std=ci / 2,
+        output_tok_s_ci95=[tok - ci, tok + ci],
+        tpot_median_ms=tpot,
+        tpot_ci95=[tpot - 0.1, tpot + 0.1],
+        ttft_mean_ms=ttft,
+        trials=trials,
+        sol_pct=50.0,
+        ceiling_key="h100-sxm:hbm_tb_s",
+        tier="DRAFT",
+        simulated=simulated,
+        prefix_cache=prefix,
+        context={},
+    )
+
+
+INTENT = Intent(model="m", engines=["vllm", "sglang"], slo_ttft_ms=1000, slo_tpot_ms=20)
+ALL_PASS = {"suite": True, "accuracy": True}
+
+
+def test_clear_winner_is_verdict_when_every_gate_passes() -> None:
+    sel = select_champion(
+        [cell("vllm", "baseline", 3000, 20), cell("sglang", "baseline", 2500, 20)], INTENT, ALL_PASS
+    )
+    assert sel.champion is not None and sel.champion.engine == "vllm"
+    assert sel.tier == "VERDICT" and not sel.failing_gates
+
+
+def test_overlapping_intervals_tie_and_fewer_gpus_win() -> None:
+    cells = [cell("vllm", "tp2", 3000 * 2, 300, gpus=2), cell("sglang", "tp1", 2950, 100, gpus=1)]
+    sel = select_champion(cells, INTENT, ALL_PASS)
+    assert sel.champion is not None and sel.champion.engine == "sglang"  # 2950 vs 3000 per GPU: tied
+    assert all(r.tied_with_leader for r in sel.ranking[:2]) and sel.notes
+
+
+def test_tie_on_gpus_goes_to_the_simpler_config() -> None:
+    cells = [
+        cell("vllm", "tuned", 3010, 50, levers={"batch-cap": 512, "kv-cache-dtype": "fp8"}),
+        cell("vllm", "baseline", 3000, 50),
+    ]
+    sel = select_champion(cells, INTENT, ALL_PASS)
+    assert sel.champion is not None and sel.champion.config == "baseline"
+
+
+def test_slo_breaking_cells_do_not_count() -> None:
+    cells = [
+        cell("vllm", "baseline", 5000, 10, tpot=30.0),
+        cell("vllm", "baseline", 2000, 10, c=16, tpot=8.0),
+    ]
+    sel = select_champion(cells, INTENT, ALL_PASS)
+    assert sel.champion is not None and sel.champion.concurrency == 16 and sel.champion.value == 2000
+
+
+def test_prefix_cache_mismatch_keeps_a_throughput_crown_draft() -> None:
+    cells = [
+        cell("vllm", "baseline", 3000, 20, prefix=True),
+        cell("sglang", "baseline", 2000, 20, prefix=False),
+    ]
+    sel = select_champion(cells, INTENT, ALL_PASS)
+    assert sel.tier == "DRAFT" and any("prefix caching differs" in g for g in sel.failing_gates)
+
+
+def test_production_gates_name_what_fails_and_the_report_says_draft() -> None:
+    cells = [cell("sim", "baseline", 3000, 20, simulated=True, trials=2)]
+    gates = production_gates(cells, {"5": False})
+    failing = [g for g, ok in gates.items() if not ok]
+    assert "phase 5 accuracy gate passed" in failing and ">= 3 trials in every cell" in failing
+    assert "measured on real engines (not simulated)" in failing
+    sel = select_champion(cells, INTENT, gates)
+    state = CampaignState(
+        run_id="r", created_at="t", intent=INTENT, phases={"0": PhaseRecord(id="0", name="x")}
+    )
+    md = champion_md(state, sel, {c.cell_id: c for c in cells})
+    assert "DRAFT" in md and "RECOMMENDED FOR PRODUCTION" not in md and "phase 5 accuracy gate passed" in md
+    ok = select_champion([cell("vllm", "baseline", 3000, 20)], INTENT, ALL_PASS)
+    assert "RECOMMENDED FOR PRODUCTION" in champion_md(
+        state, ok, {c.cell_id: c for c in [cell("vllm", "baseline", 3000, 20)]}
+    )
+
+
+def test_latency_focus_takes_median_tpot_at_the_target() -> None:
+    intent = INTENT.model_copy(update={"focus": "latency", "target_concurrency": 16})
+    cells = [
+        cell("vllm", "baseline", 1500, 10, c=16, tpot=8.1),
+        cell("sglang", "baseline", 1500, 10, c=16, tpot=7.0),
+    ]
+    sel = select_champion(cells, intent, ALL_PASS)
+    assert sel.champion is not None and sel.champion.engine == "sglang" and sel.champion.value == 7.0
