@@ -14,7 +14,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     from perftune.models.resolve import model_card
     from perftune.sim.calibration import for_gpu
     from perftune.tune.arms import generate_arms, read_tsv, write_tsv
-    from perftune.tune.evaluate import LiveEvaluator, feasibility
+    from perftune.tune.evaluate import LiveEvaluator, RecordingEvaluator, feasibility
     from perftune.tune.search import TuneConfig, run_tuner
 
     i = ctx.intent
@@ -35,7 +35,10 @@ def run_phase3(ctx: Ctx) -> Gate:
         trials=max(3, i.trials),
         budget_gpu_s=i.budget_gpu_min * 60,
     )
-    ev = LiveEvaluator(ctx, d, wedge_s=i.wedge_s, gpus=int(ctx.state.facts.get("tp", 1)))
+    # Journaled: a killed phase 3 (or one split across short GPU sessions) resumes without re-deploying.
+    ev = RecordingEvaluator(
+        LiveEvaluator(ctx, d, wedge_s=i.wedge_s, gpus=int(ctx.state.facts.get("tp", 1))), d / "journal.jsonl"
+    )
     res = run_tuner(arms, ev, cfg, feasible=feasibility(card, g, for_gpu(g), max(ladder), i.isl + i.osl))
     tuned: dict[str, Any] = ctx.state.facts.setdefault("tuned", {})
     lines, heads = ["# Phase 3: tuning", ""], []

@@ -209,3 +209,58 @@ def _tail(path: str | None, n: int = 30) -> str:
     if not path or not Path(path).exists():
         return ""
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+
+
+class RecordingEvaluator:
+    """Journal every outcome (one JSON line per deploy, flushed and fsynced) and replay it on a re-run.
+
+    The tuner is deterministic given its outcomes, so a phase 3 killed at any moment (or split across
+    several short GPU sessions) resumes by replaying the journal: finished deploys are never re-run,
+    and their GPU-seconds still count against the budget. A torn last line is ignored.
+    """
+
+    def __init__(self, inner: Any, journal: Path) -> None:
+        import json
+
+        self.inner, self.journal = inner, journal
+        self.cache: dict[str, Outcome] = {}
+        self.replayed = 0
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                fail = Failure(**d["failure"]) if d.get("failure") else None
+                self.cache[d["key"]] = Outcome([Measure(**m) for m in d["measures"]], d["gpu_s"], fail)
+
+    @staticmethod
+    def key(arm: Arm, concurrencies: Sequence[int], trial: int, screening: bool) -> str:
+        import json
+
+        return json.dumps(
+            [arm.engine, arm.name, sorted(arm.levers.items()), list(concurrencies), trial, screening]
+        )
+
+    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
+        import json
+        import os
+
+        k = self.key(arm, concurrencies, trial, screening)
+        if k in self.cache:
+            self.replayed += 1
+            return self.cache[k]
+        out: Outcome = self.inner.run(arm, concurrencies, trial, screening=screening)
+        rec = {
+            "key": k,
+            "gpu_s": out.gpu_s,
+            "measures": [m.__dict__ for m in out.measures],
+            "failure": out.failure.__dict__ if out.failure else None,
+        }
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.cache[k] = out
+        return out

@@ -102,3 +102,20 @@ def test_simulator_prunes_infeasible_arms() -> None:
     arms = grid_arms("sim", {"batch-cap": 64}, {"batch-cap": [8, 64, 256]})
     res = run_tuner(arms, ev, TuneConfig(ladder=[32], slo_ttft_ms=5000, slo_tpot_ms=100, trials=3, top_k=2))
     assert res.engines[0].crowned is not None and res.engines[0].crowned.levers["batch-cap"] in (64, 256)
+
+
+def test_journal_replays_finished_deploys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from perftune.tune.evaluate import RecordingEvaluator
+
+    arms = _arms(["baseline", "x", "y"])
+    journal = tmp_path / "journal.jsonl"
+    first = run_tuner(arms, RecordingEvaluator(FakeNode({"baseline": 10, "x": 12, "y": 11}), journal), CFG)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == len(first.order)
+    # killed after 5 deploys, with a torn last line: the re-run replays 5 and runs only the rest
+    journal.write_text("\n".join(lines[:5]) + '\n{"key": "torn')
+    node = FakeNode({"baseline": 10, "x": 12, "y": 11})
+    ev = RecordingEvaluator(node, journal)
+    again = run_tuner(arms, ev, CFG)
+    assert ev.replayed == 5 and len(node.calls) == len(first.order) - 5
+    assert again.engines[0].crowned == first.engines[0].crowned and again.gpu_s == first.gpu_s
