@@ -170,11 +170,15 @@ class BenchClient:
             )
         owned_by = next((str(m.get("owned_by")) for m in data if m.get("id") == model), None)
         version: str | None = None
-        try:  # vLLM answers /version; others may not. Best effort, short.
-            v = await self.get_json("/version", timeout_s=2.0)
-            version = str(v.get("version")) if isinstance(v, dict) and v.get("version") else None
-        except BenchError:
-            version = None
+        # vLLM (and the simulator) answer /version, SGLang /get_server_info. Best effort, short.
+        for path in ("/version", "/get_server_info"):
+            try:
+                v = await self.get_json(path, timeout_s=2.0)
+            except BenchError:
+                continue
+            if isinstance(v, dict) and v.get("version"):
+                version = str(v["version"])
+                break
         max_model_len = next((m.get("max_model_len") for m in data if m.get("id") == model), None)
         return {"owned_by": owned_by, "version": version, "max_model_len": max_model_len, "served": names}
 
