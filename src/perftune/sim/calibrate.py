@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import replace
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,16 +18,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 
-from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.engines.levers import translate
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu, all_gpus
 from perftune.models.card import WEIGHT_BYTES, ModelCard
 from perftune.sim.calibration import FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
-from perftune.sim.core import EngineCore, SimRequest, block_hashes
-from perftune.sim.predict import run_trial, sim_requests
-from perftune.sim.tokens import PromptTokenizer
+from perftune.sim.core import EngineCore
+from perftune.sim.predict import replay_random
 
 
 class Measurement(BaseModel):
@@ -140,27 +136,14 @@ def predict_point(
     # cost minutes per fit (c=1 x 1000 requests is 128k steps) and change no metric beyond noise.
     n = min(m.num_requests, max(32 * m.concurrency, 8))
     for k in range(trials):
-        reqs = [replace(r, held=[]) for r in _requests(m.isl, m.osl, n, k + 1, cfg.block_size)]
-        lines = run_trial(core, reqs, concurrency=m.concurrency, offsets=None, t0=t, keep_tokens=False)
-        per = [(tl.t_end - tl.tokens[0]) / (tl.req.output - 1) for tl in lines if tl.req.output > 1]
-        tpots.append(float(np.median(per) if m.tpot_stat == "median" else np.mean(per)) * 1e3)
-        ttfts.append(float(np.mean([tl.tokens[0] - tl.t_send for tl in lines])) * 1e3)
-        span = max(tl.t_end for tl in lines) - min(tl.t_sched for tl in lines)
-        rates.append(sum(tl.req.output for tl in lines) / span)
-        t = max(tl.t_end for tl in lines) + 1.0
+        f = replay_random(core, isl=m.isl, osl=m.osl, n=n, salt=k + 1, concurrency=m.concurrency, t0=t)
+        tpots.append(float(np.median(f.tpots_ms) if m.tpot_stat == "median" else np.mean(f.tpots_ms)))
+        ttfts.append(f.ttft_ms)
+        rates.append(f.output_tok_s)
+        t = f.end_s + 1.0
     return PointPrediction(
         tpot_ms=float(np.mean(tpots)), ttft_ms=float(np.mean(ttfts)), output_tok_s=float(np.mean(rates))
     )
-
-
-@cache
-def _requests(isl: int, osl: int, n: int, salt: int, block_size: int) -> tuple[SimRequest, ...]:
-    """Pristine requests of a random-workload point (copied per use: the core mutates them)."""
-    wl = build_workload(WorkloadSpec(kind="random", isl=isl, osl=osl, num_requests=n))
-    reqs = sim_requests(wl, salt, PromptTokenizer(None))
-    for r in reqs:
-        r.hashes = block_hashes(r.prompt_ids, block_size)
-    return tuple(reqs)
 
 
 WEIGHTS = {"tpot_ms": 1.0, "output_tok_s": 1.0, "ttft_ms": 0.5}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import perftune
@@ -26,7 +28,7 @@ from perftune.hardware.ceilings import Gpu
 from perftune.models.card import ModelCard
 from perftune.sim.calibration import Calibration
 from perftune.sim.config import SimConfig
-from perftune.sim.core import EngineCore, Frontend, SimRequest
+from perftune.sim.core import EngineCore, Frontend, SimRequest, block_hashes
 from perftune.sim.tokens import PromptTokenizer
 
 
@@ -134,6 +136,46 @@ def _records(lines: Sequence[_Timeline], trial: int, fixed: Sequence[bool]) -> l
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class TrialFigures:
+    """What one virtual-time trial shows, by the bench's definitions."""
+
+    output_tok_s: float  # output tokens / (last end - first send)
+    ttft_ms: float  # mean over requests
+    tpots_ms: list[float]  # per request with >= 2 output tokens
+    end_s: float  # virtual time the last request ended
+
+
+def figures(lines: Sequence[_Timeline]) -> TrialFigures:
+    end = max(tl.t_end for tl in lines)
+    span = end - min(tl.t_sched for tl in lines)
+    return TrialFigures(
+        output_tok_s=sum(tl.req.output for tl in lines) / span,
+        ttft_ms=float(np.mean([tl.tokens[0] - tl.t_send for tl in lines])) * 1e3,
+        tpots_ms=[(tl.t_end - tl.tokens[0]) / (tl.req.output - 1) * 1e3 for tl in lines if tl.req.output > 1],
+        end_s=end,
+    )
+
+
+@cache
+def _pristine(isl: int, osl: int, n: int, salt: int, block_size: int) -> tuple[SimRequest, ...]:
+    wl = build_workload(WorkloadSpec(kind="random", isl=isl, osl=osl, num_requests=n))
+    reqs = sim_requests(wl, salt, PromptTokenizer(None))
+    for r in reqs:
+        r.hashes = block_hashes(r.prompt_ids, block_size)
+    return tuple(reqs)
+
+
+def replay_random(
+    core: EngineCore, *, isl: int, osl: int, n: int, salt: int, concurrency: int, t0: float
+) -> TrialFigures:
+    """One closed-loop trial of the random workload in virtual time, for fitting and tuning: the
+    prompts (and their block hashes) are built once per shape and copied per use (the core mutates
+    requests)."""
+    reqs = [replace(r, held=[]) for r in _pristine(isl, osl, n, salt, core.cfg.block_size)]
+    return figures(run_trial(core, reqs, concurrency=concurrency, offsets=None, t0=t0, keep_tokens=False))
 
 
 def sim_requests(wl: Workload, salt: int, tok: PromptTokenizer) -> list[SimRequest]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import replace
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from perftune.hardware.ceilings import Gpu
 from perftune.models.card import ModelCard
 from perftune.sim.calibration import Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
-from perftune.sim.core import EngineCore, SimRequest, block_hashes, kv_capacity_blocks
+from perftune.sim.core import EngineCore, kv_capacity_blocks
 from perftune.tune.arms import Arm
 from perftune.tune.search import Failure, FailureClass, Measure, Outcome
 
@@ -66,19 +64,6 @@ def feasibility(card: ModelCard, g: Gpu, cal: Calibration, concurrency: int, con
     return check
 
 
-@cache
-def _pristine(isl: int, osl: int, n: int, salt: int, block: int) -> tuple[SimRequest, ...]:
-    from perftune.bench.workloads import WorkloadSpec, build_workload
-    from perftune.sim.predict import sim_requests
-    from perftune.sim.tokens import PromptTokenizer
-
-    wl = build_workload(WorkloadSpec(kind="random", isl=isl, osl=osl, num_requests=n))
-    reqs = sim_requests(wl, salt, PromptTokenizer(None))
-    for r in reqs:
-        r.hashes = block_hashes(r.prompt_ids, block)
-    return tuple(reqs)
-
-
 class PredictEvaluator:
     """The simulator as the node: each call is one deploy (boot_s, a modelled cost) plus one trial per
     concurrency, measured in virtual time. Every number is simulated."""
@@ -97,7 +82,7 @@ class PredictEvaluator:
         self.isl, self.osl, self.boot_s, self.per_slot = isl, osl, boot_s, requests_per_slot
 
     def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
-        from perftune.sim.predict import run_trial
+        from perftune.sim.predict import replay_random
 
         seed = int(hashlib.sha1(f"{arm.key}/{trial}".encode()).hexdigest()[:8], 16)
         try:
@@ -110,23 +95,10 @@ class PredictEvaluator:
         out, spent, t0 = [], self.boot_s, 0.0
         for c in concurrencies:
             n = c if screening else max(16, self.per_slot * c)
-            reqs = [replace(r, held=[]) for r in _pristine(self.isl, self.osl, n, trial + 1, cfg.block_size)]
-            lines = run_trial(core, reqs, concurrency=c, offsets=None, t0=t0, keep_tokens=False)
-            end = max(tl.t_end for tl in lines)
-            span = end - t0
-            t0 = end + 1.0
-            spent += span
-            tpots = [(tl.t_end - tl.tokens[0]) / (tl.req.output - 1) for tl in lines if tl.req.output > 1]
-            out.append(
-                Measure(
-                    arm=arm.key,
-                    concurrency=c,
-                    trial=trial,
-                    output_tok_s=sum(tl.req.output for tl in lines) / span,
-                    ttft_ms=float(np.mean([tl.tokens[0] - tl.t_send for tl in lines])) * 1e3,
-                    tpot_ms=float(np.median(tpots)) * 1e3,
-                )
-            )
+            f = replay_random(core, isl=self.isl, osl=self.osl, n=n, salt=trial + 1, concurrency=c, t0=t0)
+            spent += f.end_s - t0
+            t0 = f.end_s + 1.0
+            out.append(Measure(arm.key, c, trial, f.output_tok_s, f.ttft_ms, float(np.median(f.tpots_ms))))
         return Outcome(out, spent)
 
 
