@@ -226,8 +226,13 @@ class EngineCore:
         self.waiting.appendleft(victim)
         return victim
 
-    def _blocks_for(self, r: SimRequest, n: int) -> int:
-        return math.ceil((r.computed + n) / self.cfg.block_size) - r.blocks
+    def _grow(self, r: SimRequest, n: int) -> bool:
+        """Give r the blocks for n more tokens, if they can be had."""
+        more = math.ceil((r.computed + n) / self.cfg.block_size) - r.blocks
+        if not self._alloc(more):
+            return False
+        r.blocks += more
+        return True
 
     def schedule(self) -> list[tuple[SimRequest, int]]:
         cfg = self.cfg
@@ -249,17 +254,15 @@ class EngineCore:
             if n < need and not cfg.enable_chunked_prefill:
                 i += 1
                 continue
-            while not self._alloc(self._blocks_for(r, n)):
+            victim = None
+            while victim is not r and not self._grow(r, n):
                 preempted = True
-                if self._preempt() is r:
-                    break
-            else:
-                r.blocks += self._blocks_for(r, n)
-                out.append((r, n))
-                budget -= n
-                i += 1
-                continue
-            break  # r itself was preempted: nothing after it can run either
+                victim = self._preempt()
+            if victim is r:
+                break  # r itself was preempted: nothing after it can run either
+            out.append((r, n))
+            budget -= n
+            i += 1
         while self.waiting and not preempted and budget > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.waiting[0]
             self._match_prefix(r)
@@ -268,10 +271,9 @@ class EngineCore:
             if n < need and not cfg.enable_chunked_prefill:
                 self._release(r)
                 break
-            if not self._alloc(self._blocks_for(r, n)):
+            if not self._grow(r, n):
                 self._release(r)
                 break
-            r.blocks += self._blocks_for(r, n)
             self.waiting.popleft()
             self.running.append(r)
             out.append((r, n))
