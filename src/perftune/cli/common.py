@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -11,7 +11,7 @@ import orjson
 from pydantic import ValidationError
 from rich.console import Console
 
-from perftune.errors import PerftuneError
+from perftune.errors import ConfigError, PerftuneError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -60,3 +60,40 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise SystemExit(130) from None
 
     return wrapper
+
+
+def serve_forever(
+    serve: Callable[[str, int, Any], Coroutine[Any, Any, None]],
+    host: str,
+    port: int,
+    *,
+    ready_json: bool,
+    banner: Callable[[int], str],
+) -> None:
+    """Run one of perftune's own servers until Ctrl-C: announce the bound port (one JSON line for
+    process supervisors, or a banner on stderr) and turn a bind failure into a one-line error."""
+    import asyncio
+    import contextlib
+
+    from perftune.api import run_async
+
+    async def main() -> None:
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def announce(f: asyncio.Future[int]) -> None:
+            if ready_json:
+                sys.stdout.write(f'{{"event": "ready", "port": {f.result()}}}\n')
+                sys.stdout.flush()
+            else:
+                err_console.print(banner(f.result()), highlight=False)
+
+        ready.add_done_callback(announce)
+        try:
+            await serve(host, port, ready)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {e.strerror}", hint="pick a free --port"
+            ) from e
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(main())

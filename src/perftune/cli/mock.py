@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sys
-
 import typer
 
-from perftune.api import run_async
-from perftune.cli.common import err_console, handle_errors
+from perftune.cli.common import handle_errors, serve_forever
 from perftune.errors import ConfigError
 from perftune.mock.server import MockConfig, serve
 
@@ -46,26 +41,13 @@ def mock_server(
         wedge_after=wedge_after,
     )
 
-    async def main() -> None:
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        def announce(f: asyncio.Future[int]) -> None:
-            if ready_json:
-                sys.stdout.write(f'{{"event": "ready", "port": {f.result()}}}\n')
-                sys.stdout.flush()
-            else:
-                err_console.print(
-                    f"mock server on http://{host}:{f.result()} (ttft {ttft_ms} ms, itl {itl_ms} ms, "
-                    f"{tokens_per_chunk} tok/chunk)"
-                )
-
-        ready.add_done_callback(announce)
-        try:
-            await serve(cfg, host, port, ready)
-        except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {e.strerror}", hint="pick a free --port"
-            ) from e
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(main())
+    serve_forever(
+        lambda h, p, ready: serve(cfg, h, p, ready),
+        host,
+        port,
+        ready_json=ready_json,
+        banner=lambda bound: (
+            f"mock server on http://{host}:{bound} (ttft {ttft_ms} ms, itl {itl_ms} ms, "
+            f"{tokens_per_chunk} tok/chunk)"
+        ),
+    )

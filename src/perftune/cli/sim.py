@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sys
 from pathlib import Path
 
 import typer
 
-from perftune.cli.common import err_console, handle_errors, out_console, print_json
-from perftune.errors import ConfigError
+from perftune.cli.common import handle_errors, out_console, print_json, serve_forever
 
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 app = typer.Typer(help="The simulated engine: predict in virtual time, calibrate against real runs.")
@@ -27,7 +23,7 @@ def sim_server(
     ready_json: bool = typer.Option(False, help="print one JSON line with the bound port when ready"),
 ) -> None:
     """Serve a simulated vLLM in real time. Extra arguments are vLLM flags, e.g. --max-num-seqs 64."""
-    from perftune.api import run_async, sim_setup
+    from perftune.api import sim_setup
     from perftune.sim.server import SimServer, serve
 
     flags = list(ctx.args)
@@ -36,30 +32,16 @@ def sim_server(
         cfg = cfg.model_copy(update={"served_name": model})  # vLLM serves the model argument by default
     srv = SimServer(card, g, cfg, cal, model_dir)
 
-    async def main() -> None:
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        def announce(f: asyncio.Future[int]) -> None:
-            if ready_json:
-                sys.stdout.write(f'{{"event": "ready", "port": {f.result()}}}\n')
-                sys.stdout.flush()
-            else:
-                err_console.print(
-                    f"SIMULATED vLLM on http://{host}:{f.result()}: {srv.served} on {g.key} "
-                    f"({srv.version}); KV {srv.core.kv_tokens:,} tokens; {srv.tok.source}",
-                    highlight=False,
-                )
-
-        ready.add_done_callback(announce)
-        try:
-            await serve(srv, host, port, ready)
-        except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {e.strerror}", hint="pick a free --port"
-            ) from e
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(main())
+    serve_forever(
+        lambda h, p, ready: serve(srv, h, p, ready),
+        host,
+        port,
+        ready_json=ready_json,
+        banner=lambda bound: (
+            f"SIMULATED vLLM on http://{host}:{bound}: {srv.served} on {g.key} "
+            f"({srv.version}); KV {srv.core.kv_tokens:,} tokens; {srv.tok.source}"
+        ),
+    )
 
 
 @app.command("predict", context_settings=CONTEXT)
