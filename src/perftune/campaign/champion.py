@@ -52,24 +52,27 @@ def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
 
 def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
     c0 = cells[0]
-    base = {
-        "engine": c0.engine,
-        "config": c0.config,
-        "gpus": c0.gpus,
-        "levers": c0.levers,
-        "prefix_cache": c0.prefix_cache,
-    }
+
+    def ranked(
+        cell: Cell | None, value: float | None = None, ci: list[float] | None = None, reason: str = ""
+    ) -> Ranked:
+        return Ranked(
+            engine=c0.engine,
+            config=c0.config,
+            gpus=c0.gpus,
+            levers=c0.levers,
+            prefix_cache=c0.prefix_cache,
+            cell_id=cell.cell_id if cell else None,
+            value=value,
+            ci95=ci,
+            concurrency=cell.concurrency if cell else None,
+            eligible=cell is not None,
+            reason=reason,
+        )
+
     primary = [c for c in cells if c.workload == PRIMARY]
     if not primary:
-        return Ranked(
-            **base,
-            cell_id=None,
-            value=None,
-            ci95=None,
-            concurrency=None,
-            eligible=False,
-            reason="no random-workload cell",
-        )
+        return ranked(None, reason="no random-workload cell")
     if intent.focus == "throughput":
         ok = [
             c
@@ -77,46 +80,19 @@ def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
             if (c.ttft_mean_ms or 0) <= intent.slo_ttft_ms and (c.tpot_median_ms or 0) <= intent.slo_tpot_ms
         ]
         if not ok:
-            return Ranked(
-                **base,
-                cell_id=None,
-                value=None,
-                ci95=None,
-                concurrency=None,
-                eligible=False,
+            return ranked(
+                None,
                 reason=f"no concurrency meets the SLO (TTFT <= {intent.slo_ttft_ms} ms, "
                 f"median TPOT <= {intent.slo_tpot_ms} ms)",
             )
         best = max(ok, key=lambda c: c.output_tok_s / c.gpus)
         ci = [x / best.gpus for x in best.output_tok_s_ci95] if best.output_tok_s_ci95 else None
-        return Ranked(
-            **base,
-            cell_id=best.cell_id,
-            value=best.output_tok_s / best.gpus,
-            ci95=ci,
-            concurrency=best.concurrency,
-            eligible=True,
-        )
+        return ranked(best, best.output_tok_s / best.gpus, ci)
     at = [c for c in primary if c.concurrency <= intent.target_concurrency]
-    if not at or at[-1].tpot_median_ms is None:
-        return Ranked(
-            **base,
-            cell_id=None,
-            value=None,
-            ci95=None,
-            concurrency=None,
-            eligible=False,
-            reason=f"no cell at concurrency <= {intent.target_concurrency}",
-        )
-    cell = max(at, key=lambda c: c.concurrency)
-    return Ranked(
-        **base,
-        cell_id=cell.cell_id,
-        value=cell.tpot_median_ms,
-        ci95=cell.tpot_ci95,
-        concurrency=cell.concurrency,
-        eligible=True,
-    )
+    cell = max(at, key=lambda c: c.concurrency) if at else None
+    if cell is None or cell.tpot_median_ms is None:
+        return ranked(None, reason=f"no cell at concurrency <= {intent.target_concurrency}")
+    return ranked(cell, cell.tpot_median_ms, cell.tpot_ci95)
 
 
 def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool]) -> ChampionSelection:
