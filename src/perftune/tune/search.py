@@ -141,10 +141,11 @@ def run_tuner(
     by_arm: dict[str, list[Measure]] = {}
     failed: set[str] = set()
 
-    def spend(stage: str, arm: Arm, trial: int, concs: Sequence[int], screening: bool) -> None:
+    def spend(stage: str, arm: Arm, trial: int, concs: Sequence[int], screening: bool) -> list[Measure]:
+        """One evaluator call, booked to its stage; returns its measures (none on failure or budget)."""
         if res.gpu_s >= cfg.budget_gpu_s:
             res.budget_exhausted = True
-            return
+            return []
         out = evaluator.run(arm, concs, trial, screening=screening)
         res.order.append((arm.key, trial, stage))
         res.gpu_s += out.gpu_s
@@ -152,10 +153,11 @@ def run_tuner(
         if out.failure is not None:
             res.failures.append(out.failure)
             failed.add(arm.key)
-            return
+            return []
         if not screening:
             by_arm.setdefault(arm.key, []).extend(out.measures)
         res.measures.extend(out.measures)
+        return out.measures
 
     engines = list(dict.fromkeys(a.engine for a in arms))
     top_c = max(cfg.ladder)
@@ -172,20 +174,14 @@ def run_tuner(
         # 1. screening: one short trial each at the top concurrency
         screen: dict[str, float] = {}
         for a, t in interleave(live, [0]):
-            n0 = len(res.measures)
-            spend("screen", a, t, [top_c], True)
-            got = [m for m in res.measures[n0:] if m.arm == a.key]
-            if got:
+            if got := spend("screen", a, t, [top_c], True):
                 screen[a.key] = score(got, cfg)[0] or got[0].output_tok_s * 0.5  # SLO-breaking: demoted
         # 2. successive halving to the top K (the baseline always stays, as the comparison)
         ranked = sorted((a for a in live if a.key in screen), key=lambda a: -screen[a.key])
         keep = ranked[: max(cfg.top_k, math.ceil(len(ranked) / 2))]
         rung: dict[str, float] = {}
         for a, t in interleave(keep, [1]):
-            n0 = len(res.measures)
-            spend("halving", a, t, [top_c], True)
-            got = [m for m in res.measures[n0:] if m.arm == a.key]
-            if got:
+            if got := spend("halving", a, t, [top_c], True):
                 rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
         finalists = sorted((a for a in keep if a.key in rung), key=lambda a: -rung[a.key])[: cfg.top_k]
         if base not in finalists and base.key not in failed:
