@@ -54,26 +54,28 @@ class Ctx:
 PhaseFn = Callable[[Ctx], Gate]
 
 
+# The phases of a production bring-up, in order. Built ones name their function in phases.py.
+PHASES: list[tuple[str, str, str | None]] = [
+    ("0", "resolve + scaffold", "phase0"),
+    ("1", "deploy baseline per engine", "phase1"),
+    ("2", "profile", None),
+    ("2.5", "synthesize", None),
+    ("3", "tune", "phase3"),
+    ("4", "quantize", None),
+    ("5", "validate quantization", None),
+    ("6", "train a draft", None),
+    ("7", "validate the draft", None),
+    ("8", "bench the workload suite", "phase8"),
+    ("8.4", "select the champion", "phase84"),
+    ("8.5", "ratchet", "phase85"),
+]
+PHASE_IDS = [pid for pid, _, _ in PHASES]
+
+
 def _phase_table() -> list[tuple[str, str, PhaseFn | None]]:
-    from perftune.campaign import phases
+    from perftune.campaign import phases  # imports this module: resolved at run time
 
-    return [
-        ("0", "resolve + scaffold", phases.phase0),
-        ("1", "deploy baseline per engine", phases.phase1),
-        ("2", "profile", None),
-        ("2.5", "synthesize", None),
-        ("3", "tune", phases.phase3),
-        ("4", "quantize", None),
-        ("5", "validate quantization", None),
-        ("6", "train a draft", None),
-        ("7", "validate the draft", None),
-        ("8", "bench the workload suite", phases.phase8),
-        ("8.4", "select the champion", phases.phase84),
-        ("8.5", "ratchet", phases.phase85),
-    ]
-
-
-PHASE_IDS = ["0", "1", "2", "2.5", "3", "4", "5", "6", "7", "8", "8.4", "8.5"]
+    return [(pid, name, getattr(phases, fn) if fn else None) for pid, name, fn in PHASES]
 
 
 def _check_phase(p: str | None, what: str) -> None:
@@ -89,7 +91,7 @@ def new_campaign(intent: Intent, runs_dir: Path) -> tuple[Path, CampaignState]:
         run_id=run_id,
         created_at=now_iso(),
         intent=intent,
-        phases={pid: PhaseRecord(id=pid, name=name) for pid, name, _ in _phase_table()},
+        phases={pid: PhaseRecord(id=pid, name=name) for pid, name, _ in PHASES},
     )
     state.save(run_dir)
     return run_dir, state
