@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,16 @@ NEXT_LEVERS: list[tuple[str, str, str]] = [
 ]
 
 
-def _card(ctx: Ctx) -> Any:
+@cache
+def _card_for(ref: str) -> Any:
     from perftune.models.resolve import model_card
 
-    return model_card(ctx.intent.model_path or ctx.intent.model)
+    return model_card(ref)
+
+
+def card_of(ctx: Ctx) -> Any:
+    """The campaign model's card, read once per process (every cell's %SoL needs it)."""
+    return _card_for(ctx.intent.model_path or ctx.intent.model)
 
 
 # ------------------------------------------------------------------ phase 0
@@ -43,7 +50,7 @@ def phase0(ctx: Ctx) -> Gate:
 
     i = ctx.intent
     d = ctx.run_dir / "phase0"
-    card = _card(ctx)
+    card = card_of(ctx)
     g = gpu(i.gpu)
     ladder = i.resolved_ladder()
     tp = advise_tp(card, g, concurrency=max(ladder), context=i.isl + i.osl)
@@ -130,7 +137,7 @@ def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
     if kind in ("random", "prefix"):
         return WorkloadSpec(kind=kind, isl=i.isl, osl=i.osl, num_requests=n)
     if kind == "long":
-        card = _card(ctx)
+        card = card_of(ctx)
         return WorkloadSpec(
             kind="long", isl=min(i.long_isl, card.max_context - i.osl - 16), osl=i.osl, num_requests=n
         )
@@ -162,7 +169,7 @@ def make_cell(
     tp = int(ctx.state.facts.get("tp", 1))
     sol = key = None
     if med.mean:
-        rf = roofline(_card(ctx), gpu(ctx.intent.gpu), tp=tp, batch=conc, context=max(1, ctx_len))
+        rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=conc, context=max(1, ctx_len))
         sol, key = 100.0 * rf.decode_step_floor_ms / med.mean, rf.ceiling_key
     levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
     prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))

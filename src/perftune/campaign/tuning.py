@@ -10,8 +10,8 @@ from perftune.util.atomic import write_text
 
 
 def run_phase3(ctx: Ctx) -> Gate:
+    from perftune.campaign.phases import card_of
     from perftune.hardware.ceilings import gpu
-    from perftune.models.resolve import model_card
     from perftune.sim.calibration import for_gpu
     from perftune.tune.arms import generate_arms, read_tsv, write_tsv
     from perftune.tune.evaluate import LiveEvaluator, RecordingEvaluator, feasibility
@@ -19,7 +19,7 @@ def run_phase3(ctx: Ctx) -> Gate:
 
     i = ctx.intent
     d = ctx.run_dir / "phase3"
-    card = model_card(i.model_path or i.model)
+    card = card_of(ctx)
     tsv = d / "arms.tsv"
     if tsv.exists():  # the user's edits win
         arms = [a for a in read_tsv(tsv) if a.engine in i.engines]
