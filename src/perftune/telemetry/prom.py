@@ -6,8 +6,6 @@ prefix-cache hit rate of each trial is the change in hits over the change in que
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,8 +99,3 @@ def prefix_cache_hit_rate(before: dict[str, float], after: dict[str, float]) -> 
             dh = after.get(hits, 0.0) - before.get(hits, 0.0)
             return dh / dq if dq > 0 else None
     return None
-
-
-def known_counter_names() -> Iterable[str]:
-    for queries, hits in PREFIX_CACHE_COUNTERS.values():
-        yield from (*queries, hits)
