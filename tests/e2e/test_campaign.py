@@ -14,29 +14,14 @@ import pytest
 
 from perftune import api
 from perftune.campaign.publish import publish
-from perftune.campaign.state import CampaignState, Intent
+from perftune.campaign.state import CampaignState
 from perftune.lake.db import TABLES, query
 from perftune.targets.local import group_alive
 
+from .conftest import small_campaign
+
 pytestmark = pytest.mark.e2e
 BUILT = ("0", "1", "8", "8.4", "8.5")
-
-
-def _intent(tmp: Path, **kw: object) -> Intent:
-    base: dict[str, object] = {
-        "model": "llama-3.1-8b",
-        "engines": ["sim"],
-        "workloads": ["random", "prefix"],
-        "ladder": [4, 8],
-        "isl": 256,
-        "osl": 32,
-        "trials": 3,
-        "baseline_concurrency": 4,
-        "registry": str(tmp / "kg.yaml"),
-        "findings": str(tmp / "findings.yaml"),
-    }
-    base.update(kw)
-    return Intent.model_validate(base)
 
 
 def _dump(lake: Path) -> dict[str, list[dict[str, object]]]:
@@ -46,7 +31,7 @@ def _dump(lake: Path) -> dict[str, list[dict[str, object]]]:
 def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_path: Path) -> None:
     lake = tmp_path / "lake.duckdb"
     run_dir, state = api.optimize(
-        runs_dir=tmp_path / "runs", intent=_intent(tmp_path), confirm=lambda _: True, lake=lake
+        runs_dir=tmp_path / "runs", intent=small_campaign(tmp_path), confirm=lambda _: True, lake=lake
     )
     status = {k: p.status for k, p in state.phases.items()}
     assert all(status[p] == "green" for p in BUILT), status
@@ -77,7 +62,7 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
 
 def test_red_smoke_gate_pauses_the_campaign(tmp_path: Path) -> None:
     # A mock engine whose context is 4 tokens: the smoke gate's first request is refused (HTTP 400).
-    intent = _intent(tmp_path, engines=["mock"], engine_args={"mock": ["--max-model-len", "4"]})
+    intent = small_campaign(tmp_path, engines=["mock"], engine_args={"mock": ["--max-model-len", "4"]})
     run_dir, state = api.optimize(
         runs_dir=tmp_path / "runs", intent=intent, confirm=lambda _: True, lake=tmp_path / "l.duckdb"
     )

@@ -13,25 +13,13 @@ from perftune.campaign.state import CampaignState, Intent
 from perftune.tune.arms import Arm
 from perftune.tune.evaluate import LiveEvaluator
 
+from .conftest import small_campaign
+
 pytestmark = pytest.mark.e2e
 
 
 def _intent(tmp: Path, **kw: object) -> Intent:
-    base: dict[str, object] = {
-        "model": "llama-3.1-8b",
-        "engines": ["sim"],
-        "workloads": ["random"],
-        "ladder": [4, 8],
-        "isl": 256,
-        "osl": 32,
-        "trials": 3,
-        "baseline_concurrency": 4,
-        "registry": str(tmp / "kg.yaml"),
-        "findings": str(tmp / "f.yaml"),
-        "wedge_s": 3.0,
-    }
-    base.update(kw)
-    return Intent.model_validate(base)
+    return small_campaign(tmp, **{"workloads": ["random"], "wedge_s": 3.0, **kw})
 
 
 def test_wedging_engine_is_recorded_as_a_wedge(tmp_path: Path) -> None:
