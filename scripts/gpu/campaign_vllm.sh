@@ -10,19 +10,8 @@
 # Llama-3.1-8B folder), install-offline-bundle.sh. PARTS: vllm.pNN + vllm.sha256.
 set -uo pipefail
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}
-r="$out/gpu-run"; mkdir -p "$r"
-log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
-finish() { tar czf "$out/gpu-run.tgz" -C "$out" gpu-run; log "packed"; }
-trap finish EXIT
-
-log "deps"; python3 -m pip install -q --no-index --no-deps --target /tmp/ptdeps "$stage"/wheels/*.whl
-log "vllm bundle"; bash "$stage/install-offline-bundle.sh" vllm "$parts" >> "$r/steps.log" 2>&1 || exit 1
-source /tmp/perftune-offline/vllm/env.sh
-# vLLM's bundled packages first: perftune's extra wheels only fill what is missing (same process
-# environment reaches the vLLM server perftune launches).
-export PYTHONPATH="$PYTHONPATH:$PWD/src:/tmp/ptdeps"
-pt() { python3 -m perftune "$@"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$r/gpu.txt"
+source "$(dirname "$0")/common.sh"
+gpu_run_setup vllm gpu-run "$stage" "$parts" "$out"
 
 log "deploy vllm"
 pt deploy --engine vllm --model "$stage/model" --served-name llama-3.1-8b-dummy --ready-timeout-s 400 \

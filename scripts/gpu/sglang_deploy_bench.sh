@@ -6,17 +6,8 @@
 #   scripts/gpu/sglang_deploy_bench.sh STAGE PARTS OUT
 set -uo pipefail
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}
-r="$out/sglang-run"; mkdir -p "$r"
-log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
-finish() { tar czf "$out/sglang-run.tgz" -C "$out" sglang-run; log "packed"; }
-trap finish EXIT
-
-log "deps"; python3 -m pip install -q --no-index --no-deps --target /tmp/ptdeps "$stage"/wheels/*.whl
-log "sglang bundle"; bash "$stage/install-offline-bundle.sh" sglang "$parts" >> "$r/steps.log" 2>&1 || exit 1
-source /tmp/perftune-offline/sglang/env.sh
-export PYTHONPATH="$PYTHONPATH:$PWD/src:/tmp/ptdeps"
-pt() { python3 -m perftune "$@"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$r/gpu.txt"
+source "$(dirname "$0")/common.sh"
+gpu_run_setup sglang sglang-run "$stage" "$parts" "$out"
 python3 -c "import sglang, transformers; print('sglang', sglang.__version__, 'transformers', transformers.__version__)" >> "$r/steps.log" 2>&1
 
 log "deploy sglang"

@@ -6,16 +6,8 @@
 #   scripts/gpu/tune_vllm.sh STAGE PARTS OUT [TUNE_S]
 set -uo pipefail
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; tune_s=${4:-330}
-r="$out/tune-run"; mkdir -p "$r"
-log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
-finish() { pkill -f vllm.entrypoints >/dev/null 2>&1; tar czf "$out/tune-run.tgz" -C "$out" tune-run; log "packed"; }
-trap finish EXIT
-
-log "deps"; python3 -m pip install -q --no-index --no-deps --target /tmp/ptdeps "$stage"/wheels/*.whl
-log "vllm bundle"; bash "$stage/install-offline-bundle.sh" vllm "$parts" >> "$r/steps.log" 2>&1 || exit 1
-source /tmp/perftune-offline/vllm/env.sh
-export PYTHONPATH="$PYTHONPATH:$PWD/src:/tmp/ptdeps"
-pt() { python3 -m perftune "$@"; }
+source "$(dirname "$0")/common.sh"
+gpu_run_setup vllm tune-run "$stage" "$parts" "$out" "pkill -f vllm.entrypoints >/dev/null 2>&1"
 log "optimize --until 1"
 pt optimize llama-3.1-8b --model-path "$stage/model" --engines vllm --gpu h100 \
   --engine-arg vllm=--load-format=dummy --workloads random --ladder 16,64 --trials 3 --until 1 --yes \
