@@ -121,11 +121,9 @@ class LiveEvaluator:
         t0 = time.monotonic()
         ctx = self.ctx
         i = ctx.intent
-        saved = dict(i.levers)
-        ctx.state.intent = i.model_copy(update={"levers": {**saved, arm.engine: arm.levers}})
         out: list[Measure] = []
         try:
-            with live_server(ctx, arm.engine, self.dir) as rec:
+            with live_server(ctx, arm.engine, self.dir, arm.levers) as rec:
                 for c in concurrencies:
                     wl = workload_spec(ctx, "random", c)
                     if screening:
@@ -167,8 +165,6 @@ class LiveEvaluator:
                     e.log_path,
                 ),
             )
-        finally:
-            ctx.state.intent = ctx.state.intent.model_copy(update={"levers": saved})
         return Outcome(out, self._gpu_s(t0))
 
     def _gpu_s(self, t0: float) -> float:
