@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# On the GPU host: a vLLM 0.26.0 campaign up to phase 1, then `perftune tune` (phase 3) on the arms of
-# scripts/gpu/vllm-arms.tsv until TUNE_S seconds pass. The tuner journals every deploy
-# (phase3/journal.jsonl), so a later session resumes the same run where this one stopped.
+# On the GPU host: phase 3 (`perftune tune`) of a vLLM 0.26.0 campaign, time-boxed to one device call
+# and resumable across back-to-back calls on the same warm machine. The first call installs vLLM and
+# runs `perftune optimize --until 1`; every call then runs `perftune tune` on the arms of
+# scripts/gpu/vllm-arms.tsv with --stop-after-s so that no deploy starts unless it can finish before
+# the call's limit. Every finished deploy is journaled (phase3/journal.jsonl): the next call replays
+# it and goes on. The run folder is packed into OUT/tune-run.tgz at the end of every call.
 #
-#   scripts/gpu/tune_vllm.sh STAGE PARTS OUT [TUNE_S]
+#   scripts/gpu/tune_vllm.sh STAGE PARTS OUT [CALL_S] [BUDGET_GPU_MIN]
 set -uo pipefail
-stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; tune_s=${4:-330}
+t0=$(date +%s)
+stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; call_s=${4:-580}; budget=${5:-40}
+deploy_s=${DEPLOY_S:-140}  # the longest deploy + both workloads' ladder seen, with margin
 source "$(dirname "$0")/common.sh"
 gpu_run_setup vllm tune-run "$stage" "$parts" "$out" "pkill -f vllm.entrypoints >/dev/null 2>&1"
-log "optimize --until 1"
-pt optimize llama-3.1-8b --model-path "$stage/model" --engines vllm --gpu h100 \
-  --engine-arg vllm=--load-format=dummy --workloads random --ladder 16,64 --trials 3 --until 1 --yes \
-  --runs-dir "$r/campaign" --lake "$r/lake.duckdb" --registry "$r/kg.yaml" --findings "$r/findings.yaml" \
-  > "$r/optimize.out" 2> "$r/optimize.err"
-log "optimize rc=$?"
+if ! ls "$r/campaign"/*/campaign.json >/dev/null 2>&1; then
+  log "optimize --until 1"
+  pt optimize llama-3.1-8b --model-path "$stage/model" --engines vllm --gpu h100 \
+    --engine-arg vllm=--load-format=dummy --workloads random,prefix --ladder 16,64 --trials 3 --until 1 \
+    --yes --runs-dir "$r/campaign" --lake "$r/lake.duckdb" --registry "$r/kg.yaml" \
+    --findings "$r/findings.yaml" > "$r/optimize.out" 2> "$r/optimize.err"
+  log "optimize rc=$?"
+fi
 run_id=$(ls "$r/campaign" | head -1)
-mkdir -p "$r/campaign/$run_id/phase3" && cp scripts/gpu/vllm-arms.tsv "$r/campaign/$run_id/phase3/arms.tsv"
-log "tune $run_id for ${tune_s}s"
-timeout "$tune_s" python3 -m perftune tune --run "$run_id" --engines vllm --budget-gpu-min 60 --yes \
-  --runs-dir "$r/campaign" --lake "$r/lake.duckdb" > "$r/tune.out" 2> "$r/tune.err"
-log "tune rc=$?"
+mkdir -p "$r/campaign/$run_id/phase3"
+[ -f "$r/campaign/$run_id/phase3/arms.tsv" ] || cp scripts/gpu/vllm-arms.tsv "$r/campaign/$run_id/phase3/arms.tsv"
+left=$(( call_s - ($(date +%s) - t0) - 15 ))
+stop=$(( left - deploy_s ))
+if [ "$stop" -le 0 ]; then log "no time left for a deploy in this call"; exit 0; fi
+log "tune $run_id: no new deploy after ${stop}s, hard limit ${left}s, budget ${budget} GPU-min"
+timeout "$left" python3 -m perftune tune --run "$run_id" --engines vllm --workloads random,prefix \
+  --budget-gpu-min "$budget" --stop-after-s "$stop" --yes --runs-dir "$r/campaign" --lake "$r/lake.duckdb" \
+  >> "$r/tune.out" 2>> "$r/tune.err"
+log "tune rc=$? ($(wc -l < "$r/campaign/$run_id/phase3/journal.jsonl" 2>/dev/null || echo 0) deploys journaled)"

@@ -472,10 +472,16 @@ def tune(
     budget_gpu_min: float = 60.0,
     observe: Callable[[str], None] | None = None,
     lake: str | Path | None = None,
+    workloads: Sequence[str] | None = None,
+    top_k: int | None = None,
+    stop_after_s: float | None = None,
 ) -> tuple[Path, Any]:
-    """Run phase 3 (tuning) of an existing campaign, in its bundle."""
+    """Run phase 3 (tuning) of an existing campaign, in its bundle. Re-running resumes from the
+    phase's journal; stop_after_s time-boxes this invocation (no deploy starts after it)."""
+    from pydantic import ValidationError
+
     from perftune.campaign.pipeline import run_campaign
-    from perftune.campaign.state import CampaignState
+    from perftune.campaign.state import CampaignState, Intent
     from perftune.lake.db import default_lake
 
     run_dir = Path(runs_dir) / run_id
@@ -484,10 +490,25 @@ def tune(
         raise ConfigError(
             f"campaign {run_id} has no green phase 1", hint="run perftune optimize up to phase 1 first"
         )
-    update: dict[str, Any] = {"budget_gpu_min": budget_gpu_min, "tune": True}
+    update: dict[str, Any] = {
+        "budget_gpu_min": budget_gpu_min,
+        "tune": True,
+        "tune_stop_after_s": stop_after_s,
+    }
     if engines:
         update["engines"] = list(engines)
-    state.intent = state.intent.model_copy(update=update)
+    if workloads:
+        update["tune_workloads"] = list(workloads)
+    if top_k is not None:
+        update["tune_top_k"] = top_k
+    try:  # validated like a fresh intent: a bad workload or k stops here, before any deploy
+        state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(
+            f"bad tune option {'.'.join(map(str, err['loc']))}: {err['msg']}",
+            hint="see perftune tune --help",
+        ) from None
     state.phases["3"].status = "pending"
     state.save(run_dir)
     return run_campaign(

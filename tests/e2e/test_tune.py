@@ -10,6 +10,7 @@ import pytest
 from perftune import api
 from perftune.campaign.pipeline import Ctx
 from perftune.campaign.state import CampaignState, Intent
+from perftune.errors import ConfigError
 from perftune.tune.arms import Arm
 from perftune.tune.evaluate import LiveEvaluator
 
@@ -56,5 +57,17 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
     assert all(n >= 3 for _name, _score, n in tune["engines"][0]["top3"])
     full = [(a, t) for a, t, stage in tune["order"] if stage == "full"]
     assert [t for _a, t in full] == sorted(t for _a, t in full)  # interleaved: ABAB
-    assert "Pareto" in (run_dir / "phase3" / "TUNE.md").read_text()
+    md = (run_dir / "phase3" / "TUNE.md").read_text()
+    assert "Pareto" in md and "| prefix |" in md and "| random |" in md  # both workloads, each with its ratio
+    assert set(tune["engines"][0]["by_workload"]) == {"random", "prefix"}
+    assert {m["workload"] for m in tune["measures"]} == {"random", "prefix"}
     assert state.facts["tuned"]["sim"] == crowned["levers"]
+
+
+def test_tune_refuses_an_unknown_workload_before_any_deploy(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run_dir, _ = api.optimize(runs_dir=runs, intent=_intent(tmp_path), until="1", lake=tmp_path / "l.duckdb")
+    with pytest.raises(ConfigError, match="tune_workloads"):
+        api.tune(run_dir.name, runs_dir=runs, workloads=["randm"], lake=tmp_path / "l.duckdb")
+    assert not (run_dir / "phase3" / "journal.jsonl").exists()
+    assert CampaignState.load(run_dir).intent.tune_workloads == ["random", "prefix"]  # nothing saved

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from perftune.errors import ConfigError
 from perftune.util.atomic import write_text
@@ -58,6 +58,24 @@ class Intent(BaseModel):
     tune: bool = Field(False, description="run phase 3 (tuning) inside optimize; `perftune tune` always does")
     budget_gpu_min: float = Field(60.0, gt=0, description="phase 3 budget, GPU-minutes")
     wedge_s: float = Field(120.0, gt=0, description="phase 3: a request with no progress this long = wedge")
+    tune_workloads: list[str] = Field(
+        default_factory=lambda: ["random", "prefix"],
+        min_length=1,
+        description="phase 3: workloads every arm's deploy is measured on (score: their geometric mean)",
+    )
+    tune_top_k: int = Field(
+        3, ge=1, description="phase 3: arms (besides the baseline) given the full treatment"
+    )
+    tune_stop_after_s: float | None = Field(
+        None, gt=0, description="phase 3: start no new deploy after this many seconds (the journal resumes)"
+    )
+
+    @field_validator("tune_workloads")
+    @classmethod
+    def _known_tune_workloads(cls, v: list[str]) -> list[str]:
+        if bad := [w for w in v if w not in SUITE]:
+            raise ValueError(f"unknown workload(s) {bad}; known: {', '.join(SUITE)}")
+        return list(dict.fromkeys(v))
 
     def resolved_ladder(self) -> list[int]:
         return self.ladder or LADDERS[self.focus]

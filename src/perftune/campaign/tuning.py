@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from perftune.campaign.pipeline import Ctx, Gate
@@ -14,7 +15,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     from perftune.hardware.ceilings import gpu
     from perftune.sim.calibration import for_gpu
     from perftune.tune.arms import generate_arms, read_tsv, write_tsv
-    from perftune.tune.evaluate import LiveEvaluator, RecordingEvaluator, feasibility
+    from perftune.tune.evaluate import LiveEvaluator, RecordingEvaluator, TuneStopped, feasibility
     from perftune.tune.search import TuneConfig, run_tuner
 
     i = ctx.intent
@@ -33,13 +34,24 @@ def run_phase3(ctx: Ctx) -> Gate:
         slo_ttft_ms=i.slo_ttft_ms,
         slo_tpot_ms=i.slo_tpot_ms,
         trials=max(3, i.trials),
+        top_k=i.tune_top_k,
         budget_gpu_s=i.budget_gpu_min * 60,
+        workloads=list(i.tune_workloads),
     )
     # Journaled: a killed phase 3 (or one split across short GPU sessions) resumes without re-deploying.
     ev = RecordingEvaluator(
-        LiveEvaluator(ctx, d, wedge_s=i.wedge_s, gpus=int(ctx.state.facts.get("tp", 1))), d / "journal.jsonl"
+        LiveEvaluator(
+            ctx, d, wedge_s=i.wedge_s, gpus=int(ctx.state.facts.get("tp", 1)), workloads=cfg.workloads
+        ),
+        d / "journal.jsonl",
+        stop_at=time.monotonic() + i.tune_stop_after_s if i.tune_stop_after_s else None,
     )
-    res = run_tuner(arms, ev, cfg, feasible=feasibility(card, g, for_gpu(g), max(ladder), i.isl + i.osl))
+    try:
+        res = run_tuner(arms, ev, cfg, feasible=feasibility(card, g, for_gpu(g), max(ladder), i.isl + i.osl))
+    except TuneStopped as stop:
+        return Gate(
+            "red", f"{stop.message}; {stop.hint}", artifacts=["phase3/arms.tsv", "phase3/journal.jsonl"]
+        )
     tuned: dict[str, Any] = ctx.state.facts.setdefault("tuned", {})
     lines, heads = ["# Phase 3: tuning", ""], []
     for e in res.engines:
@@ -53,20 +65,30 @@ def run_phase3(ctx: Ctx) -> Gate:
             if e.ratio is not None and e.ratio_ci95 is not None
             else "n/a"
         )
-        heads.append(f"{e.engine}: {e.crowned.name}, x{ratio} vs baseline")
+        ch = e.challenger or "none"
+        heads.append(f"{e.engine}: {e.crowned.name} ({e.verdict}; {ch}/baseline x{ratio})")
+        over = " x ".join(cfg.workloads)
         lines += [
-            f"Crowned: **{e.crowned.name}** {e.crowned.levers}: {e.score:.0f} tok/s under the SLO; "
-            f"champion/baseline {ratio} (95% CI, same node, interleaved, >= {cfg.trials} trials)",
+            f"Crowned: **{e.crowned.name}** {e.crowned.levers}: score {e.score:.0f} "
+            f"(tok/s under the SLO{', geometric mean over ' + over if len(cfg.workloads) > 1 else ''}); "
+            f"{e.verdict}.",
             "",
-            "| top 3 | tok/s under SLO | trials per concurrency |",
+            f"Best challenger {ch} / baseline: {ratio} (95% CI; same node, interleaved, >= {cfg.trials} "
+            "trials, cache reset before each)",
+            "",
+            f"| workload | {ch} tok/s (c) | baseline tok/s (c) | {ch}/baseline [95% CI] |",
+            "| --- | --- | --- | --- |",
+            *[_verdict_row(w, v) for w, v in e.by_workload.items()],
+            "",
+            "| top 3 | score | trials per workload and concurrency |",
             "| --- | --- | --- |",
             *[f"| {n} | {s:.0f} | {k} |" for n, s, k in e.top3],
             "",
-            "Pareto (tok/s vs median TPOT):",
+            "Pareto per workload (tok/s vs median TPOT):",
             "",
-            "| arm | c | tok/s | median TPOT ms |",
-            "| --- | --- | --- | --- |",
-            *[f"| {a} | {c} | {t:.0f} | {p:.2f} |" for a, c, t, p in e.pareto],
+            "| workload | arm | c | tok/s | median TPOT ms |",
+            "| --- | --- | --- | --- | --- |",
+            *[f"| {w} | {a} | {c} | {t:.0f} | {p:.2f} |" for w, a, c, t, p in e.pareto],
             "",
         ]
     proposals = [
@@ -91,6 +113,8 @@ def run_phase3(ctx: Ctx) -> Gate:
         + ", ".join(f"{k} {v / 60:.1f}" for k, v in res.gpu_s_by_stage.items())
         + ")",
     ]
+    if "vllm" in i.engines and res.order:
+        lines += ["", autotune_equivalent(res, len(i.tune_workloads))]
     write_text(d / "TUNE.md", "\n".join(lines) + "\n")
     write_text(d / "known-good-candidates.json", json.dumps(proposals, indent=2) + "\n")
     write_text(
@@ -108,10 +132,13 @@ def run_phase3(ctx: Ctx) -> Gate:
                         "engine": e.engine,
                         "crowned": e.crowned.model_dump() if e.crowned else None,
                         "score": e.score,
+                        "verdict": e.verdict,
+                        "challenger": e.challenger,
                         "ratio": e.ratio,
                         "ratio_ci95": e.ratio_ci95,
                         "top3": e.top3,
                         "pareto": e.pareto,
+                        "by_workload": {w: v.__dict__ for w, v in e.by_workload.items()},
                     }
                     for e in res.engines
                 ],
@@ -130,4 +157,46 @@ def run_phase3(ctx: Ctx) -> Gate:
         headline="; ".join(heads),
         tier="DRAFT",
         artifacts=arts,
+    )
+
+
+def _verdict_row(w: str, v: Any) -> str:
+    def cell(x: float | None, c: int | None) -> str:
+        return f"{x:.0f} (c={c})" if x is not None else "no c met the SLO"
+
+    r = (
+        f"{v.ratio:.3f} [{v.ratio_ci95[0]:.3f}, {v.ratio_ci95[1]:.3f}]"
+        if v.ratio is not None and v.ratio_ci95 is not None
+        else "n/a"
+    )
+    return (
+        f"| {w} | {cell(v.score, v.concurrency)} | {cell(v.baseline_score, v.baseline_concurrency)} | {r} |"
+    )
+
+
+# vLLM's benchmarks/auto_tune/auto_tune.sh: one server per (max-num-seqs, max-num-batched-tokens) point
+# of NUM_SEQS_LIST x NUM_BATCHED_TOKENS_LIST (defaults "128 256" x "512 1024 2048 4096"), one
+# benchmark run per point at request rate inf (re-run at lower rates only under a latency limit), no
+# repeat trials, no other levers, one workload per invocation.
+AUTOTUNE_GRID = (("max-num-seqs", (128, 256)), ("max-num-batched-tokens", (512, 1024, 2048, 4096)))
+
+
+def autotune_equivalent(res: Any, workloads: int) -> str:
+    """What vLLM's auto_tune grid would have covered in the GPU time this tune spent, priced with this
+    run's own measured cost of one deploy plus one screening run per workload."""
+    screens = [s for s in res.order if s[2] == "screen"]
+    per_point = res.gpu_s_by_stage.get("screen", 0.0) / len(screens) if screens else 0.0
+    points = 1
+    for _lever, values in AUTOTUNE_GRID:
+        points *= len(values)
+    if per_point <= 0:
+        return ""
+    n = int(res.gpu_s // per_point)
+    grid = " x ".join(f"{lever} {{{', '.join(map(str, v))}}}" for lever, v in AUTOTUNE_GRID)
+    return (
+        f"vLLM auto_tune in the same {res.gpu_s / 60:.1f} GPU-min: priced at this run's mean screening "
+        f"deploy ({per_point:.0f} s: one server start plus one short run of each of {workloads} "
+        f"workload(s)), about {n} grid points of "
+        f"its default {points}-point grid ({grid}), one run each (no trials, no interval), over 2 of "
+        "the levers tuned here."
     )

@@ -195,6 +195,13 @@ def tune(
         None, help="comma-separated engines to tune (default: the campaign's)"
     ),
     budget_gpu_min: float = typer.Option(60.0, help="GPU-minutes the tuner may spend"),
+    workloads: str | None = typer.Option(
+        None, help="comma-separated workloads each arm is measured on (default: random,prefix)"
+    ),
+    top_k: int | None = typer.Option(None, help="arms besides the baseline given the full treatment (3)"),
+    stop_after_s: float | None = typer.Option(
+        None, help="start no new deploy after this many seconds; re-run the command to resume"
+    ),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask"),
@@ -215,6 +222,9 @@ def tune(
         budget_gpu_min=budget_gpu_min,
         observe=lambda m: err_console.print(m, highlight=False),
         lake=lake,
+        workloads=[w.strip() for w in workloads.split(",") if w.strip()] if workloads else None,
+        top_k=top_k,
+        stop_after_s=stop_after_s,
     )
     p = state.phases["3"]
     sys.stdout.write(

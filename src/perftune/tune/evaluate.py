@@ -4,6 +4,7 @@ benchmark) and a live engine deployed per arm (phase 3). Plus the pure failure c
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def feasibility(card: ModelCard, g: Gpu, cal: Calibration, concurrency: int, con
 
 class PredictEvaluator:
     """The simulator as the node: each call is one deploy (boot_s, a modelled cost) plus one trial per
-    concurrency, measured in virtual time. Every number is simulated."""
+    concurrency, measured in virtual time. Every number is simulated. Random workload only."""
+
+    workloads = ("random",)
 
     def __init__(
         self,
@@ -103,11 +106,20 @@ class PredictEvaluator:
 
 
 class LiveEvaluator:
-    """A real (or simulated) engine per arm through `perftune deploy`, one bench trial per concurrency,
-    cache reset before each; failures are classified with their log excerpt."""
+    """A real (or simulated) engine per arm through `perftune deploy`; on that one deploy, one bench
+    trial per workload and concurrency (cache reset before each, so a prefix workload's hits are its
+    own); failures are classified with their log excerpt."""
 
-    def __init__(self, ctx: Any, phase_dir: Path, wedge_s: float = 60.0, gpus: int = 1) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        phase_dir: Path,
+        wedge_s: float = 60.0,
+        gpus: int = 1,
+        workloads: Sequence[str] = ("random",),
+    ) -> None:
         self.ctx, self.dir, self.wedge_s, self.gpus = ctx, phase_dir, wedge_s, gpus
+        self.workloads = tuple(workloads)
 
     def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
         import time
@@ -124,8 +136,8 @@ class LiveEvaluator:
         out: list[Measure] = []
         try:
             with live_server(ctx, arm.engine, self.dir, arm.levers) as rec:
-                for c in concurrencies:
-                    wl = workload_spec(ctx, "random", c)
+                for kind, c in ((w, c) for w in self.workloads for c in concurrencies):
+                    wl = workload_spec(ctx, kind, c)
                     if screening:
                         wl = wl.model_copy(update={"num_requests": c})
                     cfg = BenchConfig(
@@ -139,7 +151,9 @@ class LiveEvaluator:
                         hardware=f"{i.gpus}x{i.gpu}",
                     )
                     safe = arm.name.replace("/", "_").replace(":", "_")
-                    run, _ = bench(cfg, out_dir=self.dir / "trials" / f"{arm.engine}.{safe}.t{trial}.c{c}")
+                    run, _ = bench(
+                        cfg, out_dir=self.dir / "trials" / f"{arm.engine}.{safe}.t{trial}.{kind}.c{c}"
+                    )
                     t = run.result.trials[0]
                     if t.counts.ok < t.counts.sent:
                         alive = group_alive(rec.pgid)
@@ -150,7 +164,13 @@ class LiveEvaluator:
                         )
                     out.append(
                         Measure(
-                            arm.key, c, trial, t.output_tok_s, t.ttft_ms.mean or 0.0, t.tpot_ms.p50 or 0.0
+                            arm.key,
+                            c,
+                            trial,
+                            t.output_tok_s,
+                            t.ttft_ms.mean or 0.0,
+                            t.tpot_ms.p50 or 0.0,
+                            kind,
                         )
                     )
         except PerftuneError as e:
@@ -179,18 +199,25 @@ def _tail(path: str | None, n: int = 30) -> str:
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
 
 
+class TuneStopped(PerftuneError):
+    """The tuner reached its wall-clock limit between deploys; everything measured is journaled."""
+
+
 class RecordingEvaluator:
     """Journal every outcome (one JSON line per deploy, flushed and fsynced) and replay it on a re-run.
 
     The tuner is deterministic given its outcomes, so a phase 3 killed at any moment (or split across
     several short GPU sessions) resumes by replaying the journal: finished deploys are never re-run,
-    and their GPU-seconds still count against the budget. A torn last line is ignored.
+    and their GPU-seconds still count against the budget. A torn last line is ignored. With stop_at (a
+    time.monotonic() deadline) no new deploy starts after it: TuneStopped is raised between deploys,
+    so a time-boxed session never kills a deploy half-way and loses it.
     """
 
-    def __init__(self, inner: Any, journal: Path) -> None:
+    def __init__(self, inner: Any, journal: Path, stop_at: float | None = None) -> None:
         import json
 
-        self.inner, self.journal = inner, journal
+        self.inner, self.journal, self.stop_at = inner, journal, stop_at
+        self.ran = 0
         self.cache: dict[str, Outcome] = {}
         self.replayed = 0
         if journal.exists():
@@ -202,22 +229,37 @@ class RecordingEvaluator:
                 fail = Failure(**d["failure"]) if d.get("failure") else None
                 self.cache[d["key"]] = Outcome([Measure(**m) for m in d["measures"]], d["gpu_s"], fail)
 
+    @property
+    def workloads(self) -> tuple[str, ...]:
+        return tuple(getattr(self.inner, "workloads", ("random",)))
+
     @staticmethod
-    def key(arm: Arm, concurrencies: Sequence[int], trial: int, screening: bool) -> str:
+    def key(
+        arm: Arm, concurrencies: Sequence[int], trial: int, screening: bool, workloads: Sequence[str]
+    ) -> str:
+        """What makes two deploys the same measurement (a changed workload list re-measures)."""
         import json
 
         return json.dumps(
             [arm.engine, arm.name, sorted(arm.levers.items()), list(concurrencies), trial, screening]
+            + ([list(workloads)] if list(workloads) != ["random"] else [])
         )
 
     def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
         import json
         import os
 
-        k = self.key(arm, concurrencies, trial, screening)
+        k = self.key(arm, concurrencies, trial, screening, self.workloads)
         if k in self.cache:
             self.replayed += 1
             return self.cache[k]
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            raise TuneStopped(
+                f"tuning stopped at its time limit before deploying {arm.key} (trial {trial}), after "
+                f"{self.ran} new and {self.replayed} replayed deploys",
+                hint="run the same perftune tune command again: the journal resumes where this stopped",
+            )
+        self.ran += 1
         out: Outcome = self.inner.run(arm, concurrencies, trial, screening=screening)
         rec = {
             "key": k,

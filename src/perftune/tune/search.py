@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 import numpy as np
 from scipy import stats
 
+from perftune.errors import ConfigError
 from perftune.tune.arms import Arm, compose
 
 FailureClass = Literal["boot", "oom", "crash", "wedge"]
@@ -31,6 +32,7 @@ class Measure:
     output_tok_s: float
     ttft_ms: float
     tpot_ms: float  # median TPOT of the trial
+    workload: str = "random"
 
 
 @dataclass
@@ -60,6 +62,21 @@ class TuneConfig:
     trials: int = 3
     top_k: int = 3
     budget_gpu_s: float = math.inf
+    # every deploy is measured on each of these; an arm's score is the geometric mean over them
+    workloads: list[str] = field(default_factory=lambda: ["random"])
+
+
+@dataclass
+class WorkloadVerdict:
+    """The best challenger against the baseline on one workload (each at its best concurrency under the
+    SLO)."""
+
+    score: float | None
+    concurrency: int | None
+    baseline_score: float | None
+    baseline_concurrency: int | None
+    ratio: float | None
+    ratio_ci95: tuple[float, float] | None
 
 
 @dataclass
@@ -72,7 +89,12 @@ class EngineResult:
     ratio: float | None
     ratio_ci95: tuple[float, float] | None
     top3: list[tuple[str, float, int]]  # (arm, score, trials)
-    pareto: list[tuple[str, int, float, float]]  # (arm, c, tok/s, median TPOT)
+    pareto: list[tuple[str, str, int, float, float]]  # (workload, arm, c, tok/s, median TPOT), per workload
+    # the best non-baseline arm and, per workload, it against the baseline (ratio/ratio_ci95 above are
+    # this challenger's too, whether or not it was crowned)
+    by_workload: dict[str, WorkloadVerdict] = field(default_factory=dict)
+    challenger: str | None = None
+    verdict: str = ""
 
 
 @dataclass
@@ -92,21 +114,50 @@ def interleave(arms: Sequence[Arm], trials: Sequence[int]) -> list[tuple[Arm, in
     return [(a, t) for t in trials for a in arms]
 
 
-def score(measures: Sequence[Measure], cfg: TuneConfig) -> tuple[float | None, list[float]]:
-    """Throughput under the SLO: the best concurrency whose mean TTFT and median TPOT meet the SLO;
-    returns its mean tok/s and the per-trial values (for intervals)."""
-    best: tuple[float, list[float]] | None = None
-    for c in sorted({m.concurrency for m in measures}):
-        ms = [m for m in measures if m.concurrency == c]
+@dataclass
+class WorkloadScore:
+    score: float | None
+    concurrency: int | None
+    by_trial: dict[int, float]  # tok/s of each trial at that concurrency
+
+
+def workload_score(measures: Sequence[Measure], cfg: TuneConfig, workload: str) -> WorkloadScore:
+    """Throughput under the SLO on one workload: the best concurrency whose mean TTFT and median TPOT
+    meet the SLO, its mean tok/s and each trial's value (for intervals)."""
+    best: WorkloadScore | None = None
+    mine = [m for m in measures if m.workload == workload]
+    for c in sorted({m.concurrency for m in mine}):
+        ms = [m for m in mine if m.concurrency == c]
         if (
             np.mean([m.ttft_ms for m in ms]) > cfg.slo_ttft_ms
             or np.median([m.tpot_ms for m in ms]) > cfg.slo_tpot_ms
         ):
             continue
-        vals = [m.output_tok_s for m in ms]
-        if best is None or np.mean(vals) > best[0]:
-            best = (float(np.mean(vals)), vals)
-    return (best[0], best[1]) if best else (None, [])
+        mean = float(np.mean([m.output_tok_s for m in ms]))
+        if best is None or mean > (best.score or 0.0):
+            best = WorkloadScore(mean, c, {m.trial: m.output_tok_s for m in ms})
+    return best or WorkloadScore(None, None, {})
+
+
+def score(measures: Sequence[Measure], cfg: TuneConfig) -> tuple[float | None, list[float]]:
+    """An arm's score: the geometric mean over cfg.workloads of its throughput under the SLO (so a
+    ranking by it is a ranking by the mean log-ratio to any common baseline), and the per-trial values
+    (trial t's geometric mean across workloads, for trials measured on every workload). None when any
+    workload has no concurrency that meets the SLO."""
+    per = [workload_score(measures, cfg, w) for w in cfg.workloads]
+    if any(p.score is None for p in per):
+        return None, []
+    trials = sorted(set.intersection(*(set(p.by_trial) for p in per)))
+    vals = [float(np.exp(np.mean([math.log(p.by_trial[t]) for p in per]))) for t in trials]
+    if len(cfg.workloads) == 1:
+        return per[0].score, vals
+    return float(np.exp(np.mean([math.log(p.score or 1.0) for p in per]))), vals
+
+
+def raw_throughput(measures: Sequence[Measure], cfg: TuneConfig) -> float:
+    """Geometric mean over workloads of the best tok/s seen, SLO ignored (to rank SLO-breaking arms)."""
+    best = [max((m.output_tok_s for m in measures if m.workload == w), default=0.0) for w in cfg.workloads]
+    return float(np.exp(np.mean([math.log(max(b, 1e-9)) for b in best])))
 
 
 def ci95(vals: Sequence[float]) -> tuple[float, float] | None:
@@ -137,6 +188,12 @@ def run_tuner(
     cfg: TuneConfig,
     feasible: Callable[[Arm], str | None] = lambda _a: None,
 ) -> TuneResult:
+    measured = list(getattr(evaluator, "workloads", ["random"]))
+    if missing := [w for w in cfg.workloads if w not in measured]:
+        raise ConfigError(
+            f"the tuner scores workload(s) {missing} but its evaluator measures only {measured}",
+            hint="give the evaluator the same workloads as the tune config",
+        )
     res = TuneResult(engines=[], failures=[], pruned=[])
     by_arm: dict[str, list[Measure]] = {}
     failed: set[str] = set()
@@ -175,14 +232,17 @@ def run_tuner(
         screen: dict[str, float] = {}
         for a, t in interleave(live, [0]):
             if got := spend("screen", a, t, [top_c], True):
-                screen[a.key] = score(got, cfg)[0] or got[0].output_tok_s * 0.5  # SLO-breaking: demoted
-        # 2. successive halving to the top K (the baseline always stays, as the comparison)
+                screen[a.key] = score(got, cfg)[0] or raw_throughput(got, cfg) * 0.5  # SLO-breaking: demoted
+        # 2. successive halving to the top K (the baseline always stays, as the comparison). A rung
+        # is run only when it can drop someone: with <= top_k survivors they all go to the final.
         ranked = sorted((a for a in live if a.key in screen), key=lambda a: -screen[a.key])
         keep = ranked[: max(cfg.top_k, math.ceil(len(ranked) / 2))]
-        rung: dict[str, float] = {}
-        for a, t in interleave(keep, [1]):
-            if got := spend("halving", a, t, [top_c], True):
-                rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
+        rung: dict[str, float] = {a.key: screen[a.key] for a in keep}
+        if len(keep) > cfg.top_k:
+            rung = {}
+            for a, t in interleave(keep, [1]):
+                if got := spend("halving", a, t, [top_c], True):
+                    rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
         finalists = sorted((a for a in keep if a.key in rung), key=lambda a: -rung[a.key])[: cfg.top_k]
         if base not in finalists and base.key not in failed:
             finalists = [base, *finalists]
@@ -211,25 +271,61 @@ def run_tuner(
         scored = []
         for a in finalists:
             ms = by_arm.get(a.key, [])
-            full = all(sum(1 for m in ms if m.concurrency == c) >= cfg.trials for c in cfg.ladder)
+            n = min(
+                sum(1 for m in ms if m.concurrency == c and m.workload == w)
+                for c in cfg.ladder
+                for w in cfg.workloads
+            )
             s, vals = score(ms, cfg)
-            if full and s is not None and a.key not in failed:
-                scored.append((a, s, vals, min(sum(1 for m in ms if m.concurrency == c) for c in cfg.ladder)))
+            if n >= cfg.trials and s is not None and a.key not in failed:
+                scored.append((a, s, vals, n))
         scored.sort(key=lambda x: -x[1])
         bscore, bvals = score(by_arm.get(base.key, []), cfg)
-        crowned = scored[0] if scored else None
-        rc = ratio_ci(crowned[2], bvals) if crowned and bvals else None
+        # The best arm is crowned only if it beats the baseline with a 95% interval of the ratio above
+        # 1: a win inside the noise keeps the baseline (and says which challenger came closest).
+        top = scored[0] if scored else None
+        base_entry = next((x for x in scored if x[0] is base), None)
+        rc = ratio_ci(top[2], bvals) if top and bvals and top[0] is not base else None
+        if top is None:
+            crowned, verdict = None, "no arm completed the full treatment under the SLO"
+        elif top[0] is base:
+            crowned, verdict = top, "the baseline scored best"
+        elif base_entry is None:
+            crowned, verdict = top, "the baseline has no score under the SLO"
+        elif rc is not None and rc[1][0] > 1.0:
+            crowned, verdict = top, "beats the baseline: the ratio's 95% interval is above 1"
+        else:
+            crowned = base_entry
+            verdict = f"baseline kept: the best challenger, {top[0].name}, is within the noise"
         pareto = []
-        for a, _s, _v, _n in scored:
-            for c in cfg.ladder:
-                ms = [m for m in by_arm[a.key] if m.concurrency == c]
-                pareto.append(
-                    (
-                        a.name,
-                        c,
-                        float(np.mean([m.output_tok_s for m in ms])),
-                        float(np.median([m.tpot_ms for m in ms])),
-                    )
+        for w in cfg.workloads:
+            points = []
+            for a, _s, _v, _n in scored:
+                for c in cfg.ladder:
+                    ms = [m for m in by_arm[a.key] if m.concurrency == c and m.workload == w]
+                    if ms:
+                        points.append(
+                            (
+                                a.name,
+                                c,
+                                float(np.mean([m.output_tok_s for m in ms])),
+                                float(np.median([m.tpot_ms for m in ms])),
+                            )
+                        )
+            pareto += [(w, *p) for p in _pareto_front(points)]
+        verdicts: dict[str, WorkloadVerdict] = {}
+        if top and top[0] is not base:
+            for w in cfg.workloads:
+                cw = workload_score(by_arm[top[0].key], cfg, w)
+                bw = workload_score(by_arm.get(base.key, []), cfg, w)
+                wr = ratio_ci(list(cw.by_trial.values()), list(bw.by_trial.values())) if bw.by_trial else None
+                verdicts[w] = WorkloadVerdict(
+                    cw.score,
+                    cw.concurrency,
+                    bw.score,
+                    bw.concurrency,
+                    wr[0] if wr else None,
+                    wr[1] if wr else None,
                 )
         res.engines.append(
             EngineResult(
@@ -241,7 +337,10 @@ def run_tuner(
                 ratio=rc[0] if rc else None,
                 ratio_ci95=rc[1] if rc else None,
                 top3=[(a.name, s, n) for a, s, _v, n in scored[:3]],
-                pareto=_pareto_front(pareto),
+                pareto=pareto,
+                by_workload=verdicts,
+                challenger=top[0].name if top and top[0] is not base else None,
+                verdict=verdict,
             )
         )
     return res

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
+from perftune.errors import ConfigError
 from perftune.hardware.ceilings import gpu
 from perftune.models.resolve import model_card
 from perftune.sim.calibration import for_gpu
 from perftune.tune.arms import Arm, generate_arms, grid_arms, read_tsv, write_tsv
 from perftune.tune.evaluate import PredictEvaluator, classify, feasibility
-from perftune.tune.search import Failure, Measure, Outcome, TuneConfig, interleave, run_tuner
+from perftune.tune.search import Failure, Measure, Outcome, TuneConfig, interleave, run_tuner, score
 
 CFG = TuneConfig(ladder=[8, 32], slo_ttft_ms=5000, slo_tpot_ms=100, trials=3, top_k=2)
 
@@ -119,3 +122,93 @@ def test_journal_replays_finished_deploys(tmp_path) -> None:  # type: ignore[no-
     again = run_tuner(arms, ev, CFG)
     assert ev.replayed == 5 and len(node.calls) == len(first.order) - 5
     assert again.engines[0].crowned == first.engines[0].crowned and again.gpu_s == first.gpu_s
+
+
+class TwoWorkloadNode:
+    """Each arm has a quality per workload; trial noise is +/-1% so intervals are tight but real."""
+
+    workloads = ("random", "prefix")
+
+    def __init__(self, quality: dict[str, tuple[float, float]]) -> None:
+        self.quality, self.calls = quality, []
+
+    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
+        self.calls.append((arm.name, trial, screening))
+        q = self.quality.get(arm.name, (10.0, 10.0))
+        noise = 1 + 0.01 * (-1) ** trial
+        ms = [
+            Measure(arm.key, c, trial, qw * c * noise, 100.0, 10.0, w)
+            for w, qw in zip(self.workloads, q, strict=True)
+            for c in concurrencies
+        ]
+        return Outcome(ms, 60.0)
+
+
+def test_score_is_the_geometric_mean_over_workloads_and_each_workload_gets_its_ratio() -> None:
+    # x wins random by 30% but loses prefix by 40% (geomean 0.88); y wins both by 10%: y is crowned
+    node = TwoWorkloadNode({"baseline": (10, 10), "x": (13, 6), "y": (11, 11)})
+    cfg = TuneConfig(**{**CFG.__dict__, "workloads": ["random", "prefix"]})
+    res = run_tuner(_arms(["baseline", "x", "y"]), node, cfg)
+    e = res.engines[0]
+    assert e.crowned is not None and e.crowned.name == "y"
+    assert set(e.by_workload) == {"random", "prefix"}
+    for v in e.by_workload.values():
+        assert v.ratio is not None and abs(v.ratio - 1.1) < 0.02
+        assert v.ratio_ci95 is not None and v.ratio_ci95[0] < v.ratio < v.ratio_ci95[1]
+        assert v.concurrency == 32  # the top of the ladder meets the SLO here
+    assert {w for w, *_ in e.pareto} == {"random", "prefix"}
+    # a crowned arm has >= 3 trials on every workload at every concurrency
+    assert all(n >= 3 for _name, _s, n in e.top3)
+
+
+def test_an_arm_breaking_the_slo_on_one_workload_has_no_score() -> None:
+    cfg = TuneConfig(**{**CFG.__dict__, "workloads": ["random", "prefix"]})
+    ok = [Measure("a", 8, t, 100.0, 50.0, 10.0, w) for t in range(3) for w in ("random", "prefix")]
+    assert score(ok, cfg)[0] == pytest.approx(100.0) and len(score(ok, cfg)[1]) == 3
+    slow_prefix = [
+        m if m.workload == "random" else Measure("a", 8, m.trial, 100.0, 50.0, 500.0, "prefix") for m in ok
+    ]
+    assert score(slow_prefix, cfg) == (None, [])
+
+
+def test_tuner_refuses_a_workload_its_evaluator_does_not_measure() -> None:
+    cfg = TuneConfig(**{**CFG.__dict__, "workloads": ["random", "chat"]})
+    with pytest.raises(ConfigError, match="chat"):
+        run_tuner(_arms(["baseline", "x"]), TwoWorkloadNode({}), cfg)
+
+
+def test_no_halving_rung_when_every_survivor_reaches_the_final() -> None:
+    # 4 arms, top_k 3: the rung could drop nobody, so it is not paid for
+    node = FakeNode({"baseline": 10, "x": 12, "y": 11, "z": 9})
+    res = run_tuner(_arms(["baseline", "x", "y", "z"]), node, TuneConfig(**{**CFG.__dict__, "top_k": 3}))
+    assert "halving" not in {stage for _a, _t, stage in res.order}
+    # 8 arms, top_k 2: the rung runs on the top half (4) and sends 2 on, plus the baseline
+    node = FakeNode({n: 10 + i for i, n in enumerate("abcdefg")} | {"baseline": 9})
+    res = run_tuner(_arms(["baseline", *"abcdefg"]), node, CFG)
+    assert sum(1 for *_x, stage in res.order if stage == "halving") == 4
+    assert len({a for a, _t, stage in res.order if stage == "full"}) == 3
+
+
+def test_autotune_equivalent_is_priced_from_this_runs_screening_deploys() -> None:
+    from perftune.campaign.tuning import autotune_equivalent
+
+    node = FakeNode({"baseline": 10, "x": 12, "y": 11})
+    res = run_tuner(_arms(["baseline", "x", "y"]), node, CFG)
+    per_screen = 60.0 + 10.0  # FakeNode: 60 s deploy + 10 s per concurrency, screening runs one
+    line = autotune_equivalent(res, 1)
+    assert f"({per_screen:.0f} s:" in line and f"about {int(res.gpu_s // per_screen)} grid points" in line
+    assert "8-point grid" in line
+
+
+def test_a_time_box_stops_between_deploys_and_the_rerun_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from perftune.tune.evaluate import RecordingEvaluator, TuneStopped
+
+    arms = _arms(["baseline", "x", "y"])
+    journal = tmp_path / "journal.jsonl"
+    node = FakeNode({"baseline": 10, "x": 12, "y": 11})
+    with pytest.raises(TuneStopped, match="time limit"):
+        run_tuner(arms, RecordingEvaluator(node, journal, stop_at=0.0), CFG)  # already past: nothing runs
+    assert node.calls == [] and not journal.exists()
+    full = run_tuner(arms, RecordingEvaluator(node, journal), CFG)
+    ev = RecordingEvaluator(FakeNode({}), journal, stop_at=0.0)  # every deploy journaled: no stop
+    assert run_tuner(arms, ev, CFG).engines[0].crowned == full.engines[0].crowned
