@@ -13,9 +13,11 @@ stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; call_s=${4:-580
 deploy_s=${DEPLOY_S:-140}  # the longest deploy + both workloads' ladder seen, with margin
 source "$(dirname "$0")/common.sh"
 gpu_run_setup vllm tune-run "$stage" "$parts" "$out" "pkill -f vllm.entrypoints >/dev/null 2>&1"
+model="$(dirname "$r")/model"  # outside the repo copy: later calls need not carry it
+[ -d "$model" ] || cp -r "$stage/model" "$model"
 if ! ls "$r/campaign"/*/campaign.json >/dev/null 2>&1; then
   log "optimize --until 1"
-  pt optimize llama-3.1-8b --model-path "$stage/model" --engines vllm --gpu h100 \
+  pt optimize llama-3.1-8b --model-path "$model" --engines vllm --gpu h100 \
     --engine-arg vllm=--load-format=dummy --workloads random,prefix --ladder 16,64 --trials 3 --until 1 \
     --yes --runs-dir "$r/campaign" --lake "$r/lake.duckdb" --registry "$r/kg.yaml" \
     --findings "$r/findings.yaml" > "$r/optimize.out" 2> "$r/optimize.err"
