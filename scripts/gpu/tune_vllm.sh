@@ -4,13 +4,18 @@
 # runs `perftune optimize --until 1`; every call then runs `perftune tune` on the arms of
 # scripts/gpu/vllm-arms.tsv with --stop-after-s so that no deploy starts unless it can finish before
 # the call's limit. Every finished deploy is journaled (phase3/journal.jsonl): the next call replays
-# it and goes on. The run folder is packed into OUT/tune-run.tgz at the end of every call.
+# it and goes on. The run folder is packed into OUT/tune-run.tgz at the end of every call; on a fresh
+# machine, STAGE/run/tune-run.tgz (a run folder brought back from an earlier machine) is unpacked first,
+# so the tune resumes from its journal there too.
 #
 #   scripts/gpu/tune_vllm.sh STAGE PARTS OUT [CALL_S] [BUDGET_GPU_MIN]
 set -uo pipefail
 t0=$(date +%s)
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; call_s=${4:-580}; budget=${5:-40}
-deploy_s=${DEPLOY_S:-140}  # the longest deploy + both workloads' ladder seen, with margin
+deploy_s=${DEPLOY_S:-115}  # the longest deploy + both workloads' ladder seen, with margin
+if [ -f "$stage/run/tune-run.tgz" ] && [ ! -d /root/ptrun/tune-run ]; then
+  mkdir -p /root/ptrun && tar xzf "$stage/run/tune-run.tgz" -C /root/ptrun
+fi
 source "$(dirname "$0")/common.sh"
 gpu_run_setup vllm tune-run "$stage" "$parts" "$out" "pkill -f vllm.entrypoints >/dev/null 2>&1"
 model="$(dirname "$r")/model"  # outside the repo copy: later calls need not carry it

@@ -101,6 +101,8 @@ def run_phase3(ctx: Ctx) -> Gate:
         }
         for f in res.failures
     ]
+    if res.notes:
+        lines += ["## Budget plan", "", *[f"- {n}" for n in res.notes], ""]
     lines += (
         ["## Failures (known-good registry candidates)", ""]
         + [f"- {p['arm']}: {p['failure']}" for p in proposals]
@@ -126,6 +128,7 @@ def run_phase3(ctx: Ctx) -> Gate:
                 "gpu_s": res.gpu_s,
                 "gpu_s_by_stage": res.gpu_s_by_stage,
                 "budget_exhausted": res.budget_exhausted,
+                "notes": res.notes,
                 "measures": [m.__dict__ for m in res.measures],
                 "engines": [
                     {

@@ -21,6 +21,11 @@ from perftune.tune.arms import Arm, compose
 
 FailureClass = Literal["boot", "oom", "crash", "wedge"]
 
+# A full-treatment deploy runs the whole ladder with 2 requests per slot, a screening deploy one short
+# run at the top concurrency: planning prices the former at this multiple of the latter (the deploy
+# itself dominates both; on vLLM 0.26.0 / H100 a restart is 70-100 s, a c=64 run of 128 requests ~6 s).
+FULL_OVER_SCREEN = 1.25
+
 
 @dataclass
 class Measure:
@@ -107,6 +112,8 @@ class TuneResult:
     gpu_s_by_stage: dict[str, float] = field(default_factory=dict)
     measures: list[Measure] = field(default_factory=list)
     budget_exhausted: bool = False
+    outcomes: list[tuple[str, str, float]] = field(default_factory=list)  # (engine, stage, gpu_s)
+    notes: list[str] = field(default_factory=list)  # what the budget planner changed, and why
 
 
 def interleave(arms: Sequence[Arm], trials: Sequence[int]) -> list[tuple[Arm, int]]:
@@ -205,6 +212,7 @@ def run_tuner(
             return []
         out = evaluator.run(arm, concs, trial, screening=screening)
         res.order.append((arm.key, trial, stage))
+        res.outcomes.append((arm.engine, stage, out.gpu_s))
         res.gpu_s += out.gpu_s
         res.gpu_s_by_stage[stage] = res.gpu_s_by_stage.get(stage, 0.0) + out.gpu_s
         if out.failure is not None:
@@ -233,23 +241,42 @@ def run_tuner(
         for a, t in interleave(live, [0]):
             if got := spend("screen", a, t, [top_c], True):
                 screen[a.key] = score(got, cfg)[0] or raw_throughput(got, cfg) * 0.5  # SLO-breaking: demoted
-        # 2. successive halving to the top K (the baseline always stays, as the comparison). A rung
-        # is run only when it can drop someone: with <= top_k survivors they all go to the final.
+        # 2. plan the rest inside the budget, priced with this engine's own screening deploys: the
+        # full treatment of k challengers plus the baseline must fit (k shrinks, never below 1), the
+        # halving rung runs only if it can drop someone and still leaves the full treatment affordable.
         ranked = sorted((a for a in live if a.key in screen), key=lambda a: -screen[a.key])
-        keep = ranked[: max(cfg.top_k, math.ceil(len(ranked) / 2))]
+        screens = [o for o in res.outcomes if o[0] == engine and o[1] == "screen"]
+        per_screen = float(np.mean([o[2] for o in screens])) if screens else 0.0
+        per_full = per_screen * FULL_OVER_SCREEN
+        left = (cfg.budget_gpu_s - res.gpu_s) / (len(engines) - engines.index(engine))
+        k = cfg.top_k
+        while k > 1 and (k + 1) * cfg.trials * per_full > left:
+            k -= 1
+        if k < cfg.top_k:
+            res.notes.append(
+                f"{engine}: full treatment for the top {k} (not {cfg.top_k}): {cfg.top_k + 1} arms x "
+                f"{cfg.trials} trials at ~{per_full:.0f} s each would pass the {left / 60:.1f} GPU-min left"
+            )
+        keep = ranked[: max(k, math.ceil(len(ranked) / 2))]
         rung: dict[str, float] = {a.key: screen[a.key] for a in keep}
-        if len(keep) > cfg.top_k:
-            rung = {}
-            for a, t in interleave(keep, [1]):
-                if got := spend("halving", a, t, [top_c], True):
-                    rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
-        finalists = sorted((a for a in keep if a.key in rung), key=lambda a: -rung[a.key])[: cfg.top_k]
+        if len(keep) > k:
+            if (k + 1) * cfg.trials * per_full + len(keep) * per_screen <= left:
+                rung = {}
+                for a, t in interleave(keep, [1]):
+                    if got := spend("halving", a, t, [top_c], True):
+                        rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
+            else:
+                res.notes.append(
+                    f"{engine}: halving rung skipped (its {len(keep)} deploys would leave too little "
+                    "budget for the full treatment): finalists taken from the screening pass"
+                )
+        finalists = sorted((a for a in keep if a.key in rung), key=lambda a: -rung[a.key])[:k]
         if base not in finalists and base.key not in failed:
             finalists = [base, *finalists]
         # 3. full treatment, interleaved, >= cfg.trials at every concurrency
         for a, t in interleave(finalists, range(cfg.trials)):
             spend("full", a, t, cfg.ladder, False)
-        # 4. round 2: compose the levers that beat the baseline, confirm against it
+        # 4. round 2: compose the levers that beat the baseline, confirm against it (if affordable)
         bscore, bvals = score(by_arm.get(base.key, []), cfg)
         winners = [
             a
@@ -263,7 +290,17 @@ def run_tuner(
         ]
         if len(winners) >= 2:
             comp = compose(engine, winners, base.levers)
-            if feasible(comp) is None:
+            fulls = [o[2] for o in res.outcomes if o[0] == engine and o[1] == "full"]
+            need = 2 * cfg.trials * (float(np.mean(fulls)) if fulls else per_full)
+            left = (cfg.budget_gpu_s - res.gpu_s) / (len(engines) - engines.index(engine))
+            if feasible(comp) is not None:
+                res.notes.append(f"{engine}: {comp.name} not tried: {feasible(comp)}")
+            elif need > left:
+                res.notes.append(
+                    f"{engine}: {comp.name} not confirmed: its {2 * cfg.trials} deploys (~{need / 60:.1f} "
+                    f"GPU-min) would pass the {left / 60:.1f} GPU-min left"
+                )
+            else:
                 for a, t in interleave([comp, base], range(cfg.trials, 2 * cfg.trials)):
                     spend("compose", a, t, cfg.ladder, False)
                 finalists.append(comp)

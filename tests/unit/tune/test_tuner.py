@@ -212,3 +212,24 @@ def test_a_time_box_stops_between_deploys_and_the_rerun_resumes(tmp_path) -> Non
     full = run_tuner(arms, RecordingEvaluator(node, journal), CFG)
     ev = RecordingEvaluator(FakeNode({}), journal, stop_at=0.0)  # every deploy journaled: no stop
     assert run_tuner(arms, ev, CFG).engines[0].crowned == full.engines[0].crowned
+
+
+def test_a_tight_budget_shrinks_the_final_and_skips_the_rung_so_a_crown_is_still_reached() -> None:
+    # FakeNode: a screening deploy costs 70 s, a full one 80 s. Six arms screen for 420 s; 600 s are
+    # left: the top-3 final (4 arms x 3 trials ~ 1,050 s) and the rung (3 x 70 s) cannot both fit.
+    node = FakeNode({"baseline": 10, "a": 14, "b": 13, "c": 12, "d": 11, "e": 9})
+    cfg = TuneConfig(**{**CFG.__dict__, "top_k": 3, "budget_gpu_s": 1020.0})
+    res = run_tuner(_arms(["baseline", *"abcde"]), node, cfg)
+    stages = [stage for *_x, stage in res.order]
+    assert "halving" not in stages and stages.count("full") == 6  # the best challenger and the baseline
+    assert not res.budget_exhausted and res.gpu_s <= 1020.0
+    e = res.engines[0]
+    assert e.crowned is not None and e.crowned.name == "a" and all(n >= 3 for _a, _s, n in e.top3)
+    assert any("top 1 (not 3)" in n for n in res.notes) and any("rung skipped" in n for n in res.notes)
+    # with room to spare, the same sweep keeps its top 3 and no note is written
+    roomy = run_tuner(
+        _arms(["baseline", *"abcde"]),
+        FakeNode(node.quality),
+        TuneConfig(**{**cfg.__dict__, "budget_gpu_s": 1e9}),
+    )
+    assert roomy.notes == [] and sum(1 for *_x, s in roomy.order if s == "full") == 12
