@@ -62,6 +62,17 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
     assert set(tune["engines"][0]["by_workload"]) == {"random", "prefix"}
     assert {m["workload"] for m in tune["measures"]} == {"random", "prefix"}
     assert state.facts["tuned"]["sim"] == crowned["levers"]
+    # the full treatment's cells: one per (arm, workload, c), its trials from separate interleaved deploys
+    p3 = {c.cell_id: c for c in state.cells.values() if c.phase == "3"}
+    base = p3["p3.sim.baseline.random.c8"]
+    assert base.trials == 3 and len(set(base.trial_paths)) == 3 and "full.t2" in base.trial_paths[2]
+    assert any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())  # kept apart
+    rows = api.lake_query(
+        "select c.engine, count(distinct t.cell_id) n, count(*) t from trials t join cells c "
+        "using (campaign_id, cell_id) where c.phase = '3' group by 1",
+        lake=tmp_path / "l.duckdb",
+    )
+    assert rows == [{"engine": "sim", "n": len(p3), "t": 3 * len(p3)}]
 
 
 def test_tune_refuses_an_unknown_workload_before_any_deploy(tmp_path: Path) -> None:

@@ -144,6 +144,20 @@ def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
     return WorkloadSpec(kind=kind, osl=i.osl, num_requests=n)
 
 
+def speed_of_light(
+    ctx: Ctx, tpot_ms: float | None, concurrency: int, context: int
+) -> tuple[float | None, str | None]:
+    """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell."""
+    from perftune.hardware.ceilings import gpu
+    from perftune.hardware.roofline import roofline
+
+    if not tpot_ms:
+        return None, None
+    tp = int(ctx.state.facts.get("tp", 1))
+    rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=concurrency, context=max(1, context))
+    return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
+
+
 def make_cell(
     ctx: Ctx,
     run: Any,
@@ -155,9 +169,6 @@ def make_cell(
     path: Path,
     levers: dict[str, Any] | None = None,
 ) -> Cell:
-    from perftune.hardware.ceilings import gpu
-    from perftune.hardware.roofline import roofline
-
     r = run.result
     s = r.summary
     tok = s["output_tok_s"]
@@ -167,10 +178,7 @@ def make_cell(
     ctx_len = round(in_tok / ok + ctx.intent.osl / 2) if ok else ctx.intent.isl
     conc = r.context.workload.concurrency or 1
     tp = int(ctx.state.facts.get("tp", 1))
-    sol = key = None
-    if med.mean:
-        rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=conc, context=max(1, ctx_len))
-        sol, key = 100.0 * rf.decode_step_floor_ms / med.mean, rf.ceiling_key
+    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
     levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
     prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))
     return Cell(

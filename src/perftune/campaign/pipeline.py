@@ -32,6 +32,9 @@ class Gate:
     headline: str = ""
     tier: str = ""
     artifacts: list[str] | None = None
+    # the phase's own GPU accounting where wall time would be wrong (phase 3 resumed from its journal:
+    # replayed deploys cost nothing now but were paid for when they ran)
+    gpu_minutes: float | None = None
 
 
 @dataclass
@@ -267,7 +270,11 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
         gate = Gate("red", f"{e.message}" + (f" (log: {e.log_path})" if e.log_path else ""))
     real = [e for e in ctx.intent.engines if e not in ("sim", "mock")]
     rec.gpu_minutes = (
-        (time.monotonic() - t0) / 60 * ctx.intent.gpus if real and rec.id in ("1", "3", "8") else 0.0
+        gate.gpu_minutes
+        if gate.gpu_minutes is not None and real
+        else (time.monotonic() - t0) / 60 * ctx.intent.gpus
+        if real and rec.id in ("1", "3", "8")
+        else 0.0
     )
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []

@@ -43,27 +43,32 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
                 "context_json": dumps(c.context),
             }
         )
-        summary = json.loads((run_dir / c.path / "summary.json").read_text())
-        for t in summary["trials"]:
-            trials.append(
-                {
-                    "campaign_id": cid,
-                    "cell_id": c.cell_id,
-                    "trial": t["trial"],
-                    "span_s": t["span_s"],
-                    "ok": t["counts"]["ok"],
-                    "errors": t["counts"]["errors"],
-                    "output_tok_s": t["output_tok_s"],
-                    "req_s": t["req_s"],
-                    "ttft_ms_mean": t["ttft_ms"]["mean"],
-                    "tpot_ms_mean": t["tpot_ms"]["mean"],
-                    "tpot_ms_p50": t["tpot_ms"]["p50"],
-                    "itl_ms_p99": t["itl_ms"]["p99"],
-                    "prefix_cache_hit_rate": t.get("engine_prefix_cache_hit_rate"),
-                }
-            )
-        rec_file = run_dir / c.path / "records.jsonl"
-        if rec_file.exists():
+        # A phase 3 cell's trials are separate deploys, one folder each: trial k is folder k's only trial.
+        folders = c.trial_paths or [c.path]
+        for k, folder in enumerate(folders):
+            renumber = len(folders) > 1
+            summary = json.loads((run_dir / folder / "summary.json").read_text())
+            for t in summary["trials"]:
+                trials.append(
+                    {
+                        "campaign_id": cid,
+                        "cell_id": c.cell_id,
+                        "trial": k if renumber else t["trial"],
+                        "span_s": t["span_s"],
+                        "ok": t["counts"]["ok"],
+                        "errors": t["counts"]["errors"],
+                        "output_tok_s": t["output_tok_s"],
+                        "req_s": t["req_s"],
+                        "ttft_ms_mean": t["ttft_ms"]["mean"],
+                        "tpot_ms_mean": t["tpot_ms"]["mean"],
+                        "tpot_ms_p50": t["tpot_ms"]["p50"],
+                        "itl_ms_p99": t["itl_ms"]["p99"],
+                        "prefix_cache_hit_rate": t.get("engine_prefix_cache_hit_rate"),
+                    }
+                )
+            rec_file = run_dir / folder / "records.jsonl"
+            if not rec_file.exists():
+                continue
             for line in rec_file.read_text().splitlines():
                 if not line.strip():
                     continue
@@ -74,7 +79,7 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
                     {
                         "campaign_id": cid,
                         "cell_id": c.cell_id,
-                        "trial": r.trial,
+                        "trial": k if renumber else r.trial,
                         "idx": r.idx,
                         "ok": r.ok,
                         "ttft_ms": r.ttft_ms,

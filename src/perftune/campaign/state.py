@@ -108,6 +108,10 @@ class Cell(BaseModel):
     concurrency: int
     gpus: int
     path: str = Field(description="bench folder, relative to the run folder")
+    trial_paths: list[str] = Field(
+        default_factory=list,
+        description="phase 3: one bench folder per trial (one deploy each), in trial order; else empty",
+    )
     output_tok_s: float
     output_tok_s_std: float | None
     output_tok_s_ci95: list[float] | None

@@ -52,6 +52,9 @@ def run_phase3(ctx: Ctx) -> Gate:
         return Gate(
             "red", f"{stop.message}; {stop.hint}", artifacts=["phase3/arms.tsv", "phase3/journal.jsonl"]
         )
+    for cell in tune_cells(ctx, res):
+        ctx.state.cells[cell.cell_id] = cell
+    ctx.save()
     tuned: dict[str, Any] = ctx.state.facts.setdefault("tuned", {})
     lines, heads = ["# Phase 3: tuning", ""], []
     for e in res.engines:
@@ -152,7 +155,12 @@ def run_phase3(ctx: Ctx) -> Gate:
     )
     arts = ["phase3/TUNE.md", "phase3/arms.tsv", "phase3/tune.json", "phase3/known-good-candidates.json"]
     if not tuned:
-        return Gate("red", "no arm of any engine completed the full treatment", artifacts=arts)
+        return Gate(
+            "red",
+            "no arm of any engine completed the full treatment",
+            artifacts=arts,
+            gpu_minutes=res.gpu_s / 60,
+        )
     return Gate(
         "green",
         f"{len(res.order)} deploys, {len(res.failures)} failure(s) recorded, {len(res.pruned)} pruned"
@@ -160,6 +168,7 @@ def run_phase3(ctx: Ctx) -> Gate:
         headline="; ".join(heads),
         tier="DRAFT",
         artifacts=arts,
+        gpu_minutes=res.gpu_s / 60,
     )
 
 
@@ -186,20 +195,110 @@ AUTOTUNE_GRID = (("max-num-seqs", (128, 256)), ("max-num-batched-tokens", (512, 
 
 def autotune_equivalent(res: Any, workloads: int) -> str:
     """What vLLM's auto_tune grid would have covered in the GPU time this tune spent, priced with this
-    run's own measured cost of one deploy plus one screening run per workload."""
+    run's own measured cost of one deploy plus one screening run per workload, and whether the lever
+    vLLM's crowned arm changed is inside that grid at all."""
     screens = [s for s in res.order if s[2] == "screen"]
     per_point = res.gpu_s_by_stage.get("screen", 0.0) / len(screens) if screens else 0.0
+    if per_point <= 0:
+        return ""
     points = 1
     for _lever, values in AUTOTUNE_GRID:
         points *= len(values)
-    if per_point <= 0:
-        return ""
     n = int(res.gpu_s // per_point)
     grid = " x ".join(f"{lever} {{{', '.join(map(str, v))}}}" for lever, v in AUTOTUNE_GRID)
-    return (
+    cover = (
+        f"its whole default {points}-point grid ({grid}) fits, with room for {n - points} more runs"
+        if n >= points
+        else f"{n} of the {points} points of its default grid ({grid})"
+    )
+    line = (
         f"vLLM auto_tune in the same {res.gpu_s / 60:.1f} GPU-min: priced at this run's mean screening "
         f"deploy ({per_point:.0f} s: one server start plus one short run of each of {workloads} "
-        f"workload(s)), about {n} grid points of "
-        f"its default {points}-point grid ({grid}), one run each (no trials, no interval), over 2 of "
-        "the levers tuned here."
+        f"workload(s)), {cover}; one run per point (no repeat trials, no interval), over 2 levers."
     )
+    from perftune.engines.levers import translate
+
+    for e in res.engines:
+        if e.engine != "vllm" or e.crowned is None or not e.crowned.levers:
+            continue
+        argv = translate(e.crowned.levers, "vllm")
+        flags = " ".join(argv)
+        inside = {a.split("=")[0] for a in argv if a.startswith("--")} <= {
+            f"--{lv}" for lv, _v in AUTOTUNE_GRID
+        }
+        line += (
+            f" The crowned change ({flags}) is {'inside' if inside else 'outside'} that grid"
+            + ("" if inside else ": auto_tune could not have found it")
+            + "."
+        )
+    return line
+
+
+def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
+    """One cell per (engine, arm, workload, concurrency) of the full treatment: its trials are separate
+    deploys (one bench folder each, interleaved with the other arms), aggregated here; published to the
+    lake with the other phases' cells, tagged by engine and arm."""
+    from perftune.bench.stats import across_trials
+    from perftune.campaign.phases import PREFIX_DEFAULT, speed_of_light
+    from perftune.campaign.state import Cell
+    from perftune.context import tier_for
+
+    d = ctx.run_dir / "phase3"
+    groups: dict[tuple[str, str, int], list[Any]] = {}
+    for m in res.full_measures:
+        groups.setdefault((m.arm, m.workload, m.concurrency), []).append(m)
+    cells = []
+    for (arm_key, workload, c), ms in sorted(groups.items()):
+        engine, _, name = arm_key.partition("/")
+        ms = sorted(ms, key=lambda m: m.trial)
+        folders = [d / (m.path or f"trials/{engine}.{name}.t{m.trial}.{workload}.c{c}") for m in ms]
+        if not all((f / "summary.json").exists() for f in folders):
+            continue  # an evaluator without bench folders (the simulator in virtual time)
+        summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+        ts = [t for s in summaries for t in s["trials"]]
+        tok = across_trials([t["output_tok_s"] for t in ts])
+        med = across_trials([t["tpot_ms"]["p50"] for t in ts])
+        ok = sum(t["counts"]["ok"] for t in ts)
+        in_tok = sum(t["counts"]["input_tokens"] for t in ts)
+        sol, key = speed_of_light(ctx, med.mean, c, round(in_tok / ok + ctx.intent.osl / 2) if ok else 1)
+        baseline = None if name == "baseline" else f"{engine}/baseline (phase 3, interleaved)"
+        tier, reasons = tier_for(trials=len(ts), same_node=True, baseline=baseline)
+        context = {
+            **summaries[0]["context"],
+            "trials": len(ts),
+            "same_node": True,
+            "baseline": baseline,
+            "tier": tier,
+            "tier_reasons": reasons,
+        }
+        levers = dict(res.arm_levers.get(arm_key, {}))
+        prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))
+        safe = name.replace("/", "_").replace(":", "_")
+        cells.append(
+            Cell(
+                cell_id=f"p3.{engine}.{safe}.{workload}.c{c}",
+                phase="3",
+                engine=engine,
+                config=name,
+                levers=levers,
+                workload=workload,
+                concurrency=c,
+                gpus=int(ctx.state.facts.get("tp", 1)),
+                path=ctx.rel(folders[0]),
+                trial_paths=[ctx.rel(f) for f in folders],
+                output_tok_s=tok.mean or 0.0,
+                output_tok_s_std=tok.std,
+                output_tok_s_ci95=list(tok.ci95) if tok.ci95 else None,
+                tpot_median_ms=med.mean,
+                tpot_ci95=list(med.ci95) if med.ci95 else None,
+                ttft_mean_ms=float(sum(t["ttft_ms"]["mean"] or 0.0 for t in ts) / len(ts)),
+                trials=len(ts),
+                sol_pct=sol,
+                ceiling_key=key,
+                tier=tier,
+                simulated=bool(summaries[0]["context"]["stack"].get("simulated")),
+                prefix_cache=None if prefix is None else bool(prefix),
+                context=context,
+            )
+        )
+    return cells

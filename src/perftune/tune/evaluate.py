@@ -150,10 +150,8 @@ class LiveEvaluator:
                         request_timeout_s=self.wedge_s,
                         hardware=f"{i.gpus}x{i.gpu}",
                     )
-                    safe = arm.name.replace("/", "_").replace(":", "_")
-                    run, _ = bench(
-                        cfg, out_dir=self.dir / "trials" / f"{arm.engine}.{safe}.t{trial}.{kind}.c{c}"
-                    )
+                    rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
+                    run, _ = bench(cfg, out_dir=self.dir / rel)
                     t = run.result.trials[0]
                     if t.counts.ok < t.counts.sent:
                         alive = group_alive(rec.pgid)
@@ -171,6 +169,7 @@ class LiveEvaluator:
                             t.ttft_ms.mean or 0.0,
                             t.tpot_ms.p50 or 0.0,
                             kind,
+                            rel,
                         )
                     )
         except PerftuneError as e:
@@ -191,6 +190,13 @@ class LiveEvaluator:
         import time
 
         return (time.monotonic() - t0) * self.gpus
+
+
+def trial_folder(arm: Arm, stage: str, trial: int, workload: str, c: int) -> str:
+    """One deploy's bench folder name: the stage keeps a screening trial from being overwritten by the
+    same arm's full-treatment trial of the same number."""
+    safe = arm.name.replace("/", "_").replace(":", "_")
+    return f"{arm.engine}.{safe}.{stage}.t{trial}.{workload}.c{c}"
 
 
 def _tail(path: str | None, n: int = 30) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from scipy import stats
@@ -38,6 +38,7 @@ class Measure:
     ttft_ms: float
     tpot_ms: float  # median TPOT of the trial
     workload: str = "random"
+    path: str = ""  # the trial's bench folder, relative to the tuner's folder (live evaluators)
 
 
 @dataclass
@@ -111,6 +112,8 @@ class TuneResult:
     gpu_s: float = 0.0
     gpu_s_by_stage: dict[str, float] = field(default_factory=dict)
     measures: list[Measure] = field(default_factory=list)
+    full_measures: list[Measure] = field(default_factory=list)  # full treatment and composition only
+    arm_levers: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm key -> its levers
     budget_exhausted: bool = False
     outcomes: list[tuple[str, str, float]] = field(default_factory=list)  # (engine, stage, gpu_s)
     notes: list[str] = field(default_factory=list)  # what the budget planner changed, and why
@@ -212,6 +215,7 @@ def run_tuner(
             return []
         out = evaluator.run(arm, concs, trial, screening=screening)
         res.order.append((arm.key, trial, stage))
+        res.arm_levers[arm.key] = dict(arm.levers)
         res.outcomes.append((arm.engine, stage, out.gpu_s))
         res.gpu_s += out.gpu_s
         res.gpu_s_by_stage[stage] = res.gpu_s_by_stage.get(stage, 0.0) + out.gpu_s
@@ -221,6 +225,7 @@ def run_tuner(
             return []
         if not screening:
             by_arm.setdefault(arm.key, []).extend(out.measures)
+            res.full_measures.extend(out.measures)
         res.measures.extend(out.measures)
         return out.measures
 

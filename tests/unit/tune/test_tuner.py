@@ -196,8 +196,18 @@ def test_autotune_equivalent_is_priced_from_this_runs_screening_deploys() -> Non
     res = run_tuner(_arms(["baseline", "x", "y"]), node, CFG)
     per_screen = 60.0 + 10.0  # FakeNode: 60 s deploy + 10 s per concurrency, screening runs one
     line = autotune_equivalent(res, 1)
-    assert f"({per_screen:.0f} s:" in line and f"about {int(res.gpu_s // per_screen)} grid points" in line
-    assert "8-point grid" in line
+    n = int(res.gpu_s // per_screen)
+    assert (
+        f"({per_screen:.0f} s:" in line
+        and "whole default 8-point grid" in line
+        and f"{n - 8} more runs" in line
+    )
+    short = run_tuner(
+        _arms(["baseline", "x", "y"]),
+        FakeNode(node.quality),
+        TuneConfig(**{**CFG.__dict__, "budget_gpu_s": 300}),
+    )
+    assert f"{int(short.gpu_s // per_screen)} of the 8 points" in autotune_equivalent(short, 1)
 
 
 def test_a_time_box_stops_between_deploys_and_the_rerun_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -233,3 +243,16 @@ def test_a_tight_budget_shrinks_the_final_and_skips_the_rung_so_a_crown_is_still
         TuneConfig(**{**cfg.__dict__, "budget_gpu_s": 1e9}),
     )
     assert roomy.notes == [] and sum(1 for *_x, s in roomy.order if s == "full") == 12
+
+
+def test_autotune_line_says_whether_the_crowned_change_is_inside_its_grid() -> None:
+    from perftune.campaign.tuning import autotune_equivalent
+
+    def crowned_by(levers: dict[str, object]) -> str:
+        arms = [Arm(engine="vllm", name="baseline"), Arm(engine="vllm", name="x", levers=levers)]
+        res = run_tuner(arms, FakeNode({"baseline": 10, "x": 13}), CFG)
+        assert res.engines[0].crowned is not None and res.engines[0].crowned.name == "x"
+        return autotune_equivalent(res, 2)
+
+    assert "outside that grid: auto_tune could not have found it" in crowned_by({"kv-cache-dtype": "fp8"})
+    assert "(--max-num-seqs 256) is inside that grid" in crowned_by({"batch-cap": 256})
