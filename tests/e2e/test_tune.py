@@ -82,3 +82,14 @@ def test_tune_refuses_an_unknown_workload_before_any_deploy(tmp_path: Path) -> N
         api.tune(run_dir.name, runs_dir=runs, workloads=["randm"], lake=tmp_path / "l.duckdb")
     assert not (run_dir / "phase3" / "journal.jsonl").exists()
     assert CampaignState.load(run_dir).intent.tune_workloads == ["random", "prefix"]  # nothing saved
+
+
+def test_tune_refuses_engines_whose_baselines_differ_in_prefix_caching(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    intent = _intent(tmp_path, engines=["sim", "mock"])  # the simulator caches prefixes, the mock does not
+    run_dir, state = api.optimize(runs_dir=runs, intent=intent, until="1", lake=tmp_path / "l.duckdb")
+    assert state.phases["1"].status == "green"
+    run_dir, state = api.tune(run_dir.name, runs_dir=runs, lake=tmp_path / "l.duckdb")
+    p3 = state.phases["3"]
+    assert p3.status == "red" and "mock off, sim on" in p3.reason and "arms.tsv" in p3.reason
+    assert not (run_dir / "phase3" / "journal.jsonl").exists()  # refused before any deploy

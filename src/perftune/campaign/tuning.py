@@ -11,10 +11,16 @@ from perftune.util.atomic import write_text
 
 
 def run_phase3(ctx: Ctx) -> Gate:
-    from perftune.campaign.phases import card_of
+    from perftune.campaign.phases import PREFIX_DEFAULT, card_of
     from perftune.hardware.ceilings import gpu
     from perftune.sim.calibration import for_gpu
-    from perftune.tune.arms import generate_arms, read_tsv, write_tsv
+    from perftune.tune.arms import (
+        generate_arms,
+        prefix_cache_mismatch,
+        prefix_cache_states,
+        read_tsv,
+        write_tsv,
+    )
     from perftune.tune.evaluate import LiveEvaluator, RecordingEvaluator, TuneStopped, feasibility
     from perftune.tune.search import TuneConfig, run_tuner
 
@@ -27,6 +33,13 @@ def run_phase3(ctx: Ctx) -> Gate:
     else:
         arms = generate_arms(card, i.engines, i.levers)
         write_tsv(arms, tsv)
+    if why := prefix_cache_mismatch(arms, PREFIX_DEFAULT):  # before any deploy
+        return Gate(
+            "red",
+            f"{why}: engines tuned side by side must start from the same prefix-cache state "
+            "(set prefix-cache=... in each engine's baseline row of phase3/arms.tsv)",
+            artifacts=["phase3/arms.tsv"],
+        )
     g = gpu(i.gpu)
     ladder = i.resolved_ladder()
     cfg = TuneConfig(
@@ -104,6 +117,31 @@ def run_phase3(ctx: Ctx) -> Gate:
         }
         for f in res.failures
     ]
+    crowned = [e for e in res.engines if e.crowned is not None]
+    if len(crowned) >= 2:
+        states = prefix_cache_states([e.crowned for e in crowned if e.crowned], PREFIX_DEFAULT)
+        same = len({v for v in states.values()}) == 1
+        lines += [
+            "## Across engines",
+            "",
+            "| engine | crowned | score | prefix cache |",
+            "| --- | --- | --- | --- |",
+            *[
+                f"| {e.engine} | {e.crowned.name} | {e.score or 0:.0f} | "
+                f"{ {True: 'on', False: 'off', None: 'unknown'}[states[e.engine]] } |"
+                for e in crowned
+                if e.crowned
+            ],
+            "",
+            "Same client, same node, same workloads, cache reset before every trial; prefix caching is "
+            + (
+                "in the same state in every crowned config."
+                if same
+                else "NOT in the same state across "
+                "the crowned configs: their scores are not comparable (the cache, not the engine, differs)."
+            ),
+            "",
+        ]
     if res.notes:
         lines += ["## Budget plan", "", *[f"- {n}" for n in res.notes], ""]
     lines += (

@@ -64,6 +64,27 @@ def generate_arms(
     return arms
 
 
+def prefix_cache_states(arms: list[Arm], defaults: dict[str, bool | None]) -> dict[str, bool | None]:
+    """Each engine's baseline prefix-cache state (its lever, else the engine's default; None: unknown)."""
+    out: dict[str, bool | None] = {}
+    for a in arms:
+        if a.engine not in out:
+            v = a.levers.get("prefix-cache", defaults.get(a.engine))
+            out[a.engine] = None if v is None else bool(v)
+    return out
+
+
+def prefix_cache_mismatch(arms: list[Arm], defaults: dict[str, bool | None]) -> str | None:
+    """Engines compared with prefix caching on in one and off in another would credit the cache (a
+    radix-cache replay is a phantom win), not the engine: say which, or None when they match."""
+    states = {e: v for e, v in prefix_cache_states(arms, defaults).items() if v is not None}
+    if len(set(states.values())) <= 1:
+        return None
+    return "baselines differ in prefix caching: " + ", ".join(
+        f"{e} {'on' if v else 'off'}" for e, v in sorted(states.items())
+    )
+
+
 def compose(engine: str, winners: list[Arm], base: dict[str, Any]) -> Arm:
     levers = dict(base)
     for w in winners:

@@ -256,3 +256,23 @@ def test_autotune_line_says_whether_the_crowned_change_is_inside_its_grid() -> N
 
     assert "outside that grid: auto_tune could not have found it" in crowned_by({"kv-cache-dtype": "fp8"})
     assert "(--max-num-seqs 256) is inside that grid" in crowned_by({"batch-cap": 256})
+
+
+def test_engines_tuned_side_by_side_must_share_the_prefix_cache_state() -> None:
+    from perftune.tune.arms import prefix_cache_mismatch
+
+    defaults = {"vllm": True, "sglang": True, "llamacpp": None}
+    same = [Arm(engine="vllm", name="baseline"), Arm(engine="sglang", name="baseline")]
+    assert prefix_cache_mismatch(same, defaults) is None
+    off = [
+        Arm(engine="vllm", name="baseline"),
+        Arm(engine="sglang", name="baseline", levers={"prefix-cache": False}),
+    ]
+    assert prefix_cache_mismatch(off, defaults) == "baselines differ in prefix caching: sglang off, vllm on"
+    # an engine whose state is unknown is not counted as a mismatch; a challenger's lever is not the baseline
+    unknown = [
+        *same[:1],
+        Arm(engine="llamacpp", name="baseline"),
+        Arm(engine="vllm", name="x", levers={"prefix-cache": False}),
+    ]
+    assert prefix_cache_mismatch(unknown, defaults) is None
