@@ -21,7 +21,7 @@ from perftune.bench.output import RecordsFormat, write_run
 from perftune.bench.records import CountTokens
 from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
 from perftune.bench.workloads import WorkloadSpec
-from perftune.errors import ConfigError
+from perftune.errors import ConfigError, config_error_from
 
 if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` needs none of them
     from perftune.advisors.loader import LoaderAdvice
@@ -157,9 +157,9 @@ def known_good_record(
             champion=Champion.model_validate(champion) if champion else None,
         )
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(
-            f"invalid entry: {'.'.join(map(str, err['loc']))}: {err['msg']}",
+        raise config_error_from(
+            e,
+            "invalid entry: ",
             hint="severity is one of boot-blocker | crash-high-c | deploy-correctness | perf",
         ) from e
     path = resolve_registry(registry)
@@ -504,11 +504,7 @@ def tune(
     try:  # validated like a fresh intent: a bad workload or k stops here, before any deploy
         state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(
-            f"bad tune option {'.'.join(map(str, err['loc']))}: {err['msg']}",
-            hint="see perftune tune --help",
-        ) from None
+        raise config_error_from(e, "bad tune option ", hint="see perftune tune --help") from None
     state.phases["3"].status = "pending"
     state.save(run_dir)
     return run_campaign(

@@ -5,6 +5,11 @@ The CLI renders these once: a one-line message, a hint, and (where there is one)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class PerftuneError(Exception):
     """Base of all perftune errors: message + hint (+ optional log path)."""
@@ -48,3 +53,9 @@ class RegistryError(PerftuneError):
     """The known-good registry is missing, malformed, or refuses the change."""
 
     exit_code = 3
+
+
+def config_error_from(e: ValidationError, what: str, *, hint: str) -> ConfigError:
+    """A pydantic ValidationError as one ConfigError line: '<what><field.path>: <message>' (first error)."""
+    err = e.errors()[0]
+    return ConfigError(f"{what}{'.'.join(map(str, err['loc']))}: {err['msg']}", hint=hint)

@@ -45,8 +45,8 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
         )
         # A phase 3 cell's trials are separate deploys, one folder each: trial k is folder k's only trial.
         folders = c.trial_paths or [c.path]
+        renumber = len(folders) > 1
         for k, folder in enumerate(folders):
-            renumber = len(folders) > 1
             summary = json.loads((run_dir / folder / "summary.json").read_text())
             for t in summary["trials"]:
                 trials.append(

@@ -280,6 +280,7 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
     from perftune.campaign.phases import PREFIX_DEFAULT, speed_of_light
     from perftune.campaign.state import Cell
     from perftune.context import tier_for
+    from perftune.tune.evaluate import safe_name
 
     d = ctx.run_dir / "phase3"
     groups: dict[tuple[str, str, int], list[Any]] = {}
@@ -288,8 +289,10 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
     cells = []
     for (arm_key, workload, c), ms in sorted(groups.items()):
         engine, _, name = arm_key.partition("/")
+        safe = safe_name(name)
         ms = sorted(ms, key=lambda m: m.trial)
-        folders = [d / (m.path or f"trials/{engine}.{name}.t{m.trial}.{workload}.c{c}") for m in ms]
+        # journals written before Measure.path existed: the folder name of that version
+        folders = [d / (m.path or f"trials/{engine}.{safe}.t{m.trial}.{workload}.c{c}") for m in ms]
         if not all((f / "summary.json").exists() for f in folders):
             continue  # an evaluator without bench folders (the simulator in virtual time)
         summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
@@ -311,7 +314,6 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
         }
         levers = dict(res.arm_levers.get(arm_key, {}))
         prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))
-        safe = name.replace("/", "_").replace(":", "_")
         cells.append(
             Cell(
                 cell_id=f"p3.{engine}.{safe}.{workload}.c{c}",

@@ -122,8 +122,6 @@ class LiveEvaluator:
         self.workloads = tuple(workloads)
 
     def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
-        import time
-
         from perftune.api import bench
         from perftune.bench.runner import BenchConfig
         from perftune.campaign.phases import workload_spec
@@ -187,16 +185,18 @@ class LiveEvaluator:
         return Outcome(out, self._gpu_s(t0))
 
     def _gpu_s(self, t0: float) -> float:
-        import time
-
         return (time.monotonic() - t0) * self.gpus
+
+
+def safe_name(arm_name: str) -> str:
+    """An arm's name as it appears in folder names and cell ids ('composed:a+b' has a colon)."""
+    return arm_name.replace("/", "_").replace(":", "_")
 
 
 def trial_folder(arm: Arm, stage: str, trial: int, workload: str, c: int) -> str:
     """One deploy's bench folder name: the stage keeps a screening trial from being overwritten by the
     same arm's full-treatment trial of the same number."""
-    safe = arm.name.replace("/", "_").replace(":", "_")
-    return f"{arm.engine}.{safe}.{stage}.t{trial}.{workload}.c{c}"
+    return f"{arm.engine}.{safe_name(arm.name)}.{stage}.t{trial}.{workload}.c{c}"
 
 
 def _tail(path: str | None, n: int = 30) -> str:

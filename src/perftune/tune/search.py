@@ -230,6 +230,11 @@ def run_tuner(
         return out.measures
 
     engines = list(dict.fromkeys(a.engine for a in arms))
+
+    def share_left(engine: str) -> float:
+        """This engine's share of the budget still unspent (split evenly over it and those after it)."""
+        return (cfg.budget_gpu_s - res.gpu_s) / (len(engines) - engines.index(engine))
+
     top_c = max(cfg.ladder)
     for engine in engines:
         mine = [a for a in arms if a.engine == engine]
@@ -253,7 +258,7 @@ def run_tuner(
         screens = [o for o in res.outcomes if o[0] == engine and o[1] == "screen"]
         per_screen = float(np.mean([o[2] for o in screens])) if screens else 0.0
         per_full = per_screen * FULL_OVER_SCREEN
-        left = (cfg.budget_gpu_s - res.gpu_s) / (len(engines) - engines.index(engine))
+        left = share_left(engine)
         k = cfg.top_k
         while k > 1 and (k + 1) * cfg.trials * per_full > left:
             k -= 1
@@ -297,9 +302,9 @@ def run_tuner(
             comp = compose(engine, winners, base.levers)
             fulls = [o[2] for o in res.outcomes if o[0] == engine and o[1] == "full"]
             need = 2 * cfg.trials * (float(np.mean(fulls)) if fulls else per_full)
-            left = (cfg.budget_gpu_s - res.gpu_s) / (len(engines) - engines.index(engine))
-            if feasible(comp) is not None:
-                res.notes.append(f"{engine}: {comp.name} not tried: {feasible(comp)}")
+            left = share_left(engine)
+            if (why := feasible(comp)) is not None:
+                res.notes.append(f"{engine}: {comp.name} not tried: {why}")
             elif need > left:
                 res.notes.append(
                     f"{engine}: {comp.name} not confirmed: its {2 * cfg.trials} deploys (~{need / 60:.1f} "
