@@ -235,14 +235,16 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
     """What vLLM's auto_tune grid would have covered in the GPU time this tune spent, priced with this
     run's own measured cost of one deploy plus one screening run per workload, and whether the lever
     vLLM's crowned arm changed is inside that grid at all."""
-    screens = [s for s in res.order if s[2] == "screen"]
-    per_point = res.gpu_s_by_stage.get("screen", 0.0) / len(screens) if screens else 0.0
+    mine = [(stage, s) for engine, stage, s in res.outcomes if engine == "vllm"]
+    screens = [s for stage, s in mine if stage == "screen"]
+    per_point = sum(screens) / len(screens) if screens else 0.0
     if per_point <= 0:
         return ""
+    spent = sum(s for _stage, s in mine)  # vLLM's own share when several engines were tuned
     points = 1
     for _lever, values in AUTOTUNE_GRID:
         points *= len(values)
-    n = int(res.gpu_s // per_point)
+    n = int(spent // per_point)
     grid = " x ".join(f"{lever} {{{', '.join(map(str, v))}}}" for lever, v in AUTOTUNE_GRID)
     cover = (
         f"its whole default {points}-point grid ({grid}) fits, with room for {n - points} more runs"
@@ -250,7 +252,7 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
         else f"{n} of the {points} points of its default grid ({grid})"
     )
     line = (
-        f"vLLM auto_tune in the same {res.gpu_s / 60:.1f} GPU-min: priced at this run's mean screening "
+        f"vLLM auto_tune in the same {spent / 60:.1f} GPU-min: priced at this run's mean screening "
         f"deploy ({per_point:.0f} s: one server start plus one short run of each of {workloads} "
         f"workload(s)), {cover}; one run per point (no repeat trials, no interval), over 2 levers."
     )
@@ -331,7 +333,7 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
                 output_tok_s_ci95=list(tok.ci95) if tok.ci95 else None,
                 tpot_median_ms=med.mean,
                 tpot_ci95=list(med.ci95) if med.ci95 else None,
-                ttft_mean_ms=float(sum(t["ttft_ms"]["mean"] or 0.0 for t in ts) / len(ts)),
+                ttft_mean_ms=across_trials([t["ttft_ms"]["mean"] for t in ts]).mean,
                 trials=len(ts),
                 sol_pct=sol,
                 ceiling_key=key,

@@ -32,9 +32,9 @@ class FakeNode:
         return Outcome(ms, 60.0 + 10.0 * len(concurrencies))
 
 
-def _arms(names: list[str]) -> list[Arm]:
+def _arms(names: list[str], engine: str = "sim") -> list[Arm]:
     return [
-        Arm(engine="sim", name=n, levers={} if n == "baseline" else {"batch-cap": 64 + i})
+        Arm(engine=engine, name=n, levers={} if n == "baseline" else {"batch-cap": 64 + i})
         for i, n in enumerate(names)
     ]
 
@@ -193,7 +193,7 @@ def test_autotune_equivalent_is_priced_from_this_runs_screening_deploys() -> Non
     from perftune.campaign.tuning import autotune_equivalent
 
     node = FakeNode({"baseline": 10, "x": 12, "y": 11})
-    res = run_tuner(_arms(["baseline", "x", "y"]), node, CFG)
+    res = run_tuner(_arms(["baseline", "x", "y"], "vllm"), node, CFG)
     per_screen = 60.0 + 10.0  # FakeNode: 60 s deploy + 10 s per concurrency, screening runs one
     line = autotune_equivalent(res, 1)
     n = int(res.gpu_s // per_screen)
@@ -203,11 +203,19 @@ def test_autotune_equivalent_is_priced_from_this_runs_screening_deploys() -> Non
         and f"{n - 8} more runs" in line
     )
     short = run_tuner(
-        _arms(["baseline", "x", "y"]),
+        _arms(["baseline", "x", "y"], "vllm"),
         FakeNode(node.quality),
         TuneConfig(**{**CFG.__dict__, "budget_gpu_s": 300}),
     )
     assert f"{int(short.gpu_s // per_screen)} of the 8 points" in autotune_equivalent(short, 1)
+    # two engines tuned: auto_tune is priced in vLLM's own share of the GPU time, not the total
+    both = run_tuner(
+        _arms(["baseline", "x", "y"], "vllm") + _arms(["baseline", "x", "y"], "sim"),
+        FakeNode(node.quality),
+        CFG,
+    )
+    vllm_s = sum(s for engine, _stage, s in both.outcomes if engine == "vllm")
+    assert vllm_s < both.gpu_s and f"in the same {vllm_s / 60:.1f} GPU-min" in autotune_equivalent(both, 1)
 
 
 def test_a_time_box_stops_between_deploys_and_the_rerun_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
