@@ -269,13 +269,8 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
     except PerftuneError as e:
         gate = Gate("red", f"{e.message}" + (f" (log: {e.log_path})" if e.log_path else ""))
     real = [e for e in ctx.intent.engines if e not in ("sim", "mock")]
-    rec.gpu_minutes = (
-        gate.gpu_minutes
-        if gate.gpu_minutes is not None and real
-        else (time.monotonic() - t0) / 60 * ctx.intent.gpus
-        if real and rec.id in ("1", "3", "8")
-        else 0.0
-    )
+    wall = (time.monotonic() - t0) / 60 * ctx.intent.gpus if rec.id in ("1", "3", "8") else 0.0
+    rec.gpu_minutes = (wall if gate.gpu_minutes is None else gate.gpu_minutes) if real else 0.0
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []
     rec.finished_at = now_iso()
