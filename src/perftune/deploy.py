@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,11 @@ class SmokeResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     completion_text: str
     chat_text: str
+    completion_tokens: int | None = Field(None, description="usage.completion_tokens of the completion")
+    chat_tokens: int | None = Field(None, description="usage.completion_tokens of the chat completion")
     passed: bool
     reason: str
+    hint: str = ""
 
 
 class DeployRecord(BaseModel):
@@ -117,16 +121,50 @@ async def smoke(base_url: str, served: str, *, chat_only: bool = False) -> Smoke
                 "messages": [{"role": "user", "content": "Say hello."}],
             },
         )
+    return judge_smoke(c, ch, chat_only=chat_only)
+
+
+def _generated(resp: dict[str, Any]) -> int | None:
+    usage = resp.get("usage")
+    n = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return int(n) if isinstance(n, int) else None
+
+
+def judge_smoke(c: dict[str, Any], ch: dict[str, Any], *, chat_only: bool = False) -> SmokeResult:
+    """Pure: did the server generate tokens? Judged on usage.completion_tokens where the server reports
+    it, on text only where it does not. With dummy weights the text is meaningless and may decode to
+    nothing (a synthesized tokenizer pads its vocab with special tokens, which engines skip when they
+    detokenize), so an empty text with generated tokens passes, with a note saying why it is empty."""
     ctext = str(c["choices"][0].get("text") or "")
-    htext = str(ch["choices"][0]["message"].get("content") or "")
-    ok_chat = bool(htext.strip())
-    ok = ok_chat if chat_only else ok_chat and bool(ctext.strip())
-    reason = (
-        "chat and completion returned text"
-        if ok
-        else ("empty chat completion" if not ok_chat else "empty completion")
+    htext = str((ch["choices"][0].get("message") or {}).get("content") or "")
+    cn, hn = _generated(c), _generated(ch)
+    checks = [("chat completion", hn, htext)] + ([] if chat_only else [("completion", cn, ctext)])
+    zero = [name for name, n, text in checks if (n == 0) or (n is None and not text.strip())]
+    if zero:
+        return SmokeResult(
+            completion_text=ctext,
+            chat_text=htext,
+            completion_tokens=cn,
+            chat_tokens=hn,
+            passed=False,
+            reason=f"the {' and the '.join(zero)} generated no tokens",
+            hint="the server answered 200 but generated nothing: the first sampled token was EOS or a "
+            "stop string; check generation_config.json's eos_token_id and the chat template, or read "
+            "the server log",
+        )
+    empty = [f"{name} ({n} tokens)" for name, n, text in checks if n and not text.strip()]
+    reason = "chat and completion generated tokens" if not chat_only else "chat completion generated tokens"
+    if empty:
+        reason += "; " + ", ".join(empty) + " decoded to empty text (special or unprintable tokens: "
+        reason += "expected with dummy weights)"
+    return SmokeResult(
+        completion_text=ctext,
+        chat_text=htext,
+        completion_tokens=cn,
+        chat_tokens=hn,
+        passed=True,
+        reason=reason,
     )
-    return SmokeResult(completion_text=ctext, chat_text=htext, passed=ok, reason=reason)
 
 
 async def detect_version(base_url: str, engine: str) -> str | None:
@@ -174,8 +212,12 @@ def deploy(
     registry: str | Path | None = None,
     chat_only_smoke: bool = False,
     gpus: list[int] | None = None,
+    on_up: Callable[[LocalDeployment], None] | None = None,
 ) -> tuple[DeployRecord, LocalDeployment]:
-    """Validate everything, then launch, wait for readiness and smoke-test. Tears down on any failure."""
+    """Validate everything, then launch, wait for readiness and smoke-test. Tears down on any failure.
+
+    `on_up` is called as soon as the process group exists, before the (long) readiness wait: a caller
+    that can be killed while waiting records the group there so a later run can reap it."""
     if spec.engine == "sim":
         from perftune.models.resolve import model_card
 
@@ -204,13 +246,13 @@ def deploy(
     run_dir = runs_dir / run_id
     dep = up(p, run_dir, host=host, port=port, gpus=gpus)
     try:
+        if on_up is not None:
+            on_up(dep)
         ready_s = asyncio.run(wait_ready(dep, ready_timeout_s))
         version = spec.engine_version or asyncio.run(detect_version(dep.base_url, spec.engine))
         sm = asyncio.run(smoke(dep.base_url, p.served_name, chat_only=chat_only_smoke))
         if not sm.passed:
-            raise GateError(
-                f"smoke gate red: {sm.reason}", hint="read the server log", log_path=str(dep.log_path)
-            )
+            raise GateError(f"smoke gate red: {sm.reason}", hint=sm.hint, log_path=str(dep.log_path))
     except BaseException:
         down(dep)
         raise

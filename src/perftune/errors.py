@@ -30,7 +30,9 @@ class ConfigError(PerftuneError):
 
 
 class ModelError(PerftuneError):
-    """A model (config, catalog name, folder) cannot be read or understood."""
+    """A model (config, catalog name, folder) cannot be read or understood: bad input, exit 2."""
+
+    exit_code = 2
 
 
 class DeployError(PerftuneError):
@@ -43,6 +45,12 @@ class BenchError(PerftuneError):
 
 class GateError(PerftuneError):
     """A campaign gate is red."""
+
+
+class Interrupted(PerftuneError):
+    """The user stopped a long command (SIGINT, SIGTERM) after it tore down and saved what it had."""
+
+    exit_code = 130
 
 
 class LakeError(PerftuneError):

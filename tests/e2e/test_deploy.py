@@ -22,17 +22,20 @@ def _pt(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Lower bounds only: the mock sleeps its TTFT before the first token and the simulator waits out at
+# least its API latency plus one step, so nothing can be faster; a loaded shared host can always be
+# slower, and timing ceilings belong to benchmarks, not tests.
 ENGINES = {
-    "mock": (["--model", "demo", "--", "--ttft-ms", "30", "--itl-ms", "5"], (27.0, 33.0)),
+    "mock": (["--model", "demo", "--", "--ttft-ms", "30", "--itl-ms", "5"], 29.0),
     # Simulated Llama-3.1-8B on an H100, 32-token prompts at c=4: TTFT is the API latency plus one step.
-    "sim": (["--model", "llama-3.1-8b", "--lever", "max-num-seqs=64"], (5.0, 40.0)),
+    "sim": (["--model", "llama-3.1-8b", "--lever", "max-num-seqs=64"], 1.0),
 }
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_deploy_ready_smoke_bench_down(tmp_path: Path, engine: str) -> None:
     runs = str(tmp_path / "runs")
-    args, (lo, hi) = ENGINES[engine]
+    args, lo = ENGINES[engine]
     r = _pt("deploy", "--engine", engine, "--detach", "--json", "--runs-dir", runs, *args)
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
@@ -49,7 +52,7 @@ def test_deploy_ready_smoke_bench_down(tmp_path: Path, engine: str) -> None:
             out_dir=tmp_path / "bench",
         )
         assert [t.counts.ok for t in run.result.trials] == [8, 8, 8]
-        assert lo < (run.result.summary["ttft_ms"].mean or 0) < hi  # type: ignore[union-attr]
+        assert (run.result.summary["ttft_ms"].mean or 0) >= lo  # type: ignore[union-attr]
         assert run.result.context.stack.simulated
         assert group_alive(rec["pgid"])
     finally:

@@ -46,12 +46,25 @@ def phase0(ctx: Ctx) -> Gate:
     from perftune.advisors.tp import advise_tp
     from perftune.hardware.ceilings import gpu
     from perftune.registry import findings
-    from perftune.registry.store import BANNER, user_registry_path
+    from perftune.registry.store import BANNER, resolve_registry
 
     i = ctx.intent
     d = ctx.run_dir / "phase0"
     card = card_of(ctx)
     g = gpu(i.gpu)
+    missing = missing_workload_data(i.workloads)
+    if missing:
+        write_text(
+            ctx.run_dir / "SOURCE.md",
+            source_md(ctx.state, [], {"workload data": "; ".join(m for m, _ in missing)}),
+        )
+        return Gate(
+            "red",
+            "workload data missing before anything ran: " + "; ".join(m for m, _ in missing),
+            hint="; ".join(dict.fromkeys(h for _, h in missing))
+            + "; or leave the workload out with --workloads",
+            artifacts=["SOURCE.md"],
+        )
     ladder = i.resolved_ladder()
     tp = advise_tp(card, g, concurrency=max(ladder), context=i.isl + i.osl)
     loader = advise_loader(
@@ -62,12 +75,20 @@ def phase0(ctx: Ctx) -> Gate:
     write_text(d / "loader_advice.json", loader.model_dump_json(indent=2) + "\n")
     decisions: list[tuple[str, str]] = []
     # Registry and ledger: explicit paths, created here, so every deploy is checked against one file.
-    reg = Path(i.registry) if i.registry else user_registry_path()
+    # One resolution order everywhere (--registry, $PERFTUNE_KNOWN_GOOD_REGISTRY, configs/ walking up,
+    # the per-user file); the entries shipped with perftune are consulted on top of it by every check.
+    reg = resolve_registry(i.registry)
     if not reg.exists():
         write_text(reg, BANNER)
     fpath = Path(i.findings) if i.findings else findings.default_path()
+    ctx.state.facts["registry_explicit"] = i.registry is not None
     ctx.state.intent = i.model_copy(update={"registry": str(reg), "findings": str(fpath)})
-    decisions.append((f"known-good registry: `{reg}`", "checked, fail-closed, before every deploy"))
+    decisions.append(
+        (
+            f"known-good registry: `{reg}` (+ the entries shipped with perftune)",
+            "checked, fail-closed, before every deploy",
+        )
+    )
     decisions.append((f"value-findings ledger: `{fpath}`", "the ratchet records the next lever here"))
     if fpath.exists():
         prior = findings.load(fpath).get(i.model)
@@ -126,6 +147,23 @@ def phase0(ctx: Ctx) -> Gate:
             "phase0/loader_advice.json",
         ],
     )
+
+
+def missing_workload_data(workloads: list[str]) -> list[tuple[str, str]]:
+    """(message, fix) for each workload whose offline corpus is not installed: checked in phase 0 so
+    a campaign never benches for minutes and then stops at the first chat cell of phase 8."""
+    from perftune.bench.workloads import build_workload
+    from perftune.errors import ConfigError
+
+    out = []
+    for w in workloads:
+        if w not in ("chat", "code"):
+            continue  # synthetic workloads need no data
+        try:
+            build_workload(WorkloadSpec(kind=w, osl=8, num_requests=1))
+        except ConfigError as e:
+            out.append((f"{w}: {e.message}", e.hint))
+    return out
 
 
 # ------------------------------------------------------------------ cells
@@ -309,10 +347,12 @@ def phase8(ctx: Ctx) -> Gate:
             "red", f"cells lost more than 5% of requests: {', '.join(bad)}", artifacts=["phase8/suite.json"]
         )
     best = max((c for c in ran if c.workload == "random"), key=lambda c: c.output_tok_s, default=None)
+    names = sorted({c.config for c in ran})
     return Gate(
         "green",
         f"{len(ran)} cells: {', '.join(i.workloads)} x c={ladder} x {len(i.engines)} engine(s), "
-        "baseline and tuned configs",
+        f"config(s): {', '.join(names)}"
+        + ("" if "tuned" in names else " (no tuned config ran: phase 3 did not run or crowned none)"),
         headline=f"best random cell: {cell_line(best)}" if best else "",
         tier="DRAFT",
         artifacts=["phase8/suite.json", "phase8/cells/"],
@@ -328,8 +368,8 @@ def phase84(ctx: Ctx) -> Gate:
     cells = [c for c in ctx.state.cells.values() if c.phase == "8"]
     if not cells:
         return Gate("red", "no phase 8 cells to select from", artifacts=[])
-    green = {pid: p.status == "green" for pid, p in ctx.state.phases.items()}
-    sel = select_champion(cells, ctx.intent, production_gates(cells, green))
+    status = {pid: str(p.status) for pid, p in ctx.state.phases.items()}
+    sel = select_champion(cells, ctx.intent, production_gates(cells, status))
     d = ctx.run_dir / "phase8.4"
     write_text(d / "champion_select.json", sel.model_dump_json(indent=2) + "\n")
     write_text(ctx.run_dir / "CHAMPION.md", champion_md(ctx.state, sel, ctx.state.cells))
@@ -358,6 +398,19 @@ def phase84(ctx: Ctx) -> Gate:
 # ------------------------------------------------------------------ phase 8.5
 
 
+def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
+    """Where the ratchet records the champion's known-good entry. A simulated champion never goes
+    into a real registry: beside an explicit --registry it gets its own `sim-` file, otherwise the
+    per-user simulated registry; a repository's or the shipped registry is never written."""
+    from perftune.registry.store import is_shipped_or_repo_registry, sim_registry_path, user_registry_path
+
+    if not simulated:
+        return user_registry_path() if is_shipped_or_repo_registry(checked) and not explicit else checked
+    if explicit and checked.name and not checked.name.startswith("sim-"):
+        return checked.with_name("sim-" + checked.name)
+    return checked if explicit else sim_registry_path()
+
+
 def phase85(ctx: Ctx) -> Gate:
     from perftune.api import known_good_record
     from perftune.registry import findings
@@ -367,7 +420,13 @@ def phase85(ctx: Ctx) -> Gate:
     ch = ctx.state.facts.get("champion")
     if not ch:
         return Gate("red", "no champion to ratchet from (phase 8.4 did not crown one)")
-    fpath, reg = Path(i.findings or findings.default_path()), Path(i.registry or "")
+    fpath = Path(i.findings or findings.default_path())
+    cell0 = ctx.state.cells[ch["cell_id"]]
+    reg = record_registry(
+        Path(i.registry or ""),
+        explicit=bool(ctx.state.facts.get("registry_explicit")),
+        simulated=cell0.simulated,
+    )
     tried = set(ch.get("levers") or {})
     open_levers = [
         findings.OpenLever(lever=name, value=value, priority=k + 1, rationale=why)

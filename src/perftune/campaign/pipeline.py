@@ -18,7 +18,7 @@ from typing import Any
 
 from perftune.campaign.state import CampaignState, Cell, Deployment, Intent, PhaseRecord, new_run_id
 from perftune.context import now_iso
-from perftune.errors import ConfigError, PerftuneError
+from perftune.errors import ConfigError, Interrupted, PerftuneError
 from perftune.util.atomic import write_text
 
 Observer = Callable[[str], None]
@@ -32,6 +32,7 @@ class Gate:
     headline: str = ""
     tier: str = ""
     artifacts: list[str] | None = None
+    hint: str = ""  # a red gate's fix, shown with its reason
     # the phase's own GPU accounting where wall time would be wrong (phase 3 resumed from its journal:
     # replayed deploys cost nothing now but were paid for when they ran)
     gpu_minutes: float | None = None
@@ -133,16 +134,36 @@ def live_server(
         extra_args=list(i.engine_args.get(engine, [])),
         gpu=i.gpu if engine == "sim" else None,
     )
-    rec, dep = deploy(
-        spec, runs_dir=phase_dir / "servers", registry=i.registry, ready_timeout_s=i.ready_timeout_s
-    )
-    ctx.state.live.append(Deployment(engine=engine, pgid=dep.pgid, run_id=rec.run_id))
-    ctx.save()
+    started: list[int] = []
+
+    def record_group(dep: Any) -> None:
+        # Saved before the readiness wait: a campaign killed while the engine loads leaves a group
+        # that --resume must find and reap (the deploy's own run id is its log folder's name).
+        started.append(dep.pgid)
+        ctx.state.live.append(Deployment(engine=engine, pgid=dep.pgid, run_id=dep.log_path.parent.name))
+        ctx.save()
+
+    try:
+        rec, dep = deploy(
+            spec,
+            runs_dir=phase_dir / "servers",
+            registry=i.registry,
+            ready_timeout_s=i.ready_timeout_s,
+            on_up=record_group,
+        )
+    except BaseException:
+        _forget(ctx, started)  # deploy tore its group down before raising
+        raise
     try:
         yield rec
     finally:
         down(dep)
-        ctx.state.live = [d for d in ctx.state.live if d.pgid != dep.pgid]
+        _forget(ctx, started)
+
+
+def _forget(ctx: Ctx, pgids: list[int]) -> None:
+    if pgids:
+        ctx.state.live = [d for d in ctx.state.live if d.pgid not in pgids]
         ctx.save()
 
 
@@ -184,6 +205,18 @@ def bench_cell(
     )
 
 
+def resume_command(state: CampaignState, runs_dir: Path, lake: Path | None) -> str:
+    cmd = f"perftune optimize --resume {state.run_id} --runs-dir {runs_dir}"
+    return cmd + (f" --lake {lake}" if lake is not None else "") + " --yes"
+
+
+def _validate_new(intent: Intent) -> None:
+    """Bad input fails before a run folder or a lake row exists (a typo in the model name, say)."""
+    from perftune.models.resolve import model_card
+
+    model_card(intent.model_path or intent.model)
+
+
 def run_campaign(
     *,
     runs_dir: Path,
@@ -206,10 +239,13 @@ def run_campaign(
     if resume is not None:
         run_dir = runs_dir / resume
         state = CampaignState.load(run_dir)
-        reap_orphans(state)
+        reaped = reap_orphans(state)
         state.save(run_dir)
+        if reaped and observe is not None:
+            observe(f"reaped {len(reaped)} server group(s) a stopped run left up: {reaped}")
     else:
         assert intent is not None
+        _validate_new(intent)
         run_dir, state = new_campaign(intent, runs_dir)
     ctx = Ctx(run_dir, state, observe or (lambda _m: None))
     table = _phase_table()
@@ -219,30 +255,55 @@ def run_campaign(
     else:
         done = ("green", "skipped", "not-available")
         first = next((k for k, pid in enumerate(ids) if state.phases[pid].status not in done), len(ids))
+    current: PhaseRecord | None = None
     try:
         for k in range(first, len(ids)):
             pid, _name, fn = table[k]
-            rec = state.phases[pid]
+            rec = current = state.phases[pid]
             if pid in skip:
                 rec.status, rec.reason = "skipped", "skipped by --skip"
             elif fn is None:
                 rec.status, rec.reason = "not-available", "not available in this version"
             elif pid == "3" and not ctx.intent.tune:
+                # Tuning is opt-in; a `perftune tune` that stopped red (budget, time box) does not
+                # block the campaign: phase 8 goes on with the baseline, and the tune can resume.
+                before = f" (the last `perftune tune` stopped: {rec.reason})" if rec.status == "red" else ""
                 rec.status = "skipped"
-                rec.reason = f"tuning is opt-in: optimize --tune, or perftune tune --run {state.run_id}"
+                rec.reason = (
+                    f"tuning is opt-in: optimize --tune, or perftune tune --run {state.run_id}{before}"
+                )
             else:
                 _run_phase(ctx, rec, fn)
             ctx.save()
             write_text(run_dir / "summary.md", _summary(state))
             if rec.status == "red":
-                ctx.observe(f"phase {pid}: RED — {rec.reason}; the campaign is paused")
+                ctx.observe(
+                    f"phase {pid}: RED — {rec.reason}; the campaign is paused"
+                    + (f"\nhint: {rec.hint}" if rec.hint else "")
+                    + f"\nresume with: {resume_command(state, runs_dir, lake)}"
+                )
                 break
             if pid == until:
                 break
             nxt = ids[k + 1] if k + 1 < len(ids) else None
             if nxt is not None and fn is not None and confirm is not None and not confirm(nxt):
-                ctx.observe(f"paused before phase {nxt}; resume with --resume {state.run_id}")
+                ctx.observe(
+                    f"paused before phase {nxt}; resume with: {resume_command(state, runs_dir, lake)}"
+                )
                 break
+        current = None
+    except KeyboardInterrupt:
+        # SIGINT, and SIGTERM (the CLI turns it into the same exception): the phase's own `finally`
+        # blocks have torn its servers down by now; save, publish (below), and say how to go on.
+        if current is not None and current.status == "running":
+            current.status, current.reason = "pending", "interrupted; resume to run it again"
+        ctx.save()
+        raise Interrupted(
+            f"campaign {state.run_id} stopped"
+            + (f" in phase {current.id}" if current is not None else "")
+            + "; servers torn down, finished cells kept",
+            hint=f"resume with: {resume_command(state, runs_dir, lake)}",
+        ) from None
     finally:
         write_text(run_dir / "summary.md", _summary(state))
         if lake is not None:
@@ -267,11 +328,23 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
     try:
         gate = fn(ctx)
     except PerftuneError as e:
-        gate = Gate("red", f"{e.message}" + (f" (log: {e.log_path})" if e.log_path else ""))
+        gate = Gate("red", f"{e.message}" + (f" (log: {e.log_path})" if e.log_path else ""), hint=e.hint)
+    except Exception as e:  # a bug in a phase: red with the error, the bundle stays resumable
+        import traceback
+
+        where = ctx.run_dir / f"phase{rec.id}" / "internal-error.txt"
+        write_text(where, traceback.format_exc())
+        gate = Gate(
+            "red",
+            f"internal error in phase {rec.id}: {type(e).__name__}: {e}",
+            hint=f"a perftune bug: the traceback is in {ctx.rel(where)}; please report it",
+            artifacts=[ctx.rel(where)],
+        )
     real = [e for e in ctx.intent.engines if e not in ("sim", "mock")]
     wall = (time.monotonic() - t0) / 60 * ctx.intent.gpus if rec.id in ("1", "3", "8") else 0.0
     rec.gpu_minutes = (wall if gate.gpu_minutes is None else gate.gpu_minutes) if real else 0.0
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []
+    rec.hint = gate.hint
     rec.finished_at = now_iso()
     ctx.observe(f"phase {rec.id}: {gate.status} — {gate.reason}")

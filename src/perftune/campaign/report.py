@@ -13,14 +13,14 @@ def cell_line(c: Cell) -> str:
     ctx = c.context
     stack = ctx.get("stack", {})
     sim = " SIMULATED" if c.simulated else ""
-    std = f" ± {c.output_tok_s_std:.0f}" if c.output_tok_s_std is not None else ""
+    std = f" ± {c.output_tok_s_std:,.0f}" if c.output_tok_s_std is not None else ""
     tpot = f", median TPOT {c.tpot_median_ms:.2f} ms" if c.tpot_median_ms is not None else ""
     ttft = f", mean TTFT {c.ttft_mean_ms:.0f} ms" if c.ttft_mean_ms is not None else ""
     sol = f", {c.sol_pct:.0f}% SoL ({c.ceiling_key})" if c.sol_pct is not None else ""
     wl = ctx.get("workload", {})
     shape = f" {wl.get('isl')}/{wl.get('osl')}" if wl.get("isl") else ""
     return (
-        f"{c.output_tok_s:.0f}{std} output tok/s{tpot}{ttft}{sol} — {c.engine} "
+        f"{c.output_tok_s:,.0f}{std} output tok/s{tpot}{ttft}{sol} — {c.engine} "
         f"{stack.get('engine_version') or ''} {c.config} on {ctx.get('hardware')}{sim}, "
         f"{c.workload}{shape}, c={c.concurrency}, {c.trials} trials, {c.tier}"
     )
@@ -72,7 +72,47 @@ def summary_md(state: CampaignState) -> str:
         lines.append(
             f"| {p.id} | {p.name} | {p.status} | {p.reason} | {p.headline} | {p.tier} | {p.gpu_minutes:.1f} | {arts} |"
         )
+    red = [p for p in state.phases.values() if p.status == "red" and p.hint]
+    lines += [f"\nHint for phase {p.id}: {p.hint}" for p in red]
+    lines += suite_table(state)
     return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def suite_table(state: CampaignState) -> list[str]:
+    """Every phase 8 cell, one row per workload x concurrency x config: the numbers behind the champion."""
+    cells = sorted(
+        (c for c in state.cells.values() if c.phase == "8"),
+        key=lambda c: (SUITE_ORDER.get(c.workload, 99), c.workload, c.concurrency, c.engine, c.config),
+    )
+    if not cells:
+        return []
+    sim = any(c.simulated for c in cells)
+    c0 = cells[0].context
+    lines = [
+        "",
+        "## Phase 8: the workload suite",
+        "",
+        f"{state.intent.model} on {c0.get('hardware')}, {cells[0].trials} trials per cell (mean ± std over "
+        "trials; TPOT is the per-trial median)" + (", **SIMULATED**" if sim else "") + ".",
+        "",
+        "| workload | c | engine | config | output tok/s | median TPOT ms | mean TTFT ms | %SoL | tier |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in cells:
+        std = f" ± {c.output_tok_s_std:,.0f}" if c.output_tok_s_std is not None else ""
+        sol = f"{c.sol_pct:.0f}% ({c.ceiling_key})" if c.sol_pct is not None else "-"
+        lines.append(
+            f"| {c.workload} | {c.concurrency} | {c.engine} | {c.config} | {_num(c.output_tok_s)}{std} "
+            f"| {_num(c.tpot_median_ms, 2)} | {_num(c.ttft_mean_ms)} | {sol} | {c.tier}{' SIMULATED' if c.simulated else ''} |"
+        )
+    return lines
+
+
+SUITE_ORDER = {w: k for k, w in enumerate(("random", "prefix", "chat", "code", "long"))}
 
 
 def _ranked_line(r: Ranked, metric_unit: str) -> str:

@@ -87,6 +87,7 @@ class PhaseRecord(BaseModel):
     name: str
     status: PhaseStatus = "pending"
     reason: str = ""
+    hint: str = Field("", description="a red gate's fix")
     headline: str = ""
     tier: str = ""
     artifacts: list[str] = Field(default_factory=list)

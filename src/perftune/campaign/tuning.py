@@ -58,6 +58,8 @@ def run_phase3(ctx: Ctx) -> Gate:
         ),
         d / "journal.jsonl",
         stop_at=time.monotonic() + i.tune_stop_after_s if i.tune_stop_after_s else None,
+        observe=ctx.observe,
+        budget_gpu_s=i.budget_gpu_min * 60,
     )
     try:
         res = run_tuner(arms, ev, cfg, feasible=feasibility(card, g, for_gpu(g), max(ladder), i.isl + i.osl))

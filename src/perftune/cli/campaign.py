@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from perftune.cli.common import err_console, handle_errors, out_console, print_json
+from perftune.cli.common import err_console, handle_errors, out_console, print_json, sigterm_as_interrupt
 from perftune.errors import ConfigError
 
 lake_app = typer.Typer(help="The perf lake (DuckDB): query, show, export.")
@@ -100,17 +100,18 @@ def optimize(
             return typer.confirm(f"continue to phase {nxt}?", default=True)
         return False
 
-    run_dir, state = run(
-        runs_dir=runs_dir,
-        intent=intent,
-        resume=resume,
-        until=until,
-        start_phase=start_phase,
-        skip=skip,
-        confirm=confirm,
-        observe=lambda m: err_console.print(m, highlight=False),
-        lake=lake,
-    )
+    with sigterm_as_interrupt():
+        run_dir, state = run(
+            runs_dir=runs_dir,
+            intent=intent,
+            resume=resume,
+            until=until,
+            start_phase=start_phase,
+            skip=skip,
+            confirm=confirm,
+            observe=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
+            lake=lake,
+        )
     if as_json:
         print_json(state.model_dump(mode="json"))
     else:
@@ -215,20 +216,32 @@ def tune(
         and not typer.confirm(f"tune {run} with up to {budget_gpu_min} GPU-min?")
     ):
         raise SystemExit(1)
-    run_dir, state = run_tune(
-        run,
-        runs_dir=runs_dir,
-        engines=[e.strip() for e in engines.split(",")] if engines else None,
-        budget_gpu_min=budget_gpu_min,
-        observe=lambda m: err_console.print(m, highlight=False),
-        lake=lake,
-        workloads=[w.strip() for w in workloads.split(",") if w.strip()] if workloads else None,
-        top_k=top_k,
-        stop_after_s=stop_after_s,
+    err_console.print(
+        f"tuning {run} (budget {budget_gpu_min:g} GPU-min): every deploy and trial is reported below",
+        highlight=False,
     )
+    with sigterm_as_interrupt():
+        run_dir, state = run_tune(
+            run,
+            runs_dir=runs_dir,
+            engines=[e.strip() for e in engines.split(",")] if engines else None,
+            budget_gpu_min=budget_gpu_min,
+            observe=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
+            lake=lake,
+            workloads=[w.strip() for w in workloads.split(",") if w.strip()] if workloads else None,
+            top_k=top_k,
+            stop_after_s=stop_after_s,
+        )
     p = state.phases["3"]
+    tune_md = run_dir / "phase3" / "TUNE.md"
     sys.stdout.write(
-        f"phase 3: {p.status} — {p.reason}\n{p.headline}\nsee {run_dir / 'phase3' / 'TUNE.md'}\n"
+        f"phase 3: {p.status} — {p.reason}\n{p.headline}\n"
+        + (f"see {tune_md}\n" if tune_md.exists() else "no TUNE.md: the tuner stopped before writing it\n")
     )
+    if p.status == "red":
+        sys.stdout.write(
+            f"the campaign is not blocked: perftune optimize --resume {run} --runs-dir {runs_dir} --yes "
+            "goes on with the baseline; the same tune command resumes tuning from its journal\n"
+        )
     if p.status == "red":
         raise SystemExit(4)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -13,8 +15,15 @@ from rich.console import Console
 
 from perftune.errors import ConfigError, PerftuneError
 
-err_console = Console(stderr=True)
-out_console = Console()
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console that never cuts tables at 80 columns when the output is a pipe or a file."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=max(160, c.width))
+
+
+err_console = _console(stderr=True)
+out_console = _console()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,6 +71,21 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled like Ctrl-C: the same unwinding (servers torn down, state saved, the lake
+    published) instead of dying where it stands and leaving child servers behind."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def serve_forever(
     serve: Callable[[str, int, Any], Coroutine[Any, Any, None]],
     host: str,
@@ -73,7 +97,6 @@ def serve_forever(
     """Run one of perftune's own servers until Ctrl-C: announce the bound port (one JSON line for
     process supervisors, or a banner on stderr) and turn a bind failure into a one-line error."""
     import asyncio
-    import contextlib
 
     from perftune.api import run_async
 

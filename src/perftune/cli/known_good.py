@@ -13,6 +13,11 @@ import typer
 from perftune import api
 from perftune.cli.common import handle_errors, out_console, print_json
 
+REGISTRY_HELP = (
+    "registry file (default: $PERFTUNE_KNOWN_GOOD_REGISTRY, then configs/known-good-configs.yaml found "
+    "walking up from here, then ~/.config/perftune/known-good-configs.yaml)"
+)
+
 app = typer.Typer(
     help="Known-good serving flags: record after a champion, check (fail-closed) before deploy.",
     no_args_is_help=True,
@@ -37,11 +42,7 @@ def record(
     verdict: str = typer.Option("DRAFT", help="champion tier: DRAFT | VERDICT"),
     verdict_value: str = typer.Option("", help="champion headline number with unit and context"),
     campaign: str = typer.Option("", help="campaign run id"),
-    registry: Path | None = typer.Option(
-        None,
-        help="registry file (default: $PERFTUNE_KNOWN_GOOD_REGISTRY, "
-        "configs/known-good-configs.yaml upward, user config folder)",
-    ),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Append a model entry (append-only; comments and existing entries are kept byte for byte)."""
@@ -81,7 +82,7 @@ def check(
         None, help="engine version of the deploy (else from the image tag)"
     ),
     require_registered: bool = typer.Option(False, help="fail when the model has no registry entry"),
-    registry: Path | None = typer.Option(None, help="registry file"),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Fail-closed: exit 1 when a boot-blocker, crash-high-c or deploy-correctness flag is missing."""
@@ -110,7 +111,7 @@ def check(
 @app.command("validate")
 @handle_errors
 def validate(
-    registry: Path | None = typer.Option(None, help="registry file"),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Validate the whole registry against schema known_good_config_v1 (exit 3 if invalid)."""

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from perftune import api
-from perftune.cli.common import handle_errors, out_console, print_json
+from perftune.cli.common import err_console, handle_errors, out_console, print_json
 
 advise_app = typer.Typer(
     help="Size a model before any GPU is spent: TP, speed of light, loader.", no_args_is_help=True
@@ -190,7 +190,16 @@ def synth(
     as_json: bool = typer.Option(False, "--json", help="print a summary as JSON"),
 ) -> None:
     """Write config.json, generation_config.json and a vocab-exact tokenizer for --load-format dummy."""
+    import time
+
+    t0 = time.monotonic()
+    err_console.print(
+        f"synthesizing {model} into {out}: training a byte-level BPE tokenizer on Python's standard "
+        "library sources (about a minute on 2 cores)",
+        highlight=False,
+    )
     s = api.synth_model(model, out)
+    err_console.print(f"done in {time.monotonic() - t0:.0f} s", highlight=False)
     if as_json:
         print_json(s)
     else:

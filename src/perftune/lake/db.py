@@ -4,6 +4,10 @@ Publishing a campaign replaces every row of that campaign in one transaction (de
 rows derived only from the bundle), so publishing twice leaves the lake byte-for-byte the same and a
 crash mid-publish leaves the previous state. Every row carries its tier; DRAFT and partial campaigns
 are published with their gaps.
+
+DuckDB lets one process at a time open a database file for writing (an OS lock on the file; readers
+are locked out too). A second publish, or a query during one, waits for the lock with backoff for
+`lock_timeout_s` (default 120 s, $PERFTUNE_LAKE_LOCK_TIMEOUT_S), then fails naming the holder's PID.
 """
 
 from __future__ import annotations
@@ -11,11 +15,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from perftune.errors import LakeError
+from perftune.errors import ConfigError, LakeError
+
+LOCK_TIMEOUT_ENV = "PERFTUNE_LAKE_LOCK_TIMEOUT_S"
+DEFAULT_LOCK_TIMEOUT_S = 120.0
+# duckdb >= 0.9: 'IO Error: Could not set lock on file "<path>": Conflicting lock is held in <program>
+# (PID <n>) by user <u>. See also https://duckdb.org/docs/connect/concurrency'
+_LOCK_CONFLICT = re.compile(r"Could not set lock on file|Conflicting lock is held", re.IGNORECASE)
+_HOLDER = re.compile(r"held in (?P<program>.+?) \(PID (?P<pid>\d+)\)(?: by user (?P<user>[^\s.]+))?")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -60,18 +74,83 @@ def default_lake() -> Path:
     return base / "perftune" / "lake.duckdb"
 
 
+def lock_timeout_s(value: float | None = None) -> float:
+    """How long to wait for another process's lock on the lake: `value`, else the env var, else 120 s."""
+    if value is not None:
+        return max(0.0, value)
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        return max(0.0, float(raw))
+    except ValueError as e:
+        raise ConfigError(
+            f"${LOCK_TIMEOUT_ENV} is not a number of seconds: {raw!r}", hint="e.g. 300, or unset it"
+        ) from e
+
+
+def is_lock_conflict(message: str) -> bool:
+    return _LOCK_CONFLICT.search(message) is not None
+
+
+def lock_holder(message: str) -> str | None:
+    """'PID 123 (/usr/bin/python3, user ann)' from duckdb's lock error, or None if it names none."""
+    m = _HOLDER.search(message)
+    if m is None:
+        return None
+    who = m.group("program") + (f", user {m.group('user')}" if m.group("user") else "")
+    return f"PID {m.group('pid')} ({who})"
+
+
+def open_with_retry(
+    open_db: Callable[[], Any],
+    where: Path,
+    timeout_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """Call `open_db` until it does not fail on another process's lock, for at most `timeout_s`.
+
+    Exponential backoff (20 ms doubling to 1 s) with jitter, so waiting publishers do not retry in step.
+    """
+    import duckdb
+
+    deadline = clock() + timeout_s
+    delay = 0.02
+    while True:
+        try:
+            return open_db()
+        except duckdb.Error as e:
+            msg = str(e)
+            if not is_lock_conflict(msg):
+                raise LakeError(
+                    f"cannot open the lake {where}: {msg}",
+                    hint="check the path, its permissions, and that it is a DuckDB file",
+                ) from e
+            left = deadline - clock()
+            if left <= 0:
+                holder = lock_holder(msg) or "another process"
+                raise LakeError(
+                    f"the lake {where} is locked by {holder}; waited {timeout_s:g} s for it",
+                    hint=f"let that process finish, or wait longer with ${LOCK_TIMEOUT_ENV}=SECONDS",
+                ) from e
+            sleep(min(delay * random.uniform(0.5, 1.5), left))
+            delay = min(delay * 2, 1.0)
+
+
 @contextlib.contextmanager
-def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
+def connect(path: str | Path, read_only: bool = False, *, lock_timeout: float | None = None) -> Iterator[Any]:
+    """Open the lake (migrated, unless read-only), waiting for a lock another process holds."""
     import duckdb
 
     p = Path(path)
     if read_only and not p.exists():
         raise LakeError(f"no lake at {p}", hint="run a campaign first, or pass --lake PATH")
     p.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(p), read_only=read_only)
-    except duckdb.Error as e:
-        raise LakeError(f"cannot open the lake {p}: {e}", hint="is another process writing it?") from e
+    con = open_with_retry(
+        lambda: duckdb.connect(str(p), read_only=read_only), p, lock_timeout_s(lock_timeout)
+    )
     try:
         if not read_only:
             migrate(con)
@@ -98,14 +177,24 @@ def migrate(con: Any) -> int:
     return max(v for v, _ in MIGRATIONS)
 
 
-def publish_rows(path: str | Path, campaign_id: str, rows: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
-    """Replace one campaign's rows in every table, atomically. Returns rows written per table."""
+def publish_rows(
+    path: str | Path,
+    campaign_id: str,
+    rows: dict[str, list[dict[str, Any]]],
+    *,
+    lock_timeout: float | None = None,
+) -> dict[str, int]:
+    """Replace one campaign's rows in every table, atomically. Returns rows written per table.
+
+    Concurrent publishes are serialized by the lake's file lock (see `connect`); two publishes of one
+    campaign leave one copy of its rows, because each deletes the campaign's rows before inserting.
+    """
     import duckdb
 
     unknown = set(rows) - set(TABLES)
     if unknown:
         raise LakeError(f"unknown lake tables: {sorted(unknown)}", hint="a perftune bug: report it")
-    with connect(path) as con:
+    with connect(path, lock_timeout=lock_timeout) as con:
         con.execute("BEGIN TRANSACTION")
         try:
             for table in TABLES:
@@ -128,10 +217,12 @@ def publish_rows(path: str | Path, campaign_id: str, rows: dict[str, list[dict[s
     return {t: len(rows.get(t) or []) for t in TABLES}
 
 
-def query(path: str | Path, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+def query(
+    path: str | Path, sql: str, params: list[Any] | None = None, *, lock_timeout: float | None = None
+) -> list[dict[str, Any]]:
     import duckdb
 
-    with connect(path, read_only=True) as con:
+    with connect(path, read_only=True, lock_timeout=lock_timeout) as con:
         try:
             cur = con.execute(sql, params or [])
         except duckdb.Error as e:
@@ -144,11 +235,11 @@ def query(path: str | Path, sql: str, params: list[Any] | None = None) -> list[d
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
-def export_parquet(path: str | Path, out_dir: str | Path) -> list[str]:
+def export_parquet(path: str | Path, out_dir: str | Path, *, lock_timeout: float | None = None) -> list[str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    with connect(path, read_only=True) as con:
+    with connect(path, read_only=True, lock_timeout=lock_timeout) as con:
         for table in TABLES:
             f = out / f"{table}.parquet"
             tmp = out / f".{table}.parquet.tmp"

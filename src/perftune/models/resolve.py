@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from ruamel.yaml import YAML
 
 from perftune.errors import ModelError
 from perftune.models.card import ModelCard, build_card
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, exactly one slash
 
 
 def catalog_index() -> dict[str, dict[str, Any]]:
@@ -54,8 +57,14 @@ def load_config(ref: str) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
         if not p.exists():
             raise ModelError(f"config file not found: {p}", hint="check the path")
         return _read_json(p), str(p), None
-    if "/" in ref:
+    if HUB_ID.match(ref) and not ref.startswith("."):
         return _from_hub(ref), ref, None
+    if "/" in ref or ref.startswith(("~", ".")):
+        # a path that does not exist: say so, instead of asking the hub for a repo named like a path
+        raise ModelError(
+            f"model folder not found: {ref}",
+            hint="check the path (a folder with config.json), or give a catalog name or a hub id org/name",
+        )
     raise ModelError(
         f"unknown model '{ref}'",
         hint="a catalog name ("
@@ -74,8 +83,8 @@ def _from_hub(repo_id: str) -> dict[str, Any]:
     except Exception as e:  # offline and uncached, gated, or not found: all the same to the user
         raise ModelError(
             f"cannot get config.json for hub id '{repo_id}' ({type(e).__name__})",
-            hint="offline and not in the local HF cache? download it once, or pass a local folder "
-            "or a catalog name",
+            hint=f"no local folder '{repo_id}' either; offline and not in the local HF cache? download "
+            "it once, or pass a local folder or a catalog name",
         ) from e
     return _read_json(Path(path))
 

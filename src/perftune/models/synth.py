@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from perftune.errors import ConfigError, ModelError
-from perftune.util.atomic import write_text
+from perftune.util.atomic import current_umask, write_text
 
 TRAIN_VOCAB = 1_000_000  # as many merges as the corpus supports, below the first high special id
 CORPUS_BYTES = 40_000_000
@@ -118,6 +118,8 @@ def synth(config: dict[str, Any], out: Path, *, train_vocab: int = TRAIN_VOCAB) 
     eos = _ids(ids_src["eos_token_id"])
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out.parent if out.parent.exists() else None))
     try:
+        # mkdtemp makes the folder 0o700; the model folder it becomes gets what `mkdir` would give.
+        tmp.chmod(0o777 & ~current_umask())
         tok.save(str(tmp / "tokenizer.json"))
         write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         gen = {

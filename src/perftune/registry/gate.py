@@ -8,8 +8,7 @@ from pathlib import Path
 from perftune.errors import GateError
 from perftune.registry.check import CheckResult, check_deploy
 from perftune.registry.deploy_args import DeployArgs, parse_argv
-from perftune.registry.schema import Registry
-from perftune.registry.store import ENV_VAR, load_registry, resolve_registry
+from perftune.registry.store import ENV_VAR, load_for_check, load_shipped, resolve_registry
 
 
 def enforce_known_good(
@@ -24,16 +23,13 @@ def enforce_known_good(
 ) -> CheckResult:
     """Check an engine launch (argv after the engine entry point) against the registry; raise if it fails.
 
-    An explicitly named registry (argument or $PERFTUNE_KNOWN_GOOD_REGISTRY) must exist; when only the
-    default locations apply and none exists, there is nothing to enforce (unless require_registered).
+    The registry comes from `resolve_registry`; an explicitly named one (argument or
+    $PERFTUNE_KNOWN_GOOD_REGISTRY) must exist. The entries shipped with perftune are always consulted
+    too; for a model in both, the resolved registry's entry wins (see `store.with_shipped`).
     """
     path = resolve_registry(registry)
     explicit = registry is not None or bool(os.environ.get(ENV_VAR))
-    reg = (
-        load_registry(path)
-        if (path.exists() or explicit)
-        else Registry.model_validate({"schema": "known_good_config_v1", "models": {}})
-    )
+    reg = load_for_check(path, must_exist=explicit)
     deploy: DeployArgs = parse_argv(argv)
     deploy.engine, deploy.model, deploy.engine_version = engine, model, engine_version
     deploy.env = {**(env or {}), **deploy.env}
@@ -47,7 +43,10 @@ def enforce_known_good(
             if first
             else "register the model with `perftune known-good record`"
         )
+        entry = reg.models.get(model)
+        shipped = entry is not None and load_shipped().models.get(model) == entry
+        source = f"registry {path}" + (", entry shipped with perftune" if shipped else "")
         raise GateError(
-            f"known-good check failed for {model}: {'; '.join(res.reasons)} (registry {path})", hint=hint
+            f"known-good check failed for {model}: {'; '.join(res.reasons)} ({source})", hint=hint
         )
     return res

@@ -5,6 +5,12 @@ appended under `models:` (which must be the file's last top-level key), then the
 parsed and validated before it atomically replaces the file, under an exclusive lock on a sidecar
 `.lock` file. So the banner and every entry's prose survive byte for byte, and concurrent records
 never lose an entry.
+
+Which file: `resolve_registry` is the one resolution order (--registry, $PERFTUNE_KNOWN_GOOD_REGISTRY,
+configs/known-good-configs.yaml walking up, the per-user file). A deploy check also consults the
+entries shipped inside the package (`load_for_check`), so a workaround perftune ships is enforced
+whichever file the order lands on. Simulated campaigns record into `sim_registry_path()`, never into
+a shipped or repository registry (`is_shipped_or_repo_registry`).
 """
 
 from __future__ import annotations
@@ -43,23 +49,41 @@ models:
 """
 
 
+# A copy of the repository's configs/known-good-configs.yaml, installed with the package (package-data);
+# a unit test keeps the two identical.
+SHIPPED_REGISTRY = Path(__file__).resolve().parent / "shipped" / "known-good-configs.yaml"
+
+
 def user_registry_path() -> Path:
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "perftune" / "known-good-configs.yaml"
 
 
+def sim_registry_path() -> Path:
+    """Per-user registry for entries from simulated runs, beside the default lake (user data folder)."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "perftune" / "sim-known-good-configs.yaml"
+
+
 def resolve_registry(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
-    """--registry, then $PERFTUNE_KNOWN_GOOD_REGISTRY, then configs/known-good-configs.yaml walking up,
-    then the user config folder."""
+    """The one resolution order: --registry, then $PERFTUNE_KNOWN_GOOD_REGISTRY, then
+    configs/known-good-configs.yaml walking up from the current folder, then the per-user file."""
     if explicit:
         return Path(explicit)
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
     here = (cwd or Path.cwd()).resolve()
     for d in (here, *here.parents):
-        if (d / REPO_RELATIVE).exists():
+        if (d / REPO_RELATIVE).is_file():
             return d / REPO_RELATIVE
     return user_registry_path()
+
+
+def is_shipped_or_repo_registry(path: str | Path) -> bool:
+    """The package's shipped registry, or a repository's configs/known-good-configs.yaml (reviewed
+    files: a campaign must not append simulated entries to them)."""
+    p = Path(path).expanduser().resolve()
+    return p == SHIPPED_REGISTRY or p.parts[-2:] == REPO_RELATIVE.parts
 
 
 def _yaml() -> YAML:
@@ -124,6 +148,31 @@ def load_registry(path: Path) -> Registry:
             hint=f"pass --registry, set ${ENV_VAR}, or create one with `perftune known-good record`",
         )
     return parse_registry(path.read_text(encoding="utf-8"), path)[1]
+
+
+def load_shipped() -> Registry:
+    """The entries shipped inside the package (empty if the file is missing from a broken install)."""
+    if not SHIPPED_REGISTRY.is_file():
+        return Registry.model_validate({"schema": "known_good_config_v1", "models": {}})
+    return load_registry(SHIPPED_REGISTRY)
+
+
+def with_shipped(reg: Registry) -> Registry:
+    """`reg` plus every shipped entry it lacks. For a model in both, `reg`'s entry wins whole (the
+    user's registry is where a reviewed correction lands: a newer engine version, a changed flag), so
+    shipped rules are never mixed into a user's entry."""
+    return reg.model_copy(update={"models": {**load_shipped().models, **reg.models}})
+
+
+def load_for_check(path: Path, *, must_exist: bool) -> Registry:
+    """The entries a deploy check consults: the resolved registry's, merged with the shipped ones.
+
+    A registry named explicitly (must_exist) must be there; a default location that does not exist
+    contributes nothing, and the shipped entries still apply.
+    """
+    if path.exists() or must_exist:
+        return with_shipped(load_registry(path))
+    return load_shipped()
 
 
 @contextmanager

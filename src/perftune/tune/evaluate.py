@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,10 +219,20 @@ class RecordingEvaluator:
     so a time-boxed session never kills a deploy half-way and loses it.
     """
 
-    def __init__(self, inner: Any, journal: Path, stop_at: float | None = None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        journal: Path,
+        stop_at: float | None = None,
+        observe: Callable[[str], None] | None = None,
+        budget_gpu_s: float | None = None,
+    ) -> None:
         import json
 
         self.inner, self.journal, self.stop_at = inner, journal, stop_at
+        self.observe = observe or (lambda _m: None)
+        self.budget_gpu_s = budget_gpu_s
+        self.spent_gpu_s = 0.0
         self.ran = 0
         self.cache: dict[str, Outcome] = {}
         self.replayed = 0
@@ -266,7 +276,23 @@ class RecordingEvaluator:
                 hint="run the same perftune tune command again: the journal resumes where this stopped",
             )
         self.ran += 1
+        budget = f" of {self.budget_gpu_s / 60:.0f}" if self.budget_gpu_s else ""
+        self.observe(
+            f"tune: deploy {self.ran} ({self.replayed} replayed): {arm.key}, trial {trial}, "
+            f"{'screen' if screening else 'full'} at c={list(concurrencies)}; "
+            f"{self.spent_gpu_s / 60:.1f}{budget} GPU-min spent"
+        )
         out: Outcome = self.inner.run(arm, concurrencies, trial, screening=screening)
+        self.spent_gpu_s += out.gpu_s
+        if out.failure is not None:
+            self.observe(f"tune: {arm.key} failed: {out.failure.klass}")
+        else:
+            self.observe(
+                "tune: "
+                + ", ".join(
+                    f"{m.workload} c={m.concurrency} {m.output_tok_s:,.0f} tok/s" for m in out.measures
+                )
+            )
         rec = {
             "key": k,
             "gpu_s": out.gpu_s,

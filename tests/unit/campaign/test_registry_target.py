@@ -1,0 +1,26 @@
+"""Where the ratchet records a champion: a simulated one never into a real registry."""
+
+from pathlib import Path
+from typing import Any
+
+from perftune.campaign.phases import record_registry
+
+
+def test_simulated_champion_goes_beside_an_explicit_registry(tmp_path: Path) -> None:
+    reg = tmp_path / "kg.yaml"
+    assert record_registry(reg, explicit=True, simulated=True) == tmp_path / "sim-kg.yaml"
+    assert record_registry(reg, explicit=True, simulated=False) == reg
+
+
+def test_simulated_champion_without_explicit_registry_goes_to_the_sim_file(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    user = tmp_path / "config" / "perftune" / "known-good-configs.yaml"
+    got = record_registry(user, explicit=False, simulated=True)
+    assert got == tmp_path / "data" / "perftune" / "sim-known-good-configs.yaml"
+    # a repository's reviewed registry is never appended to by a campaign that found it by walking up
+    repo = tmp_path / "repo" / "configs" / "known-good-configs.yaml"
+    assert record_registry(repo, explicit=False, simulated=False) == user
+    assert record_registry(repo, explicit=False, simulated=True) != repo
