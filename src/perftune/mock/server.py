@@ -10,6 +10,11 @@ and served at GET /mock/stats, so the mock's own error is known, not assumed.
 It is a deliberately small HTTP/1.1 server on asyncio Protocols (keep-alive, Content-Length request
 bodies, chunked responses): at 100k+ chunks/s a framework's per-write overhead would make the mock,
 not the client under test, the bottleneck.
+
+Malformed input is answered at once, never by silence: a bad body gets a 400 with an OpenAI-style
+error (the request schema below is shared with the simulator), a framing error (bad or oversized
+Content-Length, a head over MAX_HEAD_BYTES, a chunked request body) gets its 4xx and a closed
+connection, since the bytes after it cannot be parsed.
 """
 
 from __future__ import annotations
@@ -22,13 +27,165 @@ import itertools
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 SPIN_S = 0.0015
 MAX_BURST_NS = 150_000
+# A 1M-token prompt as JSON token ids is ~7 MB; anything larger is refused with 413 before it is read.
+MAX_BODY_BYTES = 8 * 2**20
+MAX_HEAD_BYTES = 64 * 2**10  # request line + headers; more without a blank line is refused (431)
+LINGER_S = 2.0  # after refusing a request, read and drop what the client still sends for this long
+# The mock has no vocabulary: prompt token ids must lie below this bound, above every catalog model's
+# vocabulary (Gemma 3: 262,208), so any bench workload passes and absurd ids do not.
+MOCK_VOCAB_SIZE = 2**20
 _WORD = re.compile(r"\w+|[^\w\s]")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
+
+
+# ---------------------------------------------------------------------------------- request schema
+# Shared by the mock and the simulator. Strict: JSON types as sent ("5" is not an int, 1 is not a
+# bool), as OpenAI's API checks them; extra fields pass, since OpenAI clients send many.
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, self.param)
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    # OpenAI's shape; `code` is the HTTP status, as vLLM sends it.
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ChatMessage(_Strict):
+    role: str
+    content: str | list[dict[str, Any]] | None = None  # text, or OpenAI content parts
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None  # vLLM's extension: usage on every chunk
+
+
+class GenerateRequest(_Strict):
+    """The fields of /v1/completions and /v1/chat/completions that the servers act on."""
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    min_tokens: int = Field(0, ge=0)  # vLLM's extension, with ignore_eos: fixes the output length
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool | None = None
+    n: int | None = Field(1, ge=1, le=1)  # one choice per request: the servers stream one sequence
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_le_max(cls, v: int, info: ValidationInfo) -> int:
+        cap = info.data.get("max_tokens") or info.data.get("max_completion_tokens")
+        if cap is not None and v > cap:
+            raise ValueError(f"min_tokens ({v}) must be <= max_tokens ({cap})")
+        return v
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_tokens or self.max_completion_tokens
+
+
+_NonEmpty = Annotated[str, Field(min_length=1)]
+_Prompt = _NonEmpty | Annotated[list[int], Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
+
+
+class CompletionRequest(GenerateRequest):
+    prompt: _Prompt
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _prompt(cls, v: Any, handler: Any, info: ValidationInfo) -> Any:
+        try:
+            out = handler(v)
+        except ValidationError:  # one clear message instead of one per union member
+            raise ValueError("must be a non-empty string, list of token ids or list of strings") from None
+        vocab = (info.context or {}).get("vocab_size")
+        if vocab and isinstance(out, list) and isinstance(out[0], int):
+            bad = min(out) if min(out) < 0 else max(out)
+            if not 0 <= bad < vocab:
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+        return out
+
+
+class ChatRequest(GenerateRequest):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+def parse_request(raw: bytes, chat: bool, vocab_size: int) -> tuple[dict[str, Any], GenerateRequest]:
+    """The JSON body (as sent) and its validated fields; RequestError (400) when malformed."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "request body must be a JSON object")
+    model = ChatRequest if chat else CompletionRequest
+    try:
+        req = model.model_validate(body, strict=True, context={"vocab_size": vocab_size})
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""
+        raise RequestError(400, f"{loc}: {msg}{more}", str(err["loc"][0]) if err["loc"] else None) from None
+    return body, req
+
+
+def content_length(header_lines: list[str]) -> int:
+    """The request body's length from its headers; RequestError for what cannot be framed."""
+    values = set()
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "transfer-encoding":
+            raise RequestError(411, "chunked request bodies are not supported: send Content-Length")
+        if name == "content-length":
+            values.add(value.strip())
+    if not values:
+        return 0
+    if len(values) > 1:  # conflicting lengths: the classic request-smuggling ambiguity
+        raise RequestError(400, "conflicting Content-Length headers")
+    value = values.pop()
+    if not _CONTENT_LENGTH.fullmatch(value):
+        raise RequestError(400, f"bad Content-Length {value[:40]!r}")
+    n = int(value)
+    if n > MAX_BODY_BYTES:
+        raise RequestError(
+            413, f"request body of {n} bytes is over the limit of {MAX_BODY_BYTES} bytes (8 MiB)"
+        )
+    return n
 
 
 @dataclass(frozen=True)
@@ -228,6 +385,8 @@ class _HttpProtocol(asyncio.Protocol):
             self._parse()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         # Stamp arrival now and parse later in this loop turn: when a burst of requests lands at once,
         # parsing one inline would delay the next one's arrival stamp and so inflate its TTFT.
         if not self.buf:
@@ -237,39 +396,57 @@ class _HttpProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._parse)
 
     def _parse(self) -> None:
-        while not self.busy:
+        while not self.busy and not self.closed:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
+                if len(self.buf) > MAX_HEAD_BYTES:
+                    self._fail(RequestError(431, f"request head over {MAX_HEAD_BYTES} bytes"))
                 return
-            head = self.buf[:end].decode("latin-1")
-            lines = head.split("\r\n")
+            lines = self.buf[:end].decode("latin-1").split("\r\n")
             try:
-                method, path, _ = lines[0].split(" ", 2)
+                method, path, version = lines[0].split(" ")
+                if not version.startswith("HTTP/1."):
+                    raise ValueError(version)
+                length = content_length(lines[1:])
             except ValueError:
-                self._respond(400, {"error": {"message": "bad request line", "code": 400}}, close=True)
+                self._fail(RequestError(400, f"bad request line {lines[0][:80]!r}"))
                 return
-            length = 0
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
+            except RequestError as e:
+                self._fail(e)
+                return
             if len(self.buf) < end + 4 + length:
                 return
             body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
             t_arrival = self.t_arrival
             self.t_arrival = time.monotonic_ns()
-            self._dispatch(method, path.split("?", 1)[0], body, t_arrival)
+            try:
+                self._dispatch(method, path.split("?", 1)[0], body, t_arrival)
+            except Exception as e:  # a bug must cost one 500, never a client left waiting
+                self._fail(RequestError(500, f"mock server error: {e!r}"))
+
+    def _fail(self, e: RequestError) -> None:
+        """Answer a framing error (or our own failure) and close: what follows cannot be parsed."""
+        self.buf = b""
+        self._respond(e.status, e.body(), close=True)
+        self.closed = True  # from here on, data_received drops what arrives
+        t = self.transport
+        if t is None:
+            return
+        # Lingering close: our FIN goes after the answer, but we keep reading (and dropping) what the
+        # client is still sending for up to LINGER_S. Closing with unread bytes would send a reset,
+        # and a client still sending its body (the 413 case) would lose the answer with it.
+        if t.can_write_eof():
+            t.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, t.close)
 
     def _respond(self, status: int, obj: Any, close: bool = False) -> None:
         payload = orjson.dumps(obj)
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+        reason = _REASONS.get(status, "Error")
         self.write_raw(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
             % (status, reason.encode(), len(payload), b"Connection: close\r\n" if close else b"", payload)
         )
-        if close and self.transport is not None:
-            self.transport.close()
 
     def _dispatch(self, method: str, path: str, body: bytes, t_arrival: int) -> None:
         srv = self.server
@@ -299,62 +476,30 @@ class _HttpProtocol(asyncio.Protocol):
         elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
             self._generate(path.endswith("chat/completions"), body, t_arrival)
         else:
-            self._respond(
-                404, {"error": {"message": f"no route {method} {path}", "type": "NotFoundError", "code": 404}}
-            )
+            self._respond(404, error_body(404, f"no route {method} {path}"))
 
     def _generate(self, chat: bool, raw: bytes, t_arrival: int) -> None:
         srv, cfg = self.server, self.server.cfg
         try:
-            body = orjson.loads(raw)
-            assert isinstance(body, dict)
-        except (orjson.JSONDecodeError, AssertionError):
-            self._respond(
-                400,
-                {
-                    "error": {
-                        "message": "request body is not a JSON object",
-                        "type": "BadRequestError",
-                        "code": 400,
-                    }
-                },
-            )
-            return
-        if body.get("model") != cfg.model:
-            self._respond(
-                404,
-                {
-                    "error": {
-                        "message": f"The model `{body.get('model')}` does not exist.",
-                        "type": "NotFoundError",
-                        "param": "model",
-                        "code": 404,
-                    }
-                },
-            )
-            return
-        prompt_tokens = count_prompt_tokens(body)
-        total = int(body.get("max_tokens") or body.get("max_completion_tokens") or cfg.default_max_tokens)
-        if total < 1 or prompt_tokens + total > cfg.max_model_len:
-            self._respond(
-                400,
-                {
-                    "error": {
-                        "message": f"This model's maximum context length is {cfg.max_model_len} tokens. "
-                        f"However, you requested {prompt_tokens + total} tokens ({prompt_tokens} in the "
-                        f"messages, {total} in the completion). Please reduce the length of the messages "
-                        "or completion.",
-                        "type": "BadRequestError",
-                        "param": None,
-                        "code": 400,
-                    }
-                },
-            )
+            body, req = parse_request(raw, chat, MOCK_VOCAB_SIZE)
+            if req.model != cfg.model:
+                raise RequestError(404, f"The model `{req.model}` does not exist.", "model")
+            prompt_tokens = count_prompt_tokens(body)
+            total = req.requested_tokens or cfg.default_max_tokens
+            if prompt_tokens + total > cfg.max_model_len:
+                raise RequestError(
+                    400,
+                    f"This model's maximum context length is {cfg.max_model_len} tokens. However, you "
+                    f"requested {prompt_tokens + total} tokens ({prompt_tokens} in the messages, {total} "
+                    "in the completion). Please reduce the length of the messages or completion.",
+                )
+        except RequestError as e:
+            self._respond(e.status, e.body())
             return
         srv.stats.requests += 1
         rid = b"cmpl-mock-%d" % next(srv._seq)
-        opts = body.get("stream_options") or {}
-        if not body.get("stream"):
+        opts = req.stream_options or StreamOptions()
+        if not req.stream:
             self._nonstream(chat, rid, prompt_tokens, total, t_arrival)
             return
         s = _Stream(
@@ -366,8 +511,8 @@ class _HttpProtocol(asyncio.Protocol):
             model=cfg.model.encode(),
             prompt_tokens=prompt_tokens,
             total=total,
-            continuous=bool(opts.get("continuous_usage_stats")),
-            include_usage=bool(opts.get("include_usage")),
+            continuous=bool(opts.continuous_usage_stats),
+            include_usage=bool(opts.include_usage),
         )
         self.busy = True
         head = (

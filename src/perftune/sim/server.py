@@ -1,11 +1,20 @@
 """`perftune sim-server`: the engine core behind an OpenAI-compatible streaming API, in real time.
 
-One engine task runs steps back to back: it schedules, then sleeps to the step's absolute deadline
-(start + modelled duration), then hands each produced token to its stream. Requests pass the modelled
-API-server front (a fixed latency plus serialized per-request CPU) before the engine sees them.
-Every emitted token's write time is recorded, so the server's own timing is known, not assumed
-(GET /sim/requests, /sim/stats). /metrics uses vLLM's metric names; every response says
-`owned_by: perftune-sim`, so clients label the numbers simulated.
+One engine task runs steps back to back on a virtual schedule: while the engine is busy, a step is
+scheduled to start at the previous step's scheduled end (not at the moment the host got round to it),
+so a late wake-up is caught up instead of being added to every later step; an idle engine re-anchors
+at the wall time work arrives. The task sleeps to each step's scheduled end, then hands each produced
+token to its stream. Requests pass the modelled API-server front (a fixed latency plus serialized
+per-request CPU) before the engine sees them. Every emitted token's write time is recorded, so the
+server's own timing is known, not assumed (GET /sim/requests, /sim/stats). /metrics uses vLLM's
+metric names; every response says `owned_by: perftune-sim`, so clients label the numbers simulated.
+
+A host that cannot keep up (a busy CPU) falls behind the schedule: the lag of every token written
+(write time minus its step's scheduled end) and the steps late by more than LATE_STEP_MIN_MS or
+LATE_STEP_FRAC of the step are kept since the last POST /sim/stats/reset or successful POST
+/reset_prefix_cache (sent by the bench client before each trial), and /sim/stats says
+`faithful: false` when the p99 lag is over FAITHFUL_P99_LAG_MS or more than FAITHFUL_LATE_STEP_FRAC
+of the steps were late: the timing served was then the host's, not the model's.
 
 Footguns: output text is tokens sampled uniformly from the vocabulary (meaningless, like dummy
 weights); a request always generates max_tokens (as with ignore_eos), since there is no model to
@@ -15,11 +24,12 @@ emit an EOS.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +37,19 @@ import numpy as np
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.samples import Sample
 
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu
+from perftune.mock.server import (
+    MAX_BODY_BYTES,
+    GenerateRequest,
+    RequestError,
+    StreamOptions,
+    error_body,
+    parse_request,
+)
 from perftune.models.card import ModelCard
 from perftune.sim.calibration import Calibration
 from perftune.sim.config import SimConfig
@@ -41,12 +60,115 @@ from perftune.sim.tokens import PromptTokenizer
 CHAT_DEFAULT_MAX_TOKENS = 256
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 SPIN_S = 0.0015  # vLLM's default for /v1/completions
+# A step is late when it ends behind its scheduled end by more than max(2 ms, 5% of its duration):
+# event-loop timers are ~1 ms coarse, so less than that is the loop's grain, not a slow host.
+LATE_STEP_MIN_MS = 2.0
+LATE_STEP_FRAC = 0.05
+# The window is faithful when the p99 token lag is at most 5 ms (the bench client's own bound on its
+# send-schedule lag) and at most 1% of the steps were late.
+FAITHFUL_P99_LAG_MS = 5.0
+FAITHFUL_LATE_STEP_FRAC = 0.01
+LAG_BIN0_NS, LAG_BIN_GROWTH = 10_000, 1.05  # lag bins: [0, 10 us], then 5% wider each, to ~100 s
+_LAG_EDGES_NS = [round(LAG_BIN0_NS * LAG_BIN_GROWTH**k) for k in range(330)]
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own 4xx (no route, wrong method) in the OpenAI error shape, as the API's own are."""
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return web.json_response(
+            error_body(e.status, f"{e.reason}: {request.method} {request.path}"), status=e.status
+        )
+
+
+class VirtualClock:
+    """The engine's virtual schedule in wall-clock ns (`now` is injectable for tests)."""
+
+    def __init__(self, now: Callable[[], int] = time.monotonic_ns) -> None:
+        self.now = now
+        self.next_ns: int | None = None  # the scheduled start of the next step; None while idle
+
+    def idle(self) -> None:
+        """Nothing runs: the next step starts whenever the host starts it."""
+        self.next_ns = None
+
+    def start(self) -> int:
+        """The next step's scheduled start: the previous step's scheduled end while busy, else now."""
+        return self.now() if self.next_ns is None else self.next_ns
+
+    def end(self, start_ns: int, duration_ns: int) -> int:
+        """Book a step; returns its scheduled end, which is the next step's scheduled start."""
+        self.next_ns = start_ns + duration_ns
+        return self.next_ns
+
+
+class ScheduleLag:
+    """How far behind its virtual schedule the server ran, since the last reset.
+
+    Token lags are counted in log-spaced bins (LAG_BIN_GROWTH wide, from LAG_BIN0_NS): O(1) per token
+    and per query, so reading the stats never stalls the event loop whose timing it judges. A quantile
+    is its bin's upper edge (at most one bin width high), capped at the exact maximum."""
+
+    def __init__(self, now: Callable[[], int] = time.monotonic_ns) -> None:
+        self.now = now
+        self.reset()
+
+    def reset(self) -> None:
+        self.since_ns = self.now()
+        self.bins = [0] * (len(_LAG_EDGES_NS) + 1)
+        self.tokens = self.lag_sum_ns = self.lag_max_ns = 0
+        self.steps = self.late_steps = 0
+
+    def step(self, late_ns: int, duration_ns: int) -> None:
+        """A step ended `late_ns` after its scheduled end."""
+        self.steps += 1
+        if late_ns > max(LATE_STEP_MIN_MS * 1e6, LATE_STEP_FRAC * duration_ns):
+            self.late_steps += 1
+
+    def token(self, lag_ns: int) -> None:
+        """A token was written `lag_ns` after its step's scheduled end."""
+        self.tokens += 1
+        self.bins[bisect.bisect_left(_LAG_EDGES_NS, lag_ns)] += 1
+        self.lag_sum_ns += lag_ns
+        self.lag_max_ns = max(self.lag_max_ns, lag_ns)
+
+    def quantile_ns(self, q: float) -> int:
+        if not self.tokens:
+            return 0
+        rank, seen = q * self.tokens, 0
+        for i, n in enumerate(self.bins):
+            seen += n
+            if seen >= rank and n:
+                edge = _LAG_EDGES_NS[i] if i < len(_LAG_EDGES_NS) else self.lag_max_ns
+                return min(edge, self.lag_max_ns)
+        return self.lag_max_ns
+
+    def to_json(self) -> dict[str, Any]:
+        lag = {"p50": self.quantile_ns(0.5) / 1e6, "p99": self.quantile_ns(0.99) / 1e6}
+        lag["max"] = self.lag_max_ns / 1e6
+        faithful = (
+            lag["p99"] <= FAITHFUL_P99_LAG_MS and self.late_steps <= FAITHFUL_LATE_STEP_FRAC * self.steps
+        )
+        return {
+            "schedule_lag_ms": lag,
+            "late_steps": self.late_steps,
+            "window_steps": self.steps,
+            "window_tokens": self.tokens,
+            "window_s": (self.now() - self.since_ns) / 1e9,
+            "faithful": faithful,
+        }
 
 
 @dataclass(slots=True)
 class _Live:
     req: SimRequest
-    queue: asyncio.Queue[tuple[int, bool]] = field(default_factory=asyncio.Queue)
+    # (token id, final, the scheduled end of the step that produced it in monotonic ns)
+    queue: asyncio.Queue[tuple[int, bool, int]] = field(default_factory=asyncio.Queue)
     arrival_ns: int = 0
     writes_ns: list[int] = field(default_factory=list)
 
@@ -86,6 +208,28 @@ class _Collector:
             "vllm:generation_tokens", "Generation tokens processed (simulated).", c.generation_tokens
         )
         yield counter("vllm:request_success", "Successfully finished requests (simulated).", c.finished)
+        # perftune's own: how far behind its virtual schedule the server ran, since POST /sim/stats/reset
+        # (the window's count and sum restart there, which Prometheus reads as a counter reset).
+        lag = self.srv.lag
+        window = lag.to_json()
+        s = SummaryMetricFamily(
+            "perftune_sim_schedule_lag_seconds",
+            "Token write time minus its step's scheduled end, since the last /sim/stats/reset.",
+            labels=list(labels),
+        )
+        s.add_metric(list(labels.values()), lag.tokens, lag.lag_sum_ns / 1e9)
+        for q, key in (("0.5", "p50"), ("0.99", "p99"), ("1.0", "max")):
+            value = window["schedule_lag_ms"][key] / 1e3
+            s.samples.append(Sample(s.name, {**labels, "quantile": q}, value, None, None))
+        yield s
+        yield gauge(
+            "perftune_sim_late_steps",
+            "Steps late by more than max(2 ms, 5% of the step), in the window.",
+            lag.late_steps,
+        )
+        yield gauge(
+            "perftune_sim_faithful", "1 if the window kept to the virtual schedule.", window["faithful"]
+        )
 
 
 class SimServer:
@@ -107,6 +251,8 @@ class SimServer:
         self.late_sum_ns = 0
         self.late_max_ns = 0
         self.steps = 0
+        self.clock = VirtualClock()
+        self.lag = ScheduleLag()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.origin_ns = time.monotonic_ns()
@@ -114,25 +260,28 @@ class SimServer:
     # ------------------------------------------------------------------ engine loop
 
     async def engine_loop(self) -> None:
-        core, ns = self.core, time.monotonic_ns
-        next_start = ns()
+        core, clock, ns = self.core, self.clock, time.monotonic_ns
         while True:
             if not core.has_work():
+                clock.idle()
                 self.wake.clear()
                 await self.wake.wait()
-                next_start = ns()
-            start = max(ns(), next_start)
+            start = clock.start()  # taken before step(): the step's own CPU time is inside its duration
             res = core.step()
             if res.scheduled == 0:  # KV full of waiting work that cannot start: wait for a change
+                clock.idle()
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), 0.05)
                 continue
-            deadline = start + round(res.duration_s * 1e9)
+            duration = round(res.duration_s * 1e9)
+            deadline = clock.end(start, duration)
             delay = (deadline - ns()) / 1e9
             if delay > SPIN_S:
                 await asyncio.sleep(delay - SPIN_S)
             # Event-loop timers are ~1 ms coarse: close the last gap by yielding (requests still flow).
+            # A step already behind its schedule still yields once, so streams are written meanwhile.
+            await asyncio.sleep(0)
             while ns() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0)
             now = ns()
@@ -140,22 +289,23 @@ class SimServer:
             self.late_sum_ns += late
             self.late_max_ns = max(self.late_max_ns, late)
             self.steps += 1
-            next_start = deadline
+            self.lag.step(late, duration)
             for r in res.emitted:
                 live = self.live.get(r.rid)
                 if live is not None:
-                    live.queue.put_nowait((int(self.rng.integers(1000, self.vocab)), r.finished))
+                    live.queue.put_nowait((int(self.rng.integers(1000, self.vocab)), r.finished, deadline))
 
     # ------------------------------------------------------------------ HTTP
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
         app.router.add_get("/health", self.health)
         app.router.add_get("/version", self.get_version)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/reset_prefix_cache", self.reset)
         app.router.add_get("/sim/stats", self.stats)
+        app.router.add_post("/sim/stats/reset", self.reset_stats)
         app.router.add_get("/sim/requests", self.requests)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -187,6 +337,8 @@ class SimServer:
 
     async def reset(self, _: web.Request) -> web.Response:
         ok = self.core.reset_prefix_cache()
+        if ok:  # the bench client resets the cache before each trial: the lag window becomes the trial
+            self.lag.reset()
         return web.json_response({"reset": ok}, status=200 if ok else 409)
 
     async def stats(self, _: web.Request) -> web.Response:
@@ -203,8 +355,14 @@ class SimServer:
                 "prefix_cache_queries": c.prefix_queries,
                 "prefix_cache_hits": c.prefix_hits,
                 "finished": c.finished,
+                **self.lag.to_json(),
             }
         )
+
+    async def reset_stats(self, _: web.Request) -> web.Response:
+        """Start a new schedule-lag window (e.g. before a trial)."""
+        self.lag.reset()
+        return web.json_response({"reset": True})
 
     async def requests(self, _: web.Request) -> web.Response:
         """Finished requests: [arrival_ns, first_token_write_ns, last_write_ns, output_tokens]."""
@@ -217,33 +375,44 @@ class SimServer:
         return await self._generate(request, chat=True)
 
     @staticmethod
-    def _error(status: int, message: str, kind: str = "BadRequestError") -> web.Response:
-        return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+    def _error(e: RequestError) -> web.Response:
+        return web.json_response(e.body(), status=e.status)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         arrival = time.monotonic_ns()
         try:
-            body = orjson.loads(await request.read())
-            assert isinstance(body, dict)
-        except (orjson.JSONDecodeError, AssertionError):
-            return self._error(400, "request body is not a JSON object")
-        if body.get("model") != self.served:
-            return self._error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-        ids = self.tok.prompt_ids(body)
-        default = CHAT_DEFAULT_MAX_TOKENS if chat else COMPLETION_DEFAULT_MAX_TOKENS
-        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or default)
-        r = SimRequest(rid=next(self.ids), prompt_len=len(ids), max_tokens=max_tokens, prompt_ids=ids)
-        try:
-            if max_tokens < 1 or not ids:
-                raise ConfigError("empty prompt or max_tokens < 1")
-            self.core.validate(r)
-        except ConfigError:
-            return self._error(
-                400,
-                f"This model's maximum context length is {self.core.max_model_len} tokens. However, you "
-                f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the messages, {max_tokens} in "
-                "the completion). Please reduce the length of the messages or completion.",
+            # Refuse a stated oversize body before reading it: aiohttp would otherwise wait for the
+            # bytes (of a Content-Length it was never going to get) before its own 413.
+            if (request.content_length or 0) > MAX_BODY_BYTES:
+                raise RequestError(413, f"request body over the limit of {MAX_BODY_BYTES} bytes (8 MiB)")
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit
+                raise RequestError(
+                    413, f"request body over the limit of {MAX_BODY_BYTES} bytes (8 MiB)"
+                ) from None
+            body, req = parse_request(raw, chat, self.vocab)
+            if req.model != self.served:
+                raise RequestError(404, f"The model `{req.model}` does not exist.", "model")
+            ids = self.tok.prompt_ids(body)
+            max_tokens = req.requested_tokens or (
+                CHAT_DEFAULT_MAX_TOKENS if chat else COMPLETION_DEFAULT_MAX_TOKENS
             )
+            if not ids:
+                raise RequestError(400, "prompt has no tokens", "prompt")
+            r = SimRequest(rid=next(self.ids), prompt_len=len(ids), max_tokens=max_tokens, prompt_ids=ids)
+            try:
+                self.core.validate(r)
+            except ConfigError:
+                raise RequestError(
+                    400,
+                    f"This model's maximum context length is {self.core.max_model_len} tokens. However, "
+                    f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the messages, "
+                    f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                    "completion.",
+                ) from None
+        except RequestError as e:
+            return self._error(e)
         # The API server's share: a fixed latency plus serialized per-request CPU.
         now_s = (time.monotonic_ns() - self.origin_ns) / 1e9
         await asyncio.sleep(max(0.0, self.front.admit_at(now_s) - now_s))
@@ -252,8 +421,8 @@ class SimServer:
         self.core.add(r)
         self.wake.set()
         try:
-            if body.get("stream"):
-                return await self._stream(request, live, chat, body)
+            if req.stream:
+                return await self._stream(request, live, chat, req)
             return await self._whole(live, chat)
         finally:
             self.live.pop(r.rid, None)
@@ -262,11 +431,11 @@ class SimServer:
                 self.wake.set()
 
     async def _stream(
-        self, request: web.Request, live: _Live, chat: bool, body: dict[str, Any]
+        self, request: web.Request, live: _Live, chat: bool, req: GenerateRequest
     ) -> web.StreamResponse:
         r = live.req
-        opts = body.get("stream_options") or {}
-        continuous, include_usage = bool(opts.get("continuous_usage_stats")), bool(opts.get("include_usage"))
+        opts = req.stream_options or StreamOptions()
+        continuous, include_usage = bool(opts.continuous_usage_stats), bool(opts.include_usage)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-sim-{r.rid}"
         obj = "chat.completion.chunk" if chat else "text_completion"
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -293,7 +462,7 @@ class SimServer:
             )
         n = 0
         while True:
-            tid, final = await live.queue.get()
+            tid, final, sched_ns = await live.queue.get()
             n += 1
             text = self.tok.piece(tid)
             reason = "length" if final else None
@@ -309,7 +478,9 @@ class SimServer:
                 }
             )
             await resp.write(event(choice, n))
-            live.writes_ns.append(time.monotonic_ns())
+            t = time.monotonic_ns()
+            live.writes_ns.append(t)
+            self.lag.token(t - sched_ns)
             if final:
                 break
         if include_usage:
@@ -331,9 +502,10 @@ class SimServer:
         r = live.req
         parts = []
         while True:
-            tid, final = await live.queue.get()
+            tid, final, sched_ns = await live.queue.get()
             parts.append(self.tok.piece(tid))
             if final:
+                self.lag.token(time.monotonic_ns() - sched_ns)  # one response: its last token's lag
                 break
         text = "".join(parts)
         choice: dict[str, Any] = (
