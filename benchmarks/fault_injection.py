@@ -161,10 +161,13 @@ def main() -> int:
             total["campaigns"] += 1
             print(f"campaign {k}: {r}", flush=True)
             k += 1
-    print(f"wall: {time.monotonic() - t0:.0f} s, {total['campaigns']} campaigns, {total['complete']} completed")
+    print(
+        f"wall: {time.monotonic() - t0:.0f} s, {total['campaigns']} campaigns, {total['complete']} completed"
+    )
     print(
         f"faults: {total['kills']} kills, {total['lost']} lost, {total['duplicated']} duplicated, "
-        f"{total['orphans']} orphans, {total['rerun']} re-run cells, {total['half_written']} half-written files"
+        f"{total['orphans']} orphans, {total['rerun']} re-run cells, "
+        f"{total['half_written']} half-written files"
     )
     if a.json:
         print(json.dumps(total))

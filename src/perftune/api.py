@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -17,9 +18,9 @@ from perftune.bench.calibrate import (
     point,
     requests_for,
 )
-from perftune.bench.output import RecordsFormat, write_run
-from perftune.bench.records import CountTokens
-from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
+from perftune.bench.output import RecordsFormat, check_out_dir, write_run_safely
+from perftune.bench.records import PARTIAL_NAME, CountTokens
+from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench, validate
 from perftune.bench.workloads import WorkloadSpec
 from perftune.errors import ConfigError, config_error_from
 
@@ -70,11 +71,31 @@ def bench(
     records_format: RecordsFormat = "jsonl",
     tokenizer: str | None = None,
     observer: Observer | None = None,
+    refuse_incomplete: bool = False,
 ) -> tuple[BenchRun, dict[str, str]]:
-    """Run a bench and write its evidence folder. Returns the run and the artifact paths."""
+    """Run a bench and write its evidence folder. Returns the run and the artifact paths.
+
+    The out folder is checked before anything is measured; records stream to
+    `records.partial.jsonl` while the trials run (a killed bench keeps them); a folder that fails
+    after the run sends the evidence to a fallback folder, named in paths["fallback"].
+    `refuse_incomplete`: a folder still holding a killed run's partial records is a ConfigError
+    (the CLI's choice) instead of being benched over (callers that own their folders, e.g. a resume).
+    """
+    validate(cfg)
     count = tokenizer_counter(tokenizer)
-    run = run_async(run_bench(cfg, observer=observer, count_tokens=count))
-    paths = write_run(run, out_dir or default_run_dir("bench"), records_format)
+    target = Path(out_dir or default_run_dir("bench"))
+    created = not target.exists()
+    out = check_out_dir(target, refuse_incomplete=refuse_incomplete)
+    try:
+        run = run_async(
+            run_bench(cfg, observer=observer, count_tokens=count, partial_path=out / PARTIAL_NAME)
+        )
+    except BaseException:
+        if created:  # a run that failed before measuring anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    paths = write_run_safely(run, out, records_format)
     return run, paths
 
 
@@ -89,6 +110,7 @@ def calibration_point(endpoint: str, concurrency: int, truth: MockTruth) -> Cali
         concurrency=concurrency,
         trials=1,
         warmup_requests=min(concurrency, 64),
+        warmup_until_stable=False,  # the mock's timing is fixed: nothing to wait for
         engine="perftune-mock",
     )
     t = run_async(run_bench(cfg)).result.trials[0]
@@ -179,7 +201,7 @@ def known_good_check(
     """Check a deploy (serve args or deploy file) against the registry. Pure decision, fail-closed."""
     from perftune.registry.check import check_deploy
     from perftune.registry.deploy_args import parse_deploy_file, parse_serve_args
-    from perftune.registry.store import load_registry, resolve_registry
+    from perftune.registry.store import load_for_check, resolve_registry
 
     if (serve_args is None) == (deploy_file is None):
         raise ConfigError(
@@ -202,7 +224,7 @@ def known_good_check(
     if not model:
         raise ConfigError("no model given and none found in the deploy", hint="pass --model MODEL_ID")
     path = resolve_registry(registry)
-    reg = load_registry(path)
+    reg = load_for_check(path, must_exist=True)  # the entries shipped with perftune are always consulted
     return path, check_deploy(model, reg.models.get(model), deploy, require_registered=require_registered)
 
 

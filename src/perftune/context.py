@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import socket
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -70,9 +71,18 @@ class MeasurementContext(BaseModel):
 
 
 def tier_for(
-    *, trials: int, same_node: bool, baseline: str | None, metric_isolated: bool = True
+    *,
+    trials: int,
+    same_node: bool,
+    baseline: str | None,
+    metric_isolated: bool = True,
+    outlier_trials: Sequence[int] = (),
+    high_cv: Mapping[str, float] | None = None,
+    flags: Sequence[str] = (),
 ) -> tuple[Tier, list[str]]:
-    """DRAFT/VERDICT: VERDICT needs same node, >= 3 trials, an isolated metric and a named baseline."""
+    """DRAFT/VERDICT: VERDICT needs same node, >= 3 trials, an isolated metric and a named baseline,
+    and trials that agree: no outlier trial, no high across-trial CV, no other measurement flag
+    (compilation during a trial, a warmup that never stabilized, a simulator behind its schedule)."""
     reasons = []
     if not same_node:
         reasons.append("not same-node")
@@ -82,6 +92,13 @@ def tier_for(
         reasons.append("metric not isolated")
     if baseline is None:
         reasons.append("no named baseline to compare to")
+    if outlier_trials:
+        reasons.append(
+            f"outlier trial(s) {', '.join(map(str, outlier_trials))} (output tok/s off the median)"
+        )
+    for metric, cv in (high_cv or {}).items():
+        reasons.append(f"high CV: {metric} {cv:.1%} across trials")
+    reasons.extend(flags)
     return ("DRAFT" if reasons else "VERDICT"), reasons
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,9 @@ DEFINITIONS: dict[str, str] = {
     "req_s": "successful requests / trial span",
     "goodput_req_s": "requests meeting every SLO / trial span (failed requests never meet an SLO)",
     "goodput_fraction": "requests meeting every SLO / all requests sent, failed ones included",
+    "tpot_median_ms": "per trial the median (p50) of per-request tpot_ms; across trials mean, std, CI",
+    "decode_sol_pct": "analytical decode roofline step floor (perftune.hardware.roofline, bf16 weights "
+    "and KV, batch = concurrency, context = mean input + osl/2) / measured median TPOT, in %",
 }
 
 HEADLINE = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tok_s", "req_s")
@@ -107,6 +111,20 @@ class TrialResult(BaseModel):
     engine_prefix_cache_hit_rate: float | None = Field(
         None, description="prefix-cache hits / queries during the trial, from the engine's /metrics counters"
     )
+    outlier: bool = Field(
+        False, description="output tok/s more than 15% off the median of all trials (needs >= 3 trials)"
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="why this trial is suspect: compilation in the engine log during the trial, a "
+        "simulator that fell behind its virtual schedule",
+    )
+    engine_log_compile_lines: int | None = Field(
+        None, description="engine-log lines with a compilation marker written during the trial (None: no log)"
+    )
+    sim_stats: dict[str, Any] | None = Field(
+        None, description="perftune-sim GET /sim/stats after the trial: schedule_lag_ms, late_steps, faithful"
+    )
 
 
 def summarize_trial(
@@ -178,3 +196,8 @@ def headline_value(t: TrialResult, name: str) -> float | None:
 
 def across(trials: Sequence[TrialResult], names: Sequence[str] = HEADLINE) -> dict[str, AcrossTrials]:
     return {n: across_trials([headline_value(t, n) for t in trials]) for n in names}
+
+
+def tpot_median(trials: Sequence[TrialResult]) -> AcrossTrials:
+    """The per-trial median TPOT across trials (robust to the odd slow request, unlike the mean)."""
+    return across_trials([t.tpot_ms.p50 for t in trials])

@@ -7,10 +7,13 @@ kept on disk, so a metrics fix never needs a re-run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import orjson
 
@@ -263,3 +266,163 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
         chunks=chunks,
         text=text,
     )
+
+
+# ---------------------------------------------------------------- streaming raw captures to disk
+
+PARTIAL_NAME = "records.partial.jsonl"
+PARTIAL_DATA_NAME = "records.partial.bin"
+PARTIAL_SCHEMA = "perftune.bench.partial/v1"
+FLUSH_EVERY = 256  # records
+FLUSH_S = 1.0  # seconds
+
+
+def partial_data_path(path: str | Path) -> Path:
+    """The response-bytes side file of a partial records file."""
+    return Path(path).with_name(PARTIAL_DATA_NAME)
+
+
+def raw_meta(cap: RawCapture, data_at: int, data_len: int) -> bytes:
+    """A finished capture's JSONL line: everything but the response bytes, which sit in the side file
+    at [data_at, data_at + data_len). Bytes kept raw: JSON-escaping SSE text would cost the hot path
+    ~10x more than the copy."""
+    reads = cap.reads
+    return (
+        orjson.dumps(
+            {
+                "idx": cap.idx,
+                "trial": cap.trial,
+                "api": cap.api,
+                "t_sched_ns": cap.t_sched_ns,
+                "t_send_ns": cap.t_send_ns,
+                "t_headers_ns": cap.t_headers_ns,
+                "t_end_ns": cap.t_end_ns,
+                "status": cap.status,
+                "error_kind": cap.error_kind,
+                "error_message": cap.error_message,
+                "expected_input_tokens": cap.expected_input_tokens,
+                "expected_output_tokens": cap.expected_output_tokens,
+                "read_t_ns": [r[0] for r in reads],
+                "read_len": [len(r[1]) for r in reads],
+                "data_at": data_at,
+                "data_len": data_len,
+            }
+        )
+        + b"\n"
+    )
+
+
+def raw_from_meta(d: dict[str, Any], data: bytes) -> RawCapture:
+    """Rebuild a capture from its JSONL line and the side file's bytes."""
+    d = dict(d)
+    at = int(d.pop("data_at"))
+    blob = data[at : at + int(d.pop("data_len"))]
+    reads, k = [], 0
+    for t, n in zip(d.pop("read_t_ns"), d.pop("read_len"), strict=True):
+        reads.append((int(t), blob[k : k + int(n)]))
+        k += int(n)
+    return RawCapture(**d, reads=reads)
+
+
+class PartialSink:
+    """Streams each finished request's raw capture to disk while the trials run, so a killed bench keeps
+    what it measured: one JSON line per request in `records.partial.jsonl` (the first line a header
+    saying the file is incomplete) and its response bytes, raw, in `records.partial.bin`.
+
+    Hot-path cost per request: one small orjson.dumps and two writes into 1 MiB user-space buffers;
+    the buffers reach the files every FLUSH_EVERY records or FLUSH_S seconds, whichever comes first (a
+    SIGKILL loses at most that), bytes before lines, so a flushed line's bytes are on disk. A failing
+    disk never stops the measurement: the sink switches itself off and says why in `error`.
+    """
+
+    def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self.error: str | None = None
+        self._pending = 0
+        self._at = 0
+        self._t_flush = time.monotonic()
+        self._data: IO[bytes] | None = open(partial_data_path(path), "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        self._fh: IO[bytes] | None = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        head = {"schema": PARTIAL_SCHEMA, "incomplete": True, "data_file": PARTIAL_DATA_NAME, **header}
+        self._guard(lambda fh, _d: fh.write(orjson.dumps(head) + b"\n"))
+        self.flush()
+
+    def _guard(self, op: Callable[[IO[bytes], IO[bytes]], object]) -> None:
+        if self._fh is None or self._data is None:
+            return
+        try:
+            op(self._fh, self._data)
+        except (OSError, ValueError) as e:  # disk full, file gone: keep measuring, say so later
+            self.error = f"{type(e).__name__}: {e}"
+            files, self._fh, self._data = (self._fh, self._data), None, None
+            for f in files:
+                with contextlib.suppress(OSError, ValueError):
+                    f.close()
+
+    def add(self, cap: RawCapture) -> None:
+        if self._fh is None:
+            return
+        blob = b"".join([r[1] for r in cap.reads])
+        at = self._at
+
+        def write(fh: IO[bytes], data: IO[bytes]) -> None:
+            data.write(blob)
+            fh.write(raw_meta(cap, at, len(blob)))
+
+        self._guard(write)
+        if self._fh is None:
+            return
+        self._at += len(blob)
+        self.count += 1
+        self._pending += 1
+        if self._pending >= FLUSH_EVERY or time.monotonic() - self._t_flush >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        def both(fh: IO[bytes], data: IO[bytes]) -> None:
+            data.flush()  # bytes first: a line on disk always finds its bytes on disk
+            fh.flush()
+
+        self._guard(both)
+        self._pending = 0
+        self._t_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+
+        def close(fh: IO[bytes], data: IO[bytes]) -> None:
+            data.close()
+            fh.close()
+
+        self._guard(close)
+        self._fh = self._data = None
+
+
+def read_partial(path: str | Path) -> tuple[dict[str, Any], list[RawCapture]]:
+    """A partial records file: its header and every complete capture (a torn last line, or a line
+    whose bytes never reached the side file, from a killed writer is skipped). decode() each capture
+    to get RequestRecords."""
+    header: dict[str, Any] = {}
+    caps: list[RawCapture] = []
+    try:
+        data = partial_data_path(path).read_bytes()
+    except FileNotFoundError:
+        data = b""
+    for line in Path(path).read_bytes().splitlines():
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if obj.get("schema") == PARTIAL_SCHEMA:
+            header = obj
+            continue
+        try:
+            if int(obj["data_at"]) + int(obj["data_len"]) > len(data):
+                continue
+            caps.append(raw_from_meta(obj, data))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return header, caps

@@ -1,17 +1,27 @@
-"""Run a bench: warmup, N trials (closed or open loop), decode, summarize. The imperative shell.
+"""Run a bench: warmup until stable, N trials (closed or open loop), decode, summarize. The imperative shell.
 
 Hot path discipline: request bodies are serialized before a trial starts; while it runs the client
-only stamps reads; SSE framing, JSON parsing and token counting happen after the trial.
+only stamps reads, and hands each finished request's raw capture, unparsed, to a buffered
+partial-records writer on the next loop pass (after a closed-loop slot has sent its next request);
+SSE framing, JSON parsing and token counting happen after the trial.
+
+Measurement quality is judged, not assumed: the warmup runs at the trial's own concurrency and shapes
+until two rounds agree; trials that disagree (an outlier, a high CV), compilation in the engine log
+during a trial, or a simulator behind its schedule are flagged and keep the result DRAFT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import math
+import re
 import secrets
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -19,10 +29,34 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perftune.bench.client import BenchClient
 from perftune.bench.load import Arrival, LoadReport, arrival_offsets, assess_load
-from perftune.bench.metrics import DEFINITIONS, TrialResult, across, summarize_trial
-from perftune.bench.records import Api, CountTokens, RawCapture, RequestRecord, decode
-from perftune.bench.stats import AcrossTrials
-from perftune.bench.workloads import Workload, WorkloadSpec, build_workload, request_body, salt_item
+from perftune.bench.metrics import DEFINITIONS, TrialResult, across, summarize_trial, tpot_median
+from perftune.bench.records import (
+    Api,
+    CountTokens,
+    PartialSink,
+    RawCapture,
+    RequestRecord,
+    decode,
+)
+from perftune.bench.stats import (
+    HIGH_CV,
+    OUTLIER_TOLERANCE,
+    WARMUP_TOLERANCE,
+    AcrossTrials,
+    high_cv,
+    outlier_trials,
+    rel_diff,
+    warmup_stable,
+)
+from perftune.bench.workloads import (
+    MAX_NUM_REQUESTS,
+    RequestItem,
+    Workload,
+    WorkloadSpec,
+    build_workload,
+    request_body,
+    salt_item,
+)
 from perftune.context import MeasurementContext, WorkloadContext, now_iso, stack_info, tier_for
 from perftune.errors import BenchError, ConfigError
 from perftune.telemetry.prom import parse_totals, prefix_cache_hit_rate
@@ -62,8 +96,30 @@ class BenchConfig(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, description="open loop: cap on in-flight requests")
     trials: int = Field(3, ge=1, description="counted trials")
     warmup_requests: int | None = Field(
-        None, ge=0, description="uncounted warmup requests (default: min(16, n))"
+        None,
+        ge=0,
+        description="minimum uncounted warmup requests (default: min(16, n)); 0 turns the warmup off",
     )
+    warmup_until_stable: bool = Field(
+        True,
+        description="after the minimum, keep running warmup rounds (each `concurrency` requests of the "
+        "workload's own shapes at the trial's concurrency; open loop: ~1 s of its own schedule) until two "
+        "consecutive rounds agree within 10% (closed loop: output tok/s; open loop: median TPOT)",
+    )
+    warmup_max_rounds: int = Field(3, ge=1, description="cap on warmup rounds spent waiting for stability")
+    warmup_max_s: float = Field(
+        300.0, gt=0, description="no new stability round starts after this many seconds of warmup"
+    )
+    server_log: str | None = Field(
+        None,
+        description="engine log file: the bytes it gains during each trial are scanned for compilation "
+        "(torch.compile, Triton JIT, autotuning, CUDA graph capture) and the trial is flagged",
+    )
+    gpu: str | None = Field(None, description="GPU (ceilings.yaml key or alias) for the decode %SoL")
+    model_card: str | None = Field(
+        None, description="model (catalog name, folder or config.json) for the decode %SoL"
+    )
+    tp: int = Field(1, ge=1, description="tensor parallel size of the server (for the decode %SoL only)")
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     slo: dict[str, float] = Field(default_factory=dict, description="per-request SLO upper bounds, ms")
     api_key: str | None = Field(None, description="bearer token, if the server wants one")
@@ -104,7 +160,14 @@ class BenchRun:
     records: list[RequestRecord]
 
 
-def _validate(cfg: BenchConfig) -> None:
+def validate(cfg: BenchConfig) -> None:
+    """Reject a config that cannot run, before anything is sent or written."""
+    if cfg.workload is not None and cfg.workload.num_requests > MAX_NUM_REQUESTS:
+        raise ConfigError(
+            f"num_requests {cfg.workload.num_requests:,} is above the bound {MAX_NUM_REQUESTS:,}",
+            hint="every request's records stay in memory until the trial ends; run several benches, "
+            "or raise --trials instead",
+        )
     if (cfg.concurrency is None) == (cfg.rate is None):
         raise ConfigError(
             "give exactly one of --concurrency (closed loop) or --rate (open loop)",
@@ -123,9 +186,15 @@ def _validate(cfg: BenchConfig) -> None:
 Prepared = tuple[tuple[str, bytes, bytes | None], "RequestItemInfo"]
 
 
-def _serialize(client: BenchClient, wl: Workload, model: str, salt: int) -> list[Prepared]:
+def _serialize(
+    client: BenchClient,
+    wl: Workload,
+    model: str,
+    salt: int,
+    items: Sequence[RequestItem] | None = None,
+) -> list[Prepared]:
     out = []
-    for item in wl.items:
+    for item in wl.items if items is None else items:
         s = salt_item(item, salt, wl.spec)
         info = RequestItemInfo(s.api, s.expected_input_tokens, s.max_tokens if s.fixed_output else None)
         out.append((client.prepare(PATHS[s.api], orjson.dumps(request_body(s, model))), info))
@@ -243,18 +312,277 @@ def resolve_workload(cfg: BenchConfig) -> Workload:
     return wl
 
 
+class WarmupReport(BaseModel):
+    """What the warmup did, and whether the engine looked warm when the trials began."""
+
+    model_config = ConfigDict(extra="forbid")
+    rounds: int = Field(description="warmup rounds run")
+    requests: int = Field(description="warmup requests sent (uncounted)")
+    round_size: int = Field(description="requests per round (closed loop: the trial's concurrency)")
+    concurrency: int | None = Field(description="closed loop: in-flight requests, as in the trials")
+    metric: str = Field(description="what the stability rule compares: output_tok_s or tpot_median_ms")
+    round_values: list[float | None] = Field(description="that metric per round, in order")
+    until_stable: bool = Field(description="rounds continued until two consecutive ones agreed")
+    stabilized: bool | None = Field(description="the last two rounds agreed (None: not asked or < 2 rounds)")
+    stop: str = Field(description="why the warmup stopped: off | count | stable | max_rounds | time")
+    rule: str = Field(description="the stability rule, in words")
+    engine_log_compile_lines: int | None = Field(
+        None, description="compilation-marker lines the engine log gained during the warmup"
+    )
+
+
+# Engine-log lines that mean "compiling or capturing now" (vLLM, SGLang, torch.compile/inductor, Triton).
+# Matched case-insensitively, one label per marker; the first matching label names a line.
+ENGINE_LOG_MARKERS: tuple[tuple[str, str], ...] = (
+    ("torch.compile", r"torch\.compile|torch\._dynamo|\bdynamo\b|\binductor\b|recompil"),
+    ("compiling", r"\bcompil(?:e|es|ed|ing|ation)\b"),
+    ("Triton", r"\btriton\b"),
+    ("JIT", r"\bjit\b"),
+    ("autotuning", r"autotun"),
+    ("CUDA graph capture", r"captur\w*\s+(?:cuda\s*graph|cudagraph)|cuda\s*graphs?\b.*\bcaptur"),
+)
+_MARKERS = [(label, re.compile(rx, re.IGNORECASE)) for label, rx in ENGINE_LOG_MARKERS]
+LOG_SCAN_MAX_BYTES = 8 * 1024 * 1024  # a trial's log growth beyond this is scanned from its tail
+
+
+def compile_markers(text: str) -> list[tuple[str, str]]:
+    """(marker label, line) for each log line that shows compilation or graph capture. Pure."""
+    out = []
+    for line in text.splitlines():
+        for label, rx in _MARKERS:
+            if rx.search(line):
+                out.append((label, line.strip()))
+                break
+    return out
+
+
+class EngineLog:
+    """The engine's log file, read by offset: what it gained between two points. Never raises."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def since(self, offset: int) -> str:
+        try:
+            with self.path.open("rb") as fh:
+                end = fh.seek(0, 2)
+                if end < offset:  # truncated or rotated: all of it is new
+                    offset = 0
+                fh.seek(max(offset, end - LOG_SCAN_MAX_BYTES))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def compile_flag(trial: int, hits: Sequence[tuple[str, str]]) -> str | None:
+    if not hits:
+        return None
+    more = f" (+{len(hits) - 1} more line(s))" if len(hits) > 1 else ""
+    return f"engine log shows compilation during trial {trial}: {hits[0][1][:200]}{more}"
+
+
+def sim_flag(trial: int, stats: dict[str, Any] | None) -> str | None:
+    if not stats or stats.get("faithful") is not False:
+        return None
+    lag = stats.get("schedule_lag_ms") or {}
+    detail = ", ".join(
+        x
+        for x in (
+            f"schedule lag p99 {lag['p99']:.2f} ms" if isinstance(lag.get("p99"), int | float) else "",
+            f"{stats['late_steps']} late steps" if stats.get("late_steps") is not None else "",
+        )
+        if x
+    )
+    return f"trial {trial}: simulator fell behind its virtual schedule" + (f" ({detail})" if detail else "")
+
+
+def _round_values(recs: Sequence[RequestRecord]) -> tuple[float, float | None]:
+    """(output tok/s, median TPOT ms) of one warmup round."""
+    ok = [r for r in recs if r.ok]
+    t0 = min((r.t_sched_ns for r in recs), default=0)
+    t1 = max((r.t_end_ns for r in recs), default=t0)
+    span = max((t1 - t0) / 1e9, 1e-9)
+    tpots = sorted(v for r in ok if (v := r.tpot_ms) is not None)
+    med = None
+    if tpots:
+        m = len(tpots) // 2
+        med = tpots[m] if len(tpots) % 2 else (tpots[m - 1] + tpots[m]) / 2
+    return sum(r.output_tokens for r in ok) / span, med
+
+
+async def _warmup(
+    client: BenchClient,
+    wl: Workload,
+    cfg: BenchConfig,
+    salt: int,
+    count_tokens: CountTokens | None,
+    on_done_for: Callable[[str, int, int], Callable[[RawCapture], None]],
+    log: EngineLog | None,
+) -> WarmupReport:
+    """Warm the engine at the trial's own concurrency and shapes until two rounds agree (bounded)."""
+    n = len(wl.items)
+    open_loop = cfg.rate is not None
+    if open_loop:  # about one second of the trial's own arrival schedule per round
+        size = min(n, max(8, math.ceil(cfg.rate or 0)))
+    else:
+        assert cfg.concurrency is not None
+        size = min(n, cfg.concurrency)
+    warm_min = cfg.warmup_requests if cfg.warmup_requests is not None else min(16, n)
+    # Open loop: the rate fixes tok/s, so a cold engine shows in latency; closed loop: in throughput.
+    metric = "tpot_median_ms" if open_loop and (wl.spec.osl or 0) >= 2 else "output_tok_s"
+    rule = (
+        f"two consecutive rounds' {metric} within {WARMUP_TOLERANCE:.0%} (|a-b| / max), at most "
+        f"{cfg.warmup_max_rounds} rounds and {cfg.warmup_max_s:g} s once the minimum {warm_min} is met"
+    )
+    values: list[float | None] = []
+    total, stop = 0, "off" if warm_min == 0 else "count"
+    log_mark = log.size() if log is not None else 0
+    t0 = time.monotonic()
+    while warm_min > 0:
+        need_count = total < warm_min
+        have = [v for v in values if v is not None]
+        if cfg.warmup_until_stable and warmup_stable(have) and not need_count:
+            stop = "stable"
+            break
+        if not need_count:
+            if not cfg.warmup_until_stable:
+                stop = "count"
+                break
+            if len(values) >= cfg.warmup_max_rounds:
+                stop = "max_rounds"
+                break
+            if time.monotonic() - t0 >= cfg.warmup_max_s:
+                stop = "time"
+                break
+        r = len(values)
+        k = size if cfg.warmup_until_stable else min(size, warm_min - total)
+        items = [wl.items[(total + i) % n] for i in range(k)]
+        # Each round its own salt, distinct from every trial's: round 2 cannot hit round 1's prefix cache.
+        bodies = _serialize(client, wl, cfg.model, salt=salt - 1 - r, items=items)
+        on_done = on_done_for("warmup", r, k)
+        if open_loop:
+            assert wl.arrival_offsets_s is not None
+            await client.prewarm(min(k, cfg.max_concurrency or k))
+            caps = await _open_loop(
+                client, bodies, wl.arrival_offsets_s[:k], cfg.max_concurrency, -1, on_done
+            )
+        else:
+            await client.prewarm(k)
+            caps = await _closed_loop(client, bodies, k, -1, on_done)
+        recs = [decode(c, count_tokens) for c in caps]
+        if r == 0 and all(not x.ok for x in recs):  # nothing worked: show the server's own message
+            raise BenchError(
+                f"every warmup request failed: {recs[0].error_message}",
+                hint="check --model, the prompt length against the server's max length, and its log",
+            )
+        tok_s, tpot = _round_values(recs)
+        values.append(tpot if metric == "tpot_median_ms" else tok_s)
+        total += k
+    have = [v for v in values if v is not None]
+    stabilized: bool | None = None
+    if cfg.warmup_until_stable and values:
+        stabilized = stop == "stable" or (False if stop in ("max_rounds", "time") else None)
+    return WarmupReport(
+        rounds=len(values),
+        requests=total,
+        round_size=size,
+        concurrency=cfg.concurrency,
+        metric=metric,
+        round_values=values,
+        until_stable=cfg.warmup_until_stable,
+        stabilized=stabilized,
+        stop=stop,
+        rule=rule,
+        engine_log_compile_lines=len(compile_markers(log.since(log_mark))) if log is not None else None,
+    )
+
+
+async def _sim_stats(client: BenchClient) -> dict[str, Any] | None:
+    """perftune-sim's own timing health for the last trial; absent on older simulators (404 -> None)."""
+    try:
+        d = await client.get_json("/sim/stats", timeout_s=2.0)
+    except BenchError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    keep = {k: d[k] for k in ("schedule_lag_ms", "late_steps", "faithful") if k in d}
+    return keep or None
+
+
+@dataclass(frozen=True)
+class SolInputs:
+    """What the decode %SoL needs besides the measurement: the model card and the GPU."""
+
+    card: Any  # perftune.models.card.ModelCard (imported lazily: a plain bench needs none of it)
+    gpu: Any  # perftune.hardware.ceilings.Gpu
+    tp: int
+    ref: str
+
+
+def sol_inputs(cfg: BenchConfig) -> SolInputs | None:
+    """Resolve --model-card and --gpu before measuring (a bad name fails before any request)."""
+    if not cfg.gpu or not cfg.model_card:
+        return None
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+
+    return SolInputs(model_card(cfg.model_card), gpu(cfg.gpu), cfg.tp, cfg.model_card)
+
+
+def decode_sol(sol: SolInputs, trials: Sequence[TrialResult], concurrency: int | None) -> dict[str, Any]:
+    """Analytical decode %SoL: roofline step floor / measured median TPOT (closed loop only)."""
+    from perftune.hardware.roofline import roofline, sol_pct
+
+    med = tpot_median(trials).mean
+    out: dict[str, Any] = {
+        "model_card": sol.ref,
+        "gpu": sol.gpu.key,
+        "tp": sol.tp,
+        "basis": "analytical: roofline decode step floor (bf16 weights and KV) / measured median TPOT",
+        "tpot_median_ms": med,
+        "decode_sol_pct": None,
+    }
+    if concurrency is None:
+        out["note"] = "open loop: the decode batch is not fixed, no %SoL"
+        return out
+    ok = sum(t.counts.ok for t in trials)
+    osl = sum(t.counts.output_tokens for t in trials) / ok if ok else 0.0
+    context = max(1, round(sum(t.counts.input_tokens for t in trials) / ok + osl / 2)) if ok else 1
+    rf = roofline(sol.card, sol.gpu, tp=sol.tp, batch=concurrency, context=context)
+    out.update(
+        batch=concurrency,
+        context=context,
+        decode_step_floor_ms=rf.decode_step_floor_ms,
+        bound=rf.decode_bound,
+        ceiling_key=rf.ceiling_key,
+        decode_sol_pct=sol_pct(rf.decode_step_floor_ms, med) if med else None,
+    )
+    return out
+
+
 async def run_bench(
     cfg: BenchConfig,
     *,
     observer: Observer | None = None,
     count_tokens: CountTokens | None = None,
     between_trials: Callable[[], Awaitable[None]] | None = None,
+    partial_path: str | Path | None = None,
 ) -> BenchRun:
-    """Warmup, then `cfg.trials` trials; returns the summary, the frozen workload and all records."""
-    _validate(cfg)
+    """Warmup, then `cfg.trials` trials; returns the summary, the frozen workload and all records.
+
+    With `partial_path`, every finished trial request's raw capture is appended there as it finishes
+    (see records.PartialSink), so a killed run keeps what it measured.
+    """
+    validate(cfg)
+    sol = sol_inputs(cfg)
     wl = resolve_workload(cfg)
     n = len(wl.items)
-    warm_n = cfg.warmup_requests if cfg.warmup_requests is not None else min(16, n)
     conc = cfg.concurrency or cfg.max_concurrency or max(1, min(n, 256))
     started = now_iso()
     # Salts are unique per run and per trial: a prefix cache warmed by an earlier run, the warmup or an
@@ -262,6 +590,8 @@ async def run_bench(
     run_salt = cfg.salt_seed if cfg.salt_seed is not None else secrets.randbits(40) * 1000
     records: list[RequestRecord] = []
     trial_results: list[TrialResult] = []
+    log = EngineLog(cfg.server_log) if cfg.server_log else None
+    sink: PartialSink | None = None
 
     async with BenchClient(
         cfg.endpoint,
@@ -271,70 +601,106 @@ async def run_bench(
         transport=cfg.transport,
     ) as client:
         facts = await client.preflight(cfg.model)
-        reset_path = _reset_path(cfg.reset_cache, _detect_engine(facts.get("owned_by")))
+        detected = _detect_engine(facts.get("owned_by"))
+        reset_path = _reset_path(cfg.reset_cache, detected)
+        is_sim = "perftune-sim" in (detected, cfg.engine)
         cache_resets: list[int] = []
         progress_tokens = 0
 
+        loop = asyncio.get_running_loop()
+
         def make_on_done(phase: str, trial: int, total: int) -> Callable[[RawCapture], None]:
             done = 0
+            add = sink.add if sink is not None and phase == "trial" else None
 
             def on_done(cap: RawCapture) -> None:
                 nonlocal done, progress_tokens
                 done += 1
+                if add is not None:
+                    # Streamed on the next loop pass: a closed-loop slot sends its next request first,
+                    # so writing the record never shows up as client queueing.
+                    loop.call_soon(add, cap)
                 if observer is not None:
                     progress_tokens += _count_out_tokens_estimate(cap)
                     observer(Progress(phase, trial, done, total, progress_tokens))
 
             return on_done
 
-        if warm_n:
-            warm_bodies = _serialize(client, wl, cfg.model, salt=run_salt)[:warm_n]
-            await client.prewarm(min(conc, warm_n))
-            caps = await _closed_loop(
-                client, warm_bodies, min(conc, warm_n), -1, make_on_done("warmup", -1, warm_n)
+        warm = await _warmup(client, wl, cfg, run_salt, count_tokens, make_on_done, log)
+        if partial_path is not None:
+            sink = PartialSink(
+                partial_path,
+                {
+                    "note": "bench in progress or killed: one raw capture per finished request; "
+                    "summary.json appears only when the run completes (decode with "
+                    "perftune.bench.records.read_partial + decode)",
+                    "started_at": started,
+                    "endpoint": cfg.endpoint,
+                    "model": cfg.model,
+                    "trials": cfg.trials,
+                    "num_requests": n,
+                    "concurrency": cfg.concurrency,
+                    "rate": cfg.rate,
+                    "workload_sha256": wl.sha256,
+                },
             )
-            bad = [decode(c, count_tokens) for c in caps]
-            if all(not r.ok for r in bad):  # nothing worked: show the server's own message
-                raise BenchError(
-                    f"every warmup request failed: {bad[0].error_message}",
-                    hint="check --model, the prompt length against the server's max length, and its log",
-                )
-        for trial in range(cfg.trials):
-            if between_trials is not None:
-                await between_trials()
-            if reset_path is not None:
-                status = await client.post_status(reset_path)
-                cache_resets.append(status)
-            bodies = _serialize(client, wl, cfg.model, salt=run_salt + 1 + trial)
-            await client.prewarm(min(conc, n))
-            on_done = make_on_done("trial", trial, n)
-            # No collector pauses inside the measured window: a gen-2 pass over the trial's captures
-            # takes milliseconds and would land inside somebody's TTFT. Collect after the trial.
-            before = await client.metrics_text()
-            gc.collect()
-            gc.disable()
-            try:
-                if cfg.rate is not None:
-                    assert wl.arrival_offsets_s is not None
-                    caps = await _open_loop(
-                        client, bodies, wl.arrival_offsets_s, cfg.max_concurrency, trial, on_done
+        try:
+            for trial in range(cfg.trials):
+                if between_trials is not None:
+                    await between_trials()
+                if reset_path is not None:
+                    status = await client.post_status(reset_path)
+                    cache_resets.append(status)
+                bodies = _serialize(client, wl, cfg.model, salt=run_salt + 1 + trial)
+                await client.prewarm(min(conc, n))
+                on_done = make_on_done("trial", trial, n)
+                # No collector pauses inside the measured window: a gen-2 pass over the trial's captures
+                # takes milliseconds and would land inside somebody's TTFT. Collect after the trial.
+                before = await client.metrics_text()
+                log_mark = log.size() if log is not None else 0
+                gc.collect()
+                gc.disable()
+                try:
+                    if cfg.rate is not None:
+                        assert wl.arrival_offsets_s is not None
+                        caps = await _open_loop(
+                            client, bodies, wl.arrival_offsets_s, cfg.max_concurrency, trial, on_done
+                        )
+                    else:
+                        assert cfg.concurrency is not None
+                        caps = await _closed_loop(client, bodies, cfg.concurrency, trial, on_done)
+                finally:
+                    gc.enable()
+                if sink is not None:
+                    await asyncio.sleep(0)  # let the last deferred record writes run
+                    sink.flush()
+                after = await client.metrics_text()
+                hits = compile_markers(log.since(log_mark)) if log is not None else []
+                sim = await _sim_stats(client) if is_sim else None
+                hit_rate = _hit_rate(before, after)
+                recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
+                load = _load_report(caps, cfg)
+                t = summarize_trial(trial, recs, load, cfg.slo, engine_prefix_cache_hit_rate=hit_rate)
+                flags = [f for f in (compile_flag(trial, hits), sim_flag(trial, sim)) if f]
+                trial_results.append(
+                    t.model_copy(
+                        update={
+                            "flags": flags,
+                            "engine_log_compile_lines": len(hits) if log is not None else None,
+                            "sim_stats": sim,
+                        }
                     )
-                else:
-                    assert cfg.concurrency is not None
-                    caps = await _closed_loop(client, bodies, cfg.concurrency, trial, on_done)
-            finally:
-                gc.enable()
-            after = await client.metrics_text()
-            hit_rate = _hit_rate(before, after)
-            recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
-            load = _load_report(caps, cfg)
-            trial_results.append(
-                summarize_trial(trial, recs, load, cfg.slo, engine_prefix_cache_hit_rate=hit_rate)
-            )
-            records.extend(recs)
+                )
+                records.extend(recs)
+        finally:
+            if sink is not None:
+                sink.close()
 
     facts["cache_reset"] = {"path": reset_path, "statuses": cache_resets}
-    return BenchRun(assemble(cfg, wl, facts, warm_n, started, trial_results, run_salt), wl, records)
+    if sink is not None and sink.error:
+        facts["partial_records_error"] = sink.error
+    result = assemble(cfg, wl, facts, warm.requests, started, trial_results, run_salt, warmup=warm, sol=sol)
+    return BenchRun(result, wl, records)
 
 
 RESET_PATHS = {
@@ -383,6 +749,34 @@ def _detect_engine(owned_by: str | None) -> str:
     return o or "unknown"
 
 
+def quality_flags(
+    trials: list[TrialResult], summary: dict[str, AcrossTrials], warmup: WarmupReport | None
+) -> tuple[list[TrialResult], list[int], dict[str, float], list[str], list[str]]:
+    """Judge the trials: (trials with `outlier` set, outlier indexes, high-CV metrics, other flags,
+    every flag as text). Pure."""
+    tok = [t.output_tok_s for t in trials]
+    outs = outlier_trials(tok)
+    marked = [t.model_copy(update={"outlier": i in outs}) for i, t in enumerate(trials)]
+    med = statistics.median(tok)
+    text = [
+        f"trial {i} is an outlier: output {tok[i]:,.1f} tok/s is {(tok[i] - med) / med:+.0%} off the median "
+        f"{med:,.1f} of all trials (rule: > {OUTLIER_TOLERANCE:.0%})"
+        for i in outs
+    ]
+    cvs = high_cv({k: summary[k] for k in ("output_tok_s", "tpot_median_ms") if k in summary})
+    text += [f"high CV across trials: {k} {cv:.1%} > {HIGH_CV:.0%}" for k, cv in cvs.items()]
+    other = [f for t in trials for f in t.flags]
+    if warmup is not None and warmup.stabilized is False:
+        vals = warmup.round_values[-2:]
+        a, b = (vals[0], vals[1]) if len(vals) == 2 else (None, None)
+        diff = f"differ by {rel_diff(a, b):.0%}" if a is not None and b is not None else "cannot be compared"
+        other.append(
+            f"warmup did not stabilize: the last two of {warmup.rounds} rounds' {warmup.metric} {diff} "
+            f"(> {WARMUP_TOLERANCE:.0%}; stopped on {warmup.stop})"
+        )
+    return marked, outs, cvs, other, text + other
+
+
 def assemble(
     cfg: BenchConfig,
     wl: Workload,
@@ -391,10 +785,23 @@ def assemble(
     started: str,
     trials: list[TrialResult],
     run_salt: int,
+    *,
+    warmup: WarmupReport | None = None,
+    sol: SolInputs | None = None,
 ) -> BenchResult:
     engine = cfg.engine or _detect_engine(facts.get("owned_by"))
     simulated = engine.startswith("perftune-")
-    tier, reasons = tier_for(trials=len(trials), same_node=cfg.same_node, baseline=cfg.baseline)
+    headline: dict[str, AcrossTrials] = dict(across(trials))
+    headline["tpot_median_ms"] = tpot_median(trials)
+    trials, outs, cvs, other, flags = quality_flags(trials, headline, warmup)
+    tier, reasons = tier_for(
+        trials=len(trials),
+        same_node=cfg.same_node,
+        baseline=cfg.baseline,
+        outlier_trials=outs,
+        high_cv=cvs,
+        flags=other,
+    )
     if simulated:
         reasons = [*reasons, "simulated server"]
         tier = "DRAFT"
@@ -427,7 +834,7 @@ def assemble(
         started_at=started,
     )
     invalid = [f"trial {t.trial}: {r}" for t in trials for r in t.load.invalid_reasons]
-    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, Any]] = dict(across(trials))
+    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, Any]] = dict(headline)
     if cfg.slo:
         summary.update(across(trials, ("goodput_req_s", "goodput_fraction")))
     if any(t.engine_prefix_cache_hit_rate is not None for t in trials):
@@ -450,4 +857,11 @@ def assemble(
             "requested": cfg.rate,
             "achieved_min": min((t.load.achieved_rate or 0.0) for t in trials),
         }
+    summary["flags"] = flags
+    if warmup is not None:
+        summary["warmup"] = warmup.model_dump()
+    if sol is not None:
+        summary["sol"] = decode_sol(sol, trials, cfg.concurrency)
+    if facts.get("partial_records_error"):
+        summary["partial_records"] = {"error": str(facts["partial_records_error"])}
     return BenchResult(context=ctx, summary=summary, trials=trials, definitions=DEFINITIONS)

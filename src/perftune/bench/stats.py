@@ -84,3 +84,42 @@ def across_trials(values: Sequence[float | None]) -> AcrossTrials:
         ci95_half_width=half,
         trials=list(values),
     )
+
+
+# ---------------------------------------------------------------- measurement-quality rules (pure)
+
+WARMUP_TOLERANCE = 0.10  # two consecutive warmup rounds within 10% of each other: the engine is warm
+OUTLIER_TOLERANCE = 0.15  # a trial more than 15% off the median of all trials is an outlier
+HIGH_CV = 0.10  # across-trial CV above 10% on output tok/s or median TPOT: the trials disagree
+
+
+def rel_diff(a: float, b: float) -> float:
+    """|a - b| relative to the larger magnitude (0 when both are 0)."""
+    big = max(abs(a), abs(b))
+    return abs(a - b) / big if big else 0.0
+
+
+def warmup_stable(values: Sequence[float], tol: float = WARMUP_TOLERANCE) -> bool:
+    """Stability rule: the last two warmup rounds' values agree within `tol` (relative to the larger)."""
+    return len(values) >= 2 and rel_diff(values[-2], values[-1]) <= tol
+
+
+def outlier_trials(values: Sequence[float | None], tol: float = OUTLIER_TOLERANCE) -> list[int]:
+    """Outlier rule: indexes of trials whose value is more than `tol` off the median of ALL trials.
+
+    Needs >= 3 trials with a value: with two, neither can be told from the other (the CV rule covers it).
+    The median of all trials, not of the others: with three trials one cold trial would otherwise drag
+    the "median of the others" of each good trial halfway towards itself and flag it too.
+    """
+    have = [(i, float(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(have) < 3:
+        return []
+    med = float(np.median([v for _, v in have]))
+    if med == 0:
+        return []
+    return [i for i, v in have if abs(v - med) / abs(med) > tol]
+
+
+def high_cv(metrics: dict[str, AcrossTrials], limit: float = HIGH_CV) -> dict[str, float]:
+    """The metrics whose across-trial CV exceeds `limit` (metric -> CV)."""
+    return {k: a.cv for k, a in metrics.items() if a.cv is not None and abs(a.cv) > limit}

@@ -28,6 +28,8 @@ Api = Literal["completions", "chat"]
 # vocabulary (>= 32k entries); special/reserved tokens live at the ends of vocabularies.
 DEFAULT_TOKEN_LOW = 1000
 DEFAULT_TOKEN_HIGH = 32000
+# Requests per trial: every request's prompt, body and records stay in memory for the run.
+MAX_NUM_REQUESTS = 1_000_000
 
 
 class WorkloadSpec(BaseModel):
@@ -59,6 +61,11 @@ class WorkloadSpec(BaseModel):
 
     def resolved(self) -> WorkloadSpec:
         """Fill kind-dependent defaults (the long workload is 32k in / 256 out unless told)."""
+        if self.num_requests > MAX_NUM_REQUESTS:
+            raise ConfigError(
+                f"num_requests {self.num_requests:,} is above the bound {MAX_NUM_REQUESTS:,}",
+                hint="every request stays in memory for the run; use fewer requests and more trials",
+            )
         d = self.model_dump()
         if self.kind == "long":
             d["isl"] = self.isl or 32768

@@ -197,6 +197,7 @@ def bench_cell(
         warmup_requests=min(4, concurrency),
         hardware=f"{i.gpus}x{i.gpu}",
         engine=None,
+        server_log=rec.log_path,  # compilation logged during a trial flags it
     )
     run, _ = bench(cfg, out_dir=tmp)
     tmp.rename(cell_dir)

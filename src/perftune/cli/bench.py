@@ -13,8 +13,8 @@ from perftune import api
 from perftune.bench.calibrate import DEFAULT_LADDER, CalibrationPoint, MockTruth
 from perftune.bench.load import Arrival
 from perftune.bench.metrics import parse_slo
-from perftune.bench.output import RecordsFormat, headline_rows
-from perftune.bench.runner import BenchConfig, Transport
+from perftune.bench.output import RecordsFormat, headline_rows, sol_line
+from perftune.bench.runner import BenchConfig, BenchRun, Transport
 from perftune.bench.runner import Progress as BenchProgress
 from perftune.bench.workloads import WorkloadKind, WorkloadSpec
 from perftune.cli.common import err_console, handle_errors, out_console, print_json
@@ -22,6 +22,10 @@ from perftune.cli.common import err_console, handle_errors, out_console, print_j
 app = typer.Typer(
     help="Measure an OpenAI-compatible server with perftune's exact client.", no_args_is_help=True
 )
+
+# Exit code of a bench whose client fell behind (summary valid=false): the evidence is written, but the
+# numbers are not a server result. 1 and 2 are run-time and input errors.
+EXIT_INVALID = 5
 
 
 @app.command("run")
@@ -51,7 +55,24 @@ def run(
     burstiness: float = typer.Option(1.0, help="gamma arrivals: shape (1 = Poisson, < 1 burstier)"),
     max_concurrency: int | None = typer.Option(None, help="open loop: cap on in-flight requests"),
     trials: int = typer.Option(3, help="counted trials (a warmup runs first and is not counted)"),
-    warmup: int | None = typer.Option(None, help="warmup requests (default min(16, num-requests))"),
+    warmup: int | None = typer.Option(
+        None, help="minimum warmup requests (default min(16, num-requests); 0: no warmup)"
+    ),
+    warmup_until_stable: bool = typer.Option(
+        True,
+        "--warmup-until-stable/--warmup-fixed",
+        help="keep warming up at the trial's concurrency until two rounds agree within 10% "
+        "(bounded by --warmup-max-rounds), or run exactly --warmup requests",
+    ),
+    warmup_max_rounds: int = typer.Option(3, help="most warmup rounds spent waiting for stability"),
+    server_log: Path | None = typer.Option(
+        None, help="engine log file: compilation logged during a trial flags that trial"
+    ),
+    gpu: str | None = typer.Option(None, help="GPU of the server (e.g. h100), for the decode %SoL"),
+    model_card: str | None = typer.Option(
+        None, help="model catalog name or folder, for the decode %SoL (with --gpu)"
+    ),
+    tp: int = typer.Option(1, help="tensor parallel size of the server (for the %SoL only)"),
     timeout_s: float = typer.Option(600.0, help="per-request timeout, seconds"),
     slo: str | None = typer.Option(None, help="goodput SLO, e.g. ttft_ms=200,tpot_ms=40"),
     out: Path | None = typer.Option(None, help="run folder (default runs/bench-<time>-<id>)"),
@@ -73,7 +94,11 @@ def run(
     ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object on stdout"),
 ) -> None:
-    """Benchmark a server: warmup + N trials, exact tokens, mean/std/CI95 per headline metric."""
+    """Benchmark a server: warmup + N trials, exact tokens, mean/std/CI95 per headline metric.
+
+    Exit codes: 0 ok, 1 run-time failure, 2 bad input, 5 invalid run (the client fell behind; the
+    evidence is still written).
+    """
     spec = None
     if workload_file is None:
         extra = {"token_high": vocab_size} if vocab_size else {}
@@ -100,10 +125,16 @@ def run(
         max_concurrency=max_concurrency,
         trials=trials,
         warmup_requests=warmup,
+        warmup_until_stable=warmup_until_stable,
+        warmup_max_rounds=warmup_max_rounds,
+        server_log=str(server_log) if server_log else None,
+        gpu=gpu,
+        model_card=model_card,
+        tp=tp,
         request_timeout_s=timeout_s,
         slo=parse_slo(slo),
         api_key=api_key,
-        hardware=hardware,
+        hardware=f"{tp}x{gpu}" if gpu and hardware == "unknown" else hardware,
         engine=engine,
         baseline=baseline,
         transport=transport,
@@ -125,19 +156,40 @@ def run(
         def observe(p: BenchProgress) -> None:
             key = (p.phase, p.trial)
             if key not in tasks:
-                label = "warmup" if p.phase == "warmup" else f"trial {p.trial + 1}/{trials}"
+                label = f"warmup {p.trial + 1}" if p.phase == "warmup" else f"trial {p.trial + 1}/{trials}"
                 tasks[key] = bar.add_task(label, total=p.total, tps="")
                 t_start[key] = time.monotonic()
             dt = max(time.monotonic() - t_start[key], 1e-6)
             bar.update(tasks[key], completed=p.done, tps=f"~{p.output_tokens / dt:,.0f} tok/s")  # type: ignore[arg-type]
 
         result, paths = api.bench(
-            cfg, out_dir=out, records_format=records_format, tokenizer=tokenizer, observer=observe
+            cfg,
+            out_dir=out,
+            records_format=records_format,
+            tokenizer=tokenizer,
+            observer=observe,
+            refuse_incomplete=True,
         )
+    s = result.result.summary
+    if "fallback" in paths:
+        err_console.print(f"[bold yellow]warning:[/] {paths['fallback']}", highlight=False, soft_wrap=True)
     if as_json:
         print_json({**result.result.model_dump(mode="json"), "artifacts": paths})
-        return
+    else:
+        _render(result, paths)
+    if not s["valid"]:
+        err_console.print(
+            f"[bold red]INVALID (client fell behind):[/] {'; '.join(s['invalid_reasons'])}",  # type: ignore[arg-type]
+            highlight=False,
+            soft_wrap=True,
+        )
+        err_console.print(f"evidence kept: {Path(paths['summary']).parent}", highlight=False, soft_wrap=True)
+        raise SystemExit(EXIT_INVALID)
+
+
+def _render(result: BenchRun, paths: dict[str, str]) -> None:
     ctx = result.result.context
+    s = result.result.summary
     table = Table(
         title=f"{ctx.model} @ {ctx.stack.engine} {ctx.stack.engine_version or ''} | {ctx.workload.kind} "
         f"isl={ctx.workload.isl} osl={ctx.workload.osl} | "
@@ -150,15 +202,30 @@ def run(
         + (" | SIMULATED" if ctx.stack.simulated else "")
     )
     for col in ("metric", "mean ± std", "95% CI", "CV", "per trial"):
-        table.add_column(col)
+        table.add_column(col, justify="left" if col == "metric" else "right")
     for row in headline_rows(result):
         table.add_row(*row)
     out_console.print(table)
-    s = result.result.summary
-    if not s["valid"]:
-        out_console.print(f"[bold red]INVALID (client fell behind):[/] {'; '.join(s['invalid_reasons'])}")  # type: ignore[arg-type]
-    out_console.print(f"tier: {ctx.tier} ({'; '.join(ctx.tier_reasons) or 'all conditions met'})")
-    out_console.print(f"evidence: {Path(paths['summary']).parent}")
+    sol = sol_line(result)
+    if sol:
+        out_console.print(sol, highlight=False)
+    w = s.get("warmup")
+    if isinstance(w, dict) and w.get("rounds"):
+        state = {
+            True: "stable: the last two rounds agree within 10%",
+            False: f"NOT stable (stopped on {w['stop']})",
+            None: "fixed count",
+        }[w.get("stabilized")]
+        out_console.print(
+            f"warmup: {w['requests']} requests in {w['rounds']} round(s) of {w['round_size']}, {state}",
+            highlight=False,
+        )
+    for flag in s.get("flags") or []:  # type: ignore[union-attr]
+        out_console.print(f"[bold yellow]flag:[/] {flag}", highlight=False)
+    out_console.print(
+        f"tier: {ctx.tier} ({'; '.join(ctx.tier_reasons) or 'all conditions met'})", highlight=False
+    )
+    out_console.print(f"evidence: {Path(paths['summary']).parent}", highlight=False)
 
 
 @app.command("calibrate")
@@ -176,6 +243,15 @@ def calibrate(
     """Print this host's faithful client ceiling: highest output tok/s with TTFT and throughput within 10%."""
     truth = MockTruth(ttft_ms=ttft_ms, itl_ms=itl_ms, isl=isl, osl=osl)
     levels = [int(x) for x in ladder.split(",") if x.strip()]
+    if not as_json:
+        err_console.print(
+            f"calibrating the client ceiling: a mock server (ttft {ttft_ms:g} ms, itl {itl_ms:g} ms, "
+            f"{isl} in / {osl} out), concurrency ladder {', '.join(map(str, levels))}; a level takes "
+            f"several request lifetimes ({truth.request_ms() / 1e3:.1f} s each) and prints one line "
+            "when it is measured",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def show(p: CalibrationPoint) -> None:
         if not as_json:

@@ -147,6 +147,7 @@ class LiveEvaluator:
                         warmup_requests=min(2, c),
                         request_timeout_s=self.wedge_s,
                         hardware=f"{i.gpus}x{i.gpu}",
+                        server_log=rec.log_path,
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
                     run, _ = bench(cfg, out_dir=self.dir / rel)
