@@ -145,3 +145,14 @@ def test_hub_id_offline_and_uncached_is_a_clear_error(
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelError, match=r"cannot get config\.json for hub id 'perftune-test/not-cached'"):
         model_card("perftune-test/not-cached")
+
+
+def test_catalog_deepseek_configs_carry_the_router_fields_engines_need() -> None:
+    # vLLM 0.26.0 refused `model synth deepseek-v2-lite` ("num_expert_group and topk_group must be
+    # provided when use_grouped_topk is True") while the catalog copy lacked the published fields.
+    import json
+    from importlib import resources
+
+    for name in ("deepseek-v2-lite", "deepseek-v3"):
+        cfg = json.loads(resources.files("perftune.models").joinpath(f"catalog/{name}.json").read_text())
+        assert cfg.get("n_group") and cfg.get("topk_group") and cfg.get("topk_method"), name
