@@ -116,3 +116,17 @@ def test_a_red_opt_in_tune_does_not_block_the_campaign(tmp_path: Path) -> None:
     p3 = final.phases["3"]
     assert p3.status == "skipped" and "tuning stopped at its time limit" in p3.reason
     assert final.phases["8"].status == "green"
+
+
+def test_lake_export_to_an_unwritable_folder_is_one_line_exit_2(tmp_path: Path) -> None:
+    from perftune.lake.db import connect
+
+    lake = tmp_path / "lake.duckdb"
+    with connect(lake):
+        pass
+    r = _pt("lake", "export", "--out", "/proc/perftune-x", "--lake", str(lake))
+    assert (
+        r.returncode == 2 and "cannot write to /proc/perftune-x" in r.stderr and "Traceback" not in r.stderr
+    )
+    ok = _pt("lake", "export", "--out", str(tmp_path / "x"), "--lake", str(lake))
+    assert ok.returncode == 0 and (tmp_path / "x" / "cells.parquet").exists()

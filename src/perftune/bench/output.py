@@ -28,6 +28,7 @@ from perftune.bench.stats import AcrossTrials
 from perftune.bench.workloads import save_workload
 from perftune.errors import BenchError, ConfigError
 from perftune.util.atomic import atomic_path, write_bytes, write_text
+from perftune.util.fs import writable_dir
 
 RecordsFormat = Literal["jsonl", "parquet"]
 
@@ -135,15 +136,7 @@ def incomplete_run(out_dir: str | Path) -> str | None:
 def check_out_dir(out_dir: str | Path, *, refuse_incomplete: bool = True) -> Path:
     """Before measuring: the out folder exists (created), takes a file, and (unless told otherwise)
     holds no unfinished run's partial records."""
-    out = Path(out_dir)
-    hint = "pick a folder you can write, e.g. --out ./runs/my-bench"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".perftune-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write to the out folder {out}: {e.strerror or e}", hint=hint) from e
+    out = writable_dir(out_dir, hint="pick a folder you can write, e.g. --out ./runs/my-bench")
     partial = incomplete_run(out) if refuse_incomplete else None
     if partial is not None:
         raise ConfigError(

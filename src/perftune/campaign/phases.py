@@ -242,6 +242,7 @@ def make_cell(
         simulated=r.context.stack.simulated,
         prefix_cache=None if prefix is None else bool(prefix),
         context=r.context.model_dump(mode="json"),
+        flags=[str(f) for f in flags] if isinstance(flags := s.get("flags"), list) else [],
     )
 
 

@@ -99,15 +99,16 @@ def suite_table(state: CampaignState) -> list[str]:
         f"{state.intent.model} on {c0.get('hardware')}, {cells[0].trials} trials per cell (mean ± std over "
         "trials; TPOT is the per-trial median)" + (", **SIMULATED**" if sim else "") + ".",
         "",
-        "| workload | c | engine | config | output tok/s | median TPOT ms | mean TTFT ms | %SoL | tier |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| workload | c | engine | config | output tok/s | median TPOT ms | mean TTFT ms | %SoL | tier | flags |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in cells:
         std = f" ± {c.output_tok_s_std:,.0f}" if c.output_tok_s_std is not None else ""
         sol = f"{c.sol_pct:.0f}% ({c.ceiling_key})" if c.sol_pct is not None else "-"
         lines.append(
             f"| {c.workload} | {c.concurrency} | {c.engine} | {c.config} | {_num(c.output_tok_s)}{std} "
-            f"| {_num(c.tpot_median_ms, 2)} | {_num(c.ttft_mean_ms)} | {sol} | {c.tier}{' SIMULATED' if c.simulated else ''} |"
+            f"| {_num(c.tpot_median_ms, 2)} | {_num(c.ttft_mean_ms)} | {sol} | {c.tier}{' SIMULATED' if c.simulated else ''} "
+            f"| {'; '.join(c.flags) or '-'} |"
         )
     return lines
 

@@ -126,6 +126,11 @@ class Cell(BaseModel):
     simulated: bool
     prefix_cache: bool | None = Field(description="prefix caching on/off as configured")
     context: dict[str, Any] = Field(description="the bench MeasurementContext")
+    flags: list[str] = Field(
+        default_factory=list,
+        description="the bench's quality flags: outlier trials, high CV, compilation during a trial, a "
+        "simulator that fell behind its virtual schedule",
+    )
 
 
 class Deployment(BaseModel):

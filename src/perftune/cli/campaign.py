@@ -172,6 +172,17 @@ def frontier(
     _render(f(findings, model), as_json)
 
 
+def _cell_text(v: object) -> str:
+    """Readable numbers: 11,900.1 rather than 1.19e+04 or 11900.123456789."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1 else f"{v:,.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
 def _render(rows: list[dict[str, object]], as_json: bool) -> None:
     if as_json:
         print_json(rows)
@@ -185,7 +196,7 @@ def _render(rows: list[dict[str, object]], as_json: bool) -> None:
     for col in rows[0]:
         t.add_column(str(col))
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r.values()])
+        t.add_row(*[_cell_text(v) for v in r.values()])
     out_console.print(t)
 
 

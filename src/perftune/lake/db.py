@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from perftune.errors import ConfigError, LakeError
+from perftune.util.fs import writable_dir
 
 LOCK_TIMEOUT_ENV = "PERFTUNE_LAKE_LOCK_TIMEOUT_S"
 DEFAULT_LOCK_TIMEOUT_S = 120.0
@@ -236,8 +237,9 @@ def query(
 
 
 def export_parquet(path: str | Path, out_dir: str | Path, *, lock_timeout: float | None = None) -> list[str]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not Path(path).exists():
+        raise LakeError(f"no lake at {path}", hint="run a campaign first, or pass --lake PATH")
+    out = writable_dir(out_dir, hint="pick a folder you can write, e.g. --out ./lake-export")
     written = []
     with connect(path, read_only=True, lock_timeout=lock_timeout) as con:
         for table in TABLES:
