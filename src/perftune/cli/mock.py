@@ -26,12 +26,19 @@ def mock_server(
     wedge_after: int | None = typer.Option(
         None, help="test engine: streams of requests after the Nth open and never send a token"
     ),
+    startup_delay_s: float = typer.Option(
+        0.0, help="test engine: wait this long before listening (an engine loading its weights)"
+    ),
 ) -> None:
     """Serve an OpenAI-compatible stream with exact, deadline-driven timing (ground truth for clients)."""
     if ttft_ms < 0 or itl_ms < 0 or tokens_per_chunk < 1:
         raise ConfigError(
             "ttft-ms and itl-ms must be >= 0 and tokens-per-chunk >= 1", hint="e.g. --ttft-ms 20 --itl-ms 5"
         )
+    if startup_delay_s > 0:
+        import time
+
+        time.sleep(startup_delay_s)
     cfg = MockConfig(
         ttft_ms=ttft_ms,
         itl_ms=itl_ms,
