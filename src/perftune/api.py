@@ -500,40 +500,20 @@ def tune(
 ) -> tuple[Path, Any]:
     """Run phase 3 (tuning) of an existing campaign, in its bundle. Re-running resumes from the
     phase's journal; stop_after_s time-boxes this invocation (no deploy starts after it)."""
-    from pydantic import ValidationError
-
-    from perftune.campaign.pipeline import run_campaign
-    from perftune.campaign.state import CampaignState, Intent
+    from perftune.campaign.pipeline import run_tune
     from perftune.lake.db import default_lake
 
-    run_dir = Path(runs_dir) / run_id
-    state = CampaignState.load(run_dir)
-    if state.phases["1"].status != "green":
-        raise ConfigError(
-            f"campaign {run_id} has no green phase 1", hint="run perftune optimize up to phase 1 first"
-        )
-    update: dict[str, Any] = {
-        "budget_gpu_min": budget_gpu_min,
-        "tune": True,
-        "tune_stop_after_s": stop_after_s,
-    }
+    update: dict[str, Any] = {"budget_gpu_min": budget_gpu_min, "tune_stop_after_s": stop_after_s}
     if engines:
         update["engines"] = list(engines)
     if workloads:
         update["tune_workloads"] = list(workloads)
     if top_k is not None:
         update["tune_top_k"] = top_k
-    try:  # validated like a fresh intent: a bad workload or k stops here, before any deploy
-        state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
-    except ValidationError as e:
-        raise config_error_from(e, "bad tune option ", hint="see perftune tune --help") from None
-    state.phases["3"].status = "pending"
-    state.save(run_dir)
-    return run_campaign(
+    return run_tune(
+        run_id,
         runs_dir=Path(runs_dir),
-        resume=run_id,
-        start_phase="3",
-        until="3",
+        update=update,
         observe=observe,
         lake=Path(lake) if lake else default_lake(),
     )

@@ -130,3 +130,30 @@ def test_lake_export_to_an_unwritable_folder_is_one_line_exit_2(tmp_path: Path) 
     )
     ok = _pt("lake", "export", "--out", str(tmp_path / "x"), "--lake", str(lake))
     assert ok.returncode == 0 and (tmp_path / "x" / "cells.parquet").exists()
+
+
+def test_two_processes_resuming_one_run_the_second_refuses_naming_the_first(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "perftune", "optimize", "llama-3.1-8b", "--engines", "sim", "--yes"]
+    cmd += [
+        "--runs-dir",
+        str(runs),
+        "--lake",
+        str(tmp_path / "l.duckdb"),
+        "--registry",
+        str(tmp_path / "k.yaml"),
+    ]
+    cmd += ["--findings", str(tmp_path / "f.yaml"), "--workloads", "random,prefix", "--ladder", "4,8"]
+    cmd += ["--isl", "256", "--osl", "64", "--trials", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        st = _wait_for_phase8_with_a_live_server(runs, proc)
+        second = _pt("optimize", "--resume", st.run_id, "--runs-dir", str(runs), "--yes")
+        assert second.returncode == 2, second.stderr
+        assert f"already being driven by another process (PID {proc.pid})" in second.stderr
+        tune = _pt("tune", "--run", st.run_id, "--runs-dir", str(runs), "--yes")
+        assert tune.returncode == 2 and f"PID {proc.pid}" in tune.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    assert CampaignState.load(runs / st.run_id).intent.tune is False  # the refused tune changed nothing

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from perftune.campaign.state import CampaignState, Cell, Deployment, Intent, PhaseRecord, new_run_id
 from perftune.context import now_iso
@@ -211,6 +211,55 @@ def resume_command(state: CampaignState, runs_dir: Path, lake: Path | None) -> s
     return cmd + (f" --lake {lake}" if lake is not None else "") + " --yes"
 
 
+def run_tune(
+    run_id: str,
+    *,
+    runs_dir: Path,
+    update: dict[str, Any],
+    observe: Observer | None = None,
+    lake: Path | None = None,
+) -> tuple[Path, CampaignState]:
+    """Phase 3 alone on an existing campaign (`perftune tune`): the tune options are validated like a
+    fresh intent, then the phase runs from its journal. `tune` stays opt-in for `optimize`: a later
+    --resume does not re-run it, and a red tune does not block the campaign."""
+    from pydantic import ValidationError
+
+    from perftune.errors import config_error_from
+
+    run_dir = runs_dir / run_id
+    state = CampaignState.load(run_dir)
+    lock = run_lock(run_dir)
+    try:
+        if state.phases["1"].status != "green":
+            raise ConfigError(
+                f"campaign {run_id} has no green phase 1", hint="run perftune optimize up to phase 1 first"
+            )
+        was = state.intent.tune
+        try:  # validated like a fresh intent: a bad workload or k stops here, before any deploy
+            state.intent = Intent.model_validate({**state.intent.model_dump(), **update, "tune": True})
+        except ValidationError as e:
+            raise config_error_from(e, "bad tune option ", hint="see perftune tune --help") from None
+        state.phases["3"].status = "pending"
+        state.save(run_dir)
+    except BaseException:
+        lock.close()
+        raise
+    try:
+        return run_campaign(
+            runs_dir=runs_dir,
+            resume=run_id,
+            start_phase="3",
+            until="3",
+            observe=observe,
+            lake=lake,
+            held_lock=lock,
+        )
+    finally:
+        st = CampaignState.load(run_dir)
+        st.intent = st.intent.model_copy(update={"tune": was})
+        st.save(run_dir)
+
+
 def _validate_new(intent: Intent) -> None:
     """Bad input fails before a run folder or a lake row exists (a typo in the model name, say)."""
     from perftune.models.resolve import model_card
@@ -229,6 +278,7 @@ def run_campaign(
     confirm: Confirm | None = None,
     observe: Observer | None = None,
     lake: Path | None = None,
+    held_lock: IO[str] | None = None,
 ) -> tuple[Path, CampaignState]:
     skip = skip or []
     for p in [until, start_phase, *skip]:
@@ -240,6 +290,8 @@ def run_campaign(
     if resume is not None:
         run_dir = runs_dir / resume
         state = CampaignState.load(run_dir)
+        # a second process resuming the same run refuses, naming the first
+        lock = held_lock or run_lock(run_dir)
         reaped = reap_orphans(state)
         state.save(run_dir)
         if reaped and observe is not None:
@@ -248,6 +300,7 @@ def run_campaign(
         assert intent is not None
         _validate_new(intent)
         run_dir, state = new_campaign(intent, runs_dir)
+        lock = run_lock(run_dir)
     ctx = Ctx(run_dir, state, observe or (lambda _m: None))
     table = _phase_table()
     ids = [pid for pid, _, _ in table]
@@ -306,13 +359,41 @@ def run_campaign(
             hint=f"resume with: {resume_command(state, runs_dir, lake)}",
         ) from None
     finally:
-        write_text(run_dir / "summary.md", _summary(state))
-        if lake is not None:
-            from perftune.campaign.publish import publish
+        try:
+            write_text(run_dir / "summary.md", _summary(state))
+            if lake is not None:
+                from perftune.campaign.publish import publish
 
-            counts = publish(run_dir, lake)
-            ctx.observe(f"published to {lake}: {counts}")
+                counts = publish(run_dir, lake)
+                ctx.observe(f"published to {lake}: {counts}")
+        finally:
+            lock.close()
     return run_dir, state
+
+
+def run_lock(run_dir: Path) -> IO[str]:
+    """An exclusive, non-blocking lock on the run folder for as long as this process drives it: two
+    processes resuming one run would deploy twice and race on campaign.json. The kernel drops the lock
+    when its holder dies, so a SIGKILLed run never leaves a stale lock behind."""
+    import fcntl
+    import os
+
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the campaign ends
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(
+            f"campaign {run_dir.name} is already being driven by another process (PID {holder})",
+            hint="wait for it to finish or stop it (SIGINT/SIGTERM), then resume",
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _summary(state: CampaignState) -> str:

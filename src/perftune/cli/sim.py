@@ -9,6 +9,7 @@ import typer
 from perftune.cli.common import handle_errors, out_console, print_json, serve_forever
 
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+FAULTS = "Test engine (fault injection)"
 app = typer.Typer(help="The simulated engine: predict in virtual time, calibrate against real runs.")
 
 
@@ -21,15 +22,47 @@ def sim_server(
     host: str = typer.Option("127.0.0.1", help="bind address"),
     calibration: Path | None = typer.Option(None, help="calibration YAML (default: the built-in one)"),
     ready_json: bool = typer.Option(False, help="print one JSON line with the bound port when ready"),
+    fault: str | None = typer.Option(
+        None,
+        metavar="KIND",
+        help="TEST ENGINE: make requests fail: wedge (the stream opens, never a token), http500 (a 500 "
+        "with an OpenAI error body), drop (the connection closes mid-stream), stall (the first byte "
+        "waits --fault-stall-s)",
+        rich_help_panel=FAULTS,
+    ),
+    fault_after: int | None = typer.Option(
+        None,
+        help="TEST ENGINE: the fault applies to generate requests after the Nth (default 0: all)",
+        rich_help_panel=FAULTS,
+    ),
+    fault_stall_s: float | None = typer.Option(
+        None, help="TEST ENGINE: stall: seconds before the first byte (default 5)", rich_help_panel=FAULTS
+    ),
+    fault_drop_tokens: int | None = typer.Option(
+        None,
+        help="TEST ENGINE: drop: tokens streamed before the connection closes (default 2)",
+        rich_help_panel=FAULTS,
+    ),
+    fault_when: list[str] | None = typer.Option(
+        None,
+        metavar="FIELD=VALUE",
+        help="TEST ENGINE: only when the served config has FIELD=VALUE, e.g. kv_cache_dtype=fp8 (a lever "
+        "that avoids the fault); repeatable",
+        rich_help_panel=FAULTS,
+    ),
 ) -> None:
     """Serve a simulated vLLM in real time. Extra arguments are vLLM flags, e.g. --max-num-seqs 64."""
     from perftune.api import sim_setup
+    from perftune.sim.config import parse_fault
     from perftune.sim.server import SimServer, serve
 
     flags = list(ctx.args)
+    injected = parse_fault(fault, fault_after, fault_stall_s, fault_drop_tokens, fault_when)
     card, g, cfg, cal, model_dir = sim_setup(model, gpu, flags, calibration)
     if cfg.served_name is None:
         cfg = cfg.model_copy(update={"served_name": model})  # vLLM serves the model argument by default
+    if injected is not None:
+        cfg = cfg.model_copy(update={"fault": injected})
     srv = SimServer(card, g, cfg, cal, model_dir)
 
     serve_forever(
@@ -40,6 +73,7 @@ def sim_server(
         banner=lambda bound: (
             f"SIMULATED vLLM on http://{host}:{bound}: {srv.served} on {g.key} "
             f"({srv.version}); KV {srv.core.kv_tokens:,} tokens; {srv.tok.source}"
+            + (f"; TEST FAULT {srv.fault.kind} after {srv.fault.after} requests" if srv.fault else "")
         ),
     )
 

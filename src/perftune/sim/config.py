@@ -2,6 +2,8 @@
 
 The simulator accepts vLLM's own flag names for the levers it models, so the vLLM adapter can point at
 it unchanged; a flag it cannot model is refused with a one-line error, never silently ignored.
+It also takes perftune's own test-engine fault flags (--fault and --fault-*), so a campaign's
+engine_args can make a simulated engine fail on purpose; they set `SimConfig.fault`, never a lever.
 """
 
 from __future__ import annotations
@@ -10,12 +12,36 @@ import argparse
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from perftune.errors import ConfigError
 
 CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
 CudagraphMode = Literal["NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"]
+FAULT_KINDS = ("wedge", "http500", "drop", "stall")
+FaultKind = Literal["wedge", "http500", "drop", "stall"]
+
+
+class SimFault(BaseModel):
+    """A test engine's failure mode (`perftune sim-server --fault KIND`); never a serving lever.
+
+    It applies to every generate request after the first `after` valid ones (as the mock's
+    --wedge-after counts), and only where the served config matches `when` (a lever that avoids it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: FaultKind = Field(
+        description="wedge: the stream opens and never sends a token; http500: a 500 with an OpenAI "
+        "error body; drop: the connection is closed mid-stream after drop_tokens tokens; stall: the "
+        "first byte is held for stall_s seconds, then the request is served"
+    )
+    after: int = Field(0, ge=0, description="generate requests served normally before the fault starts")
+    stall_s: float = Field(5.0, ge=0, description="stall: seconds before the first byte")
+    drop_tokens: int = Field(2, ge=0, description="drop: tokens streamed before the connection closes")
+    when: dict[str, str] = Field(
+        default_factory=dict,
+        description="SimConfig field -> value (as text): the fault applies only to a served config "
+        "with all of them, e.g. {'kv_cache_dtype': 'fp8'}; empty: always",
+    )
 
 
 class SimConfig(BaseModel):
@@ -36,6 +62,15 @@ class SimConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="tensor parallelism")
     max_model_len: int | None = Field(None, ge=1, description="context limit (default: the model's)")
     seed: int = Field(0, description="seed for sampled tokens and step-time jitter")
+    fault: SimFault | None = Field(None, description="test engine: an injected failure (None: healthy)")
+
+    def fault_applies(self) -> bool:
+        """The fault is set and the served config matches its `when` (compared as text)."""
+        f = self.fault
+        if f is None:
+            return False
+        d = self.model_dump(exclude={"fault"})
+        return all(str(d.get(k)).lower() == v.lower() for k, v in f.when.items())
 
     @property
     def kv_dtype(self) -> str:
@@ -76,7 +111,54 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     for flag in _NEUTRAL:
         p.add_argument(flag)
+    # perftune's test-engine faults (not vLLM's): `perftune sim-server --help` describes them.
+    p.add_argument("--fault")
+    p.add_argument("--fault-after", type=int)
+    p.add_argument("--fault-stall-s", type=float)
+    p.add_argument("--fault-drop-tokens", type=int)
+    p.add_argument("--fault-when", action="append")
     return p
+
+
+def parse_fault(
+    kind: str | None,
+    after: int | None = None,
+    stall_s: float | None = None,
+    drop_tokens: int | None = None,
+    when: list[str] | None = None,
+) -> SimFault | None:
+    """The --fault* flags -> SimFault (None without --fault); ConfigError for a bad value or a
+    --fault-* option given without --fault."""
+    hint = "e.g. --fault drop --fault-after 4 --fault-drop-tokens 2 (kinds: " + ", ".join(FAULT_KINDS) + ")"
+    if kind is None:
+        if after is not None or stall_s is not None or drop_tokens is not None or when:
+            raise ConfigError(
+                "--fault-after/--fault-stall-s/--fault-drop-tokens/--fault-when need --fault", hint=hint
+            )
+        return None
+    if kind not in FAULT_KINDS:
+        raise ConfigError(f"unknown --fault '{kind}'", hint=hint)
+    conditions: dict[str, str] = {}
+    for term in when or []:
+        key, sep, value = term.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SimConfig.model_fields or key == "fault":
+            raise ConfigError(
+                f"bad --fault-when '{term}'",
+                hint="write FIELD=VALUE with a simulator config field, e.g. kv_cache_dtype=fp8 or "
+                "max_num_seqs=2",
+            )
+        conditions[key] = value.strip()
+    d: dict[str, object] = {"kind": kind, "when": conditions}
+    for name, v in (("after", after), ("stall_s", stall_s), ("drop_tokens", drop_tokens)):
+        if v is not None:
+            d[name] = v
+    try:
+        return SimFault.model_validate(d)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        flag = "--fault-" + str(err["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag}: {err['msg']}", hint=hint) from None
 
 
 def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfig:
@@ -89,7 +171,8 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
             hint="modelled: --max-num-seqs --max-num-batched-tokens --(no-)enable-chunked-prefill "
             "--gpu-memory-utilization --kv-cache-dtype --quantization fp8 --(no-)enable-prefix-caching "
             "--block-size --enforce-eager --compilation-config '{\"cudagraph_mode\": ...}' "
-            "--max-cudagraph-capture-size --tensor-parallel-size --max-model-len --seed",
+            "--max-cudagraph-capture-size --tensor-parallel-size --max-model-len --seed "
+            "(test faults: --fault --fault-after --fault-stall-s --fault-drop-tokens --fault-when)",
         )
     d = (base or SimConfig()).model_dump()
     v = vars(known)
@@ -116,6 +199,15 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
         d["cudagraph_mode"] = "NONE"
     if v.get("compilation_config"):
         d["cudagraph_mode"] = _cudagraph_mode(v["compilation_config"], d["cudagraph_mode"])
+    fault = parse_fault(
+        v.get("fault"),
+        v.get("fault_after"),
+        v.get("fault_stall_s"),
+        v.get("fault_drop_tokens"),
+        v.get("fault_when"),
+    )
+    if fault is not None:
+        d["fault"] = fault
     return SimConfig(**d)
 
 

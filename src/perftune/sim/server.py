@@ -16,6 +16,16 @@ LATE_STEP_FRAC of the step are kept since the last POST /sim/stats/reset or succ
 `faithful: false` when the p99 lag is over FAITHFUL_P99_LAG_MS or more than FAITHFUL_LATE_STEP_FRAC
 of the steps were late: the timing served was then the host's, not the model's.
 
+Test-engine faults (`--fault KIND`, SimConfig.fault): after the first `after` valid generate requests
+(counted as the mock's --wedge-after counts them), every request meets the fault: `wedge` opens the
+stream (a chat stream gets its role chunk) and never sends a token, `http500` answers 500 with an
+OpenAI error body, `drop` closes the connection mid-stream after `drop_tokens` tokens (no [DONE], no
+terminating chunk: what a client sees when an engine dies), `stall` holds the first byte for
+`stall_s` seconds and then serves the request. A wedged or stalled request never reaches the engine
+core, so it holds no KV; a dropped one is aborted like a client that went away. A fault with `when`
+conditions applies only when the served config matches them (a lever that avoids it). /sim/stats
+says what was injected.
+
 Footguns: output text is tokens sampled uniformly from the vocabulary (meaningless, like dummy
 weights); a request always generates max_tokens (as with ignore_eos), since there is no model to
 emit an EOS.
@@ -68,6 +78,7 @@ LATE_STEP_FRAC = 0.05
 # send-schedule lag) and at most 1% of the steps were late.
 FAITHFUL_P99_LAG_MS = 5.0
 FAITHFUL_LATE_STEP_FRAC = 0.01
+FAULT_POLL_S = 0.1  # a wedged or stalled request checks this often whether its client went away
 LAG_BIN0_NS, LAG_BIN_GROWTH = 10_000, 1.05  # lag bins: [0, 10 us], then 5% wider each, to ~100 s
 _LAG_EDGES_NS = [round(LAG_BIN0_NS * LAG_BIN_GROWTH**k) for k in range(330)]
 
@@ -256,6 +267,9 @@ class SimServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.origin_ns = time.monotonic_ns()
+        self.fault = cfg.fault if cfg.fault_applies() else None
+        self.generate_requests = 0  # valid generate requests, the fault's `after` counts these
+        self.faults_injected = 0
 
     # ------------------------------------------------------------------ engine loop
 
@@ -356,8 +370,20 @@ class SimServer:
                 "prefix_cache_hits": c.prefix_hits,
                 "finished": c.finished,
                 **self.lag.to_json(),
+                "fault": self._fault_json(),
             }
         )
+
+    def _fault_json(self) -> dict[str, Any] | None:
+        f = self.cfg.fault
+        if f is None:
+            return None
+        return {
+            **f.model_dump(),
+            "active": self.fault is not None,  # False: the served config does not match `when`
+            "generate_requests": self.generate_requests,
+            "injected": self.faults_injected,
+        }
 
     async def reset_stats(self, _: web.Request) -> web.Response:
         """Start a new schedule-lag window (e.g. before a trial)."""
@@ -413,6 +439,19 @@ class SimServer:
                 ) from None
         except RequestError as e:
             return self._error(e)
+        self.generate_requests += 1
+        fault = self.fault if self.fault is not None and self.generate_requests > self.fault.after else None
+        drop: int | None = None
+        if fault is not None:
+            self.faults_injected += 1
+            if fault.kind == "http500":
+                return self._error(RequestError(500, "simulated engine fault (--fault http500)"))
+            if fault.kind == "wedge":
+                return await self._wedge(request, chat, req, r.rid)
+            if fault.kind == "stall" and not await _hold(request, fault.stall_s):
+                return _gone_response()  # the client left during the stall: nothing reaches the engine
+            if fault.kind == "drop":
+                drop = fault.drop_tokens
         # The API server's share: a fixed latency plus serialized per-request CPU.
         now_s = (time.monotonic_ns() - self.origin_ns) / 1e9
         await asyncio.sleep(max(0.0, self.front.admit_at(now_s) - now_s))
@@ -422,7 +461,10 @@ class SimServer:
         self.wake.set()
         try:
             if req.stream:
-                return await self._stream(request, live, chat, req)
+                return await self._stream(request, live, chat, req, drop)
+            if drop is not None:  # no stream to break off: the connection closes before the answer
+                _drop(request)
+                return _gone_response()
             return await self._whole(live, chat)
         finally:
             self.live.pop(r.rid, None)
@@ -430,8 +472,31 @@ class SimServer:
                 self.core.abort(r)  # the client went away: free its KV like vLLM's abort
                 self.wake.set()
 
+    async def _wedge(
+        self, request: web.Request, chat: bool, req: GenerateRequest, rid: int
+    ) -> web.StreamResponse:
+        """--fault wedge: headers (and a chat stream's role chunk), then silence until the client leaves."""
+        if not req.stream:
+            await _hold(request, float("inf"))
+            return _gone_response()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        if chat:  # like a real engine's stream: the role chunk goes out before the engine hangs
+            chunk = {
+                "id": f"chatcmpl-sim-{rid}",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": self.served,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                ],
+            }
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await _hold(request, float("inf"))
+        return resp  # its client is gone: aiohttp's write_eof fails quietly (ConnectionError)
+
     async def _stream(
-        self, request: web.Request, live: _Live, chat: bool, req: GenerateRequest
+        self, request: web.Request, live: _Live, chat: bool, req: GenerateRequest, drop: int | None = None
     ) -> web.StreamResponse:
         r = live.req
         opts = req.stream_options or StreamOptions()
@@ -462,6 +527,9 @@ class SimServer:
             )
         n = 0
         while True:
+            if drop is not None and n >= drop:
+                _drop(request)
+                return resp  # aiohttp's write_eof then meets the closed transport, quietly
             tid, final, sched_ns = await live.queue.get()
             n += 1
             text = self.tok.piece(tid)
@@ -527,6 +595,35 @@ class SimServer:
                 },
             }
         )
+
+
+def _gone_response() -> web.Response:
+    """For a request whose client is gone (or was dropped on purpose): aiohttp's attempt to send it
+    meets the closed transport and ends in a ConnectionError that aiohttp handles quietly."""
+    return web.Response(status=499, text="client gone")
+
+
+def _gone(request: web.Request) -> bool:
+    t = request.transport
+    return t is None or t.is_closing()
+
+
+async def _hold(request: web.Request, seconds: float) -> bool:
+    """Sleep up to `seconds` (inf: forever) while the client stays; False when it went away.
+    aiohttp does not cancel a handler whose client left, so a held request polls for it."""
+    end = time.monotonic() + seconds
+    while not _gone(request):
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        await asyncio.sleep(min(FAULT_POLL_S, left))
+    return False
+
+
+def _drop(request: web.Request) -> None:
+    """Close the connection under a response: FIN after what was written, no terminating chunk."""
+    if request.transport is not None:
+        request.transport.close()
 
 
 async def serve(srv: SimServer, host: str, port: int, ready: asyncio.Future[int] | None = None) -> None:
