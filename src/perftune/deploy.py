@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-from perftune.engines.adapters import plan as make_plan
-from perftune.engines.base import LaunchPlan, ServeSpec
 from perftune.errors import ConfigError, DeployError, GateError
 from perftune.registry.gate import enforce_known_good
+from perftune.serving.registry import engine as engine_info
+from perftune.serving.registry import plan as make_plan
+from perftune.serving.spec import LaunchPlan, ServeSpec
 from perftune.targets.local import (
     LocalDeployment,
     check_port_free,
@@ -35,11 +36,6 @@ from perftune.targets.local import (
 from perftune.util.atomic import write_text
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, not a path
-INSTALL_HINTS = {
-    "vllm": "pip install vllm (or stage the offline bundle: shared/gpu/README.md)",
-    "sglang": "pip install 'sglang[all]'",
-    "llamacpp": "install llama.cpp's llama-server and put it on PATH",
-}
 
 
 class SmokeResult(BaseModel):
@@ -80,13 +76,13 @@ def _engine_installed(p: LaunchPlan) -> None:
             )
     elif p.engine == "llamacpp" and shutil.which(exe) is None:
         raise DeployError(
-            f"llama.cpp is not installed: '{exe}' is not on PATH", hint=INSTALL_HINTS["llamacpp"]
+            f"llama.cpp is not installed: '{exe}' is not on PATH", hint=engine_info("llamacpp").install_hint
         )
     if p.engine in ("vllm", "sglang"):
         module = "vllm" if p.engine == "vllm" else "sglang"
         if importlib.util.find_spec(module) is None:
             raise DeployError(
-                f"{p.engine} is not installed in this Python ({exe})", hint=INSTALL_HINTS[p.engine]
+                f"{p.engine} is not installed in this Python ({exe})", hint=engine_info(p.engine).install_hint
             )
 
 

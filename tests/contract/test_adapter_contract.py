@@ -17,9 +17,9 @@ from ruamel.yaml import YAML
 
 from perftune.bench.client import _server_message
 from perftune.bench.records import RawCapture, RequestRecord, decode
-from perftune.bench.runner import RESET_PATHS, _detect_engine
-from perftune.engines.adapters import PLANNERS
-from perftune.engines.base import ServeSpec
+from perftune.bench.runner import _detect_engine, _reset_path
+from perftune.serving.registry import engine
+from perftune.serving.spec import ServeSpec
 from perftune.telemetry.prom import METRICS, parse_totals, prefix_cache_hit_rate, snapshot
 
 ROOT = Path(__file__).parent / "transcripts"
@@ -51,7 +51,7 @@ def test_adapter_plans_a_launch(eng: tuple[Path, dict[str, Any]]) -> None:
     model = (
         "llama-3.1-8b" if m["engine"] == "sim" else "/models/x.gguf" if m["engine"] == "llamacpp" else "/m"
     )
-    p = PLANNERS[m["engine"]](
+    p = engine(m["engine"]).plan(
         ServeSpec(engine=m["engine"], model=model, served_name=m["served"]), host="h", port=1
     )
     assert p.served_name == m["served"] and str(1) in p.argv and p.health_path
@@ -111,7 +111,7 @@ def test_cache_reset_endpoint_matches_the_runner(eng: tuple[Path, dict[str, Any]
     d, m = eng
     status, _ = _status_body(d / "reset_prefix_cache.txt")
     assert status == m["reset_status"]
-    assert (RESET_PATHS.get(m["detected_engine"]) is not None) == (status == 200)
+    assert (_reset_path("auto", m["detected_engine"]) is not None) == (status == 200)
 
 
 def test_metrics_map_into_one_schema(eng: tuple[Path, dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ from perftune import api
 from perftune.bench.runner import BenchConfig
 from perftune.bench.workloads import WorkloadSpec
 from perftune.deploy import deploy
-from perftune.engines.base import ServeSpec
+from perftune.serving.spec import ServeSpec
 from perftune.targets.local import down, group_alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

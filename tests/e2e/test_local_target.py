@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from perftune.engines.base import LaunchPlan
 from perftune.errors import ConfigError, DeployError
+from perftune.serving.spec import LaunchPlan
 from perftune.targets.local import check_port_free, down, free_port, group_alive, up, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -77,7 +77,18 @@ class Counts(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sent: int = Field(description="requests sent in the trial")
     ok: int = Field(description="requests that completed with generated tokens")
-    errors: int = Field(description="requests that failed (HTTP error, stream error, connection error)")
+    errors: int = Field(
+        description="requests that failed other than by timeout or cancel: HTTP error status, stream "
+        "error, connection error, stream dropped mid-response (the last two also counted below)"
+    )
+    dropped: int = Field(
+        0,
+        description="of errors: responses that broke off after their 200 head (connection closed or "
+        "reset mid-stream); their records keep the tokens received",
+    )
+    connection_errors: int = Field(
+        0, description="of errors: requests that never got a response head (refused, reset, closed)"
+    )
     timeouts: int = Field(description="requests past the per-request timeout")
     cancelled: int = Field(description="requests cancelled (interrupt or trial stop)")
     input_mismatch: int = Field(description="requests whose usage.prompt_tokens differs from the sent length")
@@ -161,7 +172,9 @@ def summarize_trial(
         counts=Counts(
             sent=len(records),
             ok=len(ok),
-            errors=sum(1 for r in records if r.error_kind == "error"),
+            errors=sum(1 for r in records if r.error_kind in ("error", "dropped", "connection")),
+            dropped=sum(1 for r in records if r.error_kind == "dropped"),
+            connection_errors=sum(1 for r in records if r.error_kind == "connection"),
             timeouts=sum(1 for r in records if r.error_kind == "timeout"),
             cancelled=sum(1 for r in records if r.error_kind == "cancelled"),
             input_mismatch=sum(1 for r in records if r.input_mismatch),

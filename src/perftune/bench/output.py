@@ -136,7 +136,9 @@ def incomplete_run(out_dir: str | Path) -> str | None:
 def check_out_dir(out_dir: str | Path, *, refuse_incomplete: bool = True) -> Path:
     """Before measuring: the out folder exists (created), takes a file, and (unless told otherwise)
     holds no unfinished run's partial records."""
-    out = writable_dir(out_dir, hint="pick a folder you can write, e.g. --out ./runs/my-bench")
+    out = writable_dir(
+        out_dir, what="the out folder", hint="pick a folder you can write, e.g. --out ./runs/my-bench"
+    )
     partial = incomplete_run(out) if refuse_incomplete else None
     if partial is not None:
         raise ConfigError(

@@ -3,6 +3,11 @@
 `RawCapture` is what the client keeps while a request is in flight: timestamps and the network reads,
 nothing parsed. `decode()` turns it into a `RequestRecord` with per-chunk token counts. Raw records are
 kept on disk, so a metrics fix never needs a re-run.
+
+A failed request keeps what it received: its record counts the tokens that arrived before the failure
+(`output_tokens`, `chunks`), and `error_kind` says how it failed (FAILURE_CLASSES). The client marks
+every transport failure `error`; decode() tells them apart from the capture's own facts (see
+failure_class), so captures recorded before the finer classes existed decode into them too.
 """
 
 from __future__ import annotations
@@ -19,7 +24,17 @@ import orjson
 
 from perftune.bench.sse import DONE, parse_reads
 
-ErrorKind = Literal["error", "timeout", "cancelled"]
+ErrorKind = Literal["error", "timeout", "cancelled", "dropped", "connection"]
+FAILURE_CLASSES: dict[str, str] = {
+    "error": "the server answered an HTTP error status, or its stream carried an error event, "
+    "unparseable data or no generated tokens",
+    "timeout": "no complete response within the per-request timeout (a wedged or stalled engine)",
+    "cancelled": "cancelled by the client (interrupt or trial stop)",
+    "dropped": "the response broke off after its 200 head: the connection was closed or reset "
+    "mid-stream (an engine that died or dropped the request); the tokens received so far are kept",
+    "connection": "no response head: the connection was refused, reset or closed before the status "
+    "line (an engine that is down)",
+}
 TokenSource = Literal["usage_delta", "final_usage", "retokenized", "chunk_count", "none"]
 Api = Literal["completions", "chat"]
 
@@ -172,49 +187,70 @@ def _spread(total: int, weights: list[int]) -> list[int]:
     return base
 
 
+def failure_class(raw: RawCapture) -> ErrorKind | None:
+    """How a capture failed, from its facts (None: it did not fail in transport).
+
+    The client marks an HTTP error status and every transport failure `error`; it records the status
+    only once a response head arrived. So `error` with status 200 is a stream that broke off after its
+    head (dropped), and `error` with no status at all never got a head (connection)."""
+    if raw.error_kind != "error":
+        return raw.error_kind
+    if raw.status == 0:
+        return "connection"
+    if raw.status == 200:
+        return "dropped"
+    return "error"
+
+
 def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestRecord:
     """Turn a raw capture into exact per-chunk token counts.
 
     Order of trust: the per-chunk change of `usage.completion_tokens` (continuous usage stats), then the
     final `usage` spread over the text chunks, then retokenizing the text; never one chunk = one token
     unless nothing else is available (then the source says `chunk_count`).
+
+    A capture that failed in transport keeps its class (failure_class); its reads are still decoded,
+    up to a torn last event, so the record holds the tokens that arrived before the failure.
     """
-    ok = raw.error_kind is None
-    error_kind, error_message = raw.error_kind, raw.error_message
+    error_kind = failure_class(raw)
+    ok = error_kind is None
+    error_message = raw.error_message
     rows: list[tuple[int, str, int | None]] = []  # (t, text, cumulative completion tokens)
     final_completion: int | None = None
     prompt_tokens: int | None = None
     saw_done = False
-    if ok:
-        for ev in parse_reads(raw.reads):
-            if ev.data == DONE:
-                saw_done = True
-                continue
-            try:
-                obj = orjson.loads(ev.data)
-            except orjson.JSONDecodeError:
+    for ev in parse_reads(raw.reads):
+        if ev.data == DONE:
+            saw_done = True
+            continue
+        try:
+            obj = orjson.loads(ev.data)
+        except orjson.JSONDecodeError:
+            if ok:  # a failed capture's last event may be torn by the failure: it just ends there
                 ok, error_kind, error_message = False, "error", f"unparseable SSE data: {ev.data[:200]!r}"
-                break
-            if not isinstance(obj, dict):
-                continue
-            if "error" in obj:  # engines report mid-stream failures as an error event
-                err = obj["error"]
-                msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-                ok, error_kind, error_message = False, "error", f"stream error: {msg}"
-                break
-            usage = obj.get("usage") or None
-            cum: int | None = None
-            if usage:
-                cum = usage.get("completion_tokens")
-                if usage.get("prompt_tokens") is not None:
-                    prompt_tokens = int(usage["prompt_tokens"])
-                if cum is not None:
-                    final_completion = int(cum)
-            choices = obj.get("choices") or []
-            if choices:
-                rows.append((ev.t_ns, _choice_text(choices[0], raw.api), None if cum is None else int(cum)))
-        if ok and not saw_done and not rows:
-            ok, error_kind, error_message = False, "error", "stream ended without any data"
+            break
+        if not isinstance(obj, dict):
+            continue
+        if "error" in obj:  # engines report mid-stream failures as an error event: the engine's
+            # own word on the failure, so it classifies it whatever the transport did afterwards
+            err = obj["error"]
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            after = f" (then {raw.error_message})" if not ok and raw.error_message else ""
+            ok, error_kind, error_message = False, "error", f"stream error: {msg}{after}"
+            break
+        usage = obj.get("usage") or None
+        cum: int | None = None
+        if usage:
+            cum = usage.get("completion_tokens")
+            if usage.get("prompt_tokens") is not None:
+                prompt_tokens = int(usage["prompt_tokens"])
+            if cum is not None:
+                final_completion = int(cum)
+        choices = obj.get("choices") or []
+        if choices:
+            rows.append((ev.t_ns, _choice_text(choices[0], raw.api), None if cum is None else int(cum)))
+    if ok and not saw_done and not rows:
+        ok, error_kind, error_message = False, "error", "stream ended without any data"
 
     chunks: list[Chunk]
     source: TokenSource

@@ -59,6 +59,7 @@ from perftune.bench.workloads import (
 )
 from perftune.context import MeasurementContext, WorkloadContext, now_iso, stack_info, tier_for
 from perftune.errors import BenchError, ConfigError
+from perftune.serving.registry import by_owned_by
 from perftune.telemetry.prom import parse_totals, prefix_cache_hit_rate
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -703,14 +704,6 @@ async def run_bench(
     return BenchRun(result, wl, records)
 
 
-RESET_PATHS = {
-    "vllm": "/reset_prefix_cache",
-    "sglang": "/flush_cache",
-    "perftune-mock": "/reset_prefix_cache",
-    "perftune-sim": "/reset_prefix_cache",
-}
-
-
 def _hit_rate(before: str | None, after: str | None) -> float | None:
     """Prefix-cache hit rate between two scrapes; unreadable telemetry never fails a measured trial."""
     if not before or not after:
@@ -725,7 +718,8 @@ def _reset_path(setting: str, engine: str) -> str | None:
     if setting == "none":
         return None
     if setting == "auto":
-        return RESET_PATHS.get(engine)
+        info = by_owned_by(engine)
+        return info.reset_path if info is not None else None
     if not setting.startswith("/"):
         raise ConfigError(f"--reset-cache '{setting}' is not auto, none or a path", hint="e.g. /flush_cache")
     return setting
@@ -742,11 +736,9 @@ def _load_report(caps: Sequence[RawCapture], cfg: BenchConfig) -> LoadReport:
 
 
 def _detect_engine(owned_by: str | None) -> str:
-    o = (owned_by or "").lower()
-    for name in ("vllm", "sglang", "llamacpp", "perftune-sim", "perftune-mock"):
-        if name in o.replace(".", "").replace("_", ""):
-            return name
-    return o or "unknown"
+    """The engine's label from what the server says it is (the registry knows each engine's)."""
+    info = by_owned_by(owned_by)
+    return info.owned_by if info is not None else (owned_by or "").lower() or "unknown"
 
 
 def quality_flags(

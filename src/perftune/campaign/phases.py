@@ -12,10 +12,9 @@ from perftune.bench.workloads import WorkloadSpec
 from perftune.campaign.pipeline import Ctx, Gate, bench_cell, live_server
 from perftune.campaign.report import cell_line, champion_md, source_md
 from perftune.campaign.state import Cell
+from perftune.serving.registry import engine as engine_info
 from perftune.util.atomic import write_text
 
-# Engine defaults for prefix caching, when no lever says otherwise (vLLM V1 and SGLang: on).
-PREFIX_DEFAULT = {"vllm": True, "sglang": True, "sim": True, "mock": False, "llamacpp": None}
 # Levers the ratchet proposes next, in order, with a value rule and why.
 NEXT_LEVERS: list[tuple[str, str, str]] = [
     ("prefill-chunk", "16384", "larger chunks cut TTFT at high concurrency when prefill dominates"),
@@ -218,7 +217,7 @@ def make_cell(
     tp = int(ctx.state.facts.get("tp", 1))
     sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
     levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
-    prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))
+    prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
     return Cell(
         cell_id=path.name,
         phase=phase,

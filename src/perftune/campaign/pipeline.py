@@ -120,7 +120,7 @@ def live_server(
 ) -> Iterator[Any]:
     """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after."""
     from perftune.deploy import deploy
-    from perftune.engines.base import ServeSpec
+    from perftune.serving.spec import ServeSpec
     from perftune.targets.local import down
 
     i = ctx.intent

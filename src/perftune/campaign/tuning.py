@@ -7,11 +7,12 @@ import time
 from typing import Any
 
 from perftune.campaign.pipeline import Ctx, Gate
+from perftune.serving.registry import prefix_cache_defaults
 from perftune.util.atomic import write_text
 
 
 def run_phase3(ctx: Ctx) -> Gate:
-    from perftune.campaign.phases import PREFIX_DEFAULT, card_of
+    from perftune.campaign.phases import card_of
     from perftune.hardware.ceilings import gpu
     from perftune.sim.calibration import for_gpu
     from perftune.tune.arms import (
@@ -33,7 +34,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     else:
         arms = generate_arms(card, i.engines, i.levers)
         write_tsv(arms, tsv)
-    if why := prefix_cache_mismatch(arms, PREFIX_DEFAULT):  # before any deploy
+    if why := prefix_cache_mismatch(arms, prefix_cache_defaults()):  # before any deploy
         return Gate(
             "red",
             f"{why}: engines tuned side by side must start from the same prefix-cache state "
@@ -121,7 +122,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     ]
     crowned = [e for e in res.engines if e.crowned is not None]
     if len(crowned) >= 2:
-        states = prefix_cache_states([e.crowned for e in crowned if e.crowned], PREFIX_DEFAULT)
+        states = prefix_cache_states([e.crowned for e in crowned if e.crowned], prefix_cache_defaults())
         same = len({v for v in states.values()}) == 1
         lines += [
             "## Across engines",
@@ -258,7 +259,7 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
         f"deploy ({per_point:.0f} s: one server start plus one short run of each of {workloads} "
         f"workload(s)), {cover}; one run per point (no repeat trials, no interval), over 2 levers."
     )
-    from perftune.engines.levers import translate
+    from perftune.serving.levers import translate
 
     for e in res.engines:
         if e.engine != "vllm" or e.crowned is None or not e.crowned.levers:
@@ -281,7 +282,7 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
     deploys (one bench folder each, interleaved with the other arms), aggregated here; published to the
     lake with the other phases' cells, tagged by engine and arm."""
     from perftune.bench.stats import across_trials
-    from perftune.campaign.phases import PREFIX_DEFAULT, speed_of_light
+    from perftune.campaign.phases import speed_of_light
     from perftune.campaign.state import Cell
     from perftune.context import tier_for
     from perftune.tune.evaluate import safe_name
@@ -317,7 +318,7 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
             "tier_reasons": reasons,
         }
         levers = dict(res.arm_levers.get(arm_key, {}))
-        prefix = levers.get("prefix-cache", PREFIX_DEFAULT.get(engine))
+        prefix = levers.get("prefix-cache", prefix_cache_defaults().get(engine))
         cells.append(
             Cell(
                 cell_id=f"p3.{engine}.{safe}.{workload}.c{c}",

@@ -56,7 +56,7 @@ def deploy(
     """
     from perftune.deploy import deploy as do_deploy
     from perftune.deploy import deploy_down
-    from perftune.engines.base import ServeSpec
+    from perftune.serving.spec import ServeSpec
     from perftune.targets.local import down
 
     extra = list(ctx.args)

@@ -6,8 +6,8 @@ import typer
 from rich.table import Table
 
 from perftune.cli.common import handle_errors, out_console, print_json
-from perftune.engines.levers import describe
 from perftune.errors import ConfigError
+from perftune.serving.levers import describe
 
 
 @handle_errors

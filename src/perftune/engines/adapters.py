@@ -5,18 +5,26 @@ Footguns:
 - SGLang serves /metrics only with --enable-metrics (always set), and resets its radix cache on
   POST /flush_cache.
 - A TP/DP lever and the spec's tp/dp are the same thing: the spec wins, a conflicting lever is an error.
-- The simulator takes vLLM's flags (levers translate as for vLLM) and refuses the ones it cannot model
-  at start, so an unmodelled lever fails the deploy instead of being ignored.
+- The simulator's adapter lives with the simulator (perftune.sim.adapter); both register here through
+  perftune.serving.registry, so engines and the simulator never import each other.
 """
 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-from perftune.engines.base import CacheReset, LaunchPlan, ServeSpec, python
-from perftune.engines.levers import lookup, translate
 from perftune.errors import ConfigError
+from perftune.serving.levers import translate
+from perftune.serving.registry import EngineInfo, register
+from perftune.serving.registry import plan as engine_plan
+from perftune.serving.spec import (
+    CacheReset,
+    LaunchPlan,
+    ServeSpec,
+    levers_with_parallelism,
+    python,
+    served_name,
+)
 from perftune.telemetry.prom import METRICS
 
 MULTI_GPU_ENV = {
@@ -24,29 +32,6 @@ MULTI_GPU_ENV = {
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
     "NVSHMEM_DISABLE_NVLS": "1",
 }
-
-
-def _served_name(spec: ServeSpec) -> str:
-    return spec.served_name or Path(spec.model.rstrip("/")).name or spec.model
-
-
-def _levers_with_parallelism(spec: ServeSpec) -> dict[str, object]:
-    """The spec's levers plus its tp/dp, all translated by the lever catalog (one mechanism for flags)."""
-    levers = dict(spec.levers)
-    for name in list(levers):
-        canon = lookup(name).name
-        if canon in ("tensor-parallel", "data-parallel"):
-            want = spec.tp if canon == "tensor-parallel" else spec.dp
-            if int(levers.pop(name)) != want:
-                raise ConfigError(
-                    f"lever {name} conflicts with the spec's {canon.split('-')[0][:1]}p={want}",
-                    hint="set parallelism once, with --tp / --dp",
-                )
-    if spec.tp > 1:
-        levers["tensor-parallel"] = spec.tp
-    if spec.dp > 1:
-        levers["data-parallel"] = spec.dp
-    return levers
 
 
 def _openai_server_plan(
@@ -60,12 +45,12 @@ def _openai_server_plan(
 ) -> LaunchPlan:
     """vLLM and SGLang: the same OpenAI-compatible server shape, different entry points and flags."""
     engine = spec.engine
-    lever_argv = translate(_levers_with_parallelism(spec), engine, spec.engine_version, tp=spec.tp)
+    lever_argv = translate(levers_with_parallelism(spec), engine, spec.engine_version, tp=spec.tp)
     if spec.tp * spec.dp > 1:
         # Multi-GPU: NVLink multicast (NVLS) off in NCCL, torch symmetric memory and NVSHMEM; it has
         # hung or crashed engines on shared hosts. The user's env still wins.
         env = {**MULTI_GPU_ENV, **env}
-    served = _served_name(spec)
+    served = served_name(spec)
     argv = [*entry, "--served-model-name", served, "--host", host, "--port", str(port)]
     if spec.dtype:
         argv += ["--dtype", spec.dtype]
@@ -152,7 +137,7 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None
             hint="use tp=1, dp=1 (llama-server splits layers across GPUs itself)",
         )
     lever_argv = translate(dict(spec.levers), "llamacpp", spec.engine_version)
-    served = _served_name(spec)
+    served = served_name(spec)
     launcher = launcher or ("llama-server" if shutil.which("llama-server") else "llama-cpp-python")
     if launcher == "llama-cpp-python":
         # Footguns: no /health (readiness = /v1/models), token-id prompts are rejected, streams carry no
@@ -215,18 +200,11 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None
     )
 
 
-PLANNERS = {"vllm": plan_vllm, "sglang": plan_sglang, "llamacpp": plan_llamacpp}
-
-
-def plan(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000) -> LaunchPlan:
-    return PLANNERS[spec.engine](spec, host=host, port=port)
-
-
 def plan_mock(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
     """perftune's ground-truth mock server as an 'engine': exercises the deploy path without a GPU."""
     if spec.levers:
         raise ConfigError("the mock engine takes no levers", hint="levers apply to vllm, sglang, llamacpp")
-    served = _served_name(spec)
+    served = served_name(spec)
     argv = [
         python(),
         "-m",
@@ -249,46 +227,57 @@ def plan_mock(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         ready_rule="GET /health == 200 and /v1/models",
         metrics_path=None,
         metric_names={},
-        cache_reset=None,
+        # the mock accepts vLLM's reset call (it has no cache): the bench's reset path and the plan agree
+        cache_reset=CacheReset(method="POST", path="/reset_prefix_cache", note="accepted; no cache"),
         lever_argv=[],
     )
 
 
-PLANNERS["mock"] = plan_mock
-
-
-def plan_sim(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
-    """perftune's simulated vLLM: vLLM's lever flags, `--gpu` for the modelled hardware."""
-    if spec.dp > 1:
-        raise ConfigError("the simulator models one replica", hint="drop --dp for engine sim")
-    lever_argv = translate(_levers_with_parallelism(spec), "vllm", None, tp=spec.tp)
-    served = _served_name(spec)
-    argv = [python(), "-m", "perftune", "sim-server", "--model", spec.model, "--gpu", spec.gpu or "h100"]
-    argv += [
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--served-model-name",
-        served,
-        *lever_argv,
-        *spec.extra_args,
-    ]
-    from perftune.sim.config import parse_vllm_flags
-
-    parse_vllm_flags([*lever_argv, *spec.extra_args])  # refuse an unmodelled flag before anything starts
-    return LaunchPlan(
-        engine="sim",
-        served_name=served,
-        argv=argv,
-        env=dict(spec.env),
-        health_path="/health",
-        ready_rule="GET /health == 200 and /v1/models lists the served name",
-        metrics_path="/metrics",
-        metric_names=METRICS["sim"],
-        cache_reset=CacheReset(method="POST", path="/reset_prefix_cache", note="as vLLM's dev endpoint"),
-        lever_argv=lever_argv,
+# Everything engine-specific besides argv, in one place per engine (see perftune.serving.registry).
+register(
+    EngineInfo(
+        "vllm",
+        plan_vllm,
+        owned_by="vllm",
+        prefix_cache_default=True,  # vLLM V1: automatic prefix caching on by default
+        reset_path="/reset_prefix_cache",  # needs VLLM_SERVER_DEV_MODE=1 (the plan sets it)
+        install_hint="pip install vllm (or stage the offline bundle: shared/gpu/README.md)",
     )
+)
+register(
+    EngineInfo(
+        "sglang",
+        plan_sglang,
+        owned_by="sglang",
+        prefix_cache_default=True,  # radix cache on by default
+        reset_path="/flush_cache",
+        install_hint="pip install 'sglang[all]'",
+    )
+)
+register(
+    EngineInfo(
+        "llamacpp",
+        plan_llamacpp,
+        owned_by="llamacpp",
+        prefix_cache_default=None,  # llama-server reuses a slot's cache; the python server: none
+        reset_path=None,
+        install_hint="install llama.cpp's llama-server and put it on PATH, or pip install "
+        "'llama-cpp-python[server]'",
+    )
+)
+register(
+    EngineInfo(
+        "mock",
+        plan_mock,
+        owned_by="perftune-mock",
+        prefix_cache_default=False,
+        reset_path="/reset_prefix_cache",
+        install_hint="part of perftune",
+        simulated=True,
+    )
+)
 
 
-PLANNERS["sim"] = plan_sim
+def plan(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000) -> LaunchPlan:
+    """The launch plan of any registered engine (the simulator's included)."""
+    return engine_plan(spec, host=host, port=port)

@@ -239,7 +239,9 @@ def query(
 def export_parquet(path: str | Path, out_dir: str | Path, *, lock_timeout: float | None = None) -> list[str]:
     if not Path(path).exists():
         raise LakeError(f"no lake at {path}", hint="run a campaign first, or pass --lake PATH")
-    out = writable_dir(out_dir, hint="pick a folder you can write, e.g. --out ./lake-export")
+    out = writable_dir(
+        out_dir, what="the export folder", hint="pick a folder you can write, e.g. --out ./lake-export"
+    )
     written = []
     with connect(path, read_only=True, lock_timeout=lock_timeout) as con:
         for table in TABLES:

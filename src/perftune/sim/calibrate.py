@@ -18,10 +18,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 
-from perftune.engines.levers import translate
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu, all_gpus
 from perftune.models.card import WEIGHT_BYTES, ModelCard
+from perftune.serving.levers import translate
 from perftune.sim.calibration import FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore

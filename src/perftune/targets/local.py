@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
-from perftune.engines.base import LaunchPlan
 from perftune.errors import ConfigError, DeployError
+from perftune.serving.spec import LaunchPlan
 
 TAIL_LINES = 30
 

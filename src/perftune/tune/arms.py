@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from perftune.engines.levers import lookup, parse_value, translate
 from perftune.errors import ConfigError, PerftuneError
 from perftune.models.card import ModelCard
+from perftune.serving.levers import lookup, parse_value, translate
 from perftune.util.atomic import write_text
 
 

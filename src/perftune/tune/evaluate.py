@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from perftune.engines.levers import translate
 from perftune.errors import PerftuneError
 from perftune.hardware.ceilings import Gpu
 from perftune.models.card import ModelCard
+from perftune.serving.levers import translate
 from perftune.sim.calibration import Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore, kv_capacity_blocks

@@ -9,7 +9,7 @@ from pathlib import Path
 from perftune.errors import ConfigError
 
 
-def writable_dir(path: str | Path, *, hint: str) -> Path:
+def writable_dir(path: str | Path, *, what: str, hint: str) -> Path:
     """Create `path` if needed and prove a file can be written there; a ConfigError (exit 2) if not."""
     out = Path(path)
     try:
@@ -18,5 +18,5 @@ def writable_dir(path: str | Path, *, hint: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"cannot write to {out}: {e.strerror or e}", hint=hint) from e
+        raise ConfigError(f"cannot write to {what} {out}: {e.strerror or e}", hint=hint) from e
     return out

@@ -3,7 +3,7 @@
 
 def test_multi_gpu_plans_turn_nvlink_multicast_off() -> None:
     from perftune.engines.adapters import MULTI_GPU_ENV, plan
-    from perftune.engines.base import ServeSpec
+    from perftune.serving.spec import ServeSpec
 
     tp2 = plan(ServeSpec(engine="vllm", model="/m", tp=2), port=1)
     assert all(tp2.env[k] == v for k, v in MULTI_GPU_ENV.items())

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from perftune.engines.adapters import METRICS, plan
-from perftune.engines.base import ServeSpec
-from perftune.engines.levers import catalog, describe, translate
 from perftune.errors import ConfigError
+from perftune.serving.levers import catalog, describe, translate
+from perftune.serving.spec import ServeSpec
 from perftune.telemetry.prom import parse_totals
 
 T = Path(__file__).resolve().parents[2] / "contract" / "transcripts" / "vllm-0.26.0"

@@ -6,9 +6,13 @@ A deploy target runs a LaunchPlan somewhere; adapters and targets never know abo
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from perftune.errors import ConfigError
+from perftune.serving.levers import lookup
 
 
 class ServeSpec(BaseModel):
@@ -65,3 +69,26 @@ class Adapter(Protocol):
 
 def python() -> str:
     return sys.executable
+
+
+def served_name(spec: ServeSpec) -> str:
+    return spec.served_name or Path(spec.model.rstrip("/")).name or spec.model
+
+
+def levers_with_parallelism(spec: ServeSpec) -> dict[str, object]:
+    """The spec's levers plus its tp/dp, all translated by the lever catalog (one mechanism for flags)."""
+    levers = dict(spec.levers)
+    for name in list(levers):
+        canon = lookup(name).name
+        if canon in ("tensor-parallel", "data-parallel"):
+            want = spec.tp if canon == "tensor-parallel" else spec.dp
+            if int(levers.pop(name)) != want:
+                raise ConfigError(
+                    f"lever {name} conflicts with the spec's {canon.split('-')[0][:1]}p={want}",
+                    hint="set parallelism once, with --tp / --dp",
+                )
+    if spec.tp > 1:
+        levers["tensor-parallel"] = spec.tp
+    if spec.dp > 1:
+        levers["data-parallel"] = spec.dp
+    return levers

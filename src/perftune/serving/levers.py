@@ -48,7 +48,7 @@ class Lever(BaseModel):
 
 @cache
 def catalog() -> dict[str, Lever]:
-    data = YAML(typ="safe").load(resources.files("perftune.engines").joinpath("levers.yaml").read_text())
+    data = YAML(typ="safe").load(resources.files("perftune.serving").joinpath("levers.yaml").read_text())
     return {k: Lever(name=k, **v) for k, v in data.items()}
 
 
