@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from perftune.bench.calibrate import (
     DEFAULT_LADDER,
@@ -18,11 +14,12 @@ from perftune.bench.calibrate import (
     point,
     requests_for,
 )
-from perftune.bench.output import RecordsFormat, check_out_dir, write_run_safely
-from perftune.bench.records import PARTIAL_NAME, CountTokens
-from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench, validate
+from perftune.bench.output import RecordsFormat
+from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
+from perftune.bench.session import bench_to_dir
+from perftune.bench.session import run_async as run_async  # re-exported: the facade's event loop
 from perftune.bench.workloads import WorkloadSpec
-from perftune.errors import ConfigError, config_error_from
+from perftune.errors import ConfigError
 
 if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` needs none of them
     from perftune.advisors.loader import LoaderAdvice
@@ -30,38 +27,6 @@ if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` 
     from perftune.models.card import ModelCard as ModelCard_
     from perftune.registry.check import CheckResult
     from perftune.registry.schema import ModelEntry
-
-T = TypeVar("T")
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on uvloop when available (lower per-chunk overhead), else asyncio's loop."""
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - non-Linux
-        return asyncio.run(coro)
-
-
-def default_run_dir(prefix: str, root: str | Path = "runs") -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    short = hashlib.sha1(f"{stamp}{time.monotonic_ns()}".encode()).hexdigest()[:6]
-    return Path(root) / f"{prefix}-{stamp}-{short}"
-
-
-def tokenizer_counter(path: str | None) -> CountTokens | None:
-    """A text -> token count function from a tokenizer.json / model folder, for the retokenize fallback."""
-    if not path:
-        return None
-    p = Path(path)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.exists():
-        raise ConfigError(f"tokenizer not found: {file}", hint="pass a model folder or a tokenizer.json")
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(file))
-    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
 
 
 def bench(
@@ -73,30 +38,15 @@ def bench(
     observer: Observer | None = None,
     refuse_incomplete: bool = False,
 ) -> tuple[BenchRun, dict[str, str]]:
-    """Run a bench and write its evidence folder. Returns the run and the artifact paths.
-
-    The out folder is checked before anything is measured; records stream to
-    `records.partial.jsonl` while the trials run (a killed bench keeps them); a folder that fails
-    after the run sends the evidence to a fallback folder, named in paths["fallback"].
-    `refuse_incomplete`: a folder still holding a killed run's partial records is a ConfigError
-    (the CLI's choice) instead of being benched over (callers that own their folders, e.g. a resume).
-    """
-    validate(cfg)
-    count = tokenizer_counter(tokenizer)
-    target = Path(out_dir or default_run_dir("bench"))
-    created = not target.exists()
-    out = check_out_dir(target, refuse_incomplete=refuse_incomplete)
-    try:
-        run = run_async(
-            run_bench(cfg, observer=observer, count_tokens=count, partial_path=out / PARTIAL_NAME)
-        )
-    except BaseException:
-        if created:  # a run that failed before measuring anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    paths = write_run_safely(run, out, records_format)
-    return run, paths
+    """Run a bench and write its evidence folder (see perftune.bench.session.bench_to_dir)."""
+    return bench_to_dir(
+        cfg,
+        out_dir=out_dir,
+        records_format=records_format,
+        tokenizer=tokenizer,
+        observer=observer,
+        refuse_incomplete=refuse_incomplete,
+    )
 
 
 def calibration_point(endpoint: str, concurrency: int, truth: MockTruth) -> CalibrationPoint:
@@ -160,33 +110,21 @@ def known_good_record(
     champion: dict[str, str] | None = None,
 ) -> tuple[Path, ModelEntry]:
     """Append a model's known-good entry (append-only, comment-preserving, locked, atomic)."""
-    from pydantic import ValidationError
+    from perftune.registry.store import record_entry
 
-    from perftune.registry.schema import Champion, ModelEntry, RequiredFlag
-    from perftune.registry.store import parse_required_flag, record, resolve_registry
-
-    try:
-        flags = [RequiredFlag.model_validate(parse_required_flag(f)) for f in required_flags]
-        entry = ModelEntry(
-            slug=slug,
-            engine=engine,
-            engine_versions=engine_versions,
-            hardware=hardware,
-            arch_note=arch_note,
-            fallback=fallback,
-            grind_frontier=grind_frontier,
-            required_flags=flags,
-            champion=Champion.model_validate(champion) if champion else None,
-        )
-    except ValidationError as e:
-        raise config_error_from(
-            e,
-            "invalid entry: ",
-            hint="severity is one of boot-blocker | crash-high-c | deploy-correctness | perf",
-        ) from e
-    path = resolve_registry(registry)
-    record(path, model_id, entry)
-    return path, entry
+    return record_entry(
+        model_id,
+        registry=registry,
+        slug=slug,
+        engine=engine,
+        required_flags=required_flags,
+        grind_frontier=grind_frontier,
+        engine_versions=engine_versions,
+        hardware=hardware,
+        arch_note=arch_note,
+        fallback=fallback,
+        champion=champion,
+    )
 
 
 def known_good_check(

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from perftune import api
-from perftune.campaign.pipeline import Ctx
+from perftune.campaign.base import Ctx
+from perftune.campaign.live_eval import LiveEvaluator
 from perftune.campaign.state import CampaignState, Intent
 from perftune.errors import ConfigError
 from perftune.tune.arms import Arm
-from perftune.tune.evaluate import LiveEvaluator
 
 from .conftest import small_campaign
 

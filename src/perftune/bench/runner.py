@@ -153,6 +153,17 @@ class BenchResult(BaseModel):
     trials: list[TrialResult]
     definitions: dict[str, str]
 
+    def metric(self, name: str) -> AcrossTrials:
+        """A headline metric across trials, typed (the summary also holds flags and reports)."""
+        v = self.summary.get(name)
+        if not isinstance(v, AcrossTrials):
+            raise KeyError(f"{name} is not a metric of this summary")
+        return v
+
+    def flags(self) -> list[str]:
+        v = self.summary.get("flags")
+        return [str(f) for f in v] if isinstance(v, list) else []
+
 
 @dataclass
 class BenchRun:

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
-from typing import Any
 
-from perftune.bench.stats import across_trials
-from perftune.bench.workloads import WorkloadSpec
-from perftune.campaign.pipeline import Ctx, Gate, bench_cell, live_server
+from perftune.advisors.loader import advise_loader
+from perftune.advisors.tp import advise_tp
+from perftune.bench.workloads import WorkloadSpec, build_workload
+from perftune.campaign.base import Ctx, Gate, Phase
+from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server
+from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.report import cell_line, champion_md, source_md
-from perftune.campaign.state import Cell
-from perftune.serving.registry import engine as engine_info
+from perftune.campaign.tuning import run_phase3
+from perftune.errors import ConfigError
+from perftune.hardware.ceilings import gpu
+from perftune.registry import findings
+from perftune.registry.store import (
+    BANNER,
+    is_shipped_or_repo_registry,
+    load_registry,
+    record_entry,
+    resolve_registry,
+    sim_registry_path,
+    user_registry_path,
+)
 from perftune.util.atomic import write_text
 
 # Levers the ratchet proposes next, in order, with a value rule and why.
@@ -25,27 +37,10 @@ NEXT_LEVERS: list[tuple[str, str, str]] = [
 ]
 
 
-@cache
-def _card_for(ref: str) -> Any:
-    from perftune.models.resolve import model_card
-
-    return model_card(ref)
-
-
-def card_of(ctx: Ctx) -> Any:
-    """The campaign model's card, read once per process (every cell's %SoL needs it)."""
-    return _card_for(ctx.intent.model_path or ctx.intent.model)
-
-
 # ------------------------------------------------------------------ phase 0
 
 
 def phase0(ctx: Ctx) -> Gate:
-    from perftune.advisors.loader import advise_loader
-    from perftune.advisors.tp import advise_tp
-    from perftune.hardware.ceilings import gpu
-    from perftune.registry import findings
-    from perftune.registry.store import BANNER, resolve_registry
 
     i = ctx.intent
     d = ctx.run_dir / "phase0"
@@ -151,8 +146,6 @@ def phase0(ctx: Ctx) -> Gate:
 def missing_workload_data(workloads: list[str]) -> list[tuple[str, str]]:
     """(message, fix) for each workload whose offline corpus is not installed: checked in phase 0 so
     a campaign never benches for minutes and then stops at the first chat cell of phase 8."""
-    from perftune.bench.workloads import build_workload
-    from perftune.errors import ConfigError
 
     out = []
     for w in workloads:
@@ -166,90 +159,6 @@ def missing_workload_data(workloads: list[str]) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------ cells
-
-
-def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
-    i = ctx.intent
-    n = max(16, i.requests_per_slot * concurrency)
-    if kind in ("random", "prefix"):
-        return WorkloadSpec(kind=kind, isl=i.isl, osl=i.osl, num_requests=n)
-    if kind == "long":
-        card = card_of(ctx)
-        return WorkloadSpec(
-            kind="long", isl=min(i.long_isl, card.max_context - i.osl - 16), osl=i.osl, num_requests=n
-        )
-    return WorkloadSpec(kind=kind, osl=i.osl, num_requests=n)
-
-
-def speed_of_light(
-    ctx: Ctx, tpot_ms: float | None, concurrency: int, context: int
-) -> tuple[float | None, str | None]:
-    """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell."""
-    from perftune.hardware.ceilings import gpu
-    from perftune.hardware.roofline import roofline
-
-    if not tpot_ms:
-        return None, None
-    tp = int(ctx.state.facts.get("tp", 1))
-    rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=concurrency, context=max(1, context))
-    return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
-
-
-def make_cell(
-    ctx: Ctx,
-    run: Any,
-    *,
-    phase: str,
-    engine: str,
-    config: str,
-    workload: str,
-    path: Path,
-    levers: dict[str, Any] | None = None,
-) -> Cell:
-    r = run.result
-    s = r.summary
-    tok = s["output_tok_s"]
-    med = across_trials([t.tpot_ms.p50 for t in r.trials])
-    ok = sum(t.counts.ok for t in r.trials)
-    in_tok = sum(t.counts.input_tokens for t in r.trials)
-    ctx_len = round(in_tok / ok + ctx.intent.osl / 2) if ok else ctx.intent.isl
-    conc = r.context.workload.concurrency or 1
-    tp = int(ctx.state.facts.get("tp", 1))
-    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
-    levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
-    prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
-    return Cell(
-        cell_id=path.name,
-        phase=phase,
-        engine=engine,
-        config=config,
-        levers=levers,
-        workload=workload,
-        concurrency=conc,
-        gpus=tp,
-        path=ctx.rel(path),
-        output_tok_s=tok.mean or 0.0,
-        output_tok_s_std=tok.std,
-        output_tok_s_ci95=list(tok.ci95) if tok.ci95 else None,
-        tpot_median_ms=med.mean,
-        tpot_ci95=list(med.ci95) if med.ci95 else None,
-        ttft_mean_ms=s["ttft_ms"].mean,
-        trials=len(r.trials),
-        sol_pct=sol,
-        ceiling_key=key,
-        tier=r.context.tier,
-        simulated=r.context.stack.simulated,
-        prefix_cache=None if prefix is None else bool(prefix),
-        context=r.context.model_dump(mode="json"),
-        flags=[str(f) for f in flags] if isinstance(flags := s.get("flags"), list) else [],
-    )
-
-
-def _failed_share(ctx: Ctx, cell: Cell) -> float:
-    data = json.loads((ctx.run_dir / cell.path / "summary.json").read_text())
-    sent = sum(t["counts"]["sent"] for t in data["trials"])
-    ok = sum(t["counts"]["ok"] for t in data["trials"])
-    return 1 - ok / sent if sent else 1.0
 
 
 # ------------------------------------------------------------------ phase 1
@@ -279,7 +188,7 @@ def phase1(ctx: Ctx) -> Gate:
                 )
             ctx.state.cells[cell_id] = cell
             ctx.save()
-        if _failed_share(ctx, cell) > 0.05:
+        if failed_share(ctx, cell) > 0.05:
             return Gate(
                 "red", f"{engine}: baseline bench lost more than 5% of its requests", artifacts=[cell.path]
             )
@@ -335,7 +244,7 @@ def phase8(ctx: Ctx) -> Gate:
             for w, c in plan:
                 cell = ctx.state.cells[f"p8.{engine}.{name}.{w}.c{c}"]
                 ran.append(cell)
-                if _failed_share(ctx, cell) > 0.05:
+                if failed_share(ctx, cell) > 0.05:
                     bad.append(cell.cell_id)
     write_text(
         d / "suite.json",
@@ -363,7 +272,6 @@ def phase8(ctx: Ctx) -> Gate:
 
 
 def phase84(ctx: Ctx) -> Gate:
-    from perftune.campaign.champion import production_gates, select_champion
 
     cells = [c for c in ctx.state.cells.values() if c.phase == "8"]
     if not cells:
@@ -402,7 +310,6 @@ def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
     """Where the ratchet records the champion's known-good entry. A simulated champion never goes
     into a real registry: beside an explicit --registry it gets its own `sim-` file, otherwise the
     per-user simulated registry; a repository's or the shipped registry is never written."""
-    from perftune.registry.store import is_shipped_or_repo_registry, sim_registry_path, user_registry_path
 
     if not simulated:
         return user_registry_path() if is_shipped_or_repo_registry(checked) and not explicit else checked
@@ -412,9 +319,6 @@ def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
 
 
 def phase85(ctx: Ctx) -> Gate:
-    from perftune.api import known_good_record
-    from perftune.registry import findings
-    from perftune.registry.store import load_registry
 
     i = ctx.intent
     ch = ctx.state.facts.get("champion")
@@ -461,7 +365,7 @@ def phase85(ctx: Ctx) -> Gate:
     registered = i.model in load_registry(reg).models if reg.exists() else False
     sim_tag = "SIMULATED, " if cell.simulated else ""
     if not registered:
-        known_good_record(
+        record_entry(
             i.model,
             registry=reg,
             slug=Path(i.model.rstrip("/")).name,
@@ -509,6 +413,25 @@ def phase85(ctx: Ctx) -> Gate:
 
 
 def phase3(ctx: Ctx) -> Gate:
-    from perftune.campaign.tuning import run_phase3
-
     return run_phase3(ctx)
+
+
+# The phases of a production bring-up, in order, registered by reference. Adding a phase is one
+# function (or module) and one row here; the pipeline only runs the table.
+PHASES: list[Phase] = [
+    Phase(
+        "0", "resolve + scaffold", phase0, "model fits; workload data present; registry and ledger resolved"
+    ),
+    Phase("1", "deploy baseline per engine", phase1, "deploy + smoke + baseline bench lose <= 5%", ("0",)),
+    Phase("2", "profile", None),
+    Phase("2.5", "synthesize", None),
+    Phase("3", "tune", phase3, "a challenger's ratio interval above 1, or the baseline kept", ("0", "1")),
+    Phase("4", "quantize", None),
+    Phase("5", "validate quantization", None),
+    Phase("6", "train a draft", None),
+    Phase("7", "validate the draft", None),
+    Phase("8", "bench the workload suite", phase8, "every cell loses <= 5% of requests", ("0", "1")),
+    Phase("8.4", "select the champion", phase84, "an eligible candidate", ("8",)),
+    Phase("8.5", "ratchet", phase85, "known-good entry and next lever on file", ("8.4",)),
+]
+PHASE_IDS = [p.id for p in PHASES]

@@ -8,78 +8,22 @@ with SIGKILL resumes where it was: finished cells are never re-run, and servers 
 
 from __future__ import annotations
 
-import contextlib
-import shutil
+import fcntl
+import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from perftune.campaign.state import CampaignState, Cell, Deployment, Intent, PhaseRecord, new_run_id
+from perftune.campaign.base import Confirm, Ctx, Gate, Observer, PhaseFn
+from perftune.campaign.phases import PHASE_IDS, PHASES
+from perftune.campaign.publish import publish
+from perftune.campaign.report import summary_md
+from perftune.campaign.state import CampaignState, Intent, PhaseRecord, new_run_id
 from perftune.context import now_iso
-from perftune.errors import ConfigError, Interrupted, PerftuneError
+from perftune.errors import ConfigError, Interrupted, PerftuneError, config_error_from
+from perftune.models.resolve import model_card
+from perftune.targets.local import group_alive, stop_group
 from perftune.util.atomic import write_text
-
-Observer = Callable[[str], None]
-Confirm = Callable[[str], bool]
-
-
-@dataclass
-class Gate:
-    status: str  # green | red
-    reason: str
-    headline: str = ""
-    tier: str = ""
-    artifacts: list[str] | None = None
-    hint: str = ""  # a red gate's fix, shown with its reason
-    # the phase's own GPU accounting where wall time would be wrong (phase 3 resumed from its journal:
-    # replayed deploys cost nothing now but were paid for when they ran)
-    gpu_minutes: float | None = None
-
-
-@dataclass
-class Ctx:
-    run_dir: Path
-    state: CampaignState
-    observe: Observer
-
-    @property
-    def intent(self) -> Intent:
-        return self.state.intent
-
-    def save(self) -> None:
-        self.state.save(self.run_dir)
-
-    def rel(self, p: Path) -> str:
-        return str(p.relative_to(self.run_dir))
-
-
-PhaseFn = Callable[[Ctx], Gate]
-
-
-# The phases of a production bring-up, in order. Built ones name their function in phases.py.
-PHASES: list[tuple[str, str, str | None]] = [
-    ("0", "resolve + scaffold", "phase0"),
-    ("1", "deploy baseline per engine", "phase1"),
-    ("2", "profile", None),
-    ("2.5", "synthesize", None),
-    ("3", "tune", "phase3"),
-    ("4", "quantize", None),
-    ("5", "validate quantization", None),
-    ("6", "train a draft", None),
-    ("7", "validate the draft", None),
-    ("8", "bench the workload suite", "phase8"),
-    ("8.4", "select the champion", "phase84"),
-    ("8.5", "ratchet", "phase85"),
-]
-PHASE_IDS = [pid for pid, _, _ in PHASES]
-
-
-def _phase_table() -> list[tuple[str, str, PhaseFn | None]]:
-    from perftune.campaign import phases  # imports this module: resolved at run time
-
-    return [(pid, name, getattr(phases, fn) if fn else None) for pid, name, fn in PHASES]
 
 
 def _check_phase(p: str | None, what: str) -> None:
@@ -95,7 +39,7 @@ def new_campaign(intent: Intent, runs_dir: Path) -> tuple[Path, CampaignState]:
         run_id=run_id,
         created_at=now_iso(),
         intent=intent,
-        phases={pid: PhaseRecord(id=pid, name=name) for pid, name, _ in PHASES},
+        phases={p.id: PhaseRecord(id=p.id, name=p.name) for p in PHASES},
     )
     state.save(run_dir)
     return run_dir, state
@@ -103,7 +47,6 @@ def new_campaign(intent: Intent, runs_dir: Path) -> tuple[Path, CampaignState]:
 
 def reap_orphans(state: CampaignState) -> list[int]:
     """Stop servers a killed run left up (their process groups survive the campaign process)."""
-    from perftune.targets.local import group_alive, stop_group
 
     reaped = []
     for d in state.live:
@@ -112,98 +55,6 @@ def reap_orphans(state: CampaignState) -> list[int]:
             reaped.append(d.pgid)
     state.live = []
     return reaped
-
-
-@contextlib.contextmanager
-def live_server(
-    ctx: Ctx, engine: str, phase_dir: Path, levers: dict[str, Any] | None = None
-) -> Iterator[Any]:
-    """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after."""
-    from perftune.deploy import deploy
-    from perftune.serving.spec import ServeSpec
-    from perftune.targets.local import down
-
-    i = ctx.intent
-    model = i.model if engine in ("sim", "mock") else (i.model_path or i.model)
-    spec = ServeSpec(
-        engine=engine,
-        model=model,
-        served_name=Path(i.model.rstrip("/")).name,
-        tp=int(ctx.state.facts.get("tp", 1)),
-        levers=dict(i.levers.get(engine, {}) if levers is None else levers),
-        extra_args=list(i.engine_args.get(engine, [])),
-        gpu=i.gpu if engine == "sim" else None,
-    )
-    started: list[int] = []
-
-    def record_group(dep: Any) -> None:
-        # Saved before the readiness wait: a campaign killed while the engine loads leaves a group
-        # that --resume must find and reap (the deploy's own run id is its log folder's name).
-        started.append(dep.pgid)
-        ctx.state.live.append(Deployment(engine=engine, pgid=dep.pgid, run_id=dep.log_path.parent.name))
-        ctx.save()
-
-    try:
-        rec, dep = deploy(
-            spec,
-            runs_dir=phase_dir / "servers",
-            registry=i.registry,
-            ready_timeout_s=i.ready_timeout_s,
-            on_up=record_group,
-        )
-    except BaseException:
-        _forget(ctx, started)  # deploy tore its group down before raising
-        raise
-    try:
-        yield rec
-    finally:
-        down(dep)
-        _forget(ctx, started)
-
-
-def _forget(ctx: Ctx, pgids: list[int]) -> None:
-    if pgids:
-        ctx.state.live = [d for d in ctx.state.live if d.pgid not in pgids]
-        ctx.save()
-
-
-def bench_cell(
-    ctx: Ctx,
-    rec: Any,
-    *,
-    phase: str,
-    engine: str,
-    config: str,
-    workload: str,
-    concurrency: int,
-    cell_dir: Path,
-    levers: dict[str, Any] | None = None,
-) -> Cell:
-    """Bench one cell into cell_dir (written beside it, then renamed in: never half a folder)."""
-    from perftune.api import bench
-    from perftune.bench.runner import BenchConfig
-    from perftune.campaign.phases import make_cell, workload_spec
-
-    i = ctx.intent
-    tmp = cell_dir.with_name(cell_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(cell_dir, ignore_errors=True)
-    cfg = BenchConfig(
-        endpoint=rec.endpoint,
-        model=rec.served_name,
-        workload=workload_spec(ctx, workload, concurrency),
-        concurrency=concurrency,
-        trials=i.trials,
-        warmup_requests=min(4, concurrency),
-        hardware=f"{i.gpus}x{i.gpu}",
-        engine=None,
-        server_log=rec.log_path,  # compilation logged during a trial flags it
-    )
-    run, _ = bench(cfg, out_dir=tmp)
-    tmp.rename(cell_dir)
-    return make_cell(
-        ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir, levers=levers
-    )
 
 
 def resume_command(state: CampaignState, runs_dir: Path, lake: Path | None) -> str:
@@ -223,8 +74,6 @@ def run_tune(
     fresh intent, then the phase runs from its journal. `tune` stays opt-in for `optimize`: a later
     --resume does not re-run it, and a red tune does not block the campaign."""
     from pydantic import ValidationError
-
-    from perftune.errors import config_error_from
 
     run_dir = runs_dir / run_id
     state = CampaignState.load(run_dir)
@@ -262,7 +111,6 @@ def run_tune(
 
 def _validate_new(intent: Intent) -> None:
     """Bad input fails before a run folder or a lake row exists (a typo in the model name, say)."""
-    from perftune.models.resolve import model_card
 
     model_card(intent.model_path or intent.model)
 
@@ -302,8 +150,7 @@ def run_campaign(
         run_dir, state = new_campaign(intent, runs_dir)
         lock = run_lock(run_dir)
     ctx = Ctx(run_dir, state, observe or (lambda _m: None))
-    table = _phase_table()
-    ids = [pid for pid, _, _ in table]
+    ids = list(PHASE_IDS)
     if start_phase is not None:
         first = ids.index(start_phase)
     else:
@@ -312,7 +159,7 @@ def run_campaign(
     current: PhaseRecord | None = None
     try:
         for k in range(first, len(ids)):
-            pid, _name, fn = table[k]
+            pid, fn = PHASES[k].id, PHASES[k].run
             rec = current = state.phases[pid]
             if pid in skip:
                 rec.status, rec.reason = "skipped", "skipped by --skip"
@@ -329,7 +176,7 @@ def run_campaign(
             else:
                 _run_phase(ctx, rec, fn)
             ctx.save()
-            write_text(run_dir / "summary.md", _summary(state))
+            write_text(run_dir / "summary.md", summary_md(state))
             if rec.status == "red":
                 ctx.observe(
                     f"phase {pid}: RED — {rec.reason}; the campaign is paused"
@@ -360,10 +207,8 @@ def run_campaign(
         ) from None
     finally:
         try:
-            write_text(run_dir / "summary.md", _summary(state))
+            write_text(run_dir / "summary.md", summary_md(state))
             if lake is not None:
-                from perftune.campaign.publish import publish
-
                 counts = publish(run_dir, lake)
                 ctx.observe(f"published to {lake}: {counts}")
         finally:
@@ -375,8 +220,6 @@ def run_lock(run_dir: Path) -> IO[str]:
     """An exclusive, non-blocking lock on the run folder for as long as this process drives it: two
     processes resuming one run would deploy twice and race on campaign.json. The kernel drops the lock
     when its holder dies, so a SIGKILLed run never leaves a stale lock behind."""
-    import fcntl
-    import os
 
     f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the campaign ends
     try:
@@ -394,12 +237,6 @@ def run_lock(run_dir: Path) -> IO[str]:
     f.write(f"{os.getpid()}\n")
     f.flush()
     return f
-
-
-def _summary(state: CampaignState) -> str:
-    from perftune.campaign.report import summary_md
-
-    return summary_md(state)
 
 
 def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:

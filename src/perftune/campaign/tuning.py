@@ -6,24 +6,29 @@ import json
 import time
 from typing import Any
 
-from perftune.campaign.pipeline import Ctx, Gate
+from perftune.bench.stats import across_trials
+from perftune.campaign.base import Ctx, Gate
+from perftune.campaign.cells import card_of, speed_of_light
+from perftune.campaign.live_eval import LiveEvaluator
+from perftune.campaign.state import Cell
+from perftune.context import tier_for
+from perftune.hardware.ceilings import gpu
+from perftune.serving.levers import translate
 from perftune.serving.registry import prefix_cache_defaults
+from perftune.sim.calibration import for_gpu
+from perftune.tune.arms import (
+    generate_arms,
+    prefix_cache_mismatch,
+    prefix_cache_states,
+    read_tsv,
+    write_tsv,
+)
+from perftune.tune.evaluate import RecordingEvaluator, TuneStopped, feasibility, safe_name
+from perftune.tune.search import TuneConfig, run_tuner
 from perftune.util.atomic import write_text
 
 
 def run_phase3(ctx: Ctx) -> Gate:
-    from perftune.campaign.phases import card_of
-    from perftune.hardware.ceilings import gpu
-    from perftune.sim.calibration import for_gpu
-    from perftune.tune.arms import (
-        generate_arms,
-        prefix_cache_mismatch,
-        prefix_cache_states,
-        read_tsv,
-        write_tsv,
-    )
-    from perftune.tune.evaluate import LiveEvaluator, RecordingEvaluator, TuneStopped, feasibility
-    from perftune.tune.search import TuneConfig, run_tuner
 
     i = ctx.intent
     d = ctx.run_dir / "phase3"
@@ -259,7 +264,6 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
         f"deploy ({per_point:.0f} s: one server start plus one short run of each of {workloads} "
         f"workload(s)), {cover}; one run per point (no repeat trials, no interval), over 2 levers."
     )
-    from perftune.serving.levers import translate
 
     for e in res.engines:
         if e.engine != "vllm" or e.crowned is None or not e.crowned.levers:
@@ -281,11 +285,6 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
     """One cell per (engine, arm, workload, concurrency) of the full treatment: its trials are separate
     deploys (one bench folder each, interleaved with the other arms), aggregated here; published to the
     lake with the other phases' cells, tagged by engine and arm."""
-    from perftune.bench.stats import across_trials
-    from perftune.campaign.phases import speed_of_light
-    from perftune.campaign.state import Cell
-    from perftune.context import tier_for
-    from perftune.tune.evaluate import safe_name
 
     d = ctx.run_dir / "phase3"
     groups: dict[tuple[str, str, int], list[Any]] = {}

@@ -98,7 +98,7 @@ def serve_forever(
     process supervisors, or a banner on stderr) and turn a bind failure into a one-line error."""
     import asyncio
 
-    from perftune.api import run_async
+    from perftune.bench.session import run_async
 
     async def main() -> None:
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
@@ -28,8 +28,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from perftune.errors import ConfigError, RegistryError
-from perftune.registry.schema import ModelEntry, Registry
+from perftune.errors import ConfigError, RegistryError, config_error_from
+from perftune.registry.schema import Champion, ModelEntry, Registry, RequiredFlag
 from perftune.util.atomic import write_text
 
 ENV_VAR = "PERFTUNE_KNOWN_GOOD_REGISTRY"
@@ -252,3 +252,42 @@ def parse_required_flag(spec: str) -> dict[str, str]:
         "affected": affected,
         "evidence": evidence,
     }
+
+
+def record_entry(
+    model_id: str,
+    *,
+    registry: str | Path | None = None,
+    slug: str,
+    engine: str,
+    required_flags: Sequence[str] = (),
+    grind_frontier: str,
+    engine_versions: str = "",
+    hardware: str = "",
+    arch_note: str = "",
+    fallback: str = "",
+    champion: dict[str, str] | None = None,
+) -> tuple[Path, ModelEntry]:
+    """Build, validate and append a model's entry to the resolved registry (see `record`)."""
+    try:
+        flags = [RequiredFlag.model_validate(parse_required_flag(f)) for f in required_flags]
+        entry = ModelEntry(
+            slug=slug,
+            engine=engine,
+            engine_versions=engine_versions,
+            hardware=hardware,
+            arch_note=arch_note,
+            fallback=fallback,
+            grind_frontier=grind_frontier,
+            required_flags=flags,
+            champion=Champion.model_validate(champion) if champion else None,
+        )
+    except ValidationError as e:
+        raise config_error_from(
+            e,
+            "invalid entry: ",
+            hint="severity is one of boot-blocker | crash-high-c | deploy-correctness | perf",
+        ) from e
+    path = resolve_registry(registry)
+    record(path, model_id, entry)
+    return path, entry

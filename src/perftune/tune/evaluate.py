@@ -4,6 +4,8 @@ benchmark) and a live engine deployed per arm (phase 3). Plus the pure failure c
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,90 +107,6 @@ class PredictEvaluator:
         return Outcome(out, spent)
 
 
-class LiveEvaluator:
-    """A real (or simulated) engine per arm through `perftune deploy`; on that one deploy, one bench
-    trial per workload and concurrency (cache reset before each, so a prefix workload's hits are its
-    own); failures are classified with their log excerpt."""
-
-    def __init__(
-        self,
-        ctx: Any,
-        phase_dir: Path,
-        wedge_s: float = 60.0,
-        gpus: int = 1,
-        workloads: Sequence[str] = ("random",),
-    ) -> None:
-        self.ctx, self.dir, self.wedge_s, self.gpus = ctx, phase_dir, wedge_s, gpus
-        self.workloads = tuple(workloads)
-
-    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
-        from perftune.api import bench
-        from perftune.bench.runner import BenchConfig
-        from perftune.campaign.phases import workload_spec
-        from perftune.campaign.pipeline import live_server
-        from perftune.targets.local import group_alive
-
-        t0 = time.monotonic()
-        ctx = self.ctx
-        i = ctx.intent
-        out: list[Measure] = []
-        try:
-            with live_server(ctx, arm.engine, self.dir, arm.levers) as rec:
-                for kind, c in ((w, c) for w in self.workloads for c in concurrencies):
-                    wl = workload_spec(ctx, kind, c)
-                    if screening:
-                        wl = wl.model_copy(update={"num_requests": c})
-                    cfg = BenchConfig(
-                        endpoint=rec.endpoint,
-                        model=rec.served_name,
-                        workload=wl,
-                        concurrency=c,
-                        trials=1,
-                        warmup_requests=min(2, c),
-                        request_timeout_s=self.wedge_s,
-                        hardware=f"{i.gpus}x{i.gpu}",
-                        server_log=rec.log_path,
-                    )
-                    rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
-                    run, _ = bench(cfg, out_dir=self.dir / rel)
-                    t = run.result.trials[0]
-                    if t.counts.ok < t.counts.sent:
-                        alive = group_alive(rec.pgid)
-                        tail = _tail(rec.log_path)
-                        klass = classify("bench", tail, alive, t.counts.timeouts)
-                        return Outcome(
-                            out, self._gpu_s(t0), Failure(arm.key, klass, tail[-1500:], rec.log_path)
-                        )
-                    out.append(
-                        Measure(
-                            arm.key,
-                            c,
-                            trial,
-                            t.output_tok_s,
-                            t.ttft_ms.mean or 0.0,
-                            t.tpot_ms.p50 or 0.0,
-                            kind,
-                            rel,
-                        )
-                    )
-        except PerftuneError as e:
-            tail = _tail(e.log_path) if e.log_path else e.message
-            return Outcome(
-                out,
-                self._gpu_s(t0),
-                Failure(
-                    arm.key,
-                    classify("deploy", tail + e.message, False, 0),
-                    (e.message + "\n" + tail)[-1500:],
-                    e.log_path,
-                ),
-            )
-        return Outcome(out, self._gpu_s(t0))
-
-    def _gpu_s(self, t0: float) -> float:
-        return (time.monotonic() - t0) * self.gpus
-
-
 def safe_name(arm_name: str) -> str:
     """An arm's name as it appears in folder names and cell ids ('composed:a+b' has a colon)."""
     return arm_name.replace("/", "_").replace(":", "_")
@@ -200,7 +118,7 @@ def trial_folder(arm: Arm, stage: str, trial: int, workload: str, c: int) -> str
     return f"{arm.engine}.{safe_name(arm.name)}.{stage}.t{trial}.{workload}.c{c}"
 
 
-def _tail(path: str | None, n: int = 30) -> str:
+def log_tail(path: str | None, n: int = 30) -> str:
     if not path or not Path(path).exists():
         return ""
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
@@ -228,7 +146,6 @@ class RecordingEvaluator:
         observe: Callable[[str], None] | None = None,
         budget_gpu_s: float | None = None,
     ) -> None:
-        import json
 
         self.inner, self.journal, self.stop_at = inner, journal, stop_at
         self.observe = observe or (lambda _m: None)
@@ -255,7 +172,6 @@ class RecordingEvaluator:
         arm: Arm, concurrencies: Sequence[int], trial: int, screening: bool, workloads: Sequence[str]
     ) -> str:
         """What makes two deploys the same measurement (a changed workload list re-measures)."""
-        import json
 
         return json.dumps(
             [arm.engine, arm.name, sorted(arm.levers.items()), list(concurrencies), trial, screening]
@@ -263,8 +179,6 @@ class RecordingEvaluator:
         )
 
     def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
-        import json
-        import os
 
         k = self.key(arm, concurrencies, trial, screening, self.workloads)
         if k in self.cache:

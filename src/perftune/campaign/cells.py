@@ -1,0 +1,201 @@
+"""The campaign's service layer: deploy one engine and keep it live, bench one cell into the bundle,
+build a Cell from a bench result. Every phase (and the tuner's live evaluator) goes through these."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from perftune.bench.runner import BenchConfig, BenchRun
+from perftune.bench.session import bench_to_dir
+from perftune.bench.stats import across_trials
+from perftune.bench.workloads import WorkloadSpec
+from perftune.campaign.base import Ctx
+from perftune.campaign.state import Cell, Deployment
+from perftune.deploy import DeployRecord, deploy
+from perftune.hardware.ceilings import gpu
+from perftune.hardware.roofline import roofline
+from perftune.models.card import ModelCard
+from perftune.models.resolve import model_card
+from perftune.serving.registry import engine as engine_info
+from perftune.serving.spec import ServeSpec
+from perftune.targets.local import LocalDeployment, down
+
+
+@cache
+def _card_for(ref: str) -> ModelCard:
+    return model_card(ref)
+
+
+def card_of(ctx: Ctx) -> ModelCard:
+    """The campaign model's card, read once per process (every cell's %SoL needs it)."""
+    return _card_for(ctx.intent.model_path or ctx.intent.model)
+
+
+def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
+    i = ctx.intent
+    n = max(16, i.requests_per_slot * concurrency)
+    if kind in ("random", "prefix"):
+        return WorkloadSpec(kind=kind, isl=i.isl, osl=i.osl, num_requests=n)
+    if kind == "long":
+        card = card_of(ctx)
+        return WorkloadSpec(
+            kind="long", isl=min(i.long_isl, card.max_context - i.osl - 16), osl=i.osl, num_requests=n
+        )
+    return WorkloadSpec(kind=kind, osl=i.osl, num_requests=n)
+
+
+def speed_of_light(
+    ctx: Ctx, tpot_ms: float | None, concurrency: int, context: int
+) -> tuple[float | None, str | None]:
+    """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell."""
+    if not tpot_ms:
+        return None, None
+    tp = int(ctx.state.facts.get("tp", 1))
+    rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=concurrency, context=max(1, context))
+    return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
+
+
+def make_cell(
+    ctx: Ctx,
+    run: BenchRun,
+    *,
+    phase: str,
+    engine: str,
+    config: str,
+    workload: str,
+    path: Path,
+    levers: dict[str, Any] | None = None,
+) -> Cell:
+    r = run.result
+    tok = r.metric("output_tok_s")
+    med = across_trials([t.tpot_ms.p50 for t in r.trials])
+    ok = sum(t.counts.ok for t in r.trials)
+    in_tok = sum(t.counts.input_tokens for t in r.trials)
+    ctx_len = round(in_tok / ok + ctx.intent.osl / 2) if ok else ctx.intent.isl
+    conc = r.context.workload.concurrency or 1
+    tp = int(ctx.state.facts.get("tp", 1))
+    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
+    levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
+    prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
+    return Cell(
+        cell_id=path.name,
+        phase=phase,
+        engine=engine,
+        config=config,
+        levers=levers,
+        workload=workload,
+        concurrency=conc,
+        gpus=tp,
+        path=ctx.rel(path),
+        output_tok_s=tok.mean or 0.0,
+        output_tok_s_std=tok.std,
+        output_tok_s_ci95=list(tok.ci95) if tok.ci95 else None,
+        tpot_median_ms=med.mean,
+        tpot_ci95=list(med.ci95) if med.ci95 else None,
+        ttft_mean_ms=r.metric("ttft_ms").mean,
+        trials=len(r.trials),
+        sol_pct=sol,
+        ceiling_key=key,
+        tier=r.context.tier,
+        simulated=r.context.stack.simulated,
+        prefix_cache=None if prefix is None else bool(prefix),
+        context=r.context.model_dump(mode="json"),
+        flags=r.flags(),
+    )
+
+
+def failed_share(ctx: Ctx, cell: Cell) -> float:
+    data = json.loads((ctx.run_dir / cell.path / "summary.json").read_text())
+    sent = sum(t["counts"]["sent"] for t in data["trials"])
+    ok = sum(t["counts"]["ok"] for t in data["trials"])
+    return 1 - ok / sent if sent else 1.0
+
+
+@contextlib.contextmanager
+def live_server(
+    ctx: Ctx, engine: str, phase_dir: Path, levers: dict[str, Any] | None = None
+) -> Iterator[DeployRecord]:
+    """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after."""
+    i = ctx.intent
+    model = i.model if engine in ("sim", "mock") else (i.model_path or i.model)
+    spec = ServeSpec(
+        engine=engine,
+        model=model,
+        served_name=Path(i.model.rstrip("/")).name,
+        tp=int(ctx.state.facts.get("tp", 1)),
+        levers=dict(i.levers.get(engine, {}) if levers is None else levers),
+        extra_args=list(i.engine_args.get(engine, [])),
+        gpu=i.gpu if engine == "sim" else None,
+    )
+    started: list[int] = []
+
+    def record_group(dep: LocalDeployment) -> None:
+        # Saved before the readiness wait: a campaign killed while the engine loads leaves a group
+        # that --resume must find and reap (the deploy's own run id is its log folder's name).
+        started.append(dep.pgid)
+        ctx.state.live.append(Deployment(engine=engine, pgid=dep.pgid, run_id=dep.log_path.parent.name))
+        ctx.save()
+
+    try:
+        rec, dep = deploy(
+            spec,
+            runs_dir=phase_dir / "servers",
+            registry=i.registry,
+            ready_timeout_s=i.ready_timeout_s,
+            on_up=record_group,
+        )
+    except BaseException:
+        _forget(ctx, started)  # deploy tore its group down before raising
+        raise
+    try:
+        yield rec
+    finally:
+        down(dep)
+        _forget(ctx, started)
+
+
+def _forget(ctx: Ctx, pgids: list[int]) -> None:
+    if pgids:
+        ctx.state.live = [d for d in ctx.state.live if d.pgid not in pgids]
+        ctx.save()
+
+
+def bench_cell(
+    ctx: Ctx,
+    rec: DeployRecord,
+    *,
+    phase: str,
+    engine: str,
+    config: str,
+    workload: str,
+    concurrency: int,
+    cell_dir: Path,
+    levers: dict[str, Any] | None = None,
+) -> Cell:
+    """Bench one cell into cell_dir (written beside it, then renamed in: never half a folder)."""
+    i = ctx.intent
+    tmp = cell_dir.with_name(cell_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(cell_dir, ignore_errors=True)
+    cfg = BenchConfig(
+        endpoint=rec.endpoint,
+        model=rec.served_name,
+        workload=workload_spec(ctx, workload, concurrency),
+        concurrency=concurrency,
+        trials=i.trials,
+        warmup_requests=min(4, concurrency),
+        hardware=f"{i.gpus}x{i.gpu}",
+        engine=None,
+        server_log=rec.log_path,  # compilation logged during a trial flags it
+    )
+    run, _ = bench_to_dir(cfg, out_dir=tmp)
+    tmp.rename(cell_dir)
+    return make_cell(
+        ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir, levers=levers
+    )

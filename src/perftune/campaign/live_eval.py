@@ -1,0 +1,96 @@
+"""The tuner's live evaluator: one real (or simulated) deploy per arm and trial, measured through the
+campaign's service layer. The search itself (perftune.tune) only sees the Evaluator protocol."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from perftune.bench.runner import BenchConfig
+from perftune.bench.session import bench_to_dir
+from perftune.campaign.base import Ctx
+from perftune.campaign.cells import live_server, workload_spec
+from perftune.errors import PerftuneError
+from perftune.targets.local import group_alive
+from perftune.tune.arms import Arm
+from perftune.tune.evaluate import classify, log_tail, trial_folder
+from perftune.tune.search import Failure, Measure, Outcome
+
+
+class LiveEvaluator:
+    """A real (or simulated) engine per arm through `perftune deploy`; on that one deploy, one bench
+    trial per workload and concurrency (cache reset before each, so a prefix workload's hits are its
+    own); failures are classified with their log excerpt."""
+
+    def __init__(
+        self,
+        ctx: Ctx,
+        phase_dir: Path,
+        wedge_s: float = 60.0,
+        gpus: int = 1,
+        workloads: Sequence[str] = ("random",),
+    ) -> None:
+        self.ctx, self.dir, self.wedge_s, self.gpus = ctx, phase_dir, wedge_s, gpus
+        self.workloads = tuple(workloads)
+
+    def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
+        t0 = time.monotonic()
+        ctx = self.ctx
+        i = ctx.intent
+        out: list[Measure] = []
+        try:
+            with live_server(ctx, arm.engine, self.dir, arm.levers) as rec:
+                for kind, c in ((w, c) for w in self.workloads for c in concurrencies):
+                    wl = workload_spec(ctx, kind, c)
+                    if screening:
+                        wl = wl.model_copy(update={"num_requests": c})
+                    cfg = BenchConfig(
+                        endpoint=rec.endpoint,
+                        model=rec.served_name,
+                        workload=wl,
+                        concurrency=c,
+                        trials=1,
+                        warmup_requests=min(2, c),
+                        request_timeout_s=self.wedge_s,
+                        hardware=f"{i.gpus}x{i.gpu}",
+                        server_log=rec.log_path,
+                    )
+                    rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
+                    run, _ = bench_to_dir(cfg, out_dir=self.dir / rel)
+                    t = run.result.trials[0]
+                    if t.counts.ok < t.counts.sent:
+                        alive = group_alive(rec.pgid)
+                        tail = log_tail(rec.log_path)
+                        klass = classify("bench", tail, alive, t.counts.timeouts)
+                        return Outcome(
+                            out, self._gpu_s(t0), Failure(arm.key, klass, tail[-1500:], rec.log_path)
+                        )
+                    out.append(
+                        Measure(
+                            arm.key,
+                            c,
+                            trial,
+                            t.output_tok_s,
+                            t.ttft_ms.mean or 0.0,
+                            t.tpot_ms.p50 or 0.0,
+                            kind,
+                            rel,
+                        )
+                    )
+        except PerftuneError as e:
+            tail = log_tail(e.log_path) if e.log_path else e.message
+            return Outcome(
+                out,
+                self._gpu_s(t0),
+                Failure(
+                    arm.key,
+                    classify("deploy", tail + e.message, False, 0),
+                    (e.message + "\n" + tail)[-1500:],
+                    e.log_path,
+                ),
+            )
+        return Outcome(out, self._gpu_s(t0))
+
+    def _gpu_s(self, t0: float) -> float:
+        return (time.monotonic() - t0) * self.gpus
