@@ -127,16 +127,48 @@ def test_partial_records_stream_the_dropped_requests_with_their_tokens(tmp_path:
     assert run.result.trials[0].counts.dropped == N
 
 
-def test_fault_when_applies_only_to_the_matching_config(tmp_path: Path) -> None:
-    """A fault tied to a lever value: the same flags served with another value are healthy."""
-    base = [sys.executable, "-m", "perftune", "sim-server", "--model", "llama-3.1-8b", "--port", "0"]
-    base += ["--ready-json", "--served-model-name", "sim", "--fault", "http500"]
-    base += ["--fault-when", "kv_cache_dtype=fp8"]
-    for extra, fails in (([], 0), (["--kv-cache-dtype", "fp8"], N)):
-        with ready_json_process(base + extra, "simulator", startup_timeout_s=60) as url:
-            run, _ = api.bench(_cfg(url), out_dir=tmp_path / f"b{len(extra)}")
-            assert run.result.trials[0].counts.errors == fails
-            assert _sim_fault_stats(url)["active"] is (fails > 0)
+def test_fault_flags_pass_the_adapters_check_and_apply_only_where_their_lever_says() -> None:
+    """The fault flags travel in a campaign's engine_args: the simulator's flag check (run by its
+    adapter before a deploy) takes them, and `--fault-when` ties the fault to a lever value."""
+    from perftune.sim.config import parse_vllm_flags
+
+    flags = ["--fault", "drop", "--fault-after", "2", "--fault-when", "kv-cache-dtype=fp8"]
+    healthy = parse_vllm_flags(flags)
+    assert healthy.fault is not None and healthy.fault.kind == "drop" and not healthy.fault_applies()
+    assert parse_vllm_flags([*flags, "--kv-cache-dtype", "fp8"]).fault_applies()
+
+
+@pytest.mark.slow
+def test_tuner_goes_on_past_an_arm_whose_lever_makes_the_engine_drop_streams(tmp_path: Path) -> None:
+    """A lever-triggered engine fault in phase 3: the fp8-KV arm's engine drops every stream after the
+    smoke gate; the tuner records the failure, crowns from the arms that ran, and proposes the failure
+    as a known-good candidate avoided by the baseline."""
+    from .conftest import small_campaign
+
+    fault = ["--fault", "drop", "--fault-after", "2", "--fault-when", "kv_cache_dtype=fp8"]  # 2: the smoke
+    intent = small_campaign(
+        tmp_path,
+        workloads=["random"],
+        tune_workloads=["random"],
+        ladder=[4],
+        trials=1,
+        wedge_s=TIMEOUT_S,
+        engine_args={"sim": fault},
+    )
+    runs, lake = tmp_path / "runs", tmp_path / "l.duckdb"
+    run_dir, state = api.optimize(runs_dir=runs, intent=intent, until="1", lake=lake)
+    assert state.phases["1"].status == "green"  # the baseline (no fp8) never meets the fault
+    tsv = run_dir / "phase3" / "arms.tsv"
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    tsv.write_text("sim\tbaseline\t\nsim\tkv-cache-dtype=fp8\tkv-cache-dtype=fp8\n")
+    run_dir, state = api.tune(run_dir.name, runs_dir=runs, budget_gpu_min=30, lake=lake)
+    assert state.phases["3"].status == "green", state.phases["3"].reason
+    cands = json.loads((run_dir / "phase3" / "known-good-candidates.json").read_text())
+    assert [c["arm"] for c in cands] == ["sim/kv-cache-dtype=fp8"]
+    assert "connection closed by server" in cands[0]["excerpt"] and "baseline" in cands[0]["avoided_by"]
+    tune = json.loads((run_dir / "phase3" / "tune.json").read_text())
+    assert tune["engines"][0]["crowned"]["name"] == "baseline"
+    assert [a for a, _t, stage in tune["order"] if stage == "full"] == ["sim/baseline"] * 3
 
 
 # ---------------------------------------------------------------- llama.cpp killed mid-trial

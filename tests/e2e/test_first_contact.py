@@ -159,3 +159,11 @@ def test_two_processes_resuming_one_run_the_second_refuses_naming_the_first(tmp_
         proc.terminate()
         proc.wait(timeout=120)
     assert CampaignState.load(runs / st.run_id).intent.tune is False  # the refused tune changed nothing
+
+
+def test_phase0_red_for_too_few_gpus_writes_the_source_it_lists(tmp_path: Path) -> None:
+    intent = small_campaign(tmp_path, model="llama-3.1-70b", gpu="l40s")
+    run_dir, state = api.optimize(runs_dir=tmp_path / "runs", intent=intent, lake=None)
+    p0 = state.phases["0"]
+    assert p0.status == "red" and "SOURCE.md" in p0.artifacts and "needs TP=" in p0.reason
+    assert (run_dir / "SOURCE.md").exists() and p0.reason in (run_dir / "SOURCE.md").read_text()

@@ -105,8 +105,15 @@ def phase0(ctx: Ctx) -> Gate:
         )
     use_tp = min(tp.recommended_tp, i.gpus)
     if use_tp < tp.recommended_tp:
+        why = f"needs TP={tp.recommended_tp} but the node has {i.gpus} GPU(s)"
+        write_text(
+            ctx.run_dir / "SOURCE.md", source_md(ctx.state, [*decisions, (why, "; ".join(tp.rationale))], {})
+        )
         return Gate(
-            "red", f"needs TP={tp.recommended_tp} but the node has {i.gpus} GPU(s)", artifacts=["SOURCE.md"]
+            "red",
+            why,
+            hint="run on a node with enough GPUs (--gpus), or a smaller model",
+            artifacts=["SOURCE.md"],
         )
     ctx.state.facts["tp"] = use_tp
     decisions += [
@@ -306,6 +313,24 @@ def phase84(ctx: Ctx) -> Gate:
 # ------------------------------------------------------------------ phase 8.5
 
 
+def next_levers(tried: set[str]) -> list[findings.OpenLever]:
+    """The catalog levers the champion has not tried, in priority order. With every one tried the next
+    step is evidence, not another guess: profiling (phase 2) is named instead of an IndexError."""
+    out = [
+        findings.OpenLever(lever=name, value=value, priority=k + 1, rationale=why)
+        for k, (name, value, why) in enumerate(x for x in NEXT_LEVERS if x[0] not in tried)
+    ]
+    return out or [
+        findings.OpenLever(
+            lever="profile",
+            value="phase 2",
+            priority=1,
+            rationale="every catalog lever is already in the champion: the next lever needs evidence "
+            "(a profile of where the step time goes), not another catalog guess",
+        )
+    ]
+
+
 def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
     """Where the ratchet records the champion's known-good entry. A simulated champion never goes
     into a real registry: beside an explicit --registry it gets its own `sim-` file, otherwise the
@@ -331,11 +356,7 @@ def phase85(ctx: Ctx) -> Gate:
         explicit=bool(ctx.state.facts.get("registry_explicit")),
         simulated=cell0.simulated,
     )
-    tried = set(ch.get("levers") or {})
-    open_levers = [
-        findings.OpenLever(lever=name, value=value, priority=k + 1, rationale=why)
-        for k, (name, value, why) in enumerate(x for x in NEXT_LEVERS if x[0] not in tried)
-    ]
+    open_levers = next_levers(set(ch.get("levers") or {}))
     cell = ctx.state.cells[ch["cell_id"]]
     nxt = open_levers[0]
     rationale = nxt.rationale

@@ -24,3 +24,12 @@ def test_simulated_champion_without_explicit_registry_goes_to_the_sim_file(
     repo = tmp_path / "repo" / "configs" / "known-good-configs.yaml"
     assert record_registry(repo, explicit=False, simulated=False) == user
     assert record_registry(repo, explicit=False, simulated=True) != repo
+
+
+def test_the_ratchet_names_profiling_once_every_catalog_lever_is_tried() -> None:
+    from perftune.campaign.phases import NEXT_LEVERS, next_levers
+
+    assert [o.lever for o in next_levers(set())] == [n for n, _, _ in NEXT_LEVERS]
+    assert next_levers({"prefill-chunk"})[0].lever == "batch-cap"
+    last = next_levers({n for n, _, _ in NEXT_LEVERS})  # raised IndexError before
+    assert [o.lever for o in last] == ["profile"] and "evidence" in last[0].rationale
