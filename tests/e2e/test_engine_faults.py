@@ -1,7 +1,9 @@
 """Engine faults through real processes: the simulator told to wedge, to answer 500, to drop
 connections mid-stream, to stall before the first byte, and llama.cpp killed mid-trial. The bench
 returns (bounded by a 3 s request timeout), each failed request carries its class, and the records
-keep the requests that succeeded and the tokens the broken ones received.
+keep the requests that succeeded and the tokens the broken ones received. In phase 3, an arm whose
+lever makes the simulated engine drop its streams fails on its own; the tuner goes on and proposes
+the failure as a known-good candidate.
 
 Counts are exact because the simulator counts its generate requests (`--fault-after 2`: the first two
 are served, every later one meets the fault); which request indices fail depends on arrival order at
@@ -15,8 +17,10 @@ import os
 import signal
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,6 +30,8 @@ from perftune.bench.records import PARTIAL_NAME, RequestRecord, decode, read_par
 from perftune.bench.runner import BenchConfig, Progress, run_bench
 from perftune.bench.workloads import WorkloadSpec
 from perftune.mock.process import ready_json_process
+
+from .conftest import small_campaign
 
 pytestmark = pytest.mark.e2e
 
@@ -68,11 +74,9 @@ def _records(out: Path) -> list[RequestRecord]:
     return [RequestRecord.from_json(orjson.loads(line)) for line in lines if line.strip()]
 
 
-def _sim_fault_stats(url: str) -> dict[str, object]:
-    import urllib.request
-
+def _sim_fault_stats(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + "/sim/stats", timeout=10) as r:
-        fault: dict[str, object] = json.loads(r.read())["fault"]
+        fault: dict[str, Any] = json.loads(r.read())["fault"]
     return fault
 
 
@@ -110,7 +114,7 @@ def test_each_sim_fault_is_classified_counted_and_kept(faulty_sim: tuple[str, st
     summary = json.loads(Path(paths["summary"]).read_text())
     assert summary["trials"][0]["counts"] == c.model_dump()  # the summary carries the classes too
     stats = _sim_fault_stats(url)
-    assert stats["active"] is True and stats["injected"] == stats["generate_requests"] - AFTER  # type: ignore[operator]
+    assert stats["active"] is True and stats["injected"] == stats["generate_requests"] - AFTER
 
 
 def test_partial_records_stream_the_dropped_requests_with_their_tokens(tmp_path: Path) -> None:
@@ -143,8 +147,6 @@ def test_tuner_goes_on_past_an_arm_whose_lever_makes_the_engine_drop_streams(tmp
     """A lever-triggered engine fault in phase 3: the fp8-KV arm's engine drops every stream after the
     smoke gate; the tuner records the failure, crowns from the arms that ran, and proposes the failure
     as a known-good candidate avoided by the baseline."""
-    from .conftest import small_campaign
-
     fault = ["--fault", "drop", "--fault-after", "2", "--fault-when", "kv_cache_dtype=fp8"]  # 2: the smoke
     intent = small_campaign(
         tmp_path,

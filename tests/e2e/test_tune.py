@@ -61,7 +61,7 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
     assert "Pareto" in md and "| prefix |" in md and "| random |" in md  # both workloads, each with its ratio
     assert set(tune["engines"][0]["by_workload"]) == {"random", "prefix"}
     assert {m["workload"] for m in tune["measures"]} == {"random", "prefix"}
-    assert state.facts["tuned"]["sim"] == crowned["levers"]
+    assert state.facts.tuned["sim"] == crowned["levers"]
     # the full treatment's cells: one per (arm, workload, c), its trials from separate interleaved deploys
     p3 = {c.cell_id: c for c in state.cells.values() if c.phase == "3"}
     base = p3["p3.sim.baseline.random.c8"]

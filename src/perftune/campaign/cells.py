@@ -56,7 +56,7 @@ def speed_of_light(
     """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell."""
     if not tpot_ms:
         return None, None
-    tp = int(ctx.state.facts.get("tp", 1))
+    tp = ctx.state.facts.tp
     rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=concurrency, context=max(1, context))
     return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
 
@@ -79,7 +79,7 @@ def make_cell(
     in_tok = sum(t.counts.input_tokens for t in r.trials)
     ctx_len = round(in_tok / ok + ctx.intent.osl / 2) if ok else ctx.intent.isl
     conc = r.context.workload.concurrency or 1
-    tp = int(ctx.state.facts.get("tp", 1))
+    tp = ctx.state.facts.tp
     sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
     levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
     prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
@@ -128,7 +128,7 @@ def live_server(
         engine=engine,
         model=model,
         served_name=Path(i.model.rstrip("/")).name,
-        tp=int(ctx.state.facts.get("tp", 1)),
+        tp=ctx.state.facts.tp,
         levers=dict(i.levers.get(engine, {}) if levers is None else levers),
         extra_args=list(i.engine_args.get(engine, [])),
         gpu=i.gpu if engine == "sim" else None,

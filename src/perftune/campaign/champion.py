@@ -10,29 +10,12 @@ production claim needs is green; otherwise DRAFT with each failing gate named.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from perftune.campaign.state import SUITE, Cell, Intent
+from perftune.campaign.state import SUITE, Cell, Intent, Ranked
 
 PRIMARY = "random"
-
-
-class Ranked(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    engine: str
-    config: str
-    gpus: int
-    levers: dict[str, Any]
-    prefix_cache: bool | None
-    cell_id: str | None = Field(description="the cell the value comes from (None: no eligible cell)")
-    value: float | None = Field(description="tok/s/GPU (throughput) or median TPOT ms (latency)")
-    ci95: list[float] | None
-    concurrency: int | None
-    eligible: bool
-    reason: str = ""
-    tied_with_leader: bool = False
 
 
 class ChampionSelection(BaseModel):

@@ -11,7 +11,7 @@ from perftune.bench.runner import BenchConfig
 from perftune.bench.session import bench_to_dir
 from perftune.campaign.base import Ctx
 from perftune.campaign.cells import live_server, workload_spec
-from perftune.errors import PerftuneError
+from perftune.errors import BenchError, PerftuneError
 from perftune.targets.local import group_alive
 from perftune.tune.arms import Arm
 from perftune.tune.evaluate import classify, log_tail, trial_folder
@@ -57,12 +57,25 @@ class LiveEvaluator:
                         server_log=rec.log_path,
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
-                    run, _ = bench_to_dir(cfg, out_dir=self.dir / rel)
+                    try:
+                        run, _ = bench_to_dir(cfg, out_dir=self.dir / rel)
+                    except BenchError as e:  # the engine booted and passed its smoke gate: a bench failure
+                        tail = log_tail(rec.log_path)
+                        klass = classify("bench", tail, group_alive(rec.pgid), 0, http_errors=1)
+                        why = (e.message + "\n" + tail)[-1500:]
+                        return Outcome(out, self._gpu_s(t0), Failure(arm.key, klass, why, rec.log_path))
                     t = run.result.trials[0]
                     if t.counts.ok < t.counts.sent:
-                        alive = group_alive(rec.pgid)
+                        c_ = t.counts
                         tail = log_tail(rec.log_path)
-                        klass = classify("bench", tail, alive, t.counts.timeouts)
+                        klass = classify(
+                            "bench",
+                            tail,
+                            group_alive(rec.pgid),
+                            c_.timeouts,
+                            dropped=c_.dropped,
+                            http_errors=c_.errors - c_.dropped - c_.connection_errors,
+                        )
                         return Outcome(
                             out, self._gpu_s(t0), Failure(arm.key, klass, tail[-1500:], rec.log_path)
                         )

@@ -12,6 +12,7 @@ from perftune.campaign.base import Ctx, Gate, Phase
 from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.report import cell_line, champion_md, source_md
+from perftune.campaign.state import ChampionFact
 from perftune.campaign.tuning import run_phase3
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import gpu
@@ -75,7 +76,7 @@ def phase0(ctx: Ctx) -> Gate:
     if not reg.exists():
         write_text(reg, BANNER)
     fpath = Path(i.findings) if i.findings else findings.default_path()
-    ctx.state.facts["registry_explicit"] = i.registry is not None
+    ctx.state.facts.registry_explicit = i.registry is not None
     ctx.state.intent = i.model_copy(update={"registry": str(reg), "findings": str(fpath)})
     decisions.append(
         (
@@ -95,7 +96,7 @@ def phase0(ctx: Ctx) -> Gate:
                     "the last champion becomes the next baseline (ratchet)",
                 )
             )
-            ctx.state.facts["prior_baseline"] = base
+            ctx.state.facts.prior_baseline = base
     if tp.recommended_tp is None:
         write_text(
             ctx.run_dir / "SOURCE.md", source_md(ctx.state, decisions, {"tp": "; ".join(tp.rationale)})
@@ -115,7 +116,7 @@ def phase0(ctx: Ctx) -> Gate:
             hint="run on a node with enough GPUs (--gpus), or a smaller model",
             artifacts=["SOURCE.md"],
         )
-    ctx.state.facts["tp"] = use_tp
+    ctx.state.facts.tp = use_tp
     decisions += [
         (f"TP={use_tp}", "; ".join(tp.rationale[:2])),
         (f"loader: {loader.recommended}", "; ".join(loader.rationale[:1]) if loader.rationale else ""),
@@ -182,7 +183,7 @@ def phase1(ctx: Ctx) -> Gate:
             ctx.observe(f"phase 1: deploy {engine}, smoke gate, baseline bench")
             with live_server(ctx, engine, d) as rec:
                 write_text(d / f"{engine}.deploy.json", rec.model_dump_json(indent=2) + "\n")
-                ctx.state.facts.setdefault("engine_versions", {})[engine] = rec.engine_version
+                ctx.state.facts.engine_versions[engine] = rec.engine_version
                 cell = bench_cell(
                     ctx,
                     rec,
@@ -220,7 +221,7 @@ def phase8(ctx: Ctx) -> Gate:
     ran, bad = [], []
     for engine in i.engines:
         configs = [("baseline", dict(i.levers.get(engine, {})))]
-        tuned = ctx.state.facts.get("tuned", {}).get(engine)
+        tuned = ctx.state.facts.tuned.get(engine)
         if tuned is not None and tuned != configs[0][1]:
             configs.append(("tuned", tuned))
         for name, levers in configs:
@@ -295,11 +296,9 @@ def phase84(ctx: Ctx) -> Gate:
         )
     ch = sel.champion
     unit = "tok/s/GPU" if sel.focus == "throughput" else "ms median TPOT"
-    ctx.state.facts["champion"] = ch.model_dump() | {
-        "tier": sel.tier,
-        "metric": sel.metric,
-        "failing_gates": sel.failing_gates,
-    }
+    ctx.state.facts.champion = ChampionFact(
+        **ch.model_dump(), tier=sel.tier, metric=sel.metric, failing_gates=sel.failing_gates
+    )
     sim = " SIMULATED" if ch.cell_id and ctx.state.cells[ch.cell_id].simulated else ""
     return Gate(
         "green",
@@ -346,34 +345,34 @@ def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
 def phase85(ctx: Ctx) -> Gate:
 
     i = ctx.intent
-    ch = ctx.state.facts.get("champion")
+    ch = ctx.state.facts.champion
     if not ch:
         return Gate("red", "no champion to ratchet from (phase 8.4 did not crown one)")
     fpath = Path(i.findings or findings.default_path())
-    cell0 = ctx.state.cells[ch["cell_id"]]
+    cell0 = ctx.state.cells[str(ch.cell_id)]
     reg = record_registry(
         Path(i.registry or ""),
-        explicit=bool(ctx.state.facts.get("registry_explicit")),
+        explicit=ctx.state.facts.registry_explicit,
         simulated=cell0.simulated,
     )
-    open_levers = next_levers(set(ch.get("levers") or {}))
-    cell = ctx.state.cells[ch["cell_id"]]
+    open_levers = next_levers(set(ch.levers))
+    cell = ctx.state.cells[str(ch.cell_id)]
     nxt = open_levers[0]
     rationale = nxt.rationale
     if cell.sol_pct is not None:
         rationale += f" (champion at {cell.sol_pct:.0f}% of the decode roofline at c={cell.concurrency})"
-    value = f"{ch['value']:.1f} {'tok/s/GPU' if i.focus == 'throughput' else 'ms'}"
+    value = f"{ch.value or 0.0:.1f} {'tok/s/GPU' if i.focus == 'throughput' else 'ms'}"
     findings.record(
         fpath,
         i.model,
         findings.ModelFindings(
             baseline={
                 "campaign": ctx.state.run_id,
-                "engine": ch["engine"],
-                "config": ch["config"],
-                "levers": ch.get("levers") or {},
+                "engine": ch.engine,
+                "config": ch.config,
+                "levers": ch.levers,
                 "value": value,
-                "tier": ch["tier"],
+                "tier": ch.tier,
                 "simulated": cell.simulated,
             },
             next_lever=nxt.lever,
@@ -390,15 +389,15 @@ def phase85(ctx: Ctx) -> Gate:
             i.model,
             registry=reg,
             slug=Path(i.model.rstrip("/")).name,
-            engine=ch["engine"],
+            engine=ch.engine,
             required_flags=[],
             grind_frontier=f"{fpath}#{i.model}",
-            engine_versions=str(ctx.state.facts.get("engine_versions", {}).get(ch["engine"]) or ""),
+            engine_versions=str(ctx.state.facts.engine_versions.get(ch.engine) or ""),
             hardware=f"{i.gpus}x{i.gpu}",
             arch_note="no workaround flags needed: deploy, smoke and the suite passed on engine defaults",
             champion={
                 "config_ref": str(ctx.run_dir / "CHAMPION.md"),
-                "verdict": ch["tier"],
+                "verdict": ch.tier,
                 "value": f"{value} ({sim_tag}{cell.workload} c={cell.concurrency})",
                 "campaign": ctx.state.run_id,
             },
@@ -425,7 +424,7 @@ def phase85(ctx: Ctx) -> Gate:
         "green",
         "champion closed: known-good entry and next lever recorded; the champion is the next baseline",
         headline=f"next lever: {nxt.lever}={nxt.value}",
-        tier=ch["tier"],
+        tier=ch.tier,
         artifacts=["phase8.5/ratchet.md", str(fpath), str(reg)],
     )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from perftune.campaign.champion import ChampionSelection, Ranked
-from perftune.campaign.state import CampaignState, Cell
+from perftune.campaign.champion import ChampionSelection
+from perftune.campaign.state import CampaignState, Cell, Ranked
 
 
 def cell_line(c: Cell) -> str:

@@ -133,6 +133,42 @@ class Cell(BaseModel):
     )
 
 
+class Ranked(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    config: str
+    gpus: int
+    levers: dict[str, Any]
+    prefix_cache: bool | None
+    cell_id: str | None = Field(description="the cell the value comes from (None: no eligible cell)")
+    value: float | None = Field(description="tok/s/GPU (throughput) or median TPOT ms (latency)")
+    ci95: list[float] | None
+    concurrency: int | None
+    eligible: bool
+    reason: str = ""
+    tied_with_leader: bool = False
+
+
+class ChampionFact(Ranked):
+    """The crowned candidate as later phases read it: the ranked row plus its tier and gates."""
+
+    tier: str
+    metric: str
+    failing_gates: list[str] = Field(default_factory=list)
+
+
+class Facts(BaseModel):
+    """Outputs of phases that later phases read: typed, not a blackboard of strings."""
+
+    model_config = ConfigDict(extra="forbid")
+    tp: int = Field(1, ge=1, description="phase 0: the tensor parallelism every deploy uses")
+    registry_explicit: bool = Field(False, description="phase 0: --registry was given")
+    prior_baseline: dict[str, Any] | None = Field(None, description="phase 0: the standing champion")
+    engine_versions: dict[str, str | None] = Field(default_factory=dict, description="phase 1, by engine")
+    tuned: dict[str, dict[str, Any]] = Field(default_factory=dict, description="phase 3: crowned levers")
+    champion: ChampionFact | None = Field(None, description="phase 8.4")
+
+
 class Deployment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     engine: str
@@ -149,7 +185,7 @@ class CampaignState(BaseModel):
     phases: dict[str, PhaseRecord]
     cells: dict[str, Cell] = Field(default_factory=dict)
     live: list[Deployment] = Field(default_factory=list, description="servers this campaign has up")
-    facts: dict[str, Any] = Field(default_factory=dict, description="outputs of phases later phases use")
+    facts: Facts = Field(default_factory=Facts, description="outputs of phases later phases use")
 
     def save(self, run_dir: Path) -> None:
         write_text(run_dir / "campaign.json", self.model_dump_json(indent=2) + "\n")

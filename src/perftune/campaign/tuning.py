@@ -59,9 +59,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     )
     # Journaled: a killed phase 3 (or one split across short GPU sessions) resumes without re-deploying.
     ev = RecordingEvaluator(
-        LiveEvaluator(
-            ctx, d, wedge_s=i.wedge_s, gpus=int(ctx.state.facts.get("tp", 1)), workloads=cfg.workloads
-        ),
+        LiveEvaluator(ctx, d, wedge_s=i.wedge_s, gpus=ctx.state.facts.tp, workloads=cfg.workloads),
         d / "journal.jsonl",
         stop_at=time.monotonic() + i.tune_stop_after_s if i.tune_stop_after_s else None,
         observe=ctx.observe,
@@ -76,7 +74,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     for cell in tune_cells(ctx, res):
         ctx.state.cells[cell.cell_id] = cell
     ctx.save()
-    tuned: dict[str, Any] = ctx.state.facts.setdefault("tuned", {})
+    tuned = ctx.state.facts.tuned
     lines, heads = ["# Phase 3: tuning", ""], []
     for e in res.engines:
         lines += [f"## {e.engine}", ""]
@@ -327,7 +325,7 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
                 levers=levers,
                 workload=workload,
                 concurrency=c,
-                gpus=int(ctx.state.facts.get("tp", 1)),
+                gpus=ctx.state.facts.tp,
                 path=ctx.rel(folders[0]),
                 trial_paths=[ctx.rel(f) for f in folders],
                 output_tok_s=tok.mean or 0.0,

@@ -36,7 +36,12 @@ class SimFault(BaseModel):
     )
     after: int = Field(0, ge=0, description="generate requests served normally before the fault starts")
     stall_s: float = Field(5.0, ge=0, description="stall: seconds before the first byte")
-    drop_tokens: int = Field(2, ge=0, description="drop: tokens streamed before the connection closes")
+    drop_tokens: int = Field(
+        2,
+        ge=0,
+        description="drop: tokens streamed before the connection closes (a request for no more tokens "
+        "than this completes; a non-streaming request is closed before its answer)",
+    )
     when: dict[str, str] = Field(
         default_factory=dict,
         description="SimConfig field -> value (as text): the fault applies only to a served config "

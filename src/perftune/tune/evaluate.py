@@ -31,9 +31,12 @@ OOM_MARKERS = (
 )
 
 
-def classify(stage: str, log_tail: str, server_alive: bool, timeouts: int) -> FailureClass:
+def classify(
+    stage: str, log_tail: str, server_alive: bool, timeouts: int, *, dropped: int = 0, http_errors: int = 0
+) -> FailureClass:
     """boot: never became ready; oom: the log says memory; crash: died under load; wedge: alive but
-    requests made no progress for the wedge timeout."""
+    requests made no progress for the wedge timeout; dropped: alive, but streams broke off mid-response;
+    http-error: alive, answering requests with an error status."""
     low = log_tail.lower()
     if any(m in low for m in OOM_MARKERS):
         return "oom"
@@ -41,7 +44,11 @@ def classify(stage: str, log_tail: str, server_alive: bool, timeouts: int) -> Fa
         return "boot"
     if not server_alive:
         return "crash"
-    return "wedge" if timeouts else "crash"
+    if timeouts:
+        return "wedge"
+    if dropped:
+        return "dropped"
+    return "http-error" if http_errors else "crash"
 
 
 def sim_config(arm: Arm, base: SimConfig | None = None) -> SimConfig:

@@ -19,7 +19,7 @@ from scipy import stats
 from perftune.errors import ConfigError
 from perftune.tune.arms import Arm, compose
 
-FailureClass = Literal["boot", "oom", "crash", "wedge"]
+FailureClass = Literal["boot", "oom", "crash", "wedge", "dropped", "http-error"]
 
 # A full-treatment deploy runs the whole ladder with 2 requests per slot, a screening deploy one short
 # run at the top concurrency: planning prices the former at this multiple of the latter (the deploy

@@ -284,3 +284,11 @@ def test_engines_tuned_side_by_side_must_share_the_prefix_cache_state() -> None:
         Arm(engine="vllm", name="x", levers={"prefix-cache": False}),
     ]
     assert prefix_cache_mismatch(unknown, defaults) is None
+
+
+def test_failure_classes_of_a_live_server_name_what_it_did() -> None:
+    # a server that stays up but breaks streams or answers errors is not a "crash"
+    assert classify("bench", "", True, 0, dropped=3) == "dropped"
+    assert classify("bench", "", True, 0, http_errors=2) == "http-error"
+    assert classify("bench", "", True, 1, dropped=3) == "wedge"
+    assert classify("bench", "", False, 0, dropped=3) == "crash"
