@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy import stats
 
+from perftune.bench.stats import across_trials
 from perftune.errors import ConfigError
 from perftune.tune.arms import Arm, compose
 
@@ -171,11 +172,8 @@ def raw_throughput(measures: Sequence[Measure], cfg: TuneConfig) -> float:
 
 
 def ci95(vals: Sequence[float]) -> tuple[float, float] | None:
-    if len(vals) < 2:
-        return None
-    m, s = float(np.mean(vals)), float(np.std(vals, ddof=1))
-    h = float(stats.t.ppf(0.975, len(vals) - 1)) * s / math.sqrt(len(vals))
-    return (m - h, m + h)
+    """The 95% t-interval of the mean: the bench's own across-trials statistic, not a second copy."""
+    return across_trials(list(vals)).ci95
 
 
 def ratio_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, tuple[float, float]] | None:
