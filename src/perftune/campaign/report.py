@@ -1,4 +1,4 @@
-"""Markdown of the bundle: SOURCE.md, summary.md, CHAMPION.md. Pure; a number never appears bare."""
+"""Markdown of the bundle: SOURCE.md, summary.md, CHAMPION.md, TUNE.md. Pure; no number appears bare."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Any
 
 from perftune.campaign.champion import ChampionSelection
 from perftune.campaign.state import CampaignState, Cell, Ranked
+from perftune.tune.arms import prefix_cache_states
+from perftune.tune.search import TuneResult, WorkloadVerdict
 
 
 def cell_line(c: Cell) -> str:
@@ -156,3 +158,107 @@ def champion_md(state: CampaignState, sel: ChampionSelection, cells: dict[str, C
     if sel.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in sel.notes]
     return "\n".join(lines) + "\n"
+
+
+def _verdict_row(w: str, v: WorkloadVerdict) -> str:
+    def cell(x: float | None, c: int | None) -> str:
+        return f"{x:.0f} (c={c})" if x is not None else "no c met the SLO"
+
+    r = (
+        f"{v.ratio:.3f} [{v.ratio_ci95[0]:.3f}, {v.ratio_ci95[1]:.3f}]"
+        if v.ratio is not None and v.ratio_ci95 is not None
+        else "n/a"
+    )
+    return (
+        f"| {w} | {cell(v.score, v.concurrency)} | {cell(v.baseline_score, v.baseline_concurrency)} | {r} |"
+    )
+
+
+def tune_md(
+    res: TuneResult,
+    workloads: list[str],
+    trials: int,
+    proposals: list[dict[str, Any]],
+    prefix_defaults: dict[str, bool | None],
+    autotune_line: str,
+) -> tuple[str, list[str]]:
+    """phase3/TUNE.md and the per-engine headlines. Pure."""
+    lines, heads = ["# Phase 3: tuning", ""], []
+    for e in res.engines:
+        lines += [f"## {e.engine}", ""]
+        if e.crowned is None:
+            lines += ["no arm completed the full treatment", ""]
+            continue
+        ratio = (
+            f"{e.ratio:.3f} [{e.ratio_ci95[0]:.3f}, {e.ratio_ci95[1]:.3f}]"
+            if e.ratio is not None and e.ratio_ci95 is not None
+            else "n/a"
+        )
+        ch = e.challenger or "none"
+        heads.append(f"{e.engine}: {e.crowned.name} ({e.verdict}; {ch}/baseline x{ratio})")
+        over = " x ".join(workloads)
+        lines += [
+            f"Crowned: **{e.crowned.name}** {e.crowned.levers}: score {e.score:.0f} "
+            f"(tok/s under the SLO{', geometric mean over ' + over if len(workloads) > 1 else ''}); "
+            f"{e.verdict}.",
+            "",
+            f"Best challenger {ch} / baseline: {ratio} (95% CI; same node, interleaved, >= {trials} "
+            "trials, cache reset before each)",
+            "",
+            f"| workload | {ch} tok/s (c) | baseline tok/s (c) | {ch}/baseline [95% CI] |",
+            "| --- | --- | --- | --- |",
+            *[_verdict_row(w, v) for w, v in e.by_workload.items()],
+            "",
+            "| top 3 | score | trials per workload and concurrency |",
+            "| --- | --- | --- |",
+            *[f"| {n} | {s:.0f} | {k} |" for n, s, k in e.top3],
+            "",
+            "Pareto per workload (tok/s vs median TPOT):",
+            "",
+            "| workload | arm | c | tok/s | median TPOT ms |",
+            "| --- | --- | --- | --- | --- |",
+            *[f"| {w} | {a} | {c} | {t:.0f} | {p:.2f} |" for w, a, c, t, p in e.pareto],
+            "",
+        ]
+    crowned = [e for e in res.engines if e.crowned is not None]
+    if len(crowned) >= 2:
+        states = prefix_cache_states([e.crowned for e in crowned if e.crowned], prefix_defaults)
+        same = len(set(states.values())) == 1
+        lines += [
+            "## Across engines",
+            "",
+            "| engine | crowned | score | prefix cache |",
+            "| --- | --- | --- | --- |",
+            *[
+                f"| {e.engine} | {e.crowned.name} | {e.score or 0:.0f} | "
+                f"{ {True: 'on', False: 'off', None: 'unknown'}[states[e.engine]] } |"
+                for e in crowned
+                if e.crowned
+            ],
+            "",
+            "Same client, same node, same workloads, cache reset before every trial; prefix caching is "
+            + (
+                "in the same state in every crowned config."
+                if same
+                else "NOT in the same state across "
+                "the crowned configs: their scores are not comparable (the cache, not the engine, differs)."
+            ),
+            "",
+        ]
+    if res.notes:
+        lines += ["## Budget plan", "", *[f"- {n}" for n in res.notes], ""]
+    lines += (
+        ["## Failures (known-good registry candidates)", ""]
+        + [f"- {p['arm']}: {p['failure']}" for p in proposals]
+        + ["", "## Pruned (predicted infeasible)", ""]
+        + [f"- {a}: {why}" for a, why in res.pruned]
+    )
+    lines += [
+        "",
+        f"GPU-minutes: {res.gpu_s / 60:.1f} ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in res.gpu_s_by_stage.items())
+        + ")",
+    ]
+    if autotune_line:
+        lines += ["", autotune_line]
+    return "\n".join(lines) + "\n", heads

@@ -10,21 +10,22 @@ from perftune.bench.stats import across_trials
 from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import card_of, speed_of_light
 from perftune.campaign.live_eval import LiveEvaluator
+from perftune.campaign.report import tune_md
 from perftune.campaign.state import Cell
 from perftune.context import tier_for
 from perftune.hardware.ceilings import gpu
 from perftune.serving.levers import translate
+from perftune.serving.registry import engine as engine_info
 from perftune.serving.registry import prefix_cache_defaults
 from perftune.sim.calibration import for_gpu
 from perftune.tune.arms import (
     generate_arms,
     prefix_cache_mismatch,
-    prefix_cache_states,
     read_tsv,
     write_tsv,
 )
 from perftune.tune.evaluate import RecordingEvaluator, TuneStopped, feasibility, safe_name
-from perftune.tune.search import TuneConfig, run_tuner
+from perftune.tune.search import TuneConfig, TuneResult, run_tuner
 from perftune.util.atomic import write_text
 
 
@@ -75,128 +76,15 @@ def run_phase3(ctx: Ctx) -> Gate:
         ctx.state.cells[cell.cell_id] = cell
     ctx.save()
     tuned = ctx.state.facts.tuned
-    lines, heads = ["# Phase 3: tuning", ""], []
     for e in res.engines:
-        lines += [f"## {e.engine}", ""]
-        if e.crowned is None:
-            lines += ["no arm completed the full treatment", ""]
-            continue
-        tuned[e.engine] = e.crowned.levers
-        ratio = (
-            f"{e.ratio:.3f} [{e.ratio_ci95[0]:.3f}, {e.ratio_ci95[1]:.3f}]"
-            if e.ratio is not None and e.ratio_ci95 is not None
-            else "n/a"
-        )
-        ch = e.challenger or "none"
-        heads.append(f"{e.engine}: {e.crowned.name} ({e.verdict}; {ch}/baseline x{ratio})")
-        over = " x ".join(cfg.workloads)
-        lines += [
-            f"Crowned: **{e.crowned.name}** {e.crowned.levers}: score {e.score:.0f} "
-            f"(tok/s under the SLO{', geometric mean over ' + over if len(cfg.workloads) > 1 else ''}); "
-            f"{e.verdict}.",
-            "",
-            f"Best challenger {ch} / baseline: {ratio} (95% CI; same node, interleaved, >= {cfg.trials} "
-            "trials, cache reset before each)",
-            "",
-            f"| workload | {ch} tok/s (c) | baseline tok/s (c) | {ch}/baseline [95% CI] |",
-            "| --- | --- | --- | --- |",
-            *[_verdict_row(w, v) for w, v in e.by_workload.items()],
-            "",
-            "| top 3 | score | trials per workload and concurrency |",
-            "| --- | --- | --- |",
-            *[f"| {n} | {s:.0f} | {k} |" for n, s, k in e.top3],
-            "",
-            "Pareto per workload (tok/s vs median TPOT):",
-            "",
-            "| workload | arm | c | tok/s | median TPOT ms |",
-            "| --- | --- | --- | --- | --- |",
-            *[f"| {w} | {a} | {c} | {t:.0f} | {p:.2f} |" for w, a, c, t, p in e.pareto],
-            "",
-        ]
-    proposals = [
-        {
-            "arm": f.arm,
-            "failure": f.klass,
-            "excerpt": f.excerpt[-600:],
-            "log": f.log_path,
-            "avoided_by": "the engine's baseline configuration (this arm's lever change triggered it)",
-        }
-        for f in res.failures
-    ]
-    crowned = [e for e in res.engines if e.crowned is not None]
-    if len(crowned) >= 2:
-        states = prefix_cache_states([e.crowned for e in crowned if e.crowned], prefix_cache_defaults())
-        same = len({v for v in states.values()}) == 1
-        lines += [
-            "## Across engines",
-            "",
-            "| engine | crowned | score | prefix cache |",
-            "| --- | --- | --- | --- |",
-            *[
-                f"| {e.engine} | {e.crowned.name} | {e.score or 0:.0f} | "
-                f"{ {True: 'on', False: 'off', None: 'unknown'}[states[e.engine]] } |"
-                for e in crowned
-                if e.crowned
-            ],
-            "",
-            "Same client, same node, same workloads, cache reset before every trial; prefix caching is "
-            + (
-                "in the same state in every crowned config."
-                if same
-                else "NOT in the same state across "
-                "the crowned configs: their scores are not comparable (the cache, not the engine, differs)."
-            ),
-            "",
-        ]
-    if res.notes:
-        lines += ["## Budget plan", "", *[f"- {n}" for n in res.notes], ""]
-    lines += (
-        ["## Failures (known-good registry candidates)", ""]
-        + [f"- {p['arm']}: {p['failure']}" for p in proposals]
-        + ["", "## Pruned (predicted infeasible)", ""]
-        + [f"- {a}: {why}" for a, why in res.pruned]
-    )
-    lines += [
-        "",
-        f"GPU-minutes: {res.gpu_s / 60:.1f} ("
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in res.gpu_s_by_stage.items())
-        + ")",
-    ]
-    if "vllm" in i.engines and res.order:
-        lines += ["", autotune_equivalent(res, len(i.tune_workloads))]
-    write_text(d / "TUNE.md", "\n".join(lines) + "\n")
+        if e.crowned is not None:
+            tuned[e.engine] = e.crowned.levers
+    proposals = failure_proposals(res)
+    auto = autotune_equivalent(res, len(i.tune_workloads)) if "vllm" in i.engines and res.order else ""
+    md, heads = tune_md(res, cfg.workloads, cfg.trials, proposals, prefix_cache_defaults(), auto)
+    write_text(d / "TUNE.md", md)
     write_text(d / "known-good-candidates.json", json.dumps(proposals, indent=2) + "\n")
-    write_text(
-        d / "tune.json",
-        json.dumps(
-            {
-                "order": res.order,
-                "pruned": res.pruned,
-                "gpu_s": res.gpu_s,
-                "gpu_s_by_stage": res.gpu_s_by_stage,
-                "budget_exhausted": res.budget_exhausted,
-                "notes": res.notes,
-                "measures": [m.__dict__ for m in res.measures],
-                "engines": [
-                    {
-                        "engine": e.engine,
-                        "crowned": e.crowned.model_dump() if e.crowned else None,
-                        "score": e.score,
-                        "verdict": e.verdict,
-                        "challenger": e.challenger,
-                        "ratio": e.ratio,
-                        "ratio_ci95": e.ratio_ci95,
-                        "top3": e.top3,
-                        "pareto": e.pareto,
-                        "by_workload": {w: v.__dict__ for w, v in e.by_workload.items()},
-                    }
-                    for e in res.engines
-                ],
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    write_text(d / "tune.json", json.dumps(tune_json(res), indent=2) + "\n")
     arts = ["phase3/TUNE.md", "phase3/arms.tsv", "phase3/tune.json", "phase3/known-good-candidates.json"]
     if not tuned:
         return Gate(
@@ -216,27 +104,6 @@ def run_phase3(ctx: Ctx) -> Gate:
     )
 
 
-def _verdict_row(w: str, v: Any) -> str:
-    def cell(x: float | None, c: int | None) -> str:
-        return f"{x:.0f} (c={c})" if x is not None else "no c met the SLO"
-
-    r = (
-        f"{v.ratio:.3f} [{v.ratio_ci95[0]:.3f}, {v.ratio_ci95[1]:.3f}]"
-        if v.ratio is not None and v.ratio_ci95 is not None
-        else "n/a"
-    )
-    return (
-        f"| {w} | {cell(v.score, v.concurrency)} | {cell(v.baseline_score, v.baseline_concurrency)} | {r} |"
-    )
-
-
-# vLLM's benchmarks/auto_tune/auto_tune.sh: one server per (max-num-seqs, max-num-batched-tokens) point
-# of NUM_SEQS_LIST x NUM_BATCHED_TOKENS_LIST (defaults "128 256" x "512 1024 2048 4096"), one
-# benchmark run per point at request rate inf (re-run at lower rates only under a latency limit), no
-# repeat trials, no other levers, one workload per invocation.
-AUTOTUNE_GRID = (("max-num-seqs", (128, 256)), ("max-num-batched-tokens", (512, 1024, 2048, 4096)))
-
-
 def autotune_equivalent(res: Any, workloads: int) -> str:
     """What vLLM's auto_tune grid would have covered in the GPU time this tune spent, priced with this
     run's own measured cost of one deploy plus one screening run per workload, and whether the lever
@@ -247,11 +114,12 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
     if per_point <= 0:
         return ""
     spent = sum(s for _stage, s in mine)  # vLLM's own share when several engines were tuned
+    grid_levers = engine_info("vllm").autotune_grid
     points = 1
-    for _lever, values in AUTOTUNE_GRID:
+    for _lever, values in grid_levers:
         points *= len(values)
     n = int(spent // per_point)
-    grid = " x ".join(f"{lever} {{{', '.join(map(str, v))}}}" for lever, v in AUTOTUNE_GRID)
+    grid = " x ".join(f"{lever} {{{', '.join(map(str, v))}}}" for lever, v in grid_levers)
     cover = (
         f"its whole default {points}-point grid ({grid}) fits, with room for {n - points} more runs"
         if n >= points
@@ -269,7 +137,7 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
         argv = translate(e.crowned.levers, "vllm")
         flags = " ".join(argv)
         inside = {a.split("=")[0] for a in argv if a.startswith("--")} <= {
-            f"--{lv}" for lv, _v in AUTOTUNE_GRID
+            f"--{lv}" for lv, _v in grid_levers
         }
         line += (
             f" The crowned change ({flags}) is {'inside' if inside else 'outside'} that grid"
@@ -277,6 +145,48 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
             + "."
         )
     return line
+
+
+def failure_proposals(res: TuneResult) -> list[dict[str, Any]]:
+    """Every failing arm as a known-good registry candidate."""
+    return [
+        {
+            "arm": f.arm,
+            "failure": f.klass,
+            "excerpt": f.excerpt[-600:],
+            "log": f.log_path,
+            "avoided_by": "the engine's baseline configuration (this arm's lever change triggered it)",
+        }
+        for f in res.failures
+    ]
+
+
+def tune_json(res: TuneResult) -> dict[str, Any]:
+    """The tuner's full result as plain data (phase3/tune.json)."""
+    return {
+        "order": res.order,
+        "pruned": res.pruned,
+        "gpu_s": res.gpu_s,
+        "gpu_s_by_stage": res.gpu_s_by_stage,
+        "budget_exhausted": res.budget_exhausted,
+        "notes": res.notes,
+        "measures": [m.__dict__ for m in res.measures],
+        "engines": [
+            {
+                "engine": e.engine,
+                "crowned": e.crowned.model_dump() if e.crowned else None,
+                "score": e.score,
+                "verdict": e.verdict,
+                "challenger": e.challenger,
+                "ratio": e.ratio,
+                "ratio_ci95": e.ratio_ci95,
+                "top3": e.top3,
+                "pareto": e.pareto,
+                "by_workload": {w: v.__dict__ for w, v in e.by_workload.items()},
+            }
+            for e in res.engines
+        ],
+    }
 
 
 def tune_cells(ctx: Ctx, res: Any) -> list[Any]:

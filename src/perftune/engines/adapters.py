@@ -242,6 +242,10 @@ register(
         prefix_cache_default=True,  # vLLM V1: automatic prefix caching on by default
         reset_path="/reset_prefix_cache",  # needs VLLM_SERVER_DEV_MODE=1 (the plan sets it)
         install_hint="pip install vllm (or stage the offline bundle: shared/gpu/README.md)",
+        # benchmarks/auto_tune/auto_tune.sh: one server per (max-num-seqs, max-num-batched-tokens) point
+        # of NUM_SEQS_LIST x NUM_BATCHED_TOKENS_LIST (defaults "128 256" x "512 1024 2048 4096"), one
+        # run per point at request rate inf, no repeat trials, no other levers, one workload per run.
+        autotune_grid=(("max-num-seqs", (128, 256)), ("max-num-batched-tokens", (512, 1024, 2048, 4096))),
     )
 )
 register(

@@ -30,6 +30,8 @@ class EngineInfo:
     reset_path: str | None = None  # POST path that empties its prefix cache before each trial
     install_hint: str = ""
     simulated: bool = False  # perftune's own servers: every number from them is labelled
+    # the engine's own tuning script's default grid (lever, values), for a same-budget comparison
+    autotune_grid: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 _ENGINES: dict[str, EngineInfo] = {}
