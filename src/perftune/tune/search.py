@@ -196,22 +196,46 @@ def run_tuner(
     cfg: TuneConfig,
     feasible: Callable[[Arm], str | None] = lambda _a: None,
 ) -> TuneResult:
+    """Per engine: prune, screen, plan inside the budget, halve, full treatment, compose, crown."""
     measured = list(getattr(evaluator, "workloads", ["random"]))
     if missing := [w for w in cfg.workloads if w not in measured]:
         raise ConfigError(
             f"the tuner scores workload(s) {missing} but its evaluator measures only {measured}",
             hint="give the evaluator the same workloads as the tune config",
         )
-    res = TuneResult(engines=[], failures=[], pruned=[])
-    by_arm: dict[str, list[Measure]] = {}
-    failed: set[str] = set()
+    run = _Run(evaluator, cfg, feasible, list(dict.fromkeys(a.engine for a in arms)))
+    for engine in run.engines:
+        mine = [a for a in arms if a.engine == engine]
+        base = mine[0]
+        live = run.prune(mine, base)
+        screen = run.screen(live)  # 1
+        finalists, per_full = run.plan_and_halve(engine, live, base, screen)  # 2
+        for a, t in interleave(finalists, range(cfg.trials)):  # 3
+            run.spend("full", a, t, cfg.ladder, False)
+        run.compose_round(engine, base, finalists, per_full)  # 4
+        run.res.engines.append(run.crown(engine, base, finalists))  # 5
+    return run.res
 
-    def spend(stage: str, arm: Arm, trial: int, concs: Sequence[int], screening: bool) -> list[Measure]:
+
+@dataclass
+class _Run:
+    """One tuner run's shared state: the result being built and every measure booked so far."""
+
+    evaluator: Evaluator
+    cfg: TuneConfig
+    feasible: Callable[[Arm], str | None]
+    engines: list[str]
+    res: TuneResult = field(default_factory=lambda: TuneResult(engines=[], failures=[], pruned=[]))
+    by_arm: dict[str, list[Measure]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+
+    def spend(self, stage: str, arm: Arm, trial: int, concs: Sequence[int], screening: bool) -> list[Measure]:
         """One evaluator call, booked to its stage; returns its measures (none on failure or budget)."""
-        if res.gpu_s >= cfg.budget_gpu_s:
+        res = self.res
+        if res.gpu_s >= self.cfg.budget_gpu_s:
             res.budget_exhausted = True
             return []
-        out = evaluator.run(arm, concs, trial, screening=screening)
+        out = self.evaluator.run(arm, concs, trial, screening=screening)
         res.order.append((arm.key, trial, stage))
         res.arm_levers[arm.key] = dict(arm.levers)
         res.outcomes.append((arm.engine, stage, out.gpu_s))
@@ -219,44 +243,50 @@ def run_tuner(
         res.gpu_s_by_stage[stage] = res.gpu_s_by_stage.get(stage, 0.0) + out.gpu_s
         if out.failure is not None:
             res.failures.append(out.failure)
-            failed.add(arm.key)
+            self.failed.add(arm.key)
             return []
         if not screening:
-            by_arm.setdefault(arm.key, []).extend(out.measures)
+            self.by_arm.setdefault(arm.key, []).extend(out.measures)
             res.full_measures.extend(out.measures)
         res.measures.extend(out.measures)
         return out.measures
 
-    engines = list(dict.fromkeys(a.engine for a in arms))
-
-    def share_left(engine: str) -> float:
+    def share_left(self, engine: str) -> float:
         """This engine's share of the budget still unspent (split evenly over it and those after it)."""
-        return (cfg.budget_gpu_s - res.gpu_s) / (len(engines) - engines.index(engine))
+        return (self.cfg.budget_gpu_s - self.res.gpu_s) / (len(self.engines) - self.engines.index(engine))
 
-    top_c = max(cfg.ladder)
-    for engine in engines:
-        mine = [a for a in arms if a.engine == engine]
-        base = mine[0]
+    def prune(self, mine: list[Arm], base: Arm) -> list[Arm]:
+        """Arms the memory model predicts infeasible are pruned; the baseline always runs."""
         live = []
         for a in mine:
-            why = feasible(a)
+            why = self.feasible(a)
             if why and a is not base:
-                res.pruned.append((a.key, why))
+                self.res.pruned.append((a.key, why))
             else:
                 live.append(a)
-        # 1. screening: one short trial each at the top concurrency
+        return live
+
+    def screen(self, live: list[Arm]) -> dict[str, float]:
+        """1. screening: one short trial each at the top concurrency."""
         screen: dict[str, float] = {}
         for a, t in interleave(live, [0]):
-            if got := spend("screen", a, t, [top_c], True):
-                screen[a.key] = score(got, cfg)[0] or raw_throughput(got, cfg) * 0.5  # SLO-breaking: demoted
-        # 2. plan the rest inside the budget, priced with this engine's own screening deploys: the
-        # full treatment of k challengers plus the baseline must fit (k shrinks, never below 1), the
-        # halving rung runs only if it can drop someone and still leaves the full treatment affordable.
+            if got := self.spend("screen", a, t, [max(self.cfg.ladder)], True):
+                # SLO-breaking arms are demoted, not dropped
+                screen[a.key] = score(got, self.cfg)[0] or raw_throughput(got, self.cfg) * 0.5
+        return screen
+
+    def plan_and_halve(
+        self, engine: str, live: list[Arm], base: Arm, screen: dict[str, float]
+    ) -> tuple[list[Arm], float]:
+        """2. plan the rest inside the budget, priced with this engine's own screening deploys: the
+        full treatment of k challengers plus the baseline must fit (k shrinks, never below 1), the
+        halving rung runs only if it can drop someone and still leaves the full treatment affordable."""
+        cfg, res = self.cfg, self.res
         ranked = sorted((a for a in live if a.key in screen), key=lambda a: -screen[a.key])
         screens = [o for o in res.outcomes if o[0] == engine and o[1] == "screen"]
         per_screen = float(np.mean([o[2] for o in screens])) if screens else 0.0
         per_full = per_screen * FULL_OVER_SCREEN
-        left = share_left(engine)
+        left = self.share_left(engine)
         k = cfg.top_k
         while k > 1 and (k + 1) * cfg.trials * per_full > left:
             k -= 1
@@ -271,7 +301,7 @@ def run_tuner(
             if (k + 1) * cfg.trials * per_full + len(keep) * per_screen <= left:
                 rung = {}
                 for a, t in interleave(keep, [1]):
-                    if got := spend("halving", a, t, [top_c], True):
+                    if got := self.spend("halving", a, t, [max(cfg.ladder)], True):
                         rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
             else:
                 res.notes.append(
@@ -279,40 +309,47 @@ def run_tuner(
                     "budget for the full treatment): finalists taken from the screening pass"
                 )
         finalists = sorted((a for a in keep if a.key in rung), key=lambda a: -rung[a.key])[:k]
-        if base not in finalists and base.key not in failed:
+        if base not in finalists and base.key not in self.failed:
             finalists = [base, *finalists]
-        # 3. full treatment, interleaved, >= cfg.trials at every concurrency
-        for a, t in interleave(finalists, range(cfg.trials)):
-            spend("full", a, t, cfg.ladder, False)
-        # 4. round 2: compose the levers that beat the baseline, confirm against it (if affordable)
-        bscore, bvals = score(by_arm.get(base.key, []), cfg)
+        return finalists, per_full
+
+    def compose_round(self, engine: str, base: Arm, finalists: list[Arm], per_full: float) -> None:
+        """4. round 2: compose the levers that beat the baseline, confirm against it (if affordable)."""
+        cfg, res = self.cfg, self.res
+        bscore, bvals = score(self.by_arm.get(base.key, []), cfg)
         winners = [
             a
             for a in finalists
             if a is not base
-            and (sc := score(by_arm.get(a.key, []), cfg))[0] is not None
+            and (sc := score(self.by_arm.get(a.key, []), cfg))[0] is not None
             and bscore is not None
             and (ci := ci95(sc[1])) is not None
             and (bci := ci95(bvals)) is not None
             and ci[0] > bci[1]
         ]
-        if len(winners) >= 2:
-            comp = compose(engine, winners, base.levers)
-            fulls = [o[2] for o in res.outcomes if o[0] == engine and o[1] == "full"]
-            need = 2 * cfg.trials * (float(np.mean(fulls)) if fulls else per_full)
-            left = share_left(engine)
-            if (why := feasible(comp)) is not None:
-                res.notes.append(f"{engine}: {comp.name} not tried: {why}")
-            elif need > left:
-                res.notes.append(
-                    f"{engine}: {comp.name} not confirmed: its {2 * cfg.trials} deploys (~{need / 60:.1f} "
-                    f"GPU-min) would pass the {left / 60:.1f} GPU-min left"
-                )
-            else:
-                for a, t in interleave([comp, base], range(cfg.trials, 2 * cfg.trials)):
-                    spend("compose", a, t, cfg.ladder, False)
-                finalists.append(comp)
-        # 5. crown: the best arm with >= cfg.trials trials at every concurrency
+        if len(winners) < 2:
+            return
+        comp = compose(engine, winners, base.levers)
+        fulls = [o[2] for o in res.outcomes if o[0] == engine and o[1] == "full"]
+        need = 2 * cfg.trials * (float(np.mean(fulls)) if fulls else per_full)
+        left = self.share_left(engine)
+        if (why := self.feasible(comp)) is not None:
+            res.notes.append(f"{engine}: {comp.name} not tried: {why}")
+        elif need > left:
+            res.notes.append(
+                f"{engine}: {comp.name} not confirmed: its {2 * cfg.trials} deploys (~{need / 60:.1f} "
+                f"GPU-min) would pass the {left / 60:.1f} GPU-min left"
+            )
+        else:
+            for a, t in interleave([comp, base], range(cfg.trials, 2 * cfg.trials)):
+                self.spend("compose", a, t, cfg.ladder, False)
+            finalists.append(comp)
+
+    def crown(self, engine: str, base: Arm, finalists: list[Arm]) -> EngineResult:
+        """5. crown: the best arm with >= cfg.trials trials at every concurrency. It is crowned only if
+        it beats the baseline with a 95% interval of the ratio above 1: a win inside the noise keeps
+        the baseline (and says which challenger came closest)."""
+        cfg, by_arm = self.cfg, self.by_arm
         scored = []
         for a in finalists:
             ms = by_arm.get(a.key, [])
@@ -322,12 +359,10 @@ def run_tuner(
                 for w in cfg.workloads
             )
             s, vals = score(ms, cfg)
-            if n >= cfg.trials and s is not None and a.key not in failed:
+            if n >= cfg.trials and s is not None and a.key not in self.failed:
                 scored.append((a, s, vals, n))
         scored.sort(key=lambda x: -x[1])
         bscore, bvals = score(by_arm.get(base.key, []), cfg)
-        # The best arm is crowned only if it beats the baseline with a 95% interval of the ratio above
-        # 1: a win inside the noise keeps the baseline (and says which challenger came closest).
         top = scored[0] if scored else None
         base_entry = next((x for x in scored if x[0] is base), None)
         rc = ratio_ci(top[2], bvals) if top and bvals and top[0] is not base else None
@@ -342,22 +377,6 @@ def run_tuner(
         else:
             crowned = base_entry
             verdict = f"baseline kept: the best challenger, {top[0].name}, is within the noise"
-        pareto = []
-        for w in cfg.workloads:
-            points = []
-            for a, _s, _v, _n in scored:
-                for c in cfg.ladder:
-                    ms = [m for m in by_arm[a.key] if m.concurrency == c and m.workload == w]
-                    if ms:
-                        points.append(
-                            (
-                                a.name,
-                                c,
-                                float(np.mean([m.output_tok_s for m in ms])),
-                                float(np.median([m.tpot_ms for m in ms])),
-                            )
-                        )
-            pareto += [(w, *p) for p in _pareto_front(points)]
         verdicts: dict[str, WorkloadVerdict] = {}
         if top and top[0] is not base:
             for w in cfg.workloads:
@@ -372,23 +391,40 @@ def run_tuner(
                     wr[0] if wr else None,
                     wr[1] if wr else None,
                 )
-        res.engines.append(
-            EngineResult(
-                engine=engine,
-                crowned=crowned[0] if crowned else None,
-                score=crowned[1] if crowned else None,
-                ci95=ci95(crowned[2]) if crowned else None,
-                baseline_score=bscore,
-                ratio=rc[0] if rc else None,
-                ratio_ci95=rc[1] if rc else None,
-                top3=[(a.name, s, n) for a, s, _v, n in scored[:3]],
-                pareto=pareto,
-                by_workload=verdicts,
-                challenger=top[0].name if top and top[0] is not base else None,
-                verdict=verdict,
-            )
+        return EngineResult(
+            engine=engine,
+            crowned=crowned[0] if crowned else None,
+            score=crowned[1] if crowned else None,
+            ci95=ci95(crowned[2]) if crowned else None,
+            baseline_score=bscore,
+            ratio=rc[0] if rc else None,
+            ratio_ci95=rc[1] if rc else None,
+            top3=[(a.name, s, n) for a, s, _v, n in scored[:3]],
+            pareto=self.pareto([a for a, _s, _v, _n in scored]),
+            by_workload=verdicts,
+            challenger=top[0].name if top and top[0] is not base else None,
+            verdict=verdict,
         )
-    return res
+
+    def pareto(self, scored: list[Arm]) -> list[tuple[str, str, int, float, float]]:
+        """Per workload, the arms' (tok/s, median TPOT) points not dominated by another."""
+        out = []
+        for w in self.cfg.workloads:
+            points = []
+            for a in scored:
+                for c in self.cfg.ladder:
+                    ms = [m for m in self.by_arm[a.key] if m.concurrency == c and m.workload == w]
+                    if ms:
+                        points.append(
+                            (
+                                a.name,
+                                c,
+                                float(np.mean([m.output_tok_s for m in ms])),
+                                float(np.median([m.tpot_ms for m in ms])),
+                            )
+                        )
+            out += [(w, *p) for p in _pareto_front(points)]
+        return out
 
 
 def _pareto_front(points: list[tuple[str, int, float, float]]) -> list[tuple[str, int, float, float]]:
