@@ -204,18 +204,9 @@ def detect_quantization(cfg: dict[str, Any], hf_quant: dict[str, Any] | None = N
     )
 
 
-def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | None = None) -> ModelCard:
-    """Compute a ModelCard from a config.json dict."""
-    notes: list[str] = []
-    top = config
-    cfg = dict(config.get("text_config") or config)  # multimodal wrappers (gemma3) keep the LM in text_config
-    if "text_config" in config:
-        notes.append(
-            "multimodal config: the language model (text_config) is counted; the vision tower is not"
-        )
-        for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id"):
-            cfg.setdefault(k, top.get(k))
-    model_type = str(cfg.get("model_type") or top.get("model_type") or "")
+def _family(cfg: dict[str, Any], model_type: str, name: str, notes: list[str]) -> str:
+    """The architecture family of a config.json; an unknown model_type with standard shapes is read
+    with the generic decoder formula (and says so), one with non-standard shapes is refused."""
     family = KNOWN_TYPES.get(model_type)
     if family is None:
         missing = [
@@ -240,6 +231,93 @@ def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | Non
         )
         notes.append(f"unknown model_type '{model_type}': generic dense decoder formula assumed")
         family = "generic"
+    return family
+
+
+def _feed_forward(
+    cfg: dict[str, Any], family: str, h: int, L: int, inter: int
+) -> tuple[MoEInfo | None, int, int, int, int, int]:
+    """(MoE layout, dense MLP, routed experts, routed experts active per token, shared experts, router)
+    parameter counts of the feed-forward blocks."""
+    moe: MoEInfo | None = None
+    dense_mlp = routed = routed_active = shared = router = 0
+    mlp_mult = 3  # gated MLP: gate, up, down
+    n_exp = int(cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0)
+    if n_exp:
+        top_k = int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 0)
+        e_inter = int(cfg.get("moe_intermediate_size") or inter)
+        first_dense = int(cfg.get("first_k_dense_replace") or 0)
+        mlp_only = set(cfg.get("mlp_only_layers") or [])
+        step = int(cfg.get("decoder_sparse_step") or cfg.get("moe_layer_freq") or 1)
+        moe_layers = (
+            [i for i in range(L) if i >= first_dense and i not in mlp_only and (i + 1) % step == 0]
+            if family in ("qwen3_moe", "qwen3_next")
+            else [i for i in range(L) if i >= first_dense]
+        )
+        n_moe, n_dense = len(moe_layers), L - len(moe_layers)
+        expert = mlp_mult * h * e_inter
+        if family == "gpt_oss":
+            expert += 3 * e_inter  # gate_up bias (2 x width) + down bias (hidden == width)
+        n_shared = int(cfg.get("n_shared_experts") or 0)
+        shared_each = mlp_mult * h * e_inter
+        if family in ("qwen3_moe", "qwen3_next") and cfg.get("shared_expert_intermediate_size"):
+            n_shared = 1
+            shared_each = (
+                mlp_mult * h * int(cfg["shared_expert_intermediate_size"]) + h
+            )  # + shared-expert gate
+        routed = n_moe * n_exp * expert
+        routed_active = n_moe * top_k * expert
+        shared = n_moe * n_shared * shared_each
+        router = n_moe * (h * n_exp + (n_exp if family in ("gpt_oss", "deepseek_v3") else 0))
+        dense_mlp = n_dense * mlp_mult * h * inter
+        moe = MoEInfo(
+            experts=n_exp,
+            top_k=top_k,
+            shared_experts=n_shared,
+            expert_intermediate=e_inter,
+            moe_layers=n_moe,
+            dense_layers=n_dense,
+        )
+    else:
+        dense_mlp = L * mlp_mult * h * inter
+    return moe, dense_mlp, routed, routed_active, shared, router
+
+
+def engine_requirements(attention: str, family: str, quant: QuantInfo | None) -> list[str]:
+    """What serving this architecture asks of an engine, as notes a person reads (inspect, SOURCE.md);
+    the flags themselves are the engine adapters' and the known-good registry's business."""
+    reqs: list[str] = []
+    if attention == "MLA":
+        reqs.append(
+            "MLA: vLLM's MLA backends (FlashMLA) need --block-size 64; SGLang picks its MLA backend itself"
+        )
+    if family == "gpt_oss":
+        reqs.append(
+            "attention sinks + alternating sliding window: needs an attention backend with sink support"
+        )
+    if attention == "hybrid":
+        reqs.append(
+            "hybrid linear attention: prefix caching and chunked prefill depend on engine support for "
+            "recurrent state; check the known-good registry for backend workarounds"
+        )
+    if quant is not None and quant.block_size:
+        reqs.append(f"block {quant.weight_dtype} weights {quant.block_size}: TP must divide the blocked dims")
+    return reqs
+
+
+def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | None = None) -> ModelCard:
+    """Compute a ModelCard from a config.json dict."""
+    notes: list[str] = []
+    top = config
+    cfg = dict(config.get("text_config") or config)  # multimodal wrappers (gemma3) keep the LM in text_config
+    if "text_config" in config:
+        notes.append(
+            "multimodal config: the language model (text_config) is counted; the vision tower is not"
+        )
+        for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id"):
+            cfg.setdefault(k, top.get(k))
+    model_type = str(cfg.get("model_type") or top.get("model_type") or "")
+    family = _family(cfg, model_type, name, notes)
 
     h = int(_req(cfg, "hidden_size", name))
     L = int(_req(cfg, "num_hidden_layers", name))
@@ -285,47 +363,7 @@ def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | Non
         hd = qhd
 
     # ---- feed-forward: dense and MoE
-    moe: MoEInfo | None = None
-    dense_mlp = routed = routed_active = shared = router = 0
-    mlp_mult = 3  # gated MLP: gate, up, down
-    n_exp = int(cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0)
-    if n_exp:
-        top_k = int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 0)
-        e_inter = int(cfg.get("moe_intermediate_size") or inter)
-        first_dense = int(cfg.get("first_k_dense_replace") or 0)
-        mlp_only = set(cfg.get("mlp_only_layers") or [])
-        step = int(cfg.get("decoder_sparse_step") or cfg.get("moe_layer_freq") or 1)
-        moe_layers = (
-            [i for i in range(L) if i >= first_dense and i not in mlp_only and (i + 1) % step == 0]
-            if family in ("qwen3_moe", "qwen3_next")
-            else [i for i in range(L) if i >= first_dense]
-        )
-        n_moe, n_dense = len(moe_layers), L - len(moe_layers)
-        expert = mlp_mult * h * e_inter
-        if family == "gpt_oss":
-            expert += 3 * e_inter  # gate_up bias (2 x width) + down bias (hidden == width)
-        n_shared = int(cfg.get("n_shared_experts") or 0)
-        shared_each = mlp_mult * h * e_inter
-        if family in ("qwen3_moe", "qwen3_next") and cfg.get("shared_expert_intermediate_size"):
-            n_shared = 1
-            shared_each = (
-                mlp_mult * h * int(cfg["shared_expert_intermediate_size"]) + h
-            )  # + shared-expert gate
-        routed = n_moe * n_exp * expert
-        routed_active = n_moe * top_k * expert
-        shared = n_moe * n_shared * shared_each
-        router = n_moe * (h * n_exp + (n_exp if family in ("gpt_oss", "deepseek_v3") else 0))
-        dense_mlp = n_dense * mlp_mult * h * inter
-        moe = MoEInfo(
-            experts=n_exp,
-            top_k=top_k,
-            shared_experts=n_shared,
-            expert_intermediate=e_inter,
-            moe_layers=n_moe,
-            dense_layers=n_dense,
-        )
-    else:
-        dense_mlp = L * mlp_mult * h * inter
+    moe, dense_mlp, routed, routed_active, shared, router = _feed_forward(cfg, family, h, L, inter)
 
     # ---- hybrid linear attention (Qwen3-Next: Gated DeltaNet in 3 of every 4 layers)
     linear = 0
@@ -409,22 +447,7 @@ def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | Non
     else:
         native = weight_bytes["bf16"]
     kv_elems = kv_per_token_elems * attn_layers
-    reqs: list[str] = []
-    if attention == "MLA":
-        reqs.append(
-            "MLA: vLLM's MLA backends (FlashMLA) need --block-size 64; SGLang picks its MLA backend itself"
-        )
-    if family == "gpt_oss":
-        reqs.append(
-            "attention sinks + alternating sliding window: needs an attention backend with sink support"
-        )
-    if attention == "hybrid":
-        reqs.append(
-            "hybrid linear attention: prefix caching and chunked prefill depend on engine support for "
-            "recurrent state; check the known-good registry for backend workarounds"
-        )
-    if quant is not None and quant.block_size:
-        reqs.append(f"block {quant.weight_dtype} weights {quant.block_size}: TP must divide the blocked dims")
+    reqs = engine_requirements(attention, family, quant)
     return ModelCard(
         name=name,
         family=family,
