@@ -158,7 +158,8 @@ def test_two_processes_resuming_one_run_the_second_refuses_naming_the_first(tmp_
     finally:
         proc.terminate()
         proc.wait(timeout=120)
-    assert CampaignState.load(runs / st.run_id).intent.tune is False  # the refused tune changed nothing
+    # the refused tune changed nothing
+    assert CampaignState.load(runs / st.run_id).intent.tuning.enabled is False
 
 
 def test_phase0_red_for_too_few_gpus_writes_the_source_it_lists(tmp_path: Path) -> None:

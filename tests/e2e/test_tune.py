@@ -78,10 +78,10 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
 def test_tune_refuses_an_unknown_workload_before_any_deploy(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     run_dir, _ = api.optimize(runs_dir=runs, intent=_intent(tmp_path), until="1", lake=tmp_path / "l.duckdb")
-    with pytest.raises(ConfigError, match="tune_workloads"):
+    with pytest.raises(ConfigError, match=r"tuning\.workloads: .*randm"):
         api.tune(run_dir.name, runs_dir=runs, workloads=["randm"], lake=tmp_path / "l.duckdb")
     assert not (run_dir / "phase3" / "journal.jsonl").exists()
-    assert CampaignState.load(run_dir).intent.tune_workloads == ["random", "prefix"]  # nothing saved
+    assert CampaignState.load(run_dir).intent.tuning.workloads == ["random", "prefix"]  # nothing saved
 
 
 def test_tune_refuses_engines_whose_baselines_differ_in_prefix_caching(tmp_path: Path) -> None:

@@ -34,20 +34,23 @@ def _card_for(ref: str) -> ModelCard:
 
 def card_of(ctx: Ctx) -> ModelCard:
     """The campaign model's card, read once per process (every cell's %SoL needs it)."""
-    return _card_for(ctx.intent.model_path or ctx.intent.model)
+    return _card_for(ctx.intent.model.path or ctx.intent.model.ref)
 
 
 def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
     i = ctx.intent
-    n = max(16, i.requests_per_slot * concurrency)
+    n = max(16, i.suite.requests_per_slot * concurrency)
     if kind in ("random", "prefix"):
-        return WorkloadSpec(kind=kind, isl=i.isl, osl=i.osl, num_requests=n)
+        return WorkloadSpec(kind=kind, isl=i.suite.isl, osl=i.suite.osl, num_requests=n)
     if kind == "long":
         card = card_of(ctx)
         return WorkloadSpec(
-            kind="long", isl=min(i.long_isl, card.max_context - i.osl - 16), osl=i.osl, num_requests=n
+            kind="long",
+            isl=min(i.suite.long_isl, card.max_context - i.suite.osl - 16),
+            osl=i.suite.osl,
+            num_requests=n,
         )
-    return WorkloadSpec(kind=kind, osl=i.osl, num_requests=n)
+    return WorkloadSpec(kind=kind, osl=i.suite.osl, num_requests=n)
 
 
 def speed_of_light(
@@ -57,7 +60,9 @@ def speed_of_light(
     if not tpot_ms:
         return None, None
     tp = ctx.state.facts.tp
-    rf = roofline(card_of(ctx), gpu(ctx.intent.gpu), tp=tp, batch=concurrency, context=max(1, context))
+    rf = roofline(
+        card_of(ctx), gpu(ctx.intent.hardware.gpu), tp=tp, batch=concurrency, context=max(1, context)
+    )
     return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
 
 
@@ -77,11 +82,11 @@ def make_cell(
     med = across_trials([t.tpot_ms.p50 for t in r.trials])
     ok = sum(t.counts.ok for t in r.trials)
     in_tok = sum(t.counts.input_tokens for t in r.trials)
-    ctx_len = round(in_tok / ok + ctx.intent.osl / 2) if ok else ctx.intent.isl
+    ctx_len = round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else ctx.intent.suite.isl
     conc = r.context.workload.concurrency or 1
     tp = ctx.state.facts.tp
     sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
-    levers = dict(ctx.intent.levers.get(engine, {}) if levers is None else levers)
+    levers = dict(ctx.intent.serving.levers.get(engine, {}) if levers is None else levers)
     prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
     return Cell(
         cell_id=path.name,
@@ -123,15 +128,15 @@ def live_server(
 ) -> Iterator[DeployRecord]:
     """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after."""
     i = ctx.intent
-    model = i.model if engine in ("sim", "mock") else (i.model_path or i.model)
+    model = i.model.ref if engine in ("sim", "mock") else (i.model.path or i.model.ref)
     spec = ServeSpec(
         engine=engine,
         model=model,
-        served_name=Path(i.model.rstrip("/")).name,
+        served_name=Path(i.model.ref.rstrip("/")).name,
         tp=ctx.state.facts.tp,
-        levers=dict(i.levers.get(engine, {}) if levers is None else levers),
-        extra_args=list(i.engine_args.get(engine, [])),
-        gpu=i.gpu if engine == "sim" else None,
+        levers=dict(i.serving.levers.get(engine, {}) if levers is None else levers),
+        extra_args=list(i.serving.engine_args.get(engine, [])),
+        gpu=i.hardware.gpu if engine == "sim" else None,
     )
     started: list[int] = []
 
@@ -147,7 +152,7 @@ def live_server(
             spec,
             runs_dir=phase_dir / "servers",
             registry=i.registry,
-            ready_timeout_s=i.ready_timeout_s,
+            ready_timeout_s=i.serving.ready_timeout_s,
             on_up=record_group,
         )
     except BaseException:
@@ -188,9 +193,9 @@ def bench_cell(
         model=rec.served_name,
         workload=workload_spec(ctx, workload, concurrency),
         concurrency=concurrency,
-        trials=i.trials,
+        trials=i.suite.trials,
         warmup_requests=min(4, concurrency),
-        hardware=f"{i.gpus}x{i.gpu}",
+        hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
         engine=None,
         server_log=rec.log_path,  # compilation logged during a trial flags it
     )

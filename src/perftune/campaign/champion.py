@@ -56,25 +56,25 @@ def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
     primary = [c for c in cells if c.workload == PRIMARY]
     if not primary:
         return ranked(None, reason="no random-workload cell")
-    if intent.focus == "throughput":
+    if intent.slo.focus == "throughput":
         ok = [
             c
             for c in primary
-            if (c.ttft_mean_ms or 0) <= intent.slo_ttft_ms and (c.tpot_median_ms or 0) <= intent.slo_tpot_ms
+            if (c.ttft_mean_ms or 0) <= intent.slo.ttft_ms and (c.tpot_median_ms or 0) <= intent.slo.tpot_ms
         ]
         if not ok:
             return ranked(
                 None,
-                reason=f"no concurrency meets the SLO (TTFT <= {intent.slo_ttft_ms} ms, "
-                f"median TPOT <= {intent.slo_tpot_ms} ms)",
+                reason=f"no concurrency meets the SLO (TTFT <= {intent.slo.ttft_ms} ms, "
+                f"median TPOT <= {intent.slo.tpot_ms} ms)",
             )
         best = max(ok, key=lambda c: c.output_tok_s / c.gpus)
         ci = [x / best.gpus for x in best.output_tok_s_ci95] if best.output_tok_s_ci95 else None
         return ranked(best, best.output_tok_s / best.gpus, ci)
-    at = [c for c in primary if c.concurrency <= intent.target_concurrency]
+    at = [c for c in primary if c.concurrency <= intent.slo.target_concurrency]
     cell = max(at, key=lambda c: c.concurrency) if at else None
     if cell is None or cell.tpot_median_ms is None:
-        return ranked(None, reason=f"no cell at concurrency <= {intent.target_concurrency}")
+        return ranked(None, reason=f"no cell at concurrency <= {intent.slo.target_concurrency}")
     return ranked(cell, cell.tpot_median_ms, cell.tpot_ci95)
 
 
@@ -84,7 +84,7 @@ def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool
     for c in cells:
         groups.setdefault((c.engine, c.config), []).append(c)
     cands = [_candidate(sorted(g, key=lambda c: c.concurrency), intent) for g in groups.values()]
-    higher_better = intent.focus == "throughput"
+    higher_better = intent.slo.focus == "throughput"
     eligible = [r for r in cands if r.eligible and r.value is not None]
     eligible.sort(key=lambda r: -(r.value or 0) if higher_better else (r.value or 0))
     notes: list[str] = []
@@ -102,7 +102,7 @@ def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool
             )
     failing = [name for name, ok in gates.items() if not ok]
     states = {r.engine: r.prefix_cache for r in eligible}
-    if intent.focus == "throughput" and len(set(states.values())) > 1:
+    if intent.slo.focus == "throughput" and len(set(states.values())) > 1:
         failing.append(
             "prefix caching differs across engines: " + ", ".join(f"{e}={s}" for e, s in states.items())
         )
@@ -110,10 +110,10 @@ def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool
         failing.append("no eligible candidate")
     ranking = eligible + [r for r in cands if r not in eligible]
     return ChampionSelection(
-        focus=intent.focus,
+        focus=intent.slo.focus,
         metric="output tok/s per GPU under the SLO (random workload)"
         if higher_better
-        else f"median TPOT ms at concurrency {intent.target_concurrency} (random workload)",
+        else f"median TPOT ms at concurrency {intent.slo.target_concurrency} (random workload)",
         ranking=ranking,
         champion=champion,
         tier="VERDICT" if not failing else "DRAFT",

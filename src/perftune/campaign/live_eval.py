@@ -53,7 +53,7 @@ class LiveEvaluator:
                         trials=1,
                         warmup_requests=min(2, c),
                         request_timeout_s=self.wedge_s,
-                        hardware=f"{i.gpus}x{i.gpu}",
+                        hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
                         server_log=rec.log_path,
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"

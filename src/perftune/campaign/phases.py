@@ -46,8 +46,8 @@ def phase0(ctx: Ctx) -> Gate:
     i = ctx.intent
     d = ctx.run_dir / "phase0"
     card = card_of(ctx)
-    g = gpu(i.gpu)
-    missing = missing_workload_data(i.workloads)
+    g = gpu(i.hardware.gpu)
+    missing = missing_workload_data(i.suite.workloads)
     if missing:
         write_text(
             ctx.run_dir / "SOURCE.md",
@@ -61,9 +61,9 @@ def phase0(ctx: Ctx) -> Gate:
             artifacts=["SOURCE.md"],
         )
     ladder = i.resolved_ladder()
-    tp = advise_tp(card, g, concurrency=max(ladder), context=i.isl + i.osl)
+    tp = advise_tp(card, g, concurrency=max(ladder), context=i.suite.isl + i.suite.osl)
     loader = advise_loader(
-        model_gb=card.native_weight_bytes / 1e9, hub_egress=not Path(i.model_path or i.model).is_dir()
+        model_gb=card.native_weight_bytes / 1e9, hub_egress=not Path(i.model.path or i.model.ref).is_dir()
     )
     write_text(d / "model_card.json", card.model_dump_json(indent=2) + "\n")
     write_text(d / "tp_advice.json", tp.model_dump_json(indent=2) + "\n")
@@ -86,7 +86,7 @@ def phase0(ctx: Ctx) -> Gate:
     )
     decisions.append((f"value-findings ledger: `{fpath}`", "the ratchet records the next lever here"))
     if fpath.exists():
-        prior = findings.load(fpath).get(i.model)
+        prior = findings.load(fpath).get(i.model.ref)
         if prior is not None:
             base = prior.baseline
             decisions.append(
@@ -102,11 +102,13 @@ def phase0(ctx: Ctx) -> Gate:
             ctx.run_dir / "SOURCE.md", source_md(ctx.state, decisions, {"tp": "; ".join(tp.rationale)})
         )
         return Gate(
-            "red", f"{card.name} does not fit on {i.gpus} x {g.key} at any TP", artifacts=["SOURCE.md"]
+            "red",
+            f"{card.name} does not fit on {i.hardware.gpus} x {g.key} at any TP",
+            artifacts=["SOURCE.md"],
         )
-    use_tp = min(tp.recommended_tp, i.gpus)
+    use_tp = min(tp.recommended_tp, i.hardware.gpus)
     if use_tp < tp.recommended_tp:
-        why = f"needs TP={tp.recommended_tp} but the node has {i.gpus} GPU(s)"
+        why = f"needs TP={tp.recommended_tp} but the node has {i.hardware.gpus} GPU(s)"
         write_text(
             ctx.run_dir / "SOURCE.md", source_md(ctx.state, [*decisions, (why, "; ".join(tp.rationale))], {})
         )
@@ -120,9 +122,10 @@ def phase0(ctx: Ctx) -> Gate:
     decisions += [
         (f"TP={use_tp}", "; ".join(tp.rationale[:2])),
         (f"loader: {loader.recommended}", "; ".join(loader.rationale[:1]) if loader.rationale else ""),
-        (f"concurrency ladder {ladder}", f"the {i.focus} tier's ladder"),
+        (f"concurrency ladder {ladder}", f"the {i.slo.focus} tier's ladder"),
         (
-            f"long workload at {min(i.long_isl, card.max_context - i.osl - 16)} input tokens, c <= 8",
+            f"long workload at {min(i.suite.long_isl, card.max_context - i.suite.osl - 16)} input "
+            "tokens, c <= 8",
             "bounded so the suite fits its budget; long context is KV-bound, not batch-bound",
         ),
         (
@@ -140,7 +143,7 @@ def phase0(ctx: Ctx) -> Gate:
     write_text(ctx.run_dir / "SOURCE.md", source_md(ctx.state, decisions, advice))
     return Gate(
         "green",
-        f"{i.model} fits at TP={use_tp} on {g.key}",
+        f"{i.model.ref} fits at TP={use_tp} on {g.key}",
         headline=f"TP={use_tp}, {card.total_params / 1e9:.1f} B params",
         artifacts=[
             "SOURCE.md",
@@ -176,8 +179,8 @@ def phase1(ctx: Ctx) -> Gate:
     i = ctx.intent
     d = ctx.run_dir / "phase1"
     heads, arts = [], []
-    for engine in i.engines:
-        cell_id = f"p1.{engine}.baseline.random.c{i.baseline_concurrency}"
+    for engine in i.serving.engines:
+        cell_id = f"p1.{engine}.baseline.random.c{i.suite.baseline_concurrency}"
         cell = ctx.state.cells.get(cell_id)
         if cell is None:
             ctx.observe(f"phase 1: deploy {engine}, smoke gate, baseline bench")
@@ -191,7 +194,7 @@ def phase1(ctx: Ctx) -> Gate:
                     engine=engine,
                     config="baseline",
                     workload="random",
-                    concurrency=i.baseline_concurrency,
+                    concurrency=i.suite.baseline_concurrency,
                     cell_dir=d / "cells" / cell_id,
                 )
             ctx.state.cells[cell_id] = cell
@@ -204,7 +207,7 @@ def phase1(ctx: Ctx) -> Gate:
         arts += [f"phase1/{engine}.deploy.json", cell.path]
     return Gate(
         "green",
-        f"{len(i.engines)} engine(s) deployed, smoke-tested and benched (DRAFT perf baseline)",
+        f"{len(i.serving.engines)} engine(s) deployed, smoke-tested and benched (DRAFT perf baseline)",
         headline="<br>".join(heads),
         tier="DRAFT",
         artifacts=arts,
@@ -219,15 +222,15 @@ def phase8(ctx: Ctx) -> Gate:
     d = ctx.run_dir / "phase8"
     ladder = i.resolved_ladder()
     ran, bad = [], []
-    for engine in i.engines:
-        configs = [("baseline", dict(i.levers.get(engine, {})))]
+    for engine in i.serving.engines:
+        configs = [("baseline", dict(i.serving.levers.get(engine, {})))]
         tuned = ctx.state.facts.tuned.get(engine)
         if tuned is not None and tuned != configs[0][1]:
             configs.append(("tuned", tuned))
         for name, levers in configs:
             plan = [
                 (w, c)
-                for w in i.workloads
+                for w in i.suite.workloads
                 for c in (ladder if w != "long" else [x for x in ladder if x <= 8] or [min(ladder)])
             ]
             todo = [(w, c) for w, c in plan if f"p8.{engine}.{name}.{w}.c{c}" not in ctx.state.cells]
@@ -256,7 +259,9 @@ def phase8(ctx: Ctx) -> Gate:
                     bad.append(cell.cell_id)
     write_text(
         d / "suite.json",
-        json.dumps({"workloads": i.workloads, "ladder": ladder, "cells": [c.cell_id for c in ran]}, indent=2)
+        json.dumps(
+            {"workloads": i.suite.workloads, "ladder": ladder, "cells": [c.cell_id for c in ran]}, indent=2
+        )
         + "\n",
     )
     if bad:
@@ -267,7 +272,8 @@ def phase8(ctx: Ctx) -> Gate:
     names = sorted({c.config for c in ran})
     return Gate(
         "green",
-        f"{len(ran)} cells: {', '.join(i.workloads)} x c={ladder} x {len(i.engines)} engine(s), "
+        f"{len(ran)} cells: {', '.join(i.suite.workloads)} x c={ladder} x "
+        f"{len(i.serving.engines)} engine(s), "
         f"config(s): {', '.join(names)}"
         + ("" if "tuned" in names else " (no tuned config ran: phase 3 did not run or crowned none)"),
         headline=f"best random cell: {cell_line(best)}" if best else "",
@@ -361,10 +367,10 @@ def phase85(ctx: Ctx) -> Gate:
     rationale = nxt.rationale
     if cell.sol_pct is not None:
         rationale += f" (champion at {cell.sol_pct:.0f}% of the decode roofline at c={cell.concurrency})"
-    value = f"{ch.value or 0.0:.1f} {'tok/s/GPU' if i.focus == 'throughput' else 'ms'}"
+    value = f"{ch.value or 0.0:.1f} {'tok/s/GPU' if i.slo.focus == 'throughput' else 'ms'}"
     findings.record(
         fpath,
-        i.model,
+        i.model.ref,
         findings.ModelFindings(
             baseline={
                 "campaign": ctx.state.run_id,
@@ -382,18 +388,18 @@ def phase85(ctx: Ctx) -> Gate:
         ),
     )
     notes = [f"next lever {nxt.lever}={nxt.value} recorded in {fpath}"]
-    registered = i.model in load_registry(reg).models if reg.exists() else False
+    registered = i.model.ref in load_registry(reg).models if reg.exists() else False
     sim_tag = "SIMULATED, " if cell.simulated else ""
     if not registered:
         record_entry(
-            i.model,
+            i.model.ref,
             registry=reg,
-            slug=Path(i.model.rstrip("/")).name,
+            slug=Path(i.model.ref.rstrip("/")).name,
             engine=ch.engine,
             required_flags=[],
-            grind_frontier=f"{fpath}#{i.model}",
+            grind_frontier=f"{fpath}#{i.model.ref}",
             engine_versions=str(ctx.state.facts.engine_versions.get(ch.engine) or ""),
-            hardware=f"{i.gpus}x{i.gpu}",
+            hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
             arch_note="no workaround flags needed: deploy, smoke and the suite passed on engine defaults",
             champion={
                 "config_ref": str(ctx.run_dir / "CHAMPION.md"),
@@ -407,10 +413,10 @@ def phase85(ctx: Ctx) -> Gate:
         notes.append(f"known-good entry already in {reg} (append-only: kept)")
     # Closing a champion needs both; check them from the files, not from what we just did.
     missing = []
-    if not reg.exists() or i.model not in load_registry(reg).models:
-        missing.append(f"known-good entry for {i.model} in {reg}")
-    if i.model not in findings.load(fpath):
-        missing.append(f"next lever for {i.model} in {fpath}")
+    if not reg.exists() or i.model.ref not in load_registry(reg).models:
+        missing.append(f"known-good entry for {i.model.ref} in {reg}")
+    if i.model.ref not in findings.load(fpath):
+        missing.append(f"next lever for {i.model.ref} in {fpath}")
     write_text(
         ctx.run_dir / "phase8.5" / "ratchet.md", "# Ratchet\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     )

@@ -83,7 +83,7 @@ def run_tune(
             raise ConfigError(
                 f"campaign {run_id} has no green phase 1", hint="run perftune optimize up to phase 1 first"
             )
-        was = state.intent.tune
+        was = state.intent.tuning.enabled
         try:  # validated like a fresh intent: a bad workload or k stops here, before any deploy
             state.intent = Intent.model_validate({**state.intent.model_dump(), **update, "tune": True})
         except ValidationError as e:
@@ -105,14 +105,14 @@ def run_tune(
         )
     finally:
         st = CampaignState.load(run_dir)
-        st.intent = st.intent.model_copy(update={"tune": was})
+        st.intent.tuning.enabled = was
         st.save(run_dir)
 
 
 def _validate_new(intent: Intent) -> None:
     """Bad input fails before a run folder or a lake row exists (a typo in the model name, say)."""
 
-    model_card(intent.model_path or intent.model)
+    model_card(intent.model.path or intent.model.ref)
 
 
 def run_campaign(
@@ -165,7 +165,7 @@ def run_campaign(
                 rec.status, rec.reason = "skipped", "skipped by --skip"
             elif fn is None:
                 rec.status, rec.reason = "not-available", "not available in this version"
-            elif pid == "3" and not ctx.intent.tune:
+            elif pid == "3" and not ctx.intent.tuning.enabled:
                 # Tuning is opt-in; a `perftune tune` that stopped red (budget, time box) does not
                 # block the campaign: phase 8 goes on with the baseline, and the tune can resume.
                 before = f" (the last `perftune tune` stopped: {rec.reason})" if rec.status == "red" else ""
@@ -259,8 +259,8 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
             hint=f"a perftune bug: the traceback is in {ctx.rel(where)}; please report it",
             artifacts=[ctx.rel(where)],
         )
-    real = [e for e in ctx.intent.engines if e not in ("sim", "mock")]
-    wall = (time.monotonic() - t0) / 60 * ctx.intent.gpus if rec.id in ("1", "3", "8") else 0.0
+    real = [e for e in ctx.intent.serving.engines if e not in ("sim", "mock")]
+    wall = (time.monotonic() - t0) / 60 * ctx.intent.hardware.gpus if rec.id in ("1", "3", "8") else 0.0
     rec.gpu_minutes = (wall if gate.gpu_minutes is None else gate.gpu_minutes) if real else 0.0
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []

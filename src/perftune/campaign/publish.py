@@ -102,7 +102,7 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
             champions.append(
                 {
                     "campaign_id": cid,
-                    "model": i.model,
+                    "model": i.model.ref,
                     "rank": rank,
                     "recommended": bool(chosen)
                     and r["cell_id"] == chosen.get("cell_id")
@@ -125,12 +125,12 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     if state.phases["8.5"].status == "green" and i.findings:
         from perftune.registry import findings as ledger
 
-        f = ledger.load(Path(i.findings)).get(i.model)
+        f = ledger.load(Path(i.findings)).get(i.model.ref)
         if f is not None and f.baseline.get("campaign") == cid:
             findings.append(
                 {
                     "campaign_id": cid,
-                    "model": i.model,
+                    "model": i.model.ref,
                     "next_lever": f.next_lever,
                     "next_value": f.next_value,
                     "rationale": f.rationale,
@@ -144,10 +144,10 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     campaigns = [
         {
             "campaign_id": cid,
-            "model": i.model,
-            "gpu": f"{i.gpus}x{i.gpu}",
-            "engines": ",".join(i.engines),
-            "focus": i.focus,
+            "model": i.model.ref,
+            "gpu": f"{i.hardware.gpus}x{i.hardware.gpu}",
+            "engines": ",".join(i.serving.engines),
+            "focus": i.slo.focus,
             "created_at": state.created_at,
             "status": status,
             "tier": tier,

@@ -36,16 +36,16 @@ def source_md(state: CampaignState, decisions: list[tuple[str, str]], advice: di
         "The intent, stated back, and every decision with its rationale.",
         "",
         "## Intent",
-        f"- model: `{i.model}`" + (f" (weights from `{i.model_path}`)" if i.model_path else ""),
-        f"- hardware: {i.gpus} x {i.gpu}",
-        f"- engines: {', '.join(i.engines)}",
-        f"- focus: {i.focus}"
+        f"- model: `{i.model.ref}`" + (f" (weights from `{i.model.path}`)" if i.model.path else ""),
+        f"- hardware: {i.hardware.gpus} x {i.hardware.gpu}",
+        f"- engines: {', '.join(i.serving.engines)}",
+        f"- focus: {i.slo.focus}"
         + (
-            f" (SLO: mean TTFT <= {i.slo_ttft_ms:g} ms, median TPOT <= {i.slo_tpot_ms:g} ms)"
-            if i.focus == "throughput"
-            else f" (median TPOT at concurrency {i.target_concurrency})"
+            f" (SLO: mean TTFT <= {i.slo.ttft_ms:g} ms, median TPOT <= {i.slo.tpot_ms:g} ms)"
+            if i.slo.focus == "throughput"
+            else f" (median TPOT at concurrency {i.slo.target_concurrency})"
         ),
-        f"- phase 8 suite: {', '.join(i.workloads)} at concurrency {i.resolved_ladder()}, {i.trials} trials per cell",
+        f"- phase 8 suite: {', '.join(i.suite.workloads)} at concurrency {i.resolved_ladder()}, {i.suite.trials} trials per cell",
         "",
         "## Advisors",
     ]
@@ -59,11 +59,11 @@ def source_md(state: CampaignState, decisions: list[tuple[str, str]], advice: di
 
 def summary_md(state: CampaignState) -> str:
     i = state.intent
-    simulated = any(c.simulated for c in state.cells.values()) or "sim" in i.engines
+    simulated = any(c.simulated for c in state.cells.values()) or "sim" in i.serving.engines
     lines = [
         f"# Campaign {state.run_id}",
         "",
-        f"{i.model} on {i.gpus} x {i.gpu}; engines {', '.join(i.engines)}; focus {i.focus}."
+        f"{i.model.ref} on {i.hardware.gpus} x {i.hardware.gpu}; engines {', '.join(i.serving.engines)}; focus {i.slo.focus}."
         + (" **Numbers from the simulated engine are SIMULATED.**" if simulated else ""),
         "",
         "| phase | name | gate | reason | headline | tier | GPU-min | artifacts |",
@@ -98,7 +98,7 @@ def suite_table(state: CampaignState) -> list[str]:
         "",
         "## Phase 8: the workload suite",
         "",
-        f"{state.intent.model} on {c0.get('hardware')}, {cells[0].trials} trials per cell (mean ± std over "
+        f"{state.intent.model.ref} on {c0.get('hardware')}, {cells[0].trials} trials per cell (mean ± std over "
         "trials; TPOT is the per-trial median)" + (", **SIMULATED**" if sim else "") + ".",
         "",
         "| workload | c | engine | config | output tok/s | median TPOT ms | mean TTFT ms | %SoL | tier | flags |",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from perftune.errors import ConfigError
 from perftune.util.atomic import write_text
@@ -23,23 +23,37 @@ LADDERS: dict[str, list[int]] = {"throughput": [8, 32, 64], "latency": [1, 4, 16
 SUITE = ["random", "prefix", "chat", "code", "long"]
 
 
-class Intent(BaseModel):
-    """What the user asked for, resolved: the campaign's SOURCE."""
-
+class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="catalog name, model folder or hub id")
-    model_path: str | None = Field(None, description="model folder real engines load (sim: optional)")
-    engines: list[str] = Field(description="engines to compare: vllm, sglang, llamacpp, sim, mock")
+
+
+class ModelIntent(_Part):
+    ref: str = Field(description="catalog name, model folder or hub id")
+    path: str | None = Field(None, description="model folder real engines load (sim: optional)")
+
+
+class HardwareIntent(_Part):
     gpu: str = Field("h100", description="GPU model (ceilings.yaml key or alias)")
     gpus: int = Field(1, ge=1, description="GPUs available on the node")
+
+
+class ServingIntent(_Part):
+    engines: list[str] = Field(description="engines to compare: vllm, sglang, llamacpp, sim, mock")
+    engine_args: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra engine flags by engine"
+    )
+    levers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="baseline levers by engine")
+    ready_timeout_s: float = Field(900.0, gt=0, description="seconds an engine may take to become ready")
+
+
+class SloIntent(_Part):
     focus: Focus = Field("throughput", description="what the champion optimizes")
-    slo_ttft_ms: float = Field(
-        2000.0, gt=0, description="throughput focus: mean TTFT bound of a counted cell"
-    )
-    slo_tpot_ms: float = Field(
-        50.0, gt=0, description="throughput focus: median TPOT bound of a counted cell"
-    )
+    ttft_ms: float = Field(2000.0, gt=0, description="throughput focus: mean TTFT bound of a counted cell")
+    tpot_ms: float = Field(50.0, gt=0, description="throughput focus: median TPOT bound of a counted cell")
     target_concurrency: int = Field(16, ge=1, description="latency focus: concurrency the TPOT is judged at")
+
+
+class SuiteIntent(_Part):
     workloads: list[str] = Field(default_factory=lambda: list(SUITE), description="phase 8 workloads")
     ladder: list[int] = Field(default_factory=list, description="phase 8 concurrencies (default: by focus)")
     isl: int = Field(1024, ge=1, description="random/prefix input tokens")
@@ -48,37 +62,94 @@ class Intent(BaseModel):
     trials: int = Field(3, ge=1, description="trials per cell")
     requests_per_slot: int = Field(2, ge=1, description="requests per cell = max(16, this x concurrency)")
     baseline_concurrency: int = Field(16, ge=1, description="phase 1 baseline bench concurrency")
-    engine_args: dict[str, list[str]] = Field(
-        default_factory=dict, description="extra engine flags by engine"
-    )
-    levers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="baseline levers by engine")
-    registry: str | None = Field(None, description="known-good registry path")
-    findings: str | None = Field(None, description="value-findings ledger path")
-    ready_timeout_s: float = Field(900.0, gt=0)
-    tune: bool = Field(False, description="run phase 3 (tuning) inside optimize; `perftune tune` always does")
+
+
+class TuningIntent(_Part):
+    enabled: bool = Field(False, description="run phase 3 inside optimize; `perftune tune` always does")
     budget_gpu_min: float = Field(60.0, gt=0, description="phase 3 budget, GPU-minutes")
-    wedge_s: float = Field(120.0, gt=0, description="phase 3: a request with no progress this long = wedge")
-    tune_workloads: list[str] = Field(
+    wedge_s: float = Field(120.0, gt=0, description="a request with no progress this long = wedge")
+    workloads: list[str] = Field(
         default_factory=lambda: ["random", "prefix"],
         min_length=1,
-        description="phase 3: workloads every arm's deploy is measured on (score: their geometric mean)",
+        description="workloads every arm's deploy is measured on (score: their geometric mean)",
     )
-    tune_top_k: int = Field(
-        3, ge=1, description="phase 3: arms (besides the baseline) given the full treatment"
-    )
-    tune_stop_after_s: float | None = Field(
-        None, gt=0, description="phase 3: start no new deploy after this many seconds (the journal resumes)"
+    top_k: int = Field(3, ge=1, description="arms (besides the baseline) given the full treatment")
+    stop_after_s: float | None = Field(
+        None, gt=0, description="start no new deploy after this many seconds (the journal resumes)"
     )
 
-    @field_validator("tune_workloads")
+    @field_validator("workloads")
     @classmethod
     def _known_tune_workloads(cls, v: list[str]) -> list[str]:
         if bad := [w for w in v if w not in SUITE]:
             raise ValueError(f"unknown workload(s) {bad}; known: {', '.join(SUITE)}")
         return list(dict.fromkeys(v))
 
+
+# The flat form (campaign.json before the split, and the keyword form callers use): key -> (part, field).
+FLAT: dict[str, tuple[str, str]] = {
+    "model": ("model", "ref"),
+    "model_path": ("model", "path"),
+    "gpu": ("hardware", "gpu"),
+    "gpus": ("hardware", "gpus"),
+    "engines": ("serving", "engines"),
+    "engine_args": ("serving", "engine_args"),
+    "levers": ("serving", "levers"),
+    "ready_timeout_s": ("serving", "ready_timeout_s"),
+    "focus": ("slo", "focus"),
+    "slo_ttft_ms": ("slo", "ttft_ms"),
+    "slo_tpot_ms": ("slo", "tpot_ms"),
+    "target_concurrency": ("slo", "target_concurrency"),
+    "workloads": ("suite", "workloads"),
+    "ladder": ("suite", "ladder"),
+    "isl": ("suite", "isl"),
+    "osl": ("suite", "osl"),
+    "long_isl": ("suite", "long_isl"),
+    "trials": ("suite", "trials"),
+    "requests_per_slot": ("suite", "requests_per_slot"),
+    "baseline_concurrency": ("suite", "baseline_concurrency"),
+    "tune": ("tuning", "enabled"),
+    "budget_gpu_min": ("tuning", "budget_gpu_min"),
+    "wedge_s": ("tuning", "wedge_s"),
+    "tune_workloads": ("tuning", "workloads"),
+    "tune_top_k": ("tuning", "top_k"),
+    "tune_stop_after_s": ("tuning", "stop_after_s"),
+}
+
+
+class Intent(BaseModel):
+    """What the user asked for, resolved: the campaign's SOURCE, in parts validated as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelIntent
+    hardware: HardwareIntent = Field(default_factory=HardwareIntent)
+    serving: ServingIntent
+    slo: SloIntent = Field(default_factory=SloIntent)
+    suite: SuiteIntent = Field(default_factory=SuiteIntent)
+    tuning: TuningIntent = Field(default_factory=TuningIntent)
+    registry: str | None = Field(None, description="known-good registry path")
+    findings: str | None = Field(None, description="value-findings ledger path")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flat(cls, data: Any) -> Any:
+        """Flat keys (older campaign.json files, keyword callers) go into their parts; a flat key
+        wins over the same field given nested (an update on top of a dump)."""
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        flat: list[tuple[str, str, Any]] = []
+        for k, v in data.items():
+            if k in FLAT and not (k == "model" and isinstance(v, dict)):
+                flat.append((*FLAT[k], v))
+            else:
+                out[k] = v
+        for part, field_, v in flat:
+            out[part] = {**dict(out.get(part) or {}), field_: v}
+        return out
+
     def resolved_ladder(self) -> list[int]:
-        return self.ladder or LADDERS[self.focus]
+        return self.suite.ladder or LADDERS[self.slo.focus]
 
 
 class PhaseRecord(BaseModel):
@@ -213,4 +284,4 @@ def new_run_id(intent: Intent, now: float | None = None) -> str:
     t = time.time() if now is None else now
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(t))
     h = hashlib.sha1(f"{intent.model_dump_json()}{t}".encode()).hexdigest()[:6]
-    return f"{slug(intent.model)}-{stamp}-{h}"
+    return f"{slug(intent.model.ref)}-{stamp}-{h}"

@@ -36,9 +36,9 @@ def run_phase3(ctx: Ctx) -> Gate:
     card = card_of(ctx)
     tsv = d / "arms.tsv"
     if tsv.exists():  # the user's edits win
-        arms = [a for a in read_tsv(tsv) if a.engine in i.engines]
+        arms = [a for a in read_tsv(tsv) if a.engine in i.serving.engines]
     else:
-        arms = generate_arms(card, i.engines, i.levers)
+        arms = generate_arms(card, i.serving.engines, i.serving.levers)
         write_tsv(arms, tsv)
     if why := prefix_cache_mismatch(arms, prefix_cache_defaults()):  # before any deploy
         return Gate(
@@ -47,27 +47,29 @@ def run_phase3(ctx: Ctx) -> Gate:
             "(set prefix-cache=... in each engine's baseline row of phase3/arms.tsv)",
             artifacts=["phase3/arms.tsv"],
         )
-    g = gpu(i.gpu)
+    g = gpu(i.hardware.gpu)
     ladder = i.resolved_ladder()
     cfg = TuneConfig(
         ladder=ladder,
-        slo_ttft_ms=i.slo_ttft_ms,
-        slo_tpot_ms=i.slo_tpot_ms,
-        trials=max(3, i.trials),
-        top_k=i.tune_top_k,
-        budget_gpu_s=i.budget_gpu_min * 60,
-        workloads=list(i.tune_workloads),
+        slo_ttft_ms=i.slo.ttft_ms,
+        slo_tpot_ms=i.slo.tpot_ms,
+        trials=max(3, i.suite.trials),
+        top_k=i.tuning.top_k,
+        budget_gpu_s=i.tuning.budget_gpu_min * 60,
+        workloads=list(i.tuning.workloads),
     )
     # Journaled: a killed phase 3 (or one split across short GPU sessions) resumes without re-deploying.
     ev = RecordingEvaluator(
-        LiveEvaluator(ctx, d, wedge_s=i.wedge_s, gpus=ctx.state.facts.tp, workloads=cfg.workloads),
+        LiveEvaluator(ctx, d, wedge_s=i.tuning.wedge_s, gpus=ctx.state.facts.tp, workloads=cfg.workloads),
         d / "journal.jsonl",
-        stop_at=time.monotonic() + i.tune_stop_after_s if i.tune_stop_after_s else None,
+        stop_at=time.monotonic() + i.tuning.stop_after_s if i.tuning.stop_after_s else None,
         observe=ctx.observe,
-        budget_gpu_s=i.budget_gpu_min * 60,
+        budget_gpu_s=i.tuning.budget_gpu_min * 60,
     )
     try:
-        res = run_tuner(arms, ev, cfg, feasible=feasibility(card, g, for_gpu(g), max(ladder), i.isl + i.osl))
+        res = run_tuner(
+            arms, ev, cfg, feasible=feasibility(card, g, for_gpu(g), max(ladder), i.suite.isl + i.suite.osl)
+        )
     except TuneStopped as stop:
         return Gate(
             "red", f"{stop.message}; {stop.hint}", artifacts=["phase3/arms.tsv", "phase3/journal.jsonl"]
@@ -80,7 +82,9 @@ def run_phase3(ctx: Ctx) -> Gate:
         if e.crowned is not None:
             tuned[e.engine] = e.crowned.levers
     proposals = failure_proposals(res)
-    auto = autotune_equivalent(res, len(i.tune_workloads)) if "vllm" in i.engines and res.order else ""
+    auto = (
+        autotune_equivalent(res, len(i.tuning.workloads)) if "vllm" in i.serving.engines and res.order else ""
+    )
     md, heads = tune_md(res, cfg.workloads, cfg.trials, proposals, prefix_cache_defaults(), auto)
     write_text(d / "TUNE.md", md)
     write_text(d / "known-good-candidates.json", json.dumps(proposals, indent=2) + "\n")
@@ -213,7 +217,9 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
         med = across_trials([t["tpot_ms"]["p50"] for t in ts])
         ok = sum(t["counts"]["ok"] for t in ts)
         in_tok = sum(t["counts"]["input_tokens"] for t in ts)
-        sol, key = speed_of_light(ctx, med.mean, c, round(in_tok / ok + ctx.intent.osl / 2) if ok else 1)
+        sol, key = speed_of_light(
+            ctx, med.mean, c, round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else 1
+        )
         baseline = None if name == "baseline" else f"{engine}/baseline (phase 3, interleaved)"
         tier, reasons = tier_for(trials=len(ts), same_node=True, baseline=baseline)
         context = {

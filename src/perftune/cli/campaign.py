@@ -62,32 +62,34 @@ def optimize(
             eargs.setdefault(eng, []).extend(
                 flag.split("=", 1) if flag.startswith("--") and "=" in flag else [flag]
             )
-        intent = Intent(
-            model=model,
-            model_path=model_path,
-            engines=[e.strip() for e in engines.split(",") if e.strip()],
-            gpu=gpu,
-            gpus=gpus,
-            focus=focus,
-            slo_ttft_ms=slo_ttft_ms,
-            slo_tpot_ms=slo_tpot_ms,
-            workloads=[w.strip() for w in workloads.split(",") if w.strip()],
-            ladder=[int(x) for x in ladder.split(",")] if ladder else [],
-            isl=isl,
-            osl=osl,
-            trials=trials,
-            tune=tune,
-            budget_gpu_min=budget_gpu_min,
-            engine_args=eargs,
-            registry=str(registry) if registry else None,
-            findings=str(findings) if findings else None,
+        intent = Intent.model_validate(  # the flat keyword form: validated into its parts
+            dict(
+                model=model,
+                model_path=model_path,
+                engines=[e.strip() for e in engines.split(",") if e.strip()],
+                gpu=gpu,
+                gpus=gpus,
+                focus=focus,
+                slo_ttft_ms=slo_ttft_ms,
+                slo_tpot_ms=slo_tpot_ms,
+                workloads=[w.strip() for w in workloads.split(",") if w.strip()],
+                ladder=[int(x) for x in ladder.split(",")] if ladder else [],
+                isl=isl,
+                osl=osl,
+                trials=trials,
+                tune=tune,
+                budget_gpu_min=budget_gpu_min,
+                engine_args=eargs,
+                registry=str(registry) if registry else None,
+                findings=str(findings) if findings else None,
+            )
         )
-        bad = [e for e in intent.engines if e not in ("vllm", "sglang", "llamacpp", "sim", "mock")]
+        bad = [e for e in intent.serving.engines if e not in ("vllm", "sglang", "llamacpp", "sim", "mock")]
         if bad:
             raise ConfigError(
                 f"unknown engine(s): {', '.join(bad)}", hint="vllm, sglang, llamacpp, sim, mock"
             )
-        badw = [w for w in intent.workloads if w not in ("random", "prefix", "chat", "code", "long")]
+        badw = [w for w in intent.suite.workloads if w not in ("random", "prefix", "chat", "code", "long")]
         if badw:
             raise ConfigError(
                 f"unknown workload(s): {', '.join(badw)}", hint="random, prefix, chat, code, long"

@@ -123,7 +123,7 @@ def test_production_gates_name_what_fails_and_the_report_says_draft() -> None:
 
 
 def test_latency_focus_takes_median_tpot_at_the_target() -> None:
-    intent = INTENT.model_copy(update={"focus": "latency", "target_concurrency": 16})
+    intent = Intent.model_validate({**INTENT.model_dump(), "focus": "latency", "target_concurrency": 16})
     cells = [
         cell("vllm", "baseline", 1500, 10, c=16, tpot=8.1),
         cell("sglang", "baseline", 1500, 10, c=16, tpot=7.0),
