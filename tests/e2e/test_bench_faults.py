@@ -66,18 +66,18 @@ def test_warmup_runs_rounds_at_the_trial_concurrency_until_stable(mock: str, tmp
         workload=WorkloadSpec(kind="random", isl=32, osl=6, num_requests=24),
     )
     run, _ = api.bench(cfg, out_dir=tmp_path)
-    w = run.result.summary["warmup"]
+    w = run.result.summary.warmup
     assert isinstance(w, dict)
     # Rounds of `concurrency` requests (not min(conc, warmup_requests)); the mock's timing is fixed, so
     # two rounds agree and the warmup stops there.
-    assert w["round_size"] == 8 and w["concurrency"] == 8 and w["metric"] == "output_tok_s"
-    assert w["stabilized"] is True and w["stop"] == "stable" and 2 <= w["rounds"] <= 3
-    assert w["requests"] == 8 * w["rounds"] == run.result.context.warmup_requests
+    assert w.round_size == 8 and w.concurrency == 8 and w.metric == "output_tok_s"
+    assert w.stabilized is True and w.stop == "stable" and 2 <= w.rounds <= 3
+    assert w.requests == 8 * w.rounds == run.result.context.warmup_requests
     # a round of 8 at c=8 is one wave: 8 * 6 tokens in ttft + 5 itl (the mock's virtual timing)
     truth = 8 * 6 / ((TTFT_MS + 5 * ITL_MS) / 1e3)
-    assert all(0.7 * truth < v < 1.05 * truth for v in w["round_values"])
-    assert _served(mock) - before == w["requests"] + 24
-    assert run.result.summary["flags"] == [] and run.result.trials[0].outlier is False
+    assert all(0.7 * truth < v < 1.05 * truth for v in w.round_values)
+    assert _served(mock) - before == w.requests + 24
+    assert run.result.summary.flags == [] and run.result.trials[0].outlier is False
 
 
 def test_warmup_can_be_a_fixed_count_or_off(mock: str, tmp_path: Path) -> None:
@@ -91,13 +91,13 @@ def test_warmup_can_be_a_fixed_count_or_off(mock: str, tmp_path: Path) -> None:
         warmup_until_stable=False,
         workload=spec,
     )
-    w = api.bench(fixed, out_dir=tmp_path / "fixed")[0].result.summary["warmup"]
+    w = api.bench(fixed, out_dir=tmp_path / "fixed")[0].result.summary.warmup
     assert isinstance(w, dict)
-    assert (w["requests"], w["rounds"], w["stabilized"], w["stop"]) == (6, 2, None, "count")
+    assert (w.requests, w.rounds, w.stabilized, w.stop) == (6, 2, None, "count")
     off = BenchConfig(endpoint=mock, model="mock", concurrency=4, trials=1, warmup_requests=0, workload=spec)
     before = _served(mock)
     run = api.bench(off, out_dir=tmp_path / "off")[0]
-    assert run.result.summary["warmup"]["rounds"] == 0  # type: ignore[index]
+    assert run.result.summary.warmup.rounds == 0
     assert _served(mock) - before == 8
 
 
@@ -134,9 +134,9 @@ def test_compilation_in_the_engine_log_during_a_trial_flags_that_trial(mock: str
         "engine log shows compilation during trial 1: INFO Capturing CUDA graph shapes for batch 8 (trial 1)"
     )
     assert run.trials[1].flags == [flag]
-    assert flag in run.summary["flags"]  # type: ignore[operator]
+    assert flag in run.summary.flags
     assert flag in run.context.tier_reasons and run.context.tier == "DRAFT"
-    assert run.summary["warmup"]["engine_log_compile_lines"] == 1  # type: ignore[index]
+    assert run.summary.warmup.engine_log_compile_lines == 1
 
 
 def test_sim_stats_read_is_tolerant_of_servers_without_it(mock: str, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_ttft_itl_and_exact_tokens_match_ground_truth(
     )
     run, paths = api.bench(cfg, out_dir=tmp_path)
     s = run.result.summary
-    ttft, itl = s["ttft_ms"].mean, s["itl_ms"].mean  # type: ignore[union-attr]
+    ttft, itl = s.ttft_ms.mean, s.itl_ms.mean
     assert _near(ttft, TTFT_MS), f"ttft {ttft:.3f} vs {TTFT_MS}"
     assert _near(itl, ITL_MS), f"itl {itl:.3f} vs {ITL_MS}"
     for t in run.result.trials:
@@ -89,7 +89,7 @@ def test_open_loop_poisson_hits_requested_rate(mock1: str, tmp_path: Path) -> No
     assert load.mode == "open" and load.requested_rate == 50.0
     assert load.achieved_rate is not None and abs(load.achieved_rate - 50.0) / 50.0 <= 0.03
     assert load.lag_p99_ms >= load.lag_p50_ms >= 0.0
-    assert run.result.summary["valid"] is True
+    assert run.result.summary.valid is True
 
 
 def test_cache_is_reset_before_every_trial(mock1: str, tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_cache_is_reset_before_every_trial(mock1: str, tmp_path: Path) -> None:
     )
     run, _ = api.bench(cfg, out_dir=tmp_path)
     assert resets() - before == 3
-    assert run.result.summary["cache_reset"] == {
+    assert run.result.summary.cache_reset.model_dump() == {
         "path": "/reset_prefix_cache",
         "ok_trials": 3,
         "failed_statuses": [],
@@ -133,7 +133,7 @@ def test_cache_is_reset_before_every_trial(mock1: str, tmp_path: Path) -> None:
         workload=WorkloadSpec(kind="random", isl=16, osl=2, num_requests=1),
     )
     run_bad, _ = api.bench(bad, out_dir=tmp_path / "bad")
-    assert run_bad.result.summary["cache_reset"]["failed_statuses"] == [404]  # type: ignore[index]
+    assert run_bad.result.summary.cache_reset.failed_statuses == [404]
 
 
 def test_chat_workload_role_chunk_does_not_start_ttft(mock1: str, tmp_path: Path) -> None:

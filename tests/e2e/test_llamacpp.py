@@ -56,7 +56,7 @@ def test_llamacpp_deploy_bench_down(tmp_path: Path) -> None:
             assert t.counts.ok == 4 and t.counts.output_tokens > 0
             # no usage in this server's streams: counted one token per chunk, and the records say so
             assert t.counts.token_sources == {"chunk_count": 4}
-        assert run.result.summary["ttft_ms"].mean > 0  # type: ignore[union-attr]
+        assert run.result.summary.ttft_ms.mean > 0
         assert run.result.context.stack.engine == "unknown" or run.result.context.stack.engine
     finally:
         down(dep)

@@ -24,7 +24,6 @@ import orjson
 from perftune.bench.metrics import HEADLINE
 from perftune.bench.records import PARTIAL_NAME, RequestRecord, partial_data_path, read_partial
 from perftune.bench.runner import BenchRun
-from perftune.bench.stats import AcrossTrials
 from perftune.bench.workloads import save_workload
 from perftune.errors import BenchError, ConfigError
 from perftune.util.atomic import atomic_path, write_bytes, write_text
@@ -233,8 +232,8 @@ def headline_rows(run: BenchRun) -> list[tuple[str, str, str, str, str]]:
     rows = []
     outl = [t.outlier for t in run.result.trials]
     for name in ROW_ORDER:
-        a = run.result.summary.get(name)
-        if not isinstance(a, AcrossTrials) or a.mean is None:
+        a = run.result.summary.get_metric(name)
+        if a is None or a.mean is None:
             continue
         std = f" ± {fmt_num(a.std)}" if a.std is not None else ""
         ci = f"[{fmt_num(a.ci95[0])}, {fmt_num(a.ci95[1])}]" if a.ci95 else "-"
@@ -249,8 +248,8 @@ def headline_rows(run: BenchRun) -> list[tuple[str, str, str, str, str]]:
 
 def sol_line(run: BenchRun) -> str | None:
     """The decode %SoL line, labelled analytical, when the model card and GPU were given."""
-    sol = run.result.summary.get("sol")
-    if not isinstance(sol, dict):
+    sol = run.result.summary.sol
+    if sol is None:
         return None
     if sol.get("decode_sol_pct") is None:
         return f"decode %SoL: - ({sol.get('note', 'no median TPOT')})"

@@ -143,26 +143,72 @@ class BenchConfig(BaseModel):
     )
 
 
+class CacheResetReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(description="the POST path used before each trial (None: no reset)")
+    ok_trials: int = Field(description="trials whose reset answered 200")
+    failed_statuses: list[int] = Field(description="statuses of resets that did not")
+
+
+class LagReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    p50_max: float = Field(description="largest per-trial median schedule lag, ms")
+    p99_max: float = Field(description="largest per-trial p99 schedule lag, ms")
+
+
+class RateReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requested: float = Field(description="open loop: requested requests/s")
+    achieved_min: float = Field(description="the lowest achieved rate of any trial")
+
+
+class BenchSummary(BaseModel):
+    """A bench's headline across trials (mean, std, CV, 95% interval each) and its reports."""
+
+    model_config = ConfigDict(extra="forbid")
+    ttft_ms: AcrossTrials
+    tpot_ms: AcrossTrials
+    tpot_median_ms: AcrossTrials | None = Field(None, description="per-trial median TPOT across trials")
+    itl_ms: AcrossTrials
+    e2e_ms: AcrossTrials
+    output_tok_s: AcrossTrials
+    req_s: AcrossTrials
+    goodput_req_s: AcrossTrials | None = Field(None, description="with --slo")
+    goodput_fraction: AcrossTrials | None = Field(None, description="with --slo")
+    engine_prefix_cache_hit_rate: AcrossTrials | None = Field(None, description="where /metrics has it")
+    valid: bool = Field(description="the client kept its schedule in every trial")
+    invalid_reasons: list[str] = Field(default_factory=list)
+    cache_reset: CacheResetReport | None = None
+    schedule_lag_ms: LagReport | None = None
+    rate: RateReport | None = Field(None, description="open loop only")
+    flags: list[str] = Field(default_factory=list, description="quality flags (outliers, CV, compilation)")
+    warmup: WarmupReport | None = None
+    sol: dict[str, Any] | None = Field(None, description="analytical decode %SoL, with --gpu/--model-card")
+    partial_records: dict[str, str] | None = Field(None, description="a failure of the streamed records")
+
+    def get_metric(self, name: str) -> AcrossTrials | None:
+        """A metric by name (None where this run has none), for tables that list metrics by name."""
+        v = getattr(self, name, None)
+        return v if isinstance(v, AcrossTrials) else None
+
+
 class BenchResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: str = "perftune.bench.summary/v1"
     context: MeasurementContext
-    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, Any]] = Field(
-        description="headline metrics across trials, plus valid / invalid_reasons"
-    )
+    summary: BenchSummary = Field(description="headline metrics across trials and the run's reports")
     trials: list[TrialResult]
     definitions: dict[str, str]
 
     def metric(self, name: str) -> AcrossTrials:
-        """A headline metric across trials, typed (the summary also holds flags and reports)."""
-        v = self.summary.get(name)
-        if not isinstance(v, AcrossTrials):
+        """A headline metric across trials; KeyError where the run has none."""
+        v = self.summary.get_metric(name)
+        if v is None:
             raise KeyError(f"{name} is not a metric of this summary")
         return v
 
     def flags(self) -> list[str]:
-        v = self.summary.get("flags")
-        return [str(f) for f in v] if isinstance(v, list) else []
+        return list(self.summary.flags)
 
 
 @dataclass
@@ -837,34 +883,34 @@ def assemble(
         started_at=started,
     )
     invalid = [f"trial {t.trial}: {r}" for t in trials for r in t.load.invalid_reasons]
-    summary: dict[str, AcrossTrials | bool | list[str] | dict[str, Any]] = dict(headline)
-    if cfg.slo:
-        summary.update(across(trials, ("goodput_req_s", "goodput_fraction")))
-    if any(t.engine_prefix_cache_hit_rate is not None for t in trials):
-        summary.update(across(trials, ("engine_prefix_cache_hit_rate",)))
-    summary["valid"] = not invalid
-    summary["invalid_reasons"] = invalid
     reset = facts.get("cache_reset") or {}
     statuses = reset.get("statuses") or []
-    summary["cache_reset"] = {
-        "path": reset.get("path"),
-        "ok_trials": sum(1 for s in statuses if s == 200),
-        "failed_statuses": [s for s in statuses if s != 200],
-    }
-    summary["schedule_lag_ms"] = {
-        "p50_max": max(t.load.lag_p50_ms for t in trials),
-        "p99_max": max(t.load.lag_p99_ms for t in trials),
-    }
-    if cfg.rate is not None:
-        summary["rate"] = {
-            "requested": cfg.rate,
-            "achieved_min": min((t.load.achieved_rate or 0.0) for t in trials),
-        }
-    summary["flags"] = flags
-    if warmup is not None:
-        summary["warmup"] = warmup.model_dump()
-    if sol is not None:
-        summary["sol"] = decode_sol(sol, trials, cfg.concurrency)
-    if facts.get("partial_records_error"):
-        summary["partial_records"] = {"error": str(facts["partial_records_error"])}
+    summary = BenchSummary(
+        **headline,
+        **(across(trials, ("goodput_req_s", "goodput_fraction")) if cfg.slo else {}),
+        **(
+            across(trials, ("engine_prefix_cache_hit_rate",))
+            if any(t.engine_prefix_cache_hit_rate is not None for t in trials)
+            else {}
+        ),
+        valid=not invalid,
+        invalid_reasons=invalid,
+        cache_reset=CacheResetReport(
+            path=reset.get("path"),
+            ok_trials=sum(1 for s in statuses if s == 200),
+            failed_statuses=[s for s in statuses if s != 200],
+        ),
+        schedule_lag_ms=LagReport(
+            p50_max=max(t.load.lag_p50_ms for t in trials), p99_max=max(t.load.lag_p99_ms for t in trials)
+        ),
+        rate=RateReport(requested=cfg.rate, achieved_min=min((t.load.achieved_rate or 0.0) for t in trials))
+        if cfg.rate is not None
+        else None,
+        flags=flags,
+        warmup=warmup,
+        sol=decode_sol(sol, trials, cfg.concurrency) if sol is not None else None,
+        partial_records={"error": str(facts["partial_records_error"])}
+        if facts.get("partial_records_error")
+        else None,
+    )
     return BenchResult(context=ctx, summary=summary, trials=trials, definitions=DEFINITIONS)

@@ -177,9 +177,9 @@ def run(
         print_json({**result.result.model_dump(mode="json"), "artifacts": paths})
     else:
         _render(result, paths)
-    if not s["valid"]:
+    if not s.valid:
         err_console.print(
-            f"[bold red]INVALID (client fell behind):[/] {'; '.join(s['invalid_reasons'])}",  # type: ignore[arg-type]
+            f"[bold red]INVALID (client fell behind):[/] {'; '.join(s.invalid_reasons)}",
             highlight=False,
             soft_wrap=True,
         )
@@ -209,18 +209,18 @@ def _render(result: BenchRun, paths: dict[str, str]) -> None:
     sol = sol_line(result)
     if sol:
         out_console.print(sol, highlight=False)
-    w = s.get("warmup")
-    if isinstance(w, dict) and w.get("rounds"):
+    w = s.warmup
+    if w is not None and w.rounds:
         state = {
             True: "stable: the last two rounds agree within 10%",
-            False: f"NOT stable (stopped on {w['stop']})",
+            False: f"NOT stable (stopped on {w.stop})",
             None: "fixed count",
-        }[w.get("stabilized")]
+        }[w.stabilized]
         out_console.print(
-            f"warmup: {w['requests']} requests in {w['rounds']} round(s) of {w['round_size']}, {state}",
+            f"warmup: {w.requests} requests in {w.rounds} round(s) of {w.round_size}, {state}",
             highlight=False,
         )
-    for flag in s.get("flags") or []:  # type: ignore[union-attr]
+    for flag in s.flags:
         out_console.print(f"[bold yellow]flag:[/] {flag}", highlight=False)
     out_console.print(
         f"tier: {ctx.tier} ({'; '.join(ctx.tier_reasons) or 'all conditions met'})", highlight=False

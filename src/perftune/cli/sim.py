@@ -116,14 +116,13 @@ def predict(
     if as_json:
         print_json(res.model_dump(mode="json"))
         return
-    s = res.summary
     out_console.print(
         f"[bold]SIMULATED[/] {res.context.model} on {res.context.hardware}, "
         f"{res.context.stack.engine_version}",
         highlight=False,
     )
     for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tok_s", "req_s"):
-        a = s[key]
+        a = res.metric(key)
         out_console.print(f"  {key:14s} {a.mean:10.2f} ± {a.std or 0:.2f}  (n={a.n} trials)", highlight=False)
 
 

@@ -173,7 +173,7 @@ def test_a_cold_first_trial_is_flagged_and_the_result_is_draft() -> None:
     run = _assemble(_cfg(), [_trial(0, 745), _trial(1, 1066), _trial(2, 1050)])
     s = run.summary
     assert [t.outlier for t in run.trials] == [True, False, False]
-    flags = s["flags"]
+    flags = s.flags
     assert isinstance(flags, list) and len(flags) == 2
     assert flags[0].startswith("trial 0 is an outlier: output 745.0 tok/s is -29% off the median 1,050.0")
     assert flags[1].startswith("high CV across trials: output_tok_s 1")
@@ -184,16 +184,16 @@ def test_a_cold_first_trial_is_flagged_and_the_result_is_draft() -> None:
 
 def test_agreeing_trials_keep_verdict_and_median_tpot_is_summarized() -> None:
     run = _assemble(_cfg(), [_trial(0, 1066, 9.0), _trial(1, 1050, 10.0), _trial(2, 1058, 11.0)])
-    assert run.summary["flags"] == []
+    assert run.summary.flags == []
     assert run.context.tier == "VERDICT", run.context.tier_reasons
-    med = run.summary["tpot_median_ms"]
+    med = run.summary.tpot_median_ms
     assert not isinstance(med, bool | list | dict)
     assert med.trials == pytest.approx([9.0, 10.0, 11.0]) and med.mean == pytest.approx(10.0)
 
 
 def test_high_cv_on_median_tpot_alone_is_flagged() -> None:
     run = _assemble(_cfg(), [_trial(0, 1000, 8.0), _trial(1, 1000, 10.0), _trial(2, 1000, 12.0)])
-    assert run.summary["flags"] == ["high CV across trials: tpot_median_ms 20.0% > 10%"]
+    assert run.summary.flags == ["high CV across trials: tpot_median_ms 20.0% > 10%"]
     assert run.context.tier == "DRAFT"
 
 
@@ -212,7 +212,7 @@ def test_per_trial_flags_and_an_unstable_warmup_make_it_draft() -> None:
         rule="r",
     )
     run = _assemble(_cfg(), [_trial(0, 1050), t1, _trial(2, 1050)], warmup=warm)
-    flags = run.summary["flags"]
+    flags = run.summary.flags
     assert isinstance(flags, list)
     assert flags == [
         "engine log shows compilation during trial 1: JIT",
@@ -220,17 +220,17 @@ def test_per_trial_flags_and_an_unstable_warmup_make_it_draft() -> None:
         "max_rounds)",
     ]
     assert run.context.tier_reasons == flags
-    assert run.summary["warmup"]["stabilized"] is False  # type: ignore[index]
+    assert run.summary.warmup.stabilized is False
 
 
 def test_decode_sol_is_analytical_and_needs_model_and_gpu() -> None:
     trials = [_trial(i, 1000, 20.0) for i in range(3)]
-    assert "sol" not in _assemble(_cfg(gpu="h100"), trials).summary
-    sol = _assemble(_cfg(gpu="h100", model_card="llama-3.1-8b"), trials).summary["sol"]
+    assert _assemble(_cfg(gpu="h100"), trials).summary.sol is None
+    sol = _assemble(_cfg(gpu="h100", model_card="llama-3.1-8b"), trials).summary.sol
     assert isinstance(sol, dict)
     assert sol["basis"].startswith("analytical") and sol["gpu"] == "h100-sxm" and sol["batch"] == 16
     assert sol["tpot_median_ms"] == pytest.approx(20.0)
     # 8B bf16 on one H100: the weights alone take ~5 ms per step, so 20 ms is well under the roofline.
     assert 10.0 < sol["decode_sol_pct"] < 60.0
     open_loop = _assemble(_cfg(concurrency=None, rate=5.0, gpu="h100", model_card="llama-3.1-8b"), trials)
-    assert open_loop.summary["sol"]["decode_sol_pct"] is None  # type: ignore[index]
+    assert open_loop.summary.sol["decode_sol_pct"] is None

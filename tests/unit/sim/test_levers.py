@@ -95,9 +95,9 @@ def test_fp8_weights_and_tp_cut_memory_bound_decode() -> None:
 def test_predict_is_deterministic_for_a_seed() -> None:
     cal = Calibration(gpu=H100.key, jitter_cv=0.02)
     spec = PredictSpec(workload=WorkloadSpec(kind="random", isl=256, osl=32, num_requests=32), concurrency=8)
-    a = predict(CARD, H100, SimConfig(seed=3), cal, spec).summary["tpot_ms"]
-    b = predict(CARD, H100, SimConfig(seed=3), cal, spec).summary["tpot_ms"]
-    c = predict(CARD, H100, SimConfig(seed=4), cal, spec).summary["tpot_ms"]
+    a = predict(CARD, H100, SimConfig(seed=3), cal, spec).summary.tpot_ms
+    b = predict(CARD, H100, SimConfig(seed=3), cal, spec).summary.tpot_ms
+    c = predict(CARD, H100, SimConfig(seed=4), cal, spec).summary.tpot_ms
     assert a == b and a != c
 
 
