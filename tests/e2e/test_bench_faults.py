@@ -20,7 +20,7 @@ import pytest
 
 from perftune import api
 from perftune.bench.records import PARTIAL_NAME, decode, read_partial
-from perftune.bench.runner import BenchConfig, Progress, run_bench
+from perftune.bench.runner import BenchConfig, Progress, WarmupReport, run_bench
 from perftune.bench.workloads import WorkloadSpec
 from perftune.mock.process import mock_process, ready_json_process
 
@@ -67,7 +67,7 @@ def test_warmup_runs_rounds_at_the_trial_concurrency_until_stable(mock: str, tmp
     )
     run, _ = api.bench(cfg, out_dir=tmp_path)
     w = run.result.summary.warmup
-    assert isinstance(w, dict)
+    assert isinstance(w, WarmupReport)
     # Rounds of `concurrency` requests (not min(conc, warmup_requests)); the mock's timing is fixed, so
     # two rounds agree and the warmup stops there.
     assert w.round_size == 8 and w.concurrency == 8 and w.metric == "output_tok_s"
@@ -92,7 +92,7 @@ def test_warmup_can_be_a_fixed_count_or_off(mock: str, tmp_path: Path) -> None:
         workload=spec,
     )
     w = api.bench(fixed, out_dir=tmp_path / "fixed")[0].result.summary.warmup
-    assert isinstance(w, dict)
+    assert isinstance(w, WarmupReport)
     assert (w.requests, w.rounds, w.stabilized, w.stop) == (6, 2, None, "count")
     off = BenchConfig(endpoint=mock, model="mock", concurrency=4, trials=1, warmup_requests=0, workload=spec)
     before = _served(mock)
