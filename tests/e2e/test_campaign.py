@@ -44,6 +44,8 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
     assert "measured on real engines:" in failing and "passed" not in failing
     summary = (run_dir / "summary.md").read_text()
     assert "SIMULATED" in summary and "not available in this version" in summary
+    # phase 8 says which configs ran: no tuned config ran here (phase 3 is opt-in)
+    assert "config(s): baseline (no tuned config ran" in state.phases["8"].reason
     # every phase 8 cell is in summary.md, one row per workload x concurrency (not only the best one)
     table = summary.split("## Phase 8: the workload suite")[1]
     rows8 = [ln for ln in table.splitlines() if ln.startswith(("| random |", "| prefix |"))]

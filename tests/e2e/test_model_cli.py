@@ -61,6 +61,8 @@ def test_synth_loads_with_transformers(name: str, tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "m"
     r = _pt("model", "synth", name, "--out", str(out), "--json")
+    # it says what it is doing while the tokenizer trains (stderr), and how long it took
+    assert "training a byte-level BPE tokenizer" in r.stderr and "done in" in r.stderr
     assert r.returncode == 0, r.stderr
     cfg = json.loads((out / "config.json").read_text())
     catalog = Path(__file__).resolve().parents[2] / "src/perftune/models/catalog" / f"{name}.json"

@@ -292,3 +292,17 @@ def test_failure_classes_of_a_live_server_name_what_it_did() -> None:
     assert classify("bench", "", True, 0, http_errors=2) == "http-error"
     assert classify("bench", "", True, 1, dropped=3) == "wedge"
     assert classify("bench", "", False, 0, dropped=3) == "crash"
+
+
+def test_the_journal_reports_every_deploy_and_the_budget_as_it_goes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # `perftune tune` printed nothing for minutes: every deploy now says what it is and what it cost
+    from perftune.tune.evaluate import RecordingEvaluator
+
+    lines: list[str] = []
+    node = FakeNode({"baseline": 10, "x": 12}, failing={"y": "crash"})
+    ev = RecordingEvaluator(node, tmp_path / "j.jsonl", observe=lines.append, budget_gpu_s=3600)
+    res = run_tuner(_arms(["baseline", "x", "y"]), ev, CFG)
+    starts = [ln for ln in lines if ln.startswith("tune: deploy ")]
+    assert len(starts) == len(res.order) and "of 60 GPU-min spent" in starts[-1]
+    assert any("sim/y failed: crash" in ln for ln in lines)
+    assert any("tok/s" in ln for ln in lines)
