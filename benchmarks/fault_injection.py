@@ -72,7 +72,9 @@ def _watch(proc: subprocess.Popen[bytes], runs: Path, until: float, seen: set[in
         time.sleep(0.05)
 
 
-def one_campaign(work: Path, rng: random.Random, kills: int, span_s: float) -> dict[str, int]:
+def one_campaign(
+    work: Path, rng: random.Random, kills: int, span_s: float, extra: list[str] | None = None
+) -> dict[str, int]:
     runs, lake = work / "runs", work / "lake.duckdb"
     base = [sys.executable, "-m", "perftune", "optimize"]
     files = ["--runs-dir", str(runs), "--lake", str(lake), "--registry", str(work / "kg.yaml")]
@@ -83,7 +85,7 @@ def one_campaign(work: Path, rng: random.Random, kills: int, span_s: float) -> d
     run_dir: Path | None = None
     for attempt in range(kills + 1):
         if run_dir is None:
-            cmd = [*base, "llama-3.1-8b", *CAMPAIGN, *files]
+            cmd = [*base, "llama-3.1-8b", *CAMPAIGN, *(extra or []), *files]
         else:
             cmd = [*base, "--resume", run_dir.name, "--yes", *files]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -142,6 +144,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--span-s", type=float, default=20.0, help="kill times are uniform in [0.3, this]")
     ap.add_argument("--json", action="store_true", help="print the totals as one JSON line too")
+    ap.add_argument(
+        "--tune-budget-gpu-min",
+        type=float,
+        default=None,
+        help="also run phase 3 (optimize --tune) with this budget, so kills land inside the tuner too",
+    )
     a = ap.parse_args()
     rng = random.Random(a.seed)
     total = {"kills": 0, "lost": 0, "duplicated": 0, "orphans": 0, "half_written": 0, "rerun": 0}
@@ -155,7 +163,10 @@ def main() -> int:
             env_home = work / "home"  # per-user files (lake, registries) stay inside the sandbox
             os.environ["XDG_DATA_HOME"] = str(env_home / "data")
             os.environ["XDG_CONFIG_HOME"] = str(env_home / "config")
-            r = one_campaign(work, rng, min(a.per_campaign, a.kills - total["kills"]), a.span_s)
+            extra = (
+                ["--tune", "--budget-gpu-min", str(a.tune_budget_gpu_min)] if a.tune_budget_gpu_min else []
+            )
+            r = one_campaign(work, rng, min(a.per_campaign, a.kills - total["kills"]), a.span_s, extra)
             for key, v in r.items():
                 total[key] += v
             total["campaigns"] += 1
