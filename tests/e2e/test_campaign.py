@@ -15,6 +15,7 @@ import pytest
 from perftune import api
 from perftune.campaign.publish import publish
 from perftune.campaign.state import CampaignState
+from perftune.context import MeasurementContext
 from perftune.lake.db import TABLES, query
 from perftune.targets.local import group_alive
 
@@ -51,9 +52,12 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
     rows8 = [ln for ln in table.splitlines() if ln.startswith(("| random |", "| prefix |"))]
     assert len(rows8) == 2 * 2 and all("SIMULATED" in r for r in rows8)
     assert (run_dir / "SOURCE.md").exists() and (run_dir / "campaign.json").exists()
-    # every cell has its full evidence and context
+    # every cell has its full evidence and context: what the deploy knew is in the context, never empty
     for c in state.cells.values():
         assert (run_dir / c.path / "summary.json").exists() and c.context["stack"]["simulated"]
+        mc = MeasurementContext.model_validate(c.context)
+        assert mc.parallelism == {"tp": state.facts.tp} and mc.levers == c.levers
+        assert mc.quantization and mc.kv_cache_dtype and mc.model_path == "llama-3.1-8b"
     rows = query(lake, "select count(*) as n from cells")[0]["n"]
     assert rows == len(state.cells) == 1 + 2 * 2
     assert query(lake, "select recommended, tier from champions")[0] == {"recommended": True, "tier": "DRAFT"}

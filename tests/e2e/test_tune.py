@@ -65,6 +65,9 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
     # the full treatment's cells: one per (arm, workload, c), its trials from separate interleaved deploys
     p3 = {c.cell_id: c for c in state.cells.values() if c.phase == "3"}
     base = p3["p3.sim.baseline.random.c8"]
+    for c in p3.values():  # the arm's levers and the deploy's parallelism are in every phase 3 context
+        assert c.context["levers"] == c.levers and c.context["parallelism"] == {"tp": 1}
+        assert c.context["kv_cache_dtype"] == c.levers.get("kv-cache-dtype", "auto (the model's dtype)")
     assert base.trials == 3 and len(set(base.trial_paths)) == 3 and "full.t2" in base.trial_paths[2]
     assert any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())  # kept apart
     rows = api.lake_query(

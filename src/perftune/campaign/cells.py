@@ -66,6 +66,23 @@ def speed_of_light(
     return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
 
 
+def serving_context(ctx: Ctx, levers: dict[str, Any]) -> dict[str, Any]:
+    """What the deploy knew, for the cell's MeasurementContext: model folder, parallelism, weight
+    quantization, KV-cache dtype and the levers the deploy was given, so no cell carries an empty
+    context its deploy could have filled (the bench client alone cannot know them)."""
+    card = card_of(ctx)
+    q = card.quantization
+    kv = levers.get("kv-cache-dtype", "auto")
+    out: dict[str, Any] = {
+        "model_path": ctx.intent.model.path or ctx.intent.model.ref,
+        "parallelism": {"tp": ctx.state.facts.tp},
+        "quantization": f"{q.method} ({q.weight_dtype})" if q is not None else "none (checkpoint dtype)",
+        "kv_cache_dtype": "auto (the model's dtype)" if kv == "auto" else str(kv),
+        "levers": dict(levers),
+    }
+    return out
+
+
 def make_cell(
     ctx: Ctx,
     run: BenchRun,
@@ -110,7 +127,7 @@ def make_cell(
         tier=r.context.tier,
         simulated=r.context.stack.simulated,
         prefix_cache=None if prefix is None else bool(prefix),
-        context=r.context.model_dump(mode="json"),
+        context={**r.context.model_dump(mode="json"), **serving_context(ctx, levers)},
         flags=r.flags(),
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from perftune.bench.stats import across_trials
 from perftune.campaign.base import Ctx, Gate
-from perftune.campaign.cells import card_of, speed_of_light
+from perftune.campaign.cells import card_of, serving_context, speed_of_light
 from perftune.campaign.live_eval import LiveEvaluator
 from perftune.campaign.report import tune_md
 from perftune.campaign.state import Cell
@@ -222,15 +222,16 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
         )
         baseline = None if name == "baseline" else f"{engine}/baseline (phase 3, interleaved)"
         tier, reasons = tier_for(trials=len(ts), same_node=True, baseline=baseline)
+        levers = dict(res.arm_levers.get(arm_key, {}))
         context = {
             **summaries[0]["context"],
+            **serving_context(ctx, levers),
             "trials": len(ts),
             "same_node": True,
             "baseline": baseline,
             "tier": tier,
             "tier_reasons": reasons,
         }
-        levers = dict(res.arm_levers.get(arm_key, {}))
         prefix = levers.get("prefix-cache", prefix_cache_defaults().get(engine))
         cells.append(
             Cell(
