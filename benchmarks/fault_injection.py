@@ -31,18 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from perftune.targets.local import group_alive
+
 CAMPAIGN = ["--engines", "sim", "--workloads", "random,prefix", "--ladder", "4,8", "--isl", "256"]
 CAMPAIGN += ["--osl", "32", "--trials", "3", "--yes"]
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _state(run_dir: Path) -> dict[str, object] | None:
@@ -121,7 +113,7 @@ def one_campaign(
         rows = query(lake, "select cell_id, count(*) as n from cells group by cell_id having n > 1")
         camps = query(lake, "select campaign_id, count(*) as n from campaigns group by 1 having n > 1")
         dup = len(rows) + len(camps)
-    orphans = sum(1 for p in seen if _alive(p))
+    orphans = sum(1 for p in seen if group_alive(p))
     half = len(list(run_dir.rglob("*.partial"))) + len(list(run_dir.rglob(".*.tmp")))
     phases = dict(final.get("phases") or {})  # type: ignore[call-overload]
     complete = all(p["status"] in ("green", "skipped", "not-available") for p in phases.values())

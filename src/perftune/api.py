@@ -14,8 +14,7 @@ from perftune.bench.calibrate import (
     point,
     requests_for,
 )
-from perftune.bench.output import RecordsFormat
-from perftune.bench.runner import BenchConfig, BenchRun, Observer, run_bench
+from perftune.bench.runner import BenchConfig, run_bench
 from perftune.bench.session import bench_to_dir
 from perftune.bench.session import run_async as run_async  # re-exported: the facade's event loop
 from perftune.bench.workloads import WorkloadSpec
@@ -29,24 +28,8 @@ if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` 
     from perftune.registry.schema import ModelEntry
 
 
-def bench(
-    cfg: BenchConfig,
-    *,
-    out_dir: str | Path | None = None,
-    records_format: RecordsFormat = "jsonl",
-    tokenizer: str | None = None,
-    observer: Observer | None = None,
-    refuse_incomplete: bool = False,
-) -> tuple[BenchRun, dict[str, str]]:
-    """Run a bench and write its evidence folder (see perftune.bench.session.bench_to_dir)."""
-    return bench_to_dir(
-        cfg,
-        out_dir=out_dir,
-        records_format=records_format,
-        tokenizer=tokenizer,
-        observer=observer,
-        refuse_incomplete=refuse_incomplete,
-    )
+# Run a bench and write its evidence folder: the facade exposes the bench session as it is.
+bench = bench_to_dir
 
 
 def calibration_point(endpoint: str, concurrency: int, truth: MockTruth) -> CalibrationPoint:

@@ -129,10 +129,17 @@ def make_cell(
         prefix_cache=None if prefix is None else bool(prefix),
         context={**r.context.model_dump(mode="json"), **serving_context(ctx, levers)},
         flags=r.flags(),
+        requests_sent=sum(t.counts.sent for t in r.trials),
+        requests_ok=ok,
     )
 
 
 def failed_share(ctx: Ctx, cell: Cell) -> float:
+    """The share of a cell's requests that failed: from the counts the cell was built with; a cell of
+    an older bundle, built without them, reads its summary.json."""
+    if cell.requests_sent is not None and cell.requests_ok is not None:
+        sent, ok = cell.requests_sent, cell.requests_ok
+        return 1 - ok / sent if sent else 1.0
     data = json.loads((ctx.run_dir / cell.path / "summary.json").read_text())
     sent = sum(t["counts"]["sent"] for t in data["trials"])
     ok = sum(t["counts"]["ok"] for t in data["trials"])

@@ -197,6 +197,8 @@ class Cell(BaseModel):
     simulated: bool
     prefix_cache: bool | None = Field(description="prefix caching on/off as configured")
     context: dict[str, Any] = Field(description="the bench MeasurementContext")
+    requests_sent: int | None = Field(None, description="requests sent over the counted trials")
+    requests_ok: int | None = Field(None, description="of those, completed (None: an older bundle)")
     flags: list[str] = Field(
         default_factory=list,
         description="the bench's quality flags: outlier trials, high CV, compilation during a trial, a "

@@ -27,6 +27,13 @@ from perftune.serving.spec import (
 )
 from perftune.telemetry.prom import METRICS
 
+# Each engine's prefix-cache reset, one object shared by its launch plans and its registry entry (the
+# bench resets through the registry, a deploy target through the plan: they cannot disagree).
+VLLM_RESET = CacheReset(method="POST", path="/reset_prefix_cache", note="needs VLLM_SERVER_DEV_MODE=1 (set)")
+SGLANG_RESET = CacheReset(method="POST", path="/flush_cache", note="radix cache flush")
+# the mock accepts vLLM's reset call (it has no cache)
+MOCK_RESET = CacheReset(method="POST", path="/reset_prefix_cache", note="accepted; no cache")
+
 MULTI_GPU_ENV = {
     "NCCL_NVLS_ENABLE": "0",
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
@@ -76,9 +83,7 @@ def plan_vllm(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         host=host,
         port=port,
         env={"VLLM_SERVER_DEV_MODE": "1", **spec.env},
-        cache_reset=CacheReset(
-            method="POST", path="/reset_prefix_cache", note="needs VLLM_SERVER_DEV_MODE=1 (set)"
-        ),
+        cache_reset=VLLM_RESET,
     )
 
 
@@ -90,7 +95,7 @@ def plan_sglang(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         host=host,
         port=port,
         env=dict(spec.env),
-        cache_reset=CacheReset(method="POST", path="/flush_cache", note="radix cache flush"),
+        cache_reset=SGLANG_RESET,
     )
 
 
@@ -227,8 +232,7 @@ def plan_mock(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         ready_rule="GET /health == 200 and /v1/models",
         metrics_path=None,
         metric_names={},
-        # the mock accepts vLLM's reset call (it has no cache): the bench's reset path and the plan agree
-        cache_reset=CacheReset(method="POST", path="/reset_prefix_cache", note="accepted; no cache"),
+        cache_reset=MOCK_RESET,
         lever_argv=[],
     )
 
@@ -240,7 +244,7 @@ register(
         plan_vllm,
         owned_by="vllm",
         prefix_cache_default=True,  # vLLM V1: automatic prefix caching on by default
-        reset_path="/reset_prefix_cache",  # needs VLLM_SERVER_DEV_MODE=1 (the plan sets it)
+        cache_reset=VLLM_RESET,
         install_hint="pip install vllm (or stage the offline bundle: shared/gpu/README.md)",
         # benchmarks/auto_tune/auto_tune.sh: one server per (max-num-seqs, max-num-batched-tokens) point
         # of NUM_SEQS_LIST x NUM_BATCHED_TOKENS_LIST (defaults "128 256" x "512 1024 2048 4096"), one
@@ -254,7 +258,7 @@ register(
         plan_sglang,
         owned_by="sglang",
         prefix_cache_default=True,  # radix cache on by default
-        reset_path="/flush_cache",
+        cache_reset=SGLANG_RESET,
         install_hint="pip install 'sglang[all]'",
     )
 )
@@ -264,7 +268,6 @@ register(
         plan_llamacpp,
         owned_by="llamacpp",
         prefix_cache_default=None,  # llama-server reuses a slot's cache; the python server: none
-        reset_path=None,
         install_hint="install llama.cpp's llama-server and put it on PATH, or pip install "
         "'llama-cpp-python[server]'",
     )
@@ -275,7 +278,7 @@ register(
         plan_mock,
         owned_by="perftune-mock",
         prefix_cache_default=False,
-        reset_path="/reset_prefix_cache",
+        cache_reset=MOCK_RESET,
         install_hint="part of perftune",
         simulated=True,
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from perftune.errors import ConfigError
-from perftune.serving.spec import LaunchPlan, ServeSpec
+from perftune.serving.spec import CacheReset, LaunchPlan, ServeSpec
 
 Planner = Callable[..., LaunchPlan]
 
@@ -24,14 +24,19 @@ PLUGINS = ("perftune.engines.adapters", "perftune.sim.adapter")
 @dataclass(frozen=True)
 class EngineInfo:
     name: str
-    plan: Planner = None  # type: ignore[assignment]  # (spec, *, host, port) -> LaunchPlan
+    plan: Planner  # (spec, *, host, port) -> LaunchPlan
     owned_by: str = ""  # what its /v1/models `owned_by` says (the bench detects the engine from it)
     prefix_cache_default: bool | None = None  # on/off when no lever says otherwise; None: unknown
-    reset_path: str | None = None  # POST path that empties its prefix cache before each trial
+    # how it empties its prefix cache before each trial: the same object its launch plans carry
+    cache_reset: CacheReset | None = None
     install_hint: str = ""
     simulated: bool = False  # perftune's own servers: every number from them is labelled
     # the engine's own tuning script's default grid (lever, values), for a same-budget comparison
     autotune_grid: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def reset_path(self) -> str | None:
+        return self.cache_reset.path if self.cache_reset is not None else None
 
 
 _ENGINES: dict[str, EngineInfo] = {}

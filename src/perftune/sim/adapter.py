@@ -18,6 +18,8 @@ from perftune.serving.spec import (
 from perftune.sim.config import parse_vllm_flags
 from perftune.telemetry.prom import METRICS
 
+SIM_RESET = CacheReset(method="POST", path="/reset_prefix_cache", note="as vLLM's dev endpoint")
+
 
 def plan_sim(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
     """perftune's simulated vLLM: vLLM's lever flags, `--gpu` for the modelled hardware."""
@@ -46,7 +48,7 @@ def plan_sim(spec: ServeSpec, *, host: str, port: int) -> LaunchPlan:
         ready_rule="GET /health == 200 and /v1/models lists the served name",
         metrics_path="/metrics",
         metric_names=METRICS["sim"],
-        cache_reset=CacheReset(method="POST", path="/reset_prefix_cache", note="as vLLM's dev endpoint"),
+        cache_reset=SIM_RESET,
         lever_argv=lever_argv,
     )
 
@@ -57,7 +59,7 @@ register(
         plan_sim,
         owned_by="perftune-sim",
         prefix_cache_default=True,  # as vLLM V1
-        reset_path="/reset_prefix_cache",  # as vLLM's dev endpoint
+        cache_reset=SIM_RESET,
         install_hint="part of perftune",
         simulated=True,
     )

@@ -190,6 +190,7 @@ class RecordingEvaluator:
         k = self.key(arm, concurrencies, trial, screening, self.workloads)
         if k in self.cache:
             self.replayed += 1
+            self.spent_gpu_s += self.cache[k].gpu_s  # paid for when it ran: the budget line counts it
             return self.cache[k]
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
             raise TuneStopped(

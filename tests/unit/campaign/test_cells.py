@@ -1,0 +1,34 @@
+"""A cell's failed share comes from the counts it was built with; an older cell reads its summary."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from perftune.campaign.base import Ctx
+from perftune.campaign.cells import failed_share
+from perftune.campaign.state import CampaignState, Cell, Intent
+
+
+def _cell(**kw: Any) -> Cell:
+    base: dict[str, Any] = dict(cell_id="c", phase="8", engine="sim", config="baseline", levers={})
+    base |= dict(workload="random", concurrency=4, gpus=1, path="cells/c", output_tok_s=1.0)
+    base |= dict(output_tok_s_std=None, output_tok_s_ci95=None, tpot_median_ms=None, tpot_ci95=None)
+    base |= dict(ttft_mean_ms=None, trials=3, sol_pct=None, ceiling_key=None, tier="DRAFT", simulated=True)
+    base |= dict(prefix_cache=None, context={})
+    return Cell.model_validate(base | kw)
+
+
+def _ctx(run_dir: Path) -> Ctx:
+    intent = Intent.model_validate({"model": "llama-3.1-8b", "engines": ["sim"]})
+    return Ctx(run_dir, CampaignState(run_id="r", created_at="t", intent=intent, phases={}), lambda _m: None)
+
+
+def test_counts_on_the_cell_need_no_file(tmp_path: Path) -> None:
+    assert failed_share(_ctx(tmp_path / "missing"), _cell(requests_sent=40, requests_ok=30)) == 0.25
+
+
+def test_an_older_cell_reads_its_summary(tmp_path: Path) -> None:
+    (tmp_path / "cells" / "c").mkdir(parents=True)
+    trials = [{"counts": {"sent": 10, "ok": 10}}, {"counts": {"sent": 10, "ok": 5}}]
+    (tmp_path / "cells" / "c" / "summary.json").write_text(json.dumps({"trials": trials}))
+    assert failed_share(_ctx(tmp_path), _cell()) == 0.25
