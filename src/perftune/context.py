@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 import perftune
 
 Tier = Literal["DRAFT", "VERDICT"]
+Claim = Literal["throughput", "latency"]
+
+# The metric a claim is judged on. A latency claim is made on the median time per output token (TPOT:
+# decode only, no prefill or queueing in it); a throughput claim on output tokens per second.
+CLAIM_METRICS: dict[str, str] = {"throughput": "output_tok_s", "latency": "tpot_median_ms"}
 
 
 class StackInfo(BaseModel):
@@ -63,6 +68,16 @@ class MeasurementContext(BaseModel):
     warmup_requests: int = Field(description="uncounted warmup requests before the trials")
     same_node: bool = Field(description="all compared numbers were taken on one node")
     baseline: str | None = Field(None, description="the named baseline this is compared to, if any")
+    claim: Claim | None = Field(
+        None, description="what the number is a claim about (throughput | latency); None: no single claim"
+    )
+    claim_metric: str | None = Field(
+        None, description="the metric the claim is judged on (output_tok_s | tpot_median_ms)"
+    )
+    metric_isolated: bool | None = Field(
+        None,
+        description="the claim's metric measures only what is claimed (see metric_isolation); None: no claim",
+    )
     tier: Tier = Field(
         description="DRAFT unless same-node, >= 3 trials, metric-isolated, vs a named baseline"
     )
@@ -76,6 +91,7 @@ def tier_for(
     same_node: bool,
     baseline: str | None,
     metric_isolated: bool = True,
+    isolation: str = "",
     outlier_trials: Sequence[int] = (),
     high_cv: Mapping[str, float] | None = None,
     flags: Sequence[str] = (),
@@ -89,7 +105,7 @@ def tier_for(
     if trials < 3:
         reasons.append(f"{trials} trial(s) < 3")
     if not metric_isolated:
-        reasons.append("metric not isolated")
+        reasons.append(f"metric not isolated: {isolation}" if isolation else "metric not isolated")
     if baseline is None:
         reasons.append("no named baseline to compare to")
     if outlier_trials:
@@ -100,6 +116,39 @@ def tier_for(
         reasons.append(f"high CV: {metric} {cv:.1%} across trials")
     reasons.extend(flags)
     return ("DRAFT" if reasons else "VERDICT"), reasons
+
+
+def metric_isolation(
+    claim: str | None, *, num_requests: int, concurrency: int | None
+) -> tuple[bool | None, str | None, str]:
+    """(isolated, the claim's metric, why) for a claim about a bench run. Pure.
+
+    A latency claim is judged on the median TPOT, which holds decode time only: prefill and queueing
+    are in TTFT, not in it, so it is isolated at any request count (output tok/s never is: at small
+    request counts it is mostly ramp-up and drain). A throughput claim on output tok/s is isolated
+    only when the closed loop ran at least two requests per slot, so the steady state, not the ramp
+    and the drain, dominates the trial; an open loop is paced by its schedule and counts as isolated.
+    No claim (a plain bench run): None, and the tier rule does not apply it."""
+    if claim is None:
+        return None, None, "no claim stated"
+    if claim not in CLAIM_METRICS:
+        raise ValueError(f"unknown claim {claim!r}; known: {', '.join(CLAIM_METRICS)}")
+    metric = CLAIM_METRICS[claim]
+    if claim == "latency":
+        return True, metric, "median TPOT: decode time only, no prefill or queueing"
+    if concurrency is None:
+        return True, metric, "open loop: paced by its arrival schedule"
+    if num_requests >= 2 * concurrency:
+        return (
+            True,
+            metric,
+            f"{num_requests} requests >= 2 x concurrency {concurrency}: steady state dominates",
+        )
+    return (
+        False,
+        metric,
+        f"{num_requests} requests < 2 x concurrency {concurrency}: output tok/s is mostly ramp-up and drain",
+    )
 
 
 def stack_info(engine: str, engine_version: str | None, simulated: bool) -> StackInfo:

@@ -57,7 +57,15 @@ from perftune.bench.workloads import (
     request_body,
     salt_item,
 )
-from perftune.context import MeasurementContext, WorkloadContext, now_iso, stack_info, tier_for
+from perftune.context import (
+    Claim,
+    MeasurementContext,
+    WorkloadContext,
+    metric_isolation,
+    now_iso,
+    stack_info,
+    tier_for,
+)
 from perftune.errors import BenchError, ConfigError
 from perftune.serving.registry import by_owned_by
 from perftune.telemetry.prom import parse_totals, prefix_cache_hit_rate
@@ -128,6 +136,11 @@ class BenchConfig(BaseModel):
     engine: str | None = Field(None, description="engine label (default: detected from /v1/models)")
     same_node: bool = Field(True, description="client and all compared runs on one node")
     baseline: str | None = Field(None, description="named baseline this run is compared to")
+    claim: Claim | None = Field(
+        None,
+        description="what the run's headline is a claim about: throughput (judged on output tok/s) or "
+        "latency (judged on median TPOT); the tier needs the claim's metric isolated",
+    )
     transport: Transport = Field(
         "auto",
         description="auto: the lean keep-alive pool for http, aiohttp for https; aiohttp: always aiohttp",
@@ -843,10 +856,15 @@ def assemble(
     headline: dict[str, AcrossTrials] = dict(across(trials))
     headline["tpot_median_ms"] = tpot_median(trials)
     trials, outs, cvs, other, flags = quality_flags(trials, headline, warmup)
+    isolated, claim_metric, why = metric_isolation(
+        cfg.claim, num_requests=len(wl.items), concurrency=cfg.concurrency
+    )
     tier, reasons = tier_for(
         trials=len(trials),
         same_node=cfg.same_node,
         baseline=cfg.baseline,
+        metric_isolated=isolated is not False,
+        isolation=why,
         outlier_trials=outs,
         high_cv=cvs,
         flags=other,
@@ -878,6 +896,9 @@ def assemble(
         warmup_requests=warm_n,
         same_node=cfg.same_node,
         baseline=cfg.baseline,
+        claim=cfg.claim,
+        claim_metric=claim_metric,
+        metric_isolated=isolated,
         tier=tier,
         tier_reasons=reasons,
         started_at=started,

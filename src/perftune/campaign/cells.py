@@ -83,6 +83,16 @@ def serving_context(ctx: Ctx, levers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def baseline_name(ctx: Ctx, engine: str) -> str:
+    """The named baseline every cell of an engine is compared to: its phase-1 baseline config, and
+    where that came from (the standing champion, levers given, or the engine's defaults)."""
+    src = ctx.state.facts.baseline_source.get(engine)
+    if src:
+        return f"{engine} baseline = {src.split('; lake row')[0]}"
+    given = ctx.intent.serving.levers.get(engine)
+    return f"{engine} baseline ({'levers given: ' + str(given) if given else 'engine defaults'})"
+
+
 def make_cell(
     ctx: Ctx,
     run: BenchRun,
@@ -222,6 +232,8 @@ def bench_cell(
         hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
         engine=None,
         server_log=rec.log_path,  # compilation logged during a trial flags it
+        claim=i.slo.focus,
+        baseline=baseline_name(ctx, engine),
     )
     run, _ = bench_to_dir(cfg, out_dir=tmp)
     tmp.rename(cell_dir)

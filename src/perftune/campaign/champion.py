@@ -1,7 +1,10 @@
 """Phase 8.4: pick the champion across engines and configs. Pure.
 
-Throughput focus: the best output tok/s per GPU of any concurrency whose cell meets the SLO (mean
-TTFT, median TPOT) on the primary (random) workload. Latency focus: the lowest median TPOT at the
+Throughput focus: configs are compared at equal SLO capacity: each config's output tok/s per GPU at
+its own SLO capacity point (phase 8.3: the highest concurrency whose p99 TTFT and TPOT meet the
+capacity SLO) on the primary (random) workload. Without capacity results for every config (phase 8.3
+off or not run), the best output tok/s per GPU of any ladder concurrency whose cell meets the cell SLO
+(mean TTFT, median TPOT), and the selection says so. Latency focus: the lowest median TPOT at the
 target concurrency. Candidates whose 95% intervals overlap the leader's are tied; a tie goes to fewer
 GPUs, then to the simpler config (fewer levers changed). The crown is VERDICT only when every gate a
 production claim needs is green; otherwise DRAFT with each failing gate named.
@@ -9,11 +12,11 @@ production claim needs is green; otherwise DRAFT with each failing gate named.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from perftune.campaign.state import SUITE, Cell, Intent, Ranked
+from perftune.campaign.state import SUITE, CapacityFact, Cell, Intent, Ranked
 
 PRIMARY = "random"
 
@@ -33,11 +36,15 @@ def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
     return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
 
-def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
+def _candidate(cells: Sequence[Cell], intent: Intent, cap: CapacityFact | None = None) -> Ranked:
     c0 = cells[0]
 
     def ranked(
-        cell: Cell | None, value: float | None = None, ci: list[float] | None = None, reason: str = ""
+        cell: Cell | None,
+        value: float | None = None,
+        ci: list[float] | None = None,
+        reason: str = "",
+        concurrency: int | None = None,
     ) -> Ranked:
         return Ranked(
             engine=c0.engine,
@@ -48,7 +55,7 @@ def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
             cell_id=cell.cell_id if cell else None,
             value=value,
             ci95=ci,
-            concurrency=cell.concurrency if cell else None,
+            concurrency=concurrency or (cell.concurrency if cell else None),
             eligible=cell is not None,
             reason=reason,
         )
@@ -56,6 +63,20 @@ def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
     primary = [c for c in cells if c.workload == PRIMARY]
     if not primary:
         return ranked(None, reason="no random-workload cell")
+    if intent.slo.focus == "throughput" and cap is not None:
+        if cap.capacity is None or cap.output_tok_s is None:
+            return ranked(None, reason=f"SLO capacity: {cap.statement}")
+        # the suite cell nearest below the capacity point carries the context (suite flags, %SoL)
+        below = [c for c in primary if c.concurrency <= cap.capacity] or primary
+        near = max(below, key=lambda c: c.concurrency)
+        ci = [x / c0.gpus for x in cap.output_tok_s_ci95] if cap.output_tok_s_ci95 else None
+        return ranked(
+            near,
+            cap.output_tok_s / c0.gpus,
+            ci,
+            reason=cap.statement,
+            concurrency=int(cap.capacity),
+        )
     if intent.slo.focus == "throughput":
         ok = [
             c
@@ -78,16 +99,32 @@ def _candidate(cells: Sequence[Cell], intent: Intent) -> Ranked:
     return ranked(cell, cell.tpot_median_ms, cell.tpot_ci95)
 
 
-def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool]) -> ChampionSelection:
-    """`gates`: production gates by name -> passed (full suite, accuracy, byte-grounded SoL, ...)."""
+def select_champion(
+    cells: Sequence[Cell],
+    intent: Intent,
+    gates: dict[str, bool],
+    capacity: Mapping[str, CapacityFact] | None = None,
+) -> ChampionSelection:
+    """`gates`: production gates by name -> passed (full suite, accuracy, byte-grounded SoL, ...).
+    `capacity`: phase 8.3's SLO capacity by 'engine/config'; used (throughput focus) only when every
+    config has one, so all candidates are compared the same way."""
     groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.engine, c.config), []).append(c)
-    cands = [_candidate(sorted(g, key=lambda c: c.concurrency), intent) for g in groups.values()]
     higher_better = intent.slo.focus == "throughput"
+    caps = capacity or {}
+    by_capacity = higher_better and bool(groups) and all(f"{e}/{n}" in caps for e, n in groups)
+    notes: list[str] = []
+    if higher_better and caps and not by_capacity:
+        notes.append("SLO capacity missing for some config(s): every config compared on the ladder instead")
+    cands = [
+        _candidate(
+            sorted(g, key=lambda c: c.concurrency), intent, caps.get(f"{e}/{n}") if by_capacity else None
+        )
+        for (e, n), g in groups.items()
+    ]
     eligible = [r for r in cands if r.eligible and r.value is not None]
     eligible.sort(key=lambda r: -(r.value or 0) if higher_better else (r.value or 0))
-    notes: list[str] = []
     champion = None
     if eligible:
         leader = eligible[0]
@@ -111,7 +148,13 @@ def select_champion(cells: Sequence[Cell], intent: Intent, gates: dict[str, bool
     ranking = eligible + [r for r in cands if r not in eligible]
     return ChampionSelection(
         focus=intent.slo.focus,
-        metric="output tok/s per GPU under the SLO (random workload)"
+        metric=(
+            "output tok/s per GPU at SLO capacity ("
+            + next(iter(caps.values())).slo
+            + "; random workload, closed loop)"
+            if by_capacity
+            else "output tok/s per GPU under the SLO (random workload)"
+        )
         if higher_better
         else f"median TPOT ms at concurrency {intent.slo.target_concurrency} (random workload)",
         ranking=ranking,

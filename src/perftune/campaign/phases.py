@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from perftune.advisors.loader import advise_loader
 from perftune.advisors.tp import advise_tp
@@ -11,8 +12,9 @@ from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.campaign.base import Ctx, Gate, Phase
 from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server
 from perftune.campaign.champion import production_gates, select_champion
+from perftune.campaign.learnt import Learnt, learnt_flags
 from perftune.campaign.report import cell_line, champion_md, source_md
-from perftune.campaign.state import ChampionFact
+from perftune.campaign.state import ChampionFact, TunedConfig
 from perftune.campaign.tuning import run_phase3
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import gpu
@@ -26,6 +28,7 @@ from perftune.registry.store import (
     sim_registry_path,
     user_registry_path,
 )
+from perftune.tune.arms import read_tsv
 from perftune.util.atomic import write_text
 
 # Levers the ratchet proposes next, in order, with a value rule and why.
@@ -88,15 +91,8 @@ def phase0(ctx: Ctx) -> Gate:
     if fpath.exists():
         prior = findings.load(fpath).get(i.model.ref)
         if prior is not None:
-            base = prior.baseline
-            decisions.append(
-                (
-                    f"baseline to beat: {base.get('engine')} {base.get('config')} {base.get('value')} "
-                    f"({base.get('tier')}, campaign {base.get('campaign')})",
-                    "the last champion becomes the next baseline (ratchet)",
-                )
-            )
-            ctx.state.facts.prior_baseline = base
+            ctx.state.facts.prior_baseline = prior.baseline
+            decisions += champion_as_baseline(ctx, prior.baseline)
     if tp.recommended_tp is None:
         write_text(
             ctx.run_dir / "SOURCE.md", source_md(ctx.state, decisions, {"tp": "; ".join(tp.rationale)})
@@ -152,6 +148,44 @@ def phase0(ctx: Ctx) -> Gate:
             "phase0/loader_advice.json",
         ],
     )
+
+
+def champion_as_baseline(ctx: Ctx, champ: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ratchet's other half: the model's standing champion (value-findings ledger) becomes its
+    engine's baseline, so phase 1 deploys it and every ratio of phases 3 and 8 is against it. Levers
+    given for that engine on the command line win (a deliberate baseline), and so does
+    --fresh-baseline; either way SOURCE.md says which baseline ran. Returns SOURCE.md decisions."""
+    i = ctx.state.intent
+    engine = str(champ.get("engine") or "")
+    name = (
+        f"{engine} {champ.get('config')} of campaign {champ.get('campaign')}: {champ.get('value')} "
+        f"({champ.get('tier')}{', SIMULATED' if champ.get('simulated') else ''})"
+    )
+    lake = champ.get("lake_row") or f"champions WHERE campaign_id = '{champ.get('campaign')}' AND recommended"
+    if engine not in i.serving.engines:
+        return [
+            (
+                f"standing champion: {name}",
+                f"{engine} is not in this campaign: engine defaults are the baseline",
+            )
+        ]
+    if not i.serving.baseline_from_champion:
+        return [(f"standing champion: {name}", "--fresh-baseline: the engine defaults are the baseline")]
+    if i.serving.levers.get(engine):
+        return [(f"standing champion: {name}", f"levers given for {engine}: they are the baseline, not it")]
+    levers = dict(champ.get("levers") or {})
+    levers_by_engine = {**i.serving.levers, engine: levers}
+    ctx.state.intent = i.model_copy(
+        update={"serving": i.serving.model_copy(update={"levers": levers_by_engine})}
+    )
+    ctx.state.facts.baseline_source[engine] = f"standing champion: {name}; lake row: {lake}"
+    shown = ", ".join(f"{k}={v}" for k, v in levers.items()) or "engine defaults"
+    return [
+        (
+            f"{engine} baseline = the standing champion ({shown}): {name}; lake row: {lake}",
+            "the last champion is the next baseline (ratchet): phase 1 deploys it, every ratio is against it",
+        )
+    ]
 
 
 def missing_workload_data(workloads: list[str]) -> list[tuple[str, str]]:
@@ -223,11 +257,7 @@ def phase8(ctx: Ctx) -> Gate:
     ladder = i.resolved_ladder()
     ran, bad = [], []
     for engine in i.serving.engines:
-        configs = [("baseline", dict(i.serving.levers.get(engine, {})))]
-        tuned = ctx.state.facts.tuned.get(engine)
-        if tuned is not None and tuned != configs[0][1]:
-            configs.append(("tuned", tuned))
-        for name, levers in configs:
+        for name, levers in suite_configs(ctx, engine):
             plan = [
                 (w, c)
                 for w in i.suite.workloads
@@ -269,17 +299,33 @@ def phase8(ctx: Ctx) -> Gate:
             "red", f"cells lost more than 5% of requests: {', '.join(bad)}", artifacts=["phase8/suite.json"]
         )
     best = max((c for c in ran if c.workload == "random"), key=lambda c: c.output_tok_s, default=None)
-    names = sorted({c.config for c in ran})
+    names = list(dict.fromkeys(c.config for c in ran))
     return Gate(
         "green",
         f"{len(ran)} cells: {', '.join(i.suite.workloads)} x c={ladder} x "
         f"{len(i.serving.engines)} engine(s), "
         f"config(s): {', '.join(names)}"
-        + ("" if "tuned" in names else " (no tuned config ran: phase 3 did not run or crowned none)"),
+        + ("" if len(names) > 1 else " (no tuned config ran: phase 3 did not run or measured none)"),
         headline=f"best random cell: {cell_line(best)}" if best else "",
         tier="DRAFT",
         artifacts=["phase8/suite.json", "phase8/cells/"],
     )
+
+
+def suite_configs(ctx: Ctx, engine: str) -> list[tuple[str, dict[str, Any]]]:
+    """The configs phase 8 benches for an engine: its baseline, then the top X tuned configs of phase
+    3 in rank order (crowned or not: a config that wins the tune's workloads and loses the suite must
+    be seen losing), each once. A bundle from before the ranking kept only the crowned levers."""
+    i = ctx.intent
+    base = dict(i.serving.levers.get(engine, {}))
+    out: list[tuple[str, dict[str, Any]]] = [("baseline", base)]
+    top = ctx.state.facts.tuned_top.get(engine)
+    if top is None and (tuned := ctx.state.facts.tuned.get(engine)) is not None:
+        top = [TunedConfig(name="tuned", arm="tuned", levers=tuned, score=None, crowned=True)]
+    for t in (top or [])[: i.suite.top_x]:
+        if all(t.levers != lv for _n, lv in out):
+            out.append((t.name, dict(t.levers)))
+    return out
 
 
 # ------------------------------------------------------------------ phase 8.4
@@ -348,6 +394,46 @@ def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
     return checked if explicit else sim_registry_path()
 
 
+def recommendation(ctx: Ctx, engine: str, levers: dict[str, Any]) -> str:
+    """The champion as a command a user can run: perftune's deploy with the same levers."""
+    i = ctx.intent
+    parts = [f"perftune deploy --engine {engine} --model {i.model.path or i.model.ref}"]
+    if ctx.state.facts.tp > 1:
+        parts.append(f"--tp {ctx.state.facts.tp}")
+    parts += [f"--lever {k}={v}" for k, v in levers.items()]
+    return " ".join(parts)
+
+
+def learnt_from_phase3(ctx: Ctx, engine: str, champion_levers: dict[str, Any]) -> Learnt:
+    """Phase 3's failures (known-good-candidates.json) against its arms (arms.tsv): the required
+    flags the champion's levers are known to avoid. Without a phase 3 nothing was learnt."""
+    d = ctx.run_dir / "phase3"
+    cands, tsv = d / "known-good-candidates.json", d / "arms.tsv"
+    if not cands.exists() or not tsv.exists():
+        return Learnt(required_flags=[], notes=[])
+    arms = read_tsv(tsv)
+    mine = [a for a in arms if a.engine == engine]
+    failures = json.loads(cands.read_text())
+    return learnt_flags(
+        failures,
+        {a.key: a.levers for a in arms} | {f["arm"]: f["levers"] for f in failures if "levers" in f},
+        mine[0].levers if mine else {},
+        champion_levers,
+        engine=engine,
+        engine_version=ctx.state.facts.engine_versions.get(engine),
+        evidence=ctx.rel(cands),
+    )
+
+
+def arch_note(levers: dict[str, Any], learnt: Learnt) -> str:
+    base = (
+        "no workaround flags needed: deploy, smoke and the suite passed on engine defaults"
+        if not levers and not learnt.required_flags
+        else f"the champion's levers: {', '.join(f'{k}={v}' for k, v in levers.items()) or 'none'}"
+    )
+    return "; ".join([base, *learnt.notes])
+
+
 def phase85(ctx: Ctx) -> Gate:
 
     i = ctx.intent
@@ -368,6 +454,7 @@ def phase85(ctx: Ctx) -> Gate:
     if cell.sol_pct is not None:
         rationale += f" (champion at {cell.sol_pct:.0f}% of the decode roofline at c={cell.concurrency})"
     value = f"{ch.value or 0.0:.1f} {'tok/s/GPU' if i.slo.focus == 'throughput' else 'ms'}"
+    lake_row = f"champions WHERE campaign_id = '{ctx.state.run_id}' AND recommended"
     findings.record(
         fpath,
         i.model.ref,
@@ -380,6 +467,8 @@ def phase85(ctx: Ctx) -> Gate:
                 "value": value,
                 "tier": ch.tier,
                 "simulated": cell.simulated,
+                "lake_row": lake_row,
+                "recommendation": recommendation(ctx, ch.engine, ch.levers),
             },
             next_lever=nxt.lever,
             next_value=nxt.value,
@@ -390,17 +479,19 @@ def phase85(ctx: Ctx) -> Gate:
     notes = [f"next lever {nxt.lever}={nxt.value} recorded in {fpath}"]
     registered = i.model.ref in load_registry(reg).models if reg.exists() else False
     sim_tag = "SIMULATED, " if cell.simulated else ""
+    learnt = learnt_from_phase3(ctx, ch.engine, ch.levers)
+    notes += [f"learnt: {n}" for n in learnt.notes]
     if not registered:
         record_entry(
             i.model.ref,
             registry=reg,
             slug=Path(i.model.ref.rstrip("/")).name,
             engine=ch.engine,
-            required_flags=[],
+            required_flags=learnt.required_flags,
             grind_frontier=f"{fpath}#{i.model.ref}",
             engine_versions=str(ctx.state.facts.engine_versions.get(ch.engine) or ""),
             hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
-            arch_note="no workaround flags needed: deploy, smoke and the suite passed on engine defaults",
+            arch_note=arch_note(ch.levers, learnt),
             champion={
                 "config_ref": str(ctx.run_dir / "CHAMPION.md"),
                 "verdict": ch.tier,
@@ -408,9 +499,16 @@ def phase85(ctx: Ctx) -> Gate:
                 "campaign": ctx.state.run_id,
             },
         )
-        notes.append(f"known-good entry recorded in {reg}")
+        notes.append(
+            f"known-good entry recorded in {reg} with {len(learnt.required_flags)} required flag(s) learnt"
+        )
     else:
         notes.append(f"known-good entry already in {reg} (append-only: kept)")
+        if learnt.required_flags:
+            notes.append(
+                f"{len(learnt.required_flags)} learnt required flag(s) not written (the entry is kept): "
+                + "; ".join(learnt.required_flags)
+            )
     # Closing a champion needs both; check them from the files, not from what we just did.
     missing = []
     if not reg.exists() or i.model.ref not in load_registry(reg).models:

@@ -44,6 +44,11 @@ class ServingIntent(_Part):
     )
     levers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="baseline levers by engine")
     ready_timeout_s: float = Field(900.0, gt=0, description="seconds an engine may take to become ready")
+    baseline_from_champion: bool = Field(
+        True,
+        description="deploy the model's standing champion (value-findings ledger) as its engine's phase-1 "
+        "baseline, so every ratio is against it; off, or levers given for that engine: the engine defaults",
+    )
 
 
 class SloIntent(_Part):
@@ -51,6 +56,15 @@ class SloIntent(_Part):
     ttft_ms: float = Field(2000.0, gt=0, description="throughput focus: mean TTFT bound of a counted cell")
     tpot_ms: float = Field(50.0, gt=0, description="throughput focus: median TPOT bound of a counted cell")
     target_concurrency: int = Field(16, ge=1, description="latency focus: concurrency the TPOT is judged at")
+    capacity: bool = Field(
+        True, description="phase 8.3: search each phase-8 config's SLO capacity (throughput focus)"
+    )
+    capacity_slo: str = Field(
+        "mlperf-server",
+        description="the SLO of the capacity search: a preset (mlperf-server, mlperf-interactive: by the "
+        "model's size class) or ttft=MS,tpot=MS,p=99",
+    )
+    capacity_max_points: int = Field(8, ge=2, description="phase 8.3: most load points per search")
 
 
 class SuiteIntent(_Part):
@@ -62,6 +76,9 @@ class SuiteIntent(_Part):
     trials: int = Field(3, ge=1, description="trials per cell")
     requests_per_slot: int = Field(2, ge=1, description="requests per cell = max(16, this x concurrency)")
     baseline_concurrency: int = Field(16, ge=1, description="phase 1 baseline bench concurrency")
+    top_x: int = Field(
+        3, ge=0, description="phase 8 benches the baseline and the top X tuned configs of each engine"
+    )
 
 
 class TuningIntent(_Part):
@@ -108,6 +125,11 @@ FLAT: dict[str, tuple[str, str]] = {
     "trials": ("suite", "trials"),
     "requests_per_slot": ("suite", "requests_per_slot"),
     "baseline_concurrency": ("suite", "baseline_concurrency"),
+    "top_x": ("suite", "top_x"),
+    "capacity": ("slo", "capacity"),
+    "capacity_slo": ("slo", "capacity_slo"),
+    "capacity_max_points": ("slo", "capacity_max_points"),
+    "baseline_from_champion": ("serving", "baseline_from_champion"),
     "tune": ("tuning", "enabled"),
     "budget_gpu_min": ("tuning", "budget_gpu_min"),
     "wedge_s": ("tuning", "wedge_s"),
@@ -230,6 +252,37 @@ class ChampionFact(Ranked):
     failing_gates: list[str] = Field(default_factory=list)
 
 
+class TunedConfig(BaseModel):
+    """One of an engine's best tuned configurations (phase 3), in rank order."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="config name as phase 8 cells carry it: tuned, tuned-2, tuned-3, ...")
+    arm: str = Field(description="the tuner's arm name")
+    levers: dict[str, Any]
+    score: float | None = Field(description="the tuner's score (its focus's metric)")
+    crowned: bool = Field(description="the tuner crowned it (its ratio's 95% interval above 1)")
+
+
+class CapacityFact(BaseModel):
+    """Phase 8.3: one config's SLO capacity on the primary workload (closed loop)."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: str
+    config: str
+    levers: dict[str, Any]
+    slo: str = Field(description="the SLO statement, e.g. p99 TTFT <= 2 s and p99 TPOT <= 100 ms")
+    capacity: float | None = Field(description="the highest concurrency that met the SLO (None: none did)")
+    at_least: bool = Field(description="the top of the search's range still met it")
+    interval: list[float | None] = Field(description="[highest pass, lowest fail]")
+    output_tok_s: float | None = Field(description="mean output tok/s at the capacity point")
+    output_tok_s_ci95: list[float] | None
+    points: int = Field(description="load points the search measured")
+    statement: str
+    path: str = Field(description="the search's folder, relative to the run folder")
+    tier: str
+    simulated: bool
+
+
 class Facts(BaseModel):
     """Outputs of phases that later phases read: typed, not a blackboard of strings."""
 
@@ -239,6 +292,16 @@ class Facts(BaseModel):
     prior_baseline: dict[str, Any] | None = Field(None, description="phase 0: the standing champion")
     engine_versions: dict[str, str | None] = Field(default_factory=dict, description="phase 1, by engine")
     tuned: dict[str, dict[str, Any]] = Field(default_factory=dict, description="phase 3: crowned levers")
+    tuned_top: dict[str, list[TunedConfig]] = Field(
+        default_factory=dict, description="phase 3: each engine's best tuned configs, ranked"
+    )
+    baseline_source: dict[str, str] = Field(
+        default_factory=dict,
+        description="phase 0: per engine, where its baseline levers come from (a standing champion)",
+    )
+    capacity: dict[str, CapacityFact] = Field(
+        default_factory=dict, description="phase 8.3: SLO capacity by 'engine/config'"
+    )
     champion: ChampionFact | None = Field(None, description="phase 8.4")
 
 

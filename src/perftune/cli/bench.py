@@ -18,6 +18,7 @@ from perftune.bench.runner import BenchConfig, BenchRun, Transport
 from perftune.bench.runner import Progress as BenchProgress
 from perftune.bench.workloads import WorkloadKind, WorkloadSpec
 from perftune.cli.common import err_console, handle_errors, out_console, print_json
+from perftune.context import Claim
 
 app = typer.Typer(
     help="Measure an OpenAI-compatible server with perftune's exact client.", no_args_is_help=True
@@ -85,6 +86,11 @@ def run(
     ),
     engine: str | None = typer.Option(None, help="engine label (default: detected from /v1/models)"),
     baseline: str | None = typer.Option(None, help="named baseline this run is compared to"),
+    claim: Claim | None = typer.Option(
+        None,
+        help="what the headline claims: throughput (judged on output tok/s, isolated with >= 2 requests "
+        "per slot) or latency (judged on median TPOT); the tier needs the claim's metric isolated",
+    ),
     api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="bearer token"),
     reset_cache: str = typer.Option(
         "auto", help="prefix-cache reset before each trial: auto (vLLM/SGLang by engine) | none | POST path"
@@ -137,6 +143,7 @@ def run(
         hardware=f"{tp}x{gpu}" if gpu and hardware == "unknown" else hardware,
         engine=engine,
         baseline=baseline,
+        claim=claim,
         transport=transport,
         reset_cache=reset_cache,
     )

@@ -23,6 +23,19 @@ def optimize(
     focus: str = typer.Option("throughput", help="throughput | latency"),
     slo_ttft_ms: float = typer.Option(2000.0, help="throughput focus: mean TTFT bound"),
     slo_tpot_ms: float = typer.Option(50.0, help="throughput focus: median TPOT bound"),
+    target_concurrency: int = typer.Option(16, help="latency focus: the concurrency TPOT is judged at"),
+    slo: str = typer.Option(
+        "mlperf-server",
+        help="phase 8.3 SLO capacity: a preset (mlperf-server, mlperf-interactive: by model size; "
+        "perftune capacity --list-presets) or ttft=MS,tpot=MS,p=99",
+    ),
+    capacity: bool = typer.Option(
+        True, "--capacity/--no-capacity", help="phase 8.3: search each config's SLO capacity"
+    ),
+    top_x: int = typer.Option(3, help="phase 8 benches the baseline and the top X tuned configs per engine"),
+    fresh_baseline: bool = typer.Option(
+        False, "--fresh-baseline", help="ignore the standing champion: the engine defaults are the baseline"
+    ),
     workloads: str = typer.Option("random,prefix,chat,code,long", help="phase 8 workloads"),
     ladder: str | None = typer.Option(None, help="phase 8 concurrencies, e.g. 8,32,64 (default: by focus)"),
     isl: int = typer.Option(1024, help="random/prefix input tokens"),
@@ -72,6 +85,11 @@ def optimize(
                 focus=focus,
                 slo_ttft_ms=slo_ttft_ms,
                 slo_tpot_ms=slo_tpot_ms,
+                target_concurrency=target_concurrency,
+                capacity=capacity,
+                capacity_slo=slo,
+                top_x=top_x,
+                baseline_from_champion=not fresh_baseline,
                 workloads=[w.strip() for w in workloads.split(",") if w.strip()],
                 ladder=[int(x) for x in ladder.split(",")] if ladder else [],
                 isl=isl,

@@ -130,3 +130,50 @@ def test_latency_focus_takes_median_tpot_at_the_target() -> None:
     ]
     sel = select_champion(cells, intent, ALL_PASS)
     assert sel.champion is not None and sel.champion.engine == "sglang" and sel.champion.value == 7.0
+
+
+def _cap(engine: str, config: str, capacity: float | None, tok: float | None) -> Any:
+    from perftune.campaign.state import CapacityFact
+
+    return CapacityFact(
+        engine=engine,
+        config=config,
+        levers={},
+        slo="p99 TTFT <= 2 s and p99 TPOT <= 100 ms",
+        capacity=capacity,
+        at_least=False,
+        interval=[capacity, None],
+        output_tok_s=tok,
+        output_tok_s_ci95=[tok - 10, tok + 10] if tok else None,
+        points=5,
+        statement=f"sustains concurrency {capacity}" if capacity else "does not sustain the lowest load",
+        path="phase8.3/x",
+        tier="DRAFT",
+        simulated=False,
+    )
+
+
+def test_throughput_champions_are_compared_at_equal_slo_capacity() -> None:
+    # On the ladder vllm wins at c=64; inside the capacity SLO sglang sustains more and wins.
+    cells = [cell("vllm", "baseline", 3000, 20), cell("sglang", "baseline", 2500, 20)]
+    caps = {
+        "vllm/baseline": _cap("vllm", "baseline", 40, 2200.0),
+        "sglang/baseline": _cap("sglang", "baseline", 96, 2600.0),
+    }
+    sel = select_champion(cells, INTENT, ALL_PASS, caps)
+    assert sel.champion is not None and sel.champion.engine == "sglang" and sel.champion.concurrency == 96
+    assert "at SLO capacity (p99 TTFT <= 2 s" in sel.metric
+    # a config that sustains no load is not eligible, with the search's statement as the reason
+    caps["sglang/baseline"] = _cap("sglang", "baseline", None, None)
+    sel = select_champion(cells, INTENT, ALL_PASS, caps)
+    assert sel.champion is not None and sel.champion.engine == "vllm"
+    assert "does not sustain" in next(r.reason for r in sel.ranking if r.engine == "sglang")
+
+
+def test_capacity_missing_for_one_config_compares_everyone_on_the_ladder() -> None:
+    cells = [cell("vllm", "baseline", 3000, 20), cell("sglang", "baseline", 2500, 20)]
+    sel = select_champion(
+        cells, INTENT, ALL_PASS, {"sglang/baseline": _cap("sglang", "baseline", 96, 2600.0)}
+    )
+    assert sel.champion is not None and sel.champion.engine == "vllm" and "under the SLO" in sel.metric
+    assert any("on the ladder instead" in n for n in sel.notes)
