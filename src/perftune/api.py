@@ -23,6 +23,8 @@ from perftune.errors import ConfigError
 if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` needs none of them
     from perftune.advisors.loader import LoaderAdvice
     from perftune.advisors.tp import TpAdvice
+    from perftune.bench.capacity import CapacityConfig, CapacityObserver, CapacityResult
+    from perftune.bench.slo import Slo
     from perftune.models.card import ModelCard as ModelCard_
     from perftune.registry.check import CheckResult
     from perftune.registry.schema import ModelEntry
@@ -73,6 +75,50 @@ def calibrate(
             if misses >= stop_after_unfaithful:
                 break
     return points, ceiling(points)
+
+
+# ---------------------------------------------------------------- SLO capacity
+
+
+def capacity(
+    cfg: CapacityConfig, out_dir: str | Path | None = None, observer: CapacityObserver | None = None
+) -> tuple[CapacityResult, Path]:
+    """Search the highest load cfg's endpoint sustains inside cfg.slo; returns the result and its folder
+    (default runs/capacity-<time>-<id>), which holds capacity.json, capacity.md and points/<mode>-<load>."""
+    from perftune.bench.capacity import run_capacity
+    from perftune.bench.session import default_run_dir
+
+    out = Path(out_dir) if out_dir is not None else default_run_dir("capacity")
+    return run_capacity(cfg, out, observer), out
+
+
+def capacity_slo(
+    text: str,
+    *,
+    model_size: str | None = None,
+    model_card: str | None = None,
+    served_model: str | None = None,
+    moe: bool = False,
+    presets_file: str | Path | None = None,
+) -> Slo:
+    """Resolve --slo (a preset, a size-class family or ttft=..,tpot=..,p=..) for a model."""
+    from perftune.bench.slo import slo_for_model
+
+    return slo_for_model(
+        text,
+        model_size=model_size,
+        model_card=model_card,
+        served_model=served_model,
+        moe=moe,
+        presets_file=Path(presets_file) if presets_file is not None else None,
+    )
+
+
+def slo_presets(presets_file: str | Path | None = None) -> list[dict[str, Any]]:
+    """The SLO presets and families (shipped, plus a user file's), one row each with its source."""
+    from perftune.bench.slo import preset_rows
+
+    return preset_rows(Path(presets_file) if presets_file is not None else None)
 
 
 # ---------------------------------------------------------------- known-good registry
@@ -170,8 +216,9 @@ def advise_tp(
     ref: str,
     gpu_name: str,
     *,
-    dtype: str = "bf16",
-    kv_dtype: str = "bf16",
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
+    levers: dict[str, Any] | None = None,
     current_tp: int | None = None,
     concurrency: int = 64,
     context: int = 4096,
@@ -189,6 +236,7 @@ def advise_tp(
         gpu(gpu_name),
         dtype=dtype,
         kv_dtype=kv_dtype,
+        levers=levers,
         current_tp=current_tp,
         concurrency=concurrency,
         context=context,
@@ -205,8 +253,9 @@ def advise_sol(
     ref: str,
     gpu_name: str,
     *,
-    dtype: str = "bf16",
-    kv_dtype: str = "bf16",
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
+    levers: dict[str, Any] | None = None,
     tp: int = 1,
     batch: int = 1,
     context: int = 1024,
@@ -222,6 +271,7 @@ def advise_sol(
         tp=tp,
         weight_dtype=dtype,
         kv_dtype=kv_dtype,
+        levers=levers,
         batch=batch,
         context=context,
     )
@@ -418,9 +468,12 @@ def tune(
     workloads: Sequence[str] | None = None,
     top_k: int | None = None,
     stop_after_s: float | None = None,
+    focus: str | None = None,
+    target_concurrency: int | None = None,
 ) -> tuple[Path, Any]:
     """Run phase 3 (tuning) of an existing campaign, in its bundle. Re-running resumes from the
-    phase's journal; stop_after_s time-boxes this invocation (no deploy starts after it)."""
+    phase's journal; stop_after_s time-boxes this invocation (no deploy starts after it). focus and
+    target_concurrency override the campaign's (latency: arms scored on median TPOT at the target)."""
     from perftune.campaign.pipeline import run_tune
     from perftune.lake.db import default_lake
 
@@ -431,6 +484,10 @@ def tune(
         update["tune_workloads"] = list(workloads)
     if top_k is not None:
         update["tune_top_k"] = top_k
+    if focus is not None:
+        update["focus"] = focus
+    if target_concurrency is not None:
+        update["target_concurrency"] = target_concurrency
     return run_tune(
         run_id,
         runs_dir=Path(runs_dir),

@@ -34,6 +34,7 @@ def small_campaign(tmp: Path, **kw: object) -> Intent:
         "osl": 32,
         "trials": 3,
         "baseline_concurrency": 4,
+        "capacity": False,  # phase 8.3 has its own tests (test_campaign.py); it adds a search per config
         "registry": str(tmp / "kg.yaml"),
         "findings": str(tmp / "findings.yaml"),
     }

@@ -22,7 +22,7 @@ from perftune.targets.local import group_alive
 from .conftest import small_campaign
 
 pytestmark = pytest.mark.e2e
-BUILT = ("0", "1", "8", "8.4", "8.5")
+BUILT = ("0", "1", "8", "8.3", "8.4", "8.5")
 
 
 def _dump(lake: Path) -> dict[str, list[dict[str, object]]]:
@@ -31,8 +31,13 @@ def _dump(lake: Path) -> dict[str, list[dict[str, object]]]:
 
 def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_path: Path) -> None:
     lake = tmp_path / "lake.duckdb"
+    # phase 8.3 with an SLO that binds inside the ladder (the simulated 8B on an H100 at 256/32 reaches
+    # a p99 TTFT of ~0.2 s at c=32 and ~0.4 s at c=64), 6 points at most
+    intent = small_campaign(
+        tmp_path, capacity=True, capacity_slo="ttft=300,tpot=50,p=99", capacity_max_points=6
+    )
     run_dir, state = api.optimize(
-        runs_dir=tmp_path / "runs", intent=small_campaign(tmp_path), confirm=lambda _: True, lake=lake
+        runs_dir=tmp_path / "runs", intent=intent, confirm=lambda _: True, lake=lake
     )
     status = {k: p.status for k, p in state.phases.items()}
     assert all(status[p] == "green" for p in BUILT), status
@@ -58,6 +63,29 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
         mc = MeasurementContext.model_validate(c.context)
         assert mc.parallelism == {"tp": state.facts.tp} and mc.levers == c.levers
         assert mc.quantization and mc.kv_cache_dtype and mc.model_path == "llama-3.1-8b"
+    # the SLO capacity search: bracket then bisection, every point in the bundle, the champion judged there
+    cap = state.facts.capacity["sim/baseline"]
+    doc = json.loads((run_dir / cap.path / "capacity.json").read_text())
+    loads = [p["load"] for p in doc["points"]]
+    assert loads[:4] == [4, 8, 16, 32] and 4 <= len(loads) <= 6 and cap.points == len(loads)
+    assert cap.capacity is not None and not cap.at_least and cap.interval[0] == cap.capacity
+    passed = {p["load"]: p["passed"] for p in doc["points"]}
+    assert passed[cap.capacity] and cap.interval[1] is not None and not passed[cap.interval[1]]
+    assert all(c < cap.interval[1] for c in loads if passed[c])  # monotone here: no pass above the fail
+    assert all((run_dir / cap.path / p["folder"] / "summary.json").exists() for p in doc["points"])
+    assert "sustains concurrency" in cap.statement and "p99 TTFT <= 300 ms" in cap.statement
+    sel = json.loads((run_dir / "phase8.4" / "champion_select.json").read_text())
+    assert "at SLO capacity (p99 TTFT <= 300 ms and p99 TPOT <= 50 ms" in sel["metric"]
+    assert sel["champion"]["concurrency"] == cap.capacity
+    # SOURCE.md and summary.md record the champion, its lake row and the recommendation after 8.4
+    for doc_name in ("SOURCE.md", "summary.md"):
+        text = (run_dir / doc_name).read_text().split("## Champion", 1)[1]
+        assert f"champions WHERE campaign_id = '{state.run_id}' AND recommended" in text
+        assert "recommendation: `perftune deploy --engine sim --model llama-3.1-8b" in text
+    assert (
+        "## Phase 8.3: SLO capacity" in summary
+        or "## Phase 8.3: SLO capacity" in (run_dir / "summary.md").read_text()
+    )
     rows = query(lake, "select count(*) as n from cells")[0]["n"]
     assert rows == len(state.cells) == 1 + 2 * 2
     assert query(lake, "select recommended, tier from champions")[0] == {"recommended": True, "tier": "DRAFT"}
@@ -114,6 +142,7 @@ def test_sigkill_during_phase8_then_resume_reruns_nothing(tmp_path: Path) -> Non
         "64",
         "--trials",
         "3",
+        "--no-capacity",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
@@ -156,7 +185,8 @@ def test_sigkill_during_phase8_then_resume_reruns_nothing(tmp_path: Path) -> Non
     )
     assert r.returncode == 0, r.stderr[-2000:]
     final = CampaignState.load(run_dir)
-    assert all(final.phases[p].status == "green" for p in BUILT)
+    assert all(final.phases[p].status == "green" for p in BUILT if p != "8.3")
+    assert final.phases["8.3"].status == "skipped" and "--no-capacity" in final.phases["8.3"].reason
     for cid, mtime in done.items():  # finished cells were not re-run
         assert (run_dir / final.cells[cid].path / "summary.json").stat().st_mtime_ns == mtime
     assert len(final.cells) == 1 + 2 * 2 and not final.live

@@ -49,6 +49,51 @@ def test_inspect_advise_json_fields() -> None:
     assert 4.7 < s["decode_step_floor_ms"] < 4.9 and 73 < s["sol_pct"] < 76 and s["bound"] == "memory"
 
 
+def test_advise_defaults_to_the_checkpoint_dtype_and_takes_dtype_levers(tmp_path: Path) -> None:
+    catalog = Path(__file__).resolve().parents[2] / "src/perftune/models/catalog"
+    cfg = json.loads((catalog / "qwen3-32b.json").read_text())
+    cfg["quantization_config"] = {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "weight_block_size": [128, 128],
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    # Qwen3-32B FP8 on an H100, 8 x 4096 tokens: sized at FP8 it fits one GPU (bf16 would need two).
+    t = _pt("advise", "tp", str(tmp_path), "--gpu", "h100", "--concurrency", "8", "--context", "4096")
+    assert t.returncode == 0, t.stderr
+    assert "recommended TP: 1" in t.stdout
+    assert "weights fp8: checkpoint quantization_config: fp8 block [128, 128]" in t.stdout
+    assert "KV bf16: auto: the model's dtype (bf16)" in t.stdout
+    bf = json.loads(
+        _pt(
+            "advise", "tp", "qwen3-32b", "--gpu", "h100", "--concurrency", "8", "--context", "4096", "--json"
+        ).stdout
+    )
+    assert bf["dtype"] == "bf16" and bf["recommended_tp"] == 2
+    s = json.loads(
+        _pt(
+            "advise",
+            "sol",
+            str(tmp_path),
+            "--lever",
+            "kv-cache-dtype=fp8",
+            "--batch",
+            "8",
+            "--context",
+            "4096",
+            "--json",
+        ).stdout
+    )
+    assert (s["weight_dtype"], s["kv_dtype"], s["kv_source"]) == ("fp8", "fp8", "lever kv-cache-dtype=fp8")
+    i = _pt("inspect", str(tmp_path))
+    assert "checkpoint dtype" in i.stdout and "fp8 block [128, 128]" in i.stdout
+    bad = _pt("advise", "sol", "llama-3.1-8b", "--lever", "kv-cache-dtype=fp4")
+    assert bad.returncode == 2 and "unknown kv-cache-dtype lever value 'fp4'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    odd = _pt("advise", "tp", "llama-3.1-8b", "--lever", "quantization")
+    assert odd.returncode == 2 and "bad --lever 'quantization'" in odd.stderr
+
+
 def test_bad_input_is_one_line() -> None:
     r = _pt("inspect", "no-such-model")
     assert r.returncode == 2 and "unknown model 'no-such-model'" in r.stderr and "Traceback" not in r.stderr

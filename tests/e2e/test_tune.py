@@ -96,3 +96,51 @@ def test_tune_refuses_engines_whose_baselines_differ_in_prefix_caching(tmp_path:
     p3 = state.phases["3"]
     assert p3.status == "red" and "mock off, sim on" in p3.reason and "arms.tsv" in p3.reason
     assert not (run_dir / "phase3" / "journal.jsonl").exists()  # refused before any deploy
+
+
+def test_tune_with_latency_focus_crowns_on_median_tpot_at_the_target(tmp_path: Path) -> None:
+    # the baseline runs without CUDA graphs (slower decode); one challenger turns them on; another
+    # also caps the batch at 1, the lowest TPOT of all but a TTFT far over the SLO at the target
+    runs, lake = tmp_path / "runs", tmp_path / "l.duckdb"
+    intent = _intent(
+        tmp_path, focus="latency", target_concurrency=6, slo_ttft_ms=300.0, tune_workloads=["random"]
+    )
+    run_dir, state = api.optimize(runs_dir=runs, intent=intent, until="1", lake=lake)
+    assert state.phases["1"].status == "green"
+    tsv = run_dir / "phase3" / "arms.tsv"
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    tsv.write_text(
+        "sim\tbaseline\tcuda-graphs=False\n"
+        "sim\tcuda-graphs=True\tcuda-graphs=True\n"
+        "sim\tbatch-cap=1\tcuda-graphs=True;batch-cap=1\n"
+    )
+    run_dir, state = api.tune(run_dir.name, runs_dir=runs, budget_gpu_min=30, lake=lake)
+    p3 = state.phases["3"]
+    assert p3.status == "green", p3.reason
+    tune = json.loads((run_dir / "phase3" / "tune.json").read_text())
+    eng = tune["engines"][0]
+    # ladder 4/8, target 6: judged at c=4, the largest ladder concurrency <= the target
+    assert eng["focus"] == "latency" and eng["concurrency"] == 4
+    assert eng["metric"].startswith("median TPOT ms at c=4")
+    assert eng["crowned"]["name"] == "cuda-graphs=True", eng["verdict"]
+    assert eng["tpot_ms"] < eng["baseline_tpot_ms"] and eng["ratio_ci95"][0] > 1.0
+
+    def tpot_at_4(arm: str) -> float:  # the full treatment's per-trial median TPOTs, their median
+        ts = sorted(
+            m["tpot_ms"]
+            for m in tune["measures"]
+            if m["arm"] == f"sim/{arm}" and m["concurrency"] == 4 and ".full." in m["path"]
+        )
+        assert len(ts) >= 3
+        return ts[len(ts) // 2]
+
+    assert tpot_at_4("cuda-graphs=True") <= tpot_at_4("baseline")
+    assert "batch-cap=1" not in [n for n, _s, _k in eng["top3"]]  # best TPOT, but TTFT over the SLO
+    md = (run_dir / "phase3" / "TUNE.md").read_text()
+    assert "Crowned by: median TPOT ms at c=4" in md and "TPOT speedup" in md
+    assert f"median TPOT {eng['tpot_ms']:.2f} ms at c=4" in md
+    assert "median TPOT" in p3.headline and "ms at c=4" in p3.headline
+    # screening measured at the judged concurrency, the full treatment over the whole ladder
+    trials = [p.name for p in (run_dir / "phase3" / "trials").iterdir()]
+    assert all(n.endswith(".c4") for n in trials if ".screen." in n)
+    assert any(".full." in n and n.endswith(".c8") for n in trials)

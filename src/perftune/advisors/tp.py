@@ -3,17 +3,20 @@
 A small-active MoE (30B total, 3B active) at a TP higher than memory needs spreads ~3B active
 parameters over near-idle GPUs: measured at about 2.7x worse tok/s/GPU. OVER-PROVISIONED is flagged
 only when active/current_TP < 3B (a 13B-active model at TP4 is not flagged).
+
+Sizing is at the dtypes really served (`effective_dtypes`): an FP8 checkpoint is sized at FP8, not bf16.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from perftune.hardware.ceilings import Gpu
-from perftune.hardware.roofline import roofline
+from perftune.hardware.roofline import effective_dtypes, roofline
 from perftune.models.card import ModelCard
 
 TP_CHOICES = (1, 2, 4, 8, 16)
@@ -39,8 +42,10 @@ class TpAdvice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     gpu: str
-    dtype: str
+    dtype: str = Field(description="weight dtype sized at (the quantized groups; see models/card.py)")
     kv_dtype: str
+    dtype_source: str = Field(description="why this weight dtype (checkpoint, lever or explicit)")
+    kv_source: str = Field(description="why this KV dtype")
     target_concurrency: int
     target_context: int
     recommended_tp: int | None
@@ -59,14 +64,18 @@ def advise_tp(
     card: ModelCard,
     g: Gpu,
     *,
-    dtype: str = "bf16",
-    kv_dtype: str = "bf16",
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
+    levers: Mapping[str, Any] | None = None,
     current_tp: int | None = None,
     concurrency: int = 64,
     context: int = 4096,
     mem_fraction: float = 0.9,
     usd_per_gpu_hour: float = 2.5,
 ) -> TpAdvice:
+    """Dtypes left None are the ones served: the checkpoint's own, or what `levers` make of it."""
+    eff = effective_dtypes(card, levers, weight_dtype=dtype, kv_dtype=kv_dtype)
+    dtype, kv_dtype = eff.weight_dtype, eff.kv_dtype
     options: list[TpOption] = []
     for tp in TP_CHOICES:
         r = roofline(
@@ -99,14 +108,16 @@ def advise_tp(
     gb = card.weight_bytes[dtype] / 1e9
     if rec is None:
         why.append(
-            f"no TP up to {TP_CHOICES[-1]} fits {gb:.1f} GB of {dtype} weights plus KV for "
-            f"{concurrency} x {context} tokens on {g.name}: use more nodes, a smaller dtype or less context"
+            f"no TP up to {TP_CHOICES[-1]} fits {gb:.1f} GB of {dtype} weights ({eff.weight_source}) plus "
+            f"{kv_dtype} KV ({eff.kv_source}) for {concurrency} x {context} tokens on {g.name}: use more "
+            "nodes, a smaller dtype or less context"
         )
     else:
         why.append(
-            f"TP {rec.tp} is the lowest that fits {gb:.1f} GB of {dtype} weights ({gb / rec.tp:.1f} GB/GPU) "
-            f"plus KV for {concurrency} x {context} tokens ({rec.needed_kv_tokens:,} of "
-            f"{rec.kv_capacity_tokens:,} tokens) in {mem_fraction:.0%} of {g.memory_gb:g} GB"
+            f"TP {rec.tp} is the lowest that fits {gb:.1f} GB of {dtype} weights ({eff.weight_source}; "
+            f"{gb / rec.tp:.1f} GB/GPU) plus {kv_dtype} KV ({eff.kv_source}) for {concurrency} x {context} "
+            f"tokens ({rec.needed_kv_tokens:,} of {rec.kv_capacity_tokens:,} tokens) in {mem_fraction:.0%} "
+            f"of {g.memory_gb:g} GB"
         )
         if rec.active_params_per_gpu < MIN_ACTIVE_PER_GPU:
             why.append(
@@ -156,6 +167,8 @@ def advise_tp(
         gpu=g.key,
         dtype=dtype,
         kv_dtype=kv_dtype,
+        dtype_source=eff.weight_source,
+        kv_source=eff.kv_source,
         target_concurrency=concurrency,
         target_context=context,
         recommended_tp=rec.tp if rec else None,
@@ -172,6 +185,8 @@ def advise_tp(
 def tp_markdown(a: TpAdvice) -> str:
     lines = [
         f"# TP right-size: {a.model} on {a.gpu} ({a.dtype}, KV {a.kv_dtype})",
+        "",
+        f"Weights at {a.dtype}: {a.dtype_source}. KV cache at {a.kv_dtype}: {a.kv_source}.",
         "",
         f"Recommended TP: **{a.recommended_tp}**" + (f" (current {a.current_tp})" if a.current_tp else ""),
         f"Over-provisioned: **{a.over_provisioned}**; confidence: **{a.confidence}** (roofline estimate, "

@@ -30,8 +30,9 @@ DEFINITIONS: dict[str, str] = {
     "goodput_req_s": "requests meeting every SLO / trial span (failed requests never meet an SLO)",
     "goodput_fraction": "requests meeting every SLO / all requests sent, failed ones included",
     "tpot_median_ms": "per trial the median (p50) of per-request tpot_ms; across trials mean, std, CI",
-    "decode_sol_pct": "analytical decode roofline step floor (perftune.hardware.roofline, bf16 weights "
-    "and KV, batch = concurrency, context = mean input + osl/2) / measured median TPOT, in %",
+    "decode_sol_pct": "analytical decode roofline step floor (perftune.hardware.roofline, at the bytes "
+    "really read: the checkpoint's weight dtype and the quantization / KV-cache dtype levers, batch = "
+    "concurrency, context = mean input + osl/2) / measured median TPOT, in %",
 }
 
 HEADLINE = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tok_s", "req_s")

@@ -20,7 +20,7 @@ import secrets
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +129,11 @@ class BenchConfig(BaseModel):
         None, description="model (catalog name, folder or config.json) for the decode %SoL"
     )
     tp: int = Field(1, ge=1, description="tensor parallel size of the server (for the decode %SoL only)")
+    sol_levers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the server's levers that change the bytes a decode step reads (quantization, "
+        "kv-cache-dtype), for the decode %SoL; the checkpoint's own dtype is read from the model card",
+    )
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     slo: dict[str, float] = Field(default_factory=dict, description="per-request SLO upper bounds, ms")
     api_key: str | None = Field(None, description="bearer token, if the server wants one")
@@ -594,6 +599,7 @@ class SolInputs:
     gpu: Any  # perftune.hardware.ceilings.Gpu
     tp: int
     ref: str
+    levers: dict[str, Any] = field(default_factory=dict)  # quantization / kv-cache-dtype levers
 
 
 def sol_inputs(cfg: BenchConfig) -> SolInputs | None:
@@ -601,9 +607,12 @@ def sol_inputs(cfg: BenchConfig) -> SolInputs | None:
     if not cfg.gpu or not cfg.model_card:
         return None
     from perftune.hardware.ceilings import gpu
+    from perftune.hardware.roofline import effective_dtypes
     from perftune.models.resolve import model_card
 
-    return SolInputs(model_card(cfg.model_card), gpu(cfg.gpu), cfg.tp, cfg.model_card)
+    card = model_card(cfg.model_card)
+    effective_dtypes(card, cfg.sol_levers)  # a bad lever value fails before any request
+    return SolInputs(card, gpu(cfg.gpu), cfg.tp, cfg.model_card, dict(cfg.sol_levers))
 
 
 def decode_sol(sol: SolInputs, trials: Sequence[TrialResult], concurrency: int | None) -> dict[str, Any]:
@@ -615,7 +624,7 @@ def decode_sol(sol: SolInputs, trials: Sequence[TrialResult], concurrency: int |
         "model_card": sol.ref,
         "gpu": sol.gpu.key,
         "tp": sol.tp,
-        "basis": "analytical: roofline decode step floor (bf16 weights and KV) / measured median TPOT",
+        "basis": "analytical: roofline decode step floor / measured median TPOT",
         "tpot_median_ms": med,
         "decode_sol_pct": None,
     }
@@ -625,8 +634,10 @@ def decode_sol(sol: SolInputs, trials: Sequence[TrialResult], concurrency: int |
     ok = sum(t.counts.ok for t in trials)
     osl = sum(t.counts.output_tokens for t in trials) / ok if ok else 0.0
     context = max(1, round(sum(t.counts.input_tokens for t in trials) / ok + osl / 2)) if ok else 1
-    rf = roofline(sol.card, sol.gpu, tp=sol.tp, batch=concurrency, context=context)
+    rf = roofline(sol.card, sol.gpu, tp=sol.tp, batch=concurrency, context=context, levers=sol.levers)
     out.update(
+        basis=f"analytical: roofline decode step floor ({rf.weight_dtype} weights: {rf.weight_source}; "
+        f"{rf.kv_dtype} KV: {rf.kv_source}) / measured median TPOT",
         batch=concurrency,
         context=context,
         decode_step_floor_ms=rf.decode_step_floor_ms,

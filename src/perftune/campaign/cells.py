@@ -16,10 +16,10 @@ from perftune.bench.session import bench_to_dir
 from perftune.bench.stats import across_trials
 from perftune.bench.workloads import WorkloadSpec
 from perftune.campaign.base import Ctx
-from perftune.campaign.state import Cell, Deployment
+from perftune.campaign.state import Cell, Deployment, TunedConfig
 from perftune.deploy import DeployRecord, deploy
 from perftune.hardware.ceilings import gpu
-from perftune.hardware.roofline import roofline
+from perftune.hardware.roofline import effective_dtypes, roofline
 from perftune.models.card import ModelCard
 from perftune.models.resolve import model_card
 from perftune.serving.registry import engine as engine_info
@@ -54,14 +54,21 @@ def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
 
 
 def speed_of_light(
-    ctx: Ctx, tpot_ms: float | None, concurrency: int, context: int
+    ctx: Ctx, tpot_ms: float | None, concurrency: int, context: int, levers: dict[str, Any] | None = None
 ) -> tuple[float | None, str | None]:
-    """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell."""
+    """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell. The floor
+    counts the bytes really read: the checkpoint's weight dtype, a quantization lever and the KV-cache
+    dtype lever of the cell's config (hardware.roofline.effective_dtypes)."""
     if not tpot_ms:
         return None, None
     tp = ctx.state.facts.tp
     rf = roofline(
-        card_of(ctx), gpu(ctx.intent.hardware.gpu), tp=tp, batch=concurrency, context=max(1, context)
+        card_of(ctx),
+        gpu(ctx.intent.hardware.gpu),
+        tp=tp,
+        batch=concurrency,
+        context=max(1, context),
+        levers=levers or {},
     )
     return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
 
@@ -70,14 +77,12 @@ def serving_context(ctx: Ctx, levers: dict[str, Any]) -> dict[str, Any]:
     """What the deploy knew, for the cell's MeasurementContext: model folder, parallelism, weight
     quantization, KV-cache dtype and the levers the deploy was given, so no cell carries an empty
     context its deploy could have filled (the bench client alone cannot know them)."""
-    card = card_of(ctx)
-    q = card.quantization
-    kv = levers.get("kv-cache-dtype", "auto")
+    dt = effective_dtypes(card_of(ctx), levers)
     out: dict[str, Any] = {
         "model_path": ctx.intent.model.path or ctx.intent.model.ref,
         "parallelism": {"tp": ctx.state.facts.tp},
-        "quantization": f"{q.method} ({q.weight_dtype})" if q is not None else "none (checkpoint dtype)",
-        "kv_cache_dtype": "auto (the model's dtype)" if kv == "auto" else str(kv),
+        "quantization": f"{dt.weight_dtype} weights ({dt.weight_source})",
+        "kv_cache_dtype": f"{dt.kv_dtype} ({dt.kv_source})",
         "levers": dict(levers),
     }
     return out
@@ -112,8 +117,8 @@ def make_cell(
     ctx_len = round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else ctx.intent.suite.isl
     conc = r.context.workload.concurrency or 1
     tp = ctx.state.facts.tp
-    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len)
     levers = dict(ctx.intent.serving.levers.get(engine, {}) if levers is None else levers)
+    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len, levers)
     prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
     return Cell(
         cell_id=path.name,
@@ -240,3 +245,19 @@ def bench_cell(
     return make_cell(
         ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir, levers=levers
     )
+
+
+def suite_configs(ctx: Ctx, engine: str) -> list[tuple[str, dict[str, Any]]]:
+    """The configs phase 8 benches for an engine: its baseline, then the top X tuned configs of phase
+    3 in rank order (crowned or not: a config that wins the tune's workloads and loses the suite must
+    be seen losing), each once. A bundle from before the ranking kept only the crowned levers."""
+    i = ctx.intent
+    base = dict(i.serving.levers.get(engine, {}))
+    out: list[tuple[str, dict[str, Any]]] = [("baseline", base)]
+    top = ctx.state.facts.tuned_top.get(engine)
+    if top is None and (tuned := ctx.state.facts.tuned.get(engine)) is not None:
+        top = [TunedConfig(name="tuned", arm="tuned", levers=tuned, score=None, crowned=True)]
+    for t in (top or [])[: i.suite.top_x]:
+        if all(t.levers != lv for _n, lv in out):
+            out.append((t.name, dict(t.levers)))
+    return out

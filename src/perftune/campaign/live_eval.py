@@ -10,7 +10,7 @@ from pathlib import Path
 from perftune.bench.runner import BenchConfig
 from perftune.bench.session import bench_to_dir
 from perftune.campaign.base import Ctx
-from perftune.campaign.cells import live_server, workload_spec
+from perftune.campaign.cells import baseline_name, live_server, workload_spec
 from perftune.errors import BenchError, PerftuneError
 from perftune.targets.local import group_alive
 from perftune.tune.arms import Arm
@@ -55,6 +55,8 @@ class LiveEvaluator:
                         request_timeout_s=self.wedge_s,
                         hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
                         server_log=rec.log_path,
+                        claim=i.slo.focus,
+                        baseline=baseline_name(self.ctx, arm.engine),
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
                     try:

@@ -10,11 +10,12 @@ from perftune.advisors.loader import advise_loader
 from perftune.advisors.tp import advise_tp
 from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.campaign.base import Ctx, Gate, Phase
-from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server
+from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server, suite_configs
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.learnt import Learnt, learnt_flags
-from perftune.campaign.report import cell_line, champion_md, source_md
-from perftune.campaign.state import ChampionFact, TunedConfig
+from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
+from perftune.campaign.slo_capacity import phase83
+from perftune.campaign.state import ChampionFact
 from perftune.campaign.tuning import run_phase3
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import gpu
@@ -312,22 +313,6 @@ def phase8(ctx: Ctx) -> Gate:
     )
 
 
-def suite_configs(ctx: Ctx, engine: str) -> list[tuple[str, dict[str, Any]]]:
-    """The configs phase 8 benches for an engine: its baseline, then the top X tuned configs of phase
-    3 in rank order (crowned or not: a config that wins the tune's workloads and loses the suite must
-    be seen losing), each once. A bundle from before the ranking kept only the crowned levers."""
-    i = ctx.intent
-    base = dict(i.serving.levers.get(engine, {}))
-    out: list[tuple[str, dict[str, Any]]] = [("baseline", base)]
-    top = ctx.state.facts.tuned_top.get(engine)
-    if top is None and (tuned := ctx.state.facts.tuned.get(engine)) is not None:
-        top = [TunedConfig(name="tuned", arm="tuned", levers=tuned, score=None, crowned=True)]
-    for t in (top or [])[: i.suite.top_x]:
-        if all(t.levers != lv for _n, lv in out):
-            out.append((t.name, dict(t.levers)))
-    return out
-
-
 # ------------------------------------------------------------------ phase 8.4
 
 
@@ -337,7 +322,7 @@ def phase84(ctx: Ctx) -> Gate:
     if not cells:
         return Gate("red", "no phase 8 cells to select from", artifacts=[])
     status = {pid: str(p.status) for pid, p in ctx.state.phases.items()}
-    sel = select_champion(cells, ctx.intent, production_gates(cells, status))
+    sel = select_champion(cells, ctx.intent, production_gates(cells, status), ctx.state.facts.capacity)
     d = ctx.run_dir / "phase8.4"
     write_text(d / "champion_select.json", sel.model_dump_json(indent=2) + "\n")
     write_text(ctx.run_dir / "CHAMPION.md", champion_md(ctx.state, sel, ctx.state.cells))
@@ -348,9 +333,15 @@ def phase84(ctx: Ctx) -> Gate:
         )
     ch = sel.champion
     unit = "tok/s/GPU" if sel.focus == "throughput" else "ms median TPOT"
+    if "SLO capacity" in sel.metric:
+        unit += " at SLO capacity"
     ctx.state.facts.champion = ChampionFact(
         **ch.model_dump(), tier=sel.tier, metric=sel.metric, failing_gates=sel.failing_gates
     )
+    src = ctx.run_dir / "SOURCE.md"
+    if src.exists():  # the intent and decisions, now with what they led to
+        write_text(src, with_champion(src.read_text(), ctx.state))
+        arts.append("SOURCE.md")
     sim = " SIMULATED" if ch.cell_id and ctx.state.cells[ch.cell_id].simulated else ""
     return Gate(
         "green",
@@ -392,16 +383,6 @@ def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
     if explicit and checked.name and not checked.name.startswith("sim-"):
         return checked.with_name("sim-" + checked.name)
     return checked if explicit else sim_registry_path()
-
-
-def recommendation(ctx: Ctx, engine: str, levers: dict[str, Any]) -> str:
-    """The champion as a command a user can run: perftune's deploy with the same levers."""
-    i = ctx.intent
-    parts = [f"perftune deploy --engine {engine} --model {i.model.path or i.model.ref}"]
-    if ctx.state.facts.tp > 1:
-        parts.append(f"--tp {ctx.state.facts.tp}")
-    parts += [f"--lever {k}={v}" for k, v in levers.items()]
-    return " ".join(parts)
 
 
 def learnt_from_phase3(ctx: Ctx, engine: str, champion_levers: dict[str, Any]) -> Learnt:
@@ -454,6 +435,8 @@ def phase85(ctx: Ctx) -> Gate:
     if cell.sol_pct is not None:
         rationale += f" (champion at {cell.sol_pct:.0f}% of the decode roofline at c={cell.concurrency})"
     value = f"{ch.value or 0.0:.1f} {'tok/s/GPU' if i.slo.focus == 'throughput' else 'ms'}"
+    if "SLO capacity" in ch.metric:
+        value += f" at SLO capacity ({ctx.state.facts.capacity[f'{ch.engine}/{ch.config}'].slo})"
     lake_row = f"champions WHERE campaign_id = '{ctx.state.run_id}' AND recommended"
     findings.record(
         fpath,
@@ -468,7 +451,7 @@ def phase85(ctx: Ctx) -> Gate:
                 "tier": ch.tier,
                 "simulated": cell.simulated,
                 "lake_row": lake_row,
-                "recommendation": recommendation(ctx, ch.engine, ch.levers),
+                "recommendation": deploy_command(ctx.state, ch.engine, ch.levers),
             },
             next_lever=nxt.lever,
             next_value=nxt.value,
@@ -495,7 +478,7 @@ def phase85(ctx: Ctx) -> Gate:
             champion={
                 "config_ref": str(ctx.run_dir / "CHAMPION.md"),
                 "verdict": ch.tier,
-                "value": f"{value} ({sim_tag}{cell.workload} c={cell.concurrency})",
+                "value": f"{value} ({sim_tag}{cell.workload} c={ch.concurrency})",
                 "campaign": ctx.state.run_id,
             },
         )
@@ -555,7 +538,14 @@ PHASES: list[Phase] = [
     Phase("6", "train a draft", None),
     Phase("7", "validate the draft", None),
     Phase("8", "bench the workload suite", phase8, "every cell loses <= 5% of requests", ("0", "1")),
-    Phase("8.4", "select the champion", phase84, "an eligible candidate", ("8",)),
+    Phase(
+        "8.3",
+        "SLO capacity",
+        phase83,
+        "every phase-8 config's highest load inside the capacity SLO searched (throughput focus)",
+        ("0", "8"),
+    ),
+    Phase("8.4", "select the champion", phase84, "an eligible candidate", ("8", "8.3")),
     Phase("8.5", "ratchet", phase85, "known-good entry and next lever on file", ("8.4",)),
 ]
 PHASE_IDS = [p.id for p in PHASES]

@@ -260,7 +260,9 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
             artifacts=[ctx.rel(where)],
         )
     real = [e for e in ctx.intent.serving.engines if e not in ("sim", "mock")]
-    wall = (time.monotonic() - t0) / 60 * ctx.intent.hardware.gpus if rec.id in ("1", "3", "8") else 0.0
+    wall = (
+        (time.monotonic() - t0) / 60 * ctx.intent.hardware.gpus if rec.id in ("1", "3", "8", "8.3") else 0.0
+    )
     rec.gpu_minutes = (wall if gate.gpu_minutes is None else gate.gpu_minutes) if real else 0.0
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []

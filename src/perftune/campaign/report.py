@@ -77,7 +77,80 @@ def summary_md(state: CampaignState) -> str:
     red = [p for p in state.phases.values() if p.status == "red" and p.hint]
     lines += [f"\nHint for phase {p.id}: {p.hint}" for p in red]
     lines += suite_table(state)
+    lines += capacity_table(state)
+    lines += champion_record(state)
     return "\n".join(lines) + "\n"
+
+
+def capacity_table(state: CampaignState) -> list[str]:
+    """Phase 8.3: each config's SLO capacity, the search's size and where its points are."""
+    caps = list(state.facts.capacity.values())
+    if not caps:
+        return []
+    sim = any(c.simulated for c in caps)
+    lines = [
+        "",
+        "## Phase 8.3: SLO capacity",
+        "",
+        f"Closed loop, random workload, {state.intent.suite.trials} trials per point; SLO {caps[0].slo}"
+        + (", **SIMULATED**" if sim else "")
+        + ". The true capacity lies in [highest pass, lowest fail).",
+        "",
+        "| engine | config | levers | capacity (concurrency) | interval | output tok/s there | points | tier | search |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in caps:
+        cap = "none" if c.capacity is None else (">= " if c.at_least else "") + f"{c.capacity:g}"
+        lo, hi = [*c.interval, None, None][:2]
+        iv = f"[{'-' if lo is None else f'{lo:g}'}, {'-' if hi is None else f'{hi:g}'})"
+        lev = ", ".join(f"{k}={v}" for k, v in c.levers.items()) or "engine defaults"
+        tier = c.tier + (" SIMULATED" if c.simulated and c.tier != "SIMULATED" else "")
+        lines.append(
+            f"| {c.engine} | {c.config} | {lev} | {cap} | {iv} | {_num(c.output_tok_s)} | {c.points} | "
+            f"{tier} | `{c.path}/capacity.md` |"
+        )
+    return lines
+
+
+def champion_record(state: CampaignState) -> list[str]:
+    """The champion as SOURCE.md and summary.md record it once phase 8.4 has run: what won, on which
+    metric, its lake row, what it was compared to, and the command that deploys it."""
+    ch = state.facts.champion
+    if ch is None:
+        return []
+    i = state.intent
+    cell = state.cells.get(str(ch.cell_id)) if ch.cell_id else None
+    sim = " SIMULATED" if cell is not None and cell.simulated else ""
+    unit = "tok/s/GPU" if i.slo.focus == "throughput" else "ms median TPOT"
+    levers = ", ".join(f"{k}={v}" for k, v in ch.levers.items()) or "engine defaults"
+    base = state.facts.baseline_source.get(ch.engine, "the engine defaults (no standing champion used)")
+    return [
+        "",
+        "## Champion",
+        "",
+        f"- **{ch.engine}/{ch.config}** ({levers}): {ch.value or 0:,.1f} {unit} at c={ch.concurrency}{sim}, "
+        f"{ch.tier}; metric: {ch.metric}",
+        f"- failing production gates: {'; '.join(ch.failing_gates) or 'none'}",
+        f"- lake row: `champions WHERE campaign_id = '{state.run_id}' AND recommended` (cell `{ch.cell_id}`)",
+        f"- compared against: {base}",
+        f"- recommendation: `{deploy_command(state, ch.engine, ch.levers)}`"
+        + (" (DRAFT: a candidate to confirm, not a production claim)" if ch.tier != "VERDICT" else ""),
+    ]
+
+
+def deploy_command(state: CampaignState, engine: str, levers: dict[str, Any]) -> str:
+    """A config as the command that deploys it with perftune (the same levers, the campaign's TP)."""
+    i = state.intent
+    argv = [f"perftune deploy --engine {engine} --model {i.model.path or i.model.ref}"]
+    argv += [f"--tp {state.facts.tp}"] if state.facts.tp > 1 else []
+    argv += [f"--lever {k}={v}" for k, v in levers.items()]
+    return " ".join(argv)
+
+
+def with_champion(source: str, state: CampaignState) -> str:
+    """SOURCE.md with its champion section replaced by the current one (phase 8.4 may run again)."""
+    head = source.split("\n## Champion\n", 1)[0].rstrip("\n")
+    return head + "\n" + "\n".join(champion_record(state)) + "\n"
 
 
 def _num(x: float | None, digits: int = 0) -> str:
@@ -182,42 +255,94 @@ def tune_md(
     prefix_defaults: dict[str, bool | None],
     autotune_line: str,
 ) -> tuple[str, list[str]]:
-    """phase3/TUNE.md and the per-engine headlines. Pure."""
+    """phase3/TUNE.md and the per-engine headlines, in the metric that crowned (latency focus: median
+    TPOT in ms at the judged concurrency, the ratio a TPOT speedup; throughput: tok/s). Pure."""
     lines, heads = ["# Phase 3: tuning", ""], []
+
+    def row(w: str, v: WorkloadVerdict, lat: bool, at: int | None) -> str:
+        if not lat:
+            return _verdict_row(w, v)
+
+        def cell(x: float | None) -> str:
+            return f"{x:.2f}" if x is not None else f"not eligible at c={at} (SLO)"
+
+        r = (
+            f"{v.ratio:.3f} [{v.ratio_ci95[0]:.3f}, {v.ratio_ci95[1]:.3f}]"
+            if v.ratio is not None and v.ratio_ci95 is not None
+            else "n/a"
+        )
+        return f"| {w} | {cell(v.tpot_ms)} | {cell(v.baseline_tpot_ms)} | {r} |"
+
     for e in res.engines:
         lines += [f"## {e.engine}", ""]
         if e.crowned is None:
             lines += ["no arm completed the full treatment", ""]
             continue
+        lat = e.focus == "latency"
         ratio = (
             f"{e.ratio:.3f} [{e.ratio_ci95[0]:.3f}, {e.ratio_ci95[1]:.3f}]"
             if e.ratio is not None and e.ratio_ci95 is not None
             else "n/a"
         )
         ch = e.challenger or "none"
-        heads.append(f"{e.engine}: {e.crowned.name} ({e.verdict}; {ch}/baseline x{ratio})")
-        over = " x ".join(workloads)
+        if lat:
+            heads.append(
+                f"{e.engine}: {e.crowned.name} (median TPOT {e.show(e.score)} at c={e.concurrency} vs "
+                f"baseline {e.show(e.baseline_score)}; {e.verdict}; {ch} TPOT speedup x{ratio})"
+            )
+        else:
+            heads.append(f"{e.engine}: {e.crowned.name} ({e.verdict}; {ch}/baseline x{ratio})")
+        unit = f"median TPOT ms at c={e.concurrency}" if lat else "tok/s"
+        ratio_name = f"TPOT speedup (baseline TPOT / {ch} TPOT)" if lat else f"{ch} / baseline"
+
         lines += [
-            f"Crowned: **{e.crowned.name}** {e.crowned.levers}: score {e.score:.0f} "
-            f"(tok/s under the SLO{', geometric mean over ' + over if len(workloads) > 1 else ''}); "
-            f"{e.verdict}.",
+            f"Crowned by: {e.metric or 'output tok/s under the SLO'}.",
             "",
-            f"Best challenger {ch} / baseline: {ratio} (95% CI; same node, interleaved, >= {trials} "
+            *(
+                [
+                    "TPOT figures below: each trial's median TPOT, combined over trials as 1000 / the "
+                    "mean per-stream decode speed (their harmonic mean), the quantity the speedup and "
+                    "its interval are computed on; output tok/s plays no part in the crown.",
+                    "",
+                ]
+                if lat
+                else []
+            ),
+            f"Crowned: **{e.crowned.name}** {e.crowned.levers}: "
+            + (
+                f"median TPOT {e.show(e.score)} at c={e.concurrency} (95% CI {e.show_ci(e.ci95)}; "
+                f"baseline {e.show(e.baseline_score)})"
+                if lat
+                else f"score {e.score:.0f} "
+                f"(tok/s under the SLO{', geometric mean over ' + ' x '.join(workloads) if len(workloads) > 1 else ''})"
+            )
+            + f"; {e.verdict}.",
+            "",
+            f"Best challenger {ratio_name}: {ratio} (95% CI; same node, interleaved, >= {trials} "
             "trials, cache reset before each)",
             "",
-            f"| workload | {ch} tok/s (c) | baseline tok/s (c) | {ch}/baseline [95% CI] |",
+            f"| workload | {ch} {unit}{'' if lat else ' (c)'} | baseline {unit}{'' if lat else ' (c)'} "
+            f"| {ratio_name} [95% CI] |",
             "| --- | --- | --- | --- |",
-            *[_verdict_row(w, v) for w, v in e.by_workload.items()],
+            *[row(w, v, lat, e.concurrency) for w, v in e.by_workload.items()],
             "",
-            "| top 3 | score | trials per workload and concurrency |",
+            f"| top 3 | {'median TPOT ms' if lat else 'score'} | trials per workload and concurrency |",
             "| --- | --- | --- |",
-            *[f"| {n} | {s:.0f} | {k} |" for n, s, k in e.top3],
+            *[
+                f"| {n} | {1000.0 / s:.2f} | {k} |" if lat else f"| {n} | {s:.0f} | {k} |"
+                for n, s, k in e.top3
+            ],
             "",
-            "Pareto per workload (tok/s vs median TPOT):",
+            (
+                f"Pareto per workload at c={e.concurrency} (median TPOT vs mean TTFT, both lower is better; "
+                "tok/s shown, not compared):"
+                if lat
+                else "Pareto per workload (tok/s vs median TPOT):"
+            ),
             "",
-            "| workload | arm | c | tok/s | median TPOT ms |",
-            "| --- | --- | --- | --- | --- |",
-            *[f"| {w} | {a} | {c} | {t:.0f} | {p:.2f} |" for w, a, c, t, p in e.pareto],
+            "| workload | arm | c | tok/s | median TPOT ms | mean TTFT ms |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *[f"| {w} | {a} | {c} | {t:.0f} | {p:.2f} | {f:.0f} |" for w, a, c, t, p, f in e.pareto],
             "",
         ]
     crowned = [e for e in res.engines if e.crowned is not None]
@@ -230,7 +355,9 @@ def tune_md(
             "| engine | crowned | score | prefix cache |",
             "| --- | --- | --- | --- |",
             *[
-                f"| {e.engine} | {e.crowned.name} | {e.score or 0:.0f} | "
+                f"| {e.engine} | {e.crowned.name} | "
+                + (f"{e.show(e.score)} median TPOT" if e.focus == "latency" else f"{e.score or 0:.0f}")
+                + " | "
                 f"{ {True: 'on', False: 'off', None: 'unknown'}[states[e.engine]] } |"
                 for e in crowned
                 if e.crowned

@@ -11,8 +11,8 @@ from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import card_of, serving_context, speed_of_light
 from perftune.campaign.live_eval import LiveEvaluator
 from perftune.campaign.report import tune_md
-from perftune.campaign.state import Cell
-from perftune.context import tier_for
+from perftune.campaign.state import Cell, TunedConfig
+from perftune.context import metric_isolation, tier_for
 from perftune.hardware.ceilings import gpu
 from perftune.serving.levers import translate
 from perftune.serving.registry import engine as engine_info
@@ -57,6 +57,8 @@ def run_phase3(ctx: Ctx) -> Gate:
         top_k=i.tuning.top_k,
         budget_gpu_s=i.tuning.budget_gpu_min * 60,
         workloads=list(i.tuning.workloads),
+        focus=i.slo.focus,
+        target_concurrency=i.slo.target_concurrency,
     )
     # Journaled: a killed phase 3 (or one split across short GPU sessions) resumes without re-deploying.
     ev = RecordingEvaluator(
@@ -81,6 +83,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     for e in res.engines:
         if e.crowned is not None:
             tuned[e.engine] = e.crowned.levers
+        ctx.state.facts.tuned_top[e.engine] = tuned_top(e, res.arm_levers)
     proposals = failure_proposals(res)
     auto = (
         autotune_equivalent(res, len(i.tuning.workloads)) if "vllm" in i.serving.engines and res.order else ""
@@ -151,11 +154,33 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
     return line
 
 
+def tuned_top(e: Any, arm_levers: dict[str, dict[str, Any]]) -> list[TunedConfig]:
+    """An engine's challengers that completed the full treatment, best first (phase 8 benches the top
+    X of them): the crowned one is `tuned`, the others `top2`, `top3`, ... by rank."""
+    out: list[TunedConfig] = []
+    crowned = f"{e.engine}/{e.crowned.name}" if e.crowned is not None else None
+    for key, score, _n in e.ranked:
+        if key == e.baseline:
+            continue
+        name = "tuned" if key == crowned else f"top{len(out) + 1}"
+        out.append(
+            TunedConfig(
+                name=name,
+                arm=key.split("/", 1)[1],
+                levers=dict(arm_levers.get(key, {})),
+                score=score,
+                crowned=key == crowned,
+            )
+        )
+    return out
+
+
 def failure_proposals(res: TuneResult) -> list[dict[str, Any]]:
-    """Every failing arm as a known-good registry candidate."""
+    """Every failing arm as a known-good registry candidate, with the levers it was deployed with."""
     return [
         {
             "arm": f.arm,
+            "levers": res.arm_levers.get(f.arm, {}),
             "failure": f.klass,
             "excerpt": f.excerpt[-600:],
             "log": f.log_path,
@@ -179,12 +204,30 @@ def tune_json(res: TuneResult) -> dict[str, Any]:
             {
                 "engine": e.engine,
                 "crowned": e.crowned.model_dump() if e.crowned else None,
+                # what crowned: the focus, the metric in words, and (latency) the judged concurrency
+                "focus": e.focus,
+                "metric": e.metric,
+                "concurrency": e.concurrency,
+                # the score is higher-is-better: tok/s, or (latency) tok/s per stream = 1000 / TPOT ms
                 "score": e.score,
+                "score_unit": "tok/s per stream (1000 / median TPOT ms)"
+                if e.focus == "latency"
+                else "output tok/s",
+                "ci95": e.ci95,
+                "baseline_score": e.baseline_score,
+                # latency focus: the crowned arm's and the baseline's median TPOT in ms
+                "tpot_ms": e.tpot_ms,
+                "baseline_tpot_ms": e.baseline_tpot_ms,
                 "verdict": e.verdict,
                 "challenger": e.challenger,
                 "ratio": e.ratio,
                 "ratio_ci95": e.ratio_ci95,
                 "top3": e.top3,
+                **(
+                    {"top3_tpot_ms": [(n, 1000.0 / s, k) for n, s, k in e.top3]}
+                    if e.focus == "latency"
+                    else {}
+                ),
                 "pareto": e.pareto,
                 "by_workload": {w: v.__dict__ for w, v in e.by_workload.items()},
             }
@@ -217,18 +260,31 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
         med = across_trials([t["tpot_ms"]["p50"] for t in ts])
         ok = sum(t["counts"]["ok"] for t in ts)
         in_tok = sum(t["counts"]["input_tokens"] for t in ts)
+        levers = dict(res.arm_levers.get(arm_key, {}))
         sol, key = speed_of_light(
-            ctx, med.mean, c, round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else 1
+            ctx, med.mean, c, round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else 1, levers
         )
         baseline = None if name == "baseline" else f"{engine}/baseline (phase 3, interleaved)"
-        tier, reasons = tier_for(trials=len(ts), same_node=True, baseline=baseline)
-        levers = dict(res.arm_levers.get(arm_key, {}))
+        claim = ctx.intent.slo.focus
+        isolated, metric, why = metric_isolation(
+            claim, num_requests=int(summaries[0]["context"]["workload"]["num_requests"]), concurrency=c
+        )
+        tier, reasons = tier_for(
+            trials=len(ts),
+            same_node=True,
+            baseline=baseline,
+            metric_isolated=isolated is not False,
+            isolation=why,
+        )
         context = {
             **summaries[0]["context"],
             **serving_context(ctx, levers),
             "trials": len(ts),
             "same_node": True,
             "baseline": baseline,
+            "claim": claim,
+            "claim_metric": metric,
+            "metric_isolated": isolated,
             "tier": tier,
             "tier_reasons": reasons,
         }

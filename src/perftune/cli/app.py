@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, campaign, deploy, known_good, levers, mock, models, sim
+from perftune.cli import bench, campaign, capacity, deploy, known_good, levers, mock, models, sim
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("optimize")(campaign.optimize)
 app.add_typer(campaign.lake_app, name="lake")
 app.command("frontier")(campaign.frontier)
 app.command("tune")(campaign.tune)
+app.command("capacity")(capacity.capacity)
 
 
 def _version(value: bool) -> None:

@@ -231,6 +231,12 @@ def tune(
         None, help="comma-separated workloads each arm is measured on (default: random,prefix)"
     ),
     top_k: int | None = typer.Option(None, help="arms besides the baseline given the full treatment (3)"),
+    focus: str | None = typer.Option(
+        None, help="throughput | latency (default: the campaign's); latency scores median TPOT at the target"
+    ),
+    target_concurrency: int | None = typer.Option(
+        None, help="latency focus: the concurrency arms are judged at (default: the campaign's)"
+    ),
     stop_after_s: float | None = typer.Option(
         None, help="start no new deploy after this many seconds; re-run the command to resume"
     ),
@@ -241,6 +247,8 @@ def tune(
     """Phase 3 of a campaign: tune each engine's levers (same node, interleaved, >= 3 trials)."""
     from perftune.api import tune as run_tune
 
+    if focus is not None and focus not in ("throughput", "latency"):
+        raise ConfigError(f"unknown focus '{focus}'", hint="--focus throughput or --focus latency")
     if (
         not yes
         and sys.stdin.isatty()
@@ -260,6 +268,8 @@ def tune(
             observe=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
             lake=lake,
             workloads=[w.strip() for w in workloads.split(",") if w.strip()] if workloads else None,
+            focus=focus,
+            target_concurrency=target_concurrency,
             top_k=top_k,
             stop_after_s=stop_after_s,
         )

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from perftune import api
 from perftune.cli.common import err_console, handle_errors, out_console, print_json
+from perftune.errors import ConfigError
 
 advise_app = typer.Typer(
     help="Size a model before any GPU is spent: TP, speed of light, loader.", no_args_is_help=True
@@ -18,6 +19,30 @@ model_app = typer.Typer(help="Model folders for engines without weights.", no_ar
 
 def _b(x: float) -> str:
     return f"{x / 1e9:.2f}B"
+
+
+DTYPE_HELP = (
+    "weight dtype what-if: bf16 | fp16 | fp8 | int8 | int4 | nvfp4 | mxfp4 (default: the checkpoint's)"
+)
+KV_HELP = (
+    "KV dtype what-if: bf16 | fp16 | fp8 | q8_0 | q4_0 | ... (default: the levers', else the model's dtype)"
+)
+LEVER_HELP = (
+    "NAME=VALUE, repeatable: the deploy's dtype levers, e.g. quantization=fp8, kv-cache-dtype=fp8, "
+    "kv-cache-type=q8_0"
+)
+
+
+def _levers(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ConfigError(
+                f"bad --lever '{item}'", hint="write NAME=VALUE, e.g. --lever kv-cache-dtype=fp8"
+            )
+        out[k] = v
+    return out
 
 
 @handle_errors
@@ -62,8 +87,16 @@ def inspect(
                 f"{card.moe.dense_layers} dense layers",
             )
         )
+    rows.append(("checkpoint dtype", card.torch_dtype))
     if card.quantization:
-        rows.append(("quantization", f"{card.quantization.method} ({card.quantization.weight_dtype})"))
+        kept = [g for g, v in card.quantized_share.items() if v < 1.0 and getattr(card.params, g) > 0]
+        rows.append(
+            (
+                "quantization",
+                f"{card.quantization.describe()}; {card.native_weight_bytes / 1e9:.1f} GB "
+                f"({', '.join(kept)} kept 16-bit)",
+            )
+        )
     rows += [("engine requirement", r) for r in card.engine_requirements]
     rows += [("note", w) for w in card.warnings]
     for k, v in rows:
@@ -78,8 +111,9 @@ def advise_tp(
     gpu: str = typer.Option(
         "h100", help="GPU from ceilings.yaml (h100, h200, b200, a100, l40s, mi300x, ...)"
     ),
-    dtype: str = typer.Option("bf16", help="weight dtype: bf16 | fp8 | nvfp4 | int4"),
-    kv_dtype: str = typer.Option("bf16", help="KV dtype: bf16 | fp8"),
+    dtype: str | None = typer.Option(None, help=DTYPE_HELP),
+    kv_dtype: str | None = typer.Option(None, help=KV_HELP),
+    lever: list[str] = typer.Option([], help=LEVER_HELP),
     current_tp: int | None = typer.Option(None, help="the TP you run today (to check for over-provisioning)"),
     concurrency: int = typer.Option(64, help="target concurrent sequences"),
     context: int = typer.Option(4096, help="target tokens per sequence"),
@@ -93,6 +127,7 @@ def advise_tp(
         gpu,
         dtype=dtype,
         kv_dtype=kv_dtype,
+        levers=_levers(lever),
         current_tp=current_tp,
         concurrency=concurrency,
         context=context,
@@ -106,6 +141,7 @@ def advise_tp(
         f"recommended TP: {a.recommended_tp}  over-provisioned: {a.over_provisioned}  "
         f"confidence: {a.confidence}"
     )
+    out_console.print(f"weights {a.dtype}: {a.dtype_source}; KV {a.kv_dtype}: {a.kv_source}", highlight=False)
     for r in a.rationale:
         out_console.print(f"  - {r}", highlight=False)
 
@@ -115,8 +151,9 @@ def advise_tp(
 def advise_sol(
     model: str = typer.Argument(..., help="catalog name, folder, config.json or hub id"),
     gpu: str = typer.Option("h100", help="GPU from ceilings.yaml"),
-    dtype: str = typer.Option("bf16", help="weight dtype"),
-    kv_dtype: str = typer.Option("bf16", help="KV dtype"),
+    dtype: str | None = typer.Option(None, help=DTYPE_HELP),
+    kv_dtype: str | None = typer.Option(None, help=KV_HELP),
+    lever: list[str] = typer.Option([], help=LEVER_HELP),
     tp: int = typer.Option(1, help="tensor parallelism"),
     batch: int = typer.Option(1, help="decode batch (concurrent sequences)"),
     context: int = typer.Option(1024, help="tokens in each sequence's KV cache"),
@@ -129,6 +166,7 @@ def advise_sol(
         gpu,
         dtype=dtype,
         kv_dtype=kv_dtype,
+        levers=_levers(lever),
         tp=tp,
         batch=batch,
         context=context,
@@ -137,6 +175,10 @@ def advise_sol(
     if as_json:
         print_json(r)
         return
+    out_console.print(
+        f"weights {r['weight_dtype']}: {r['weight_source']}; KV {r['kv_dtype']}: {r['kv_source']}",
+        highlight=False,
+    )
     out_console.print(
         f"decode step floor {r['decode_step_floor_ms']:.2f} ms ({r['bound']}-bound, "
         f"{r['weight_bytes_read_per_step'] / 1e9:.2f} GB weights + "

@@ -25,8 +25,11 @@ class Gpu(BaseModel):
 
     def peak_tflops(self, dtype: str) -> float:
         d = {"fp16": "bf16", "int4": "bf16", "nvfp4": "fp4", "mxfp4": "fp4"}.get(dtype, dtype)
-        # Weight-only quantized GEMMs run at the activation dtype where the GPU has no faster path.
-        return self.tflops.get(d) or self.tflops.get("fp8" if d == "fp4" else "bf16") or self.tflops["bf16"]
+        # Weight-only quantized GEMMs run at the activation dtype where the GPU has no faster path; fp4 and
+        # int8 without a figure of their own take the fp8 rate (the same 8-bit tensor path on Hopper and
+        # Ada: a higher peak keeps the floor a lower bound), then bf16.
+        fallback = "fp8" if d in ("fp4", "int8") else "bf16"
+        return self.tflops.get(d) or self.tflops.get(fallback) or self.tflops["bf16"]
 
 
 @cache

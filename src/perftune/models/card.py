@@ -7,10 +7,19 @@ Conventions (stated, because vendors differ):
   embedding is a one-row lookup). This is what the roofline reads. OpenAI's "5.1B active" for
   gpt-oss-120b uses it; Mistral, Qwen and DeepSeek count the input embedding too, which is
   `active_params_with_embedding`.
+- Quantized checkpoints are mixed: the quantization applies to some parameter groups (`quantized_share`,
+  by ParamBreakdown field) and the rest stays at the checkpoint's 16-bit dtype. The rule: linear layers
+  (attention, dense MLP, experts, linear attention) are quantized; input embeddings, norms and MoE
+  routers never are; lm_head is not, unless the config says so (GPTQ `lm_head: true`, or a
+  compressed-tensors scheme targeting Linear whose `ignore` list leaves lm_head out). A module the
+  config keeps unquantized (`ignore`, `modules_to_not_convert`, `ignored_layers`, `exclude_modules`)
+  takes its group out: for every layer when written with a wildcard or regex, for the share of layers
+  it names when written per layer (a sub-module such as `q_proj` counts its whole group in that layer).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Literal
 
@@ -59,11 +68,62 @@ WEIGHT_BYTES: dict[str, float] = {
     "bf16": 2.0,
     "fp16": 2.0,
     "fp8": 1.0 + 4.0 / (128 * 128),  # e4m3 + one fp32 scale per 128x128 block
+    "int8": 1.0 + 2.0 / 4096,  # int8 + one fp16 scale per output channel (W8A8 / GPTQ 8-bit), ~1 byte
     "int4": 0.5 + 2.5 / 128,  # 4-bit + fp16 scale and 4-bit zero per group of 128 (AWQ/GPTQ)
     "nvfp4": 0.5 + 1.0 / 16,  # e2m1 + one fp8 scale per 16 (global fp32 scale negligible)
     "mxfp4": 0.5 + 1.0 / 32,  # e2m1 + one e8m0 scale per 32
 }
-KV_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+UNQUANTIZED_BYTES = 2.0  # groups outside the quantization: 16-bit as served (fp32 checkpoints are cast)
+# Bytes per KV-cache element. vLLM/SGLang: bf16 | fp16 | fp8 (e4m3/e5m2, per-tensor scales negligible).
+# llama.cpp --cache-type-k/v: blocks of 32 elements with one fp16 scale (q8_0: 32 int8 + 2 bytes = 34 / 32),
+# q4_1/q5_1 add an fp16 minimum.
+KV_BYTES: dict[str, float] = {
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp32": 4.0,
+    "fp8": 1.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "iq4_nl": 18 / 32,
+}
+# config.json torch_dtype (or transformers' newer `dtype`) -> perftune's name for it.
+TORCH_DTYPES: dict[str, str] = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "fp32": "fp32",
+    "float": "fp32",
+}
+# Share of each parameter group held in the quantized dtype when the config names no exceptions.
+DEFAULT_QUANTIZED_SHARE: dict[str, float] = {
+    "embedding": 0.0,
+    "lm_head": 0.0,
+    "attention": 1.0,
+    "dense_mlp": 1.0,
+    "routed_experts": 1.0,
+    "shared_experts": 1.0,
+    "router": 0.0,
+    "linear_attention": 1.0,
+    "norms": 0.0,
+}
+# A module name the quantization config keeps unquantized -> the parameter group it belongs to; the
+# first match wins (`mlp.gate` is the MoE router, `gate_proj` / `gate_up_proj` are not).
+_MODULE_GROUPS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("lm_head", re.compile(r"lm_head|output_layer")),
+    ("embedding", re.compile(r"embed")),
+    ("shared_experts", re.compile(r"shared_expert")),
+    ("router", re.compile(r"router|\.gate(?![\w])")),
+    ("routed_experts", re.compile(r"experts")),
+    ("linear_attention", re.compile(r"linear_attn")),
+    ("attention", re.compile(r"self_attn|attention|\.attn\b")),
+    ("dense_mlp", re.compile(r"mlp|feed_forward")),
+)
 
 
 class MoEInfo(BaseModel):
@@ -88,6 +148,18 @@ class QuantInfo(BaseModel):
     )
     block_size: list[int] | None = Field(None, description="block quantization shape, e.g. [128, 128]")
     source: str = Field(description="config.json quantization_config or hf_quant_config.json")
+    unquantized_modules: list[str] = Field(
+        default_factory=list,
+        description="modules the config keeps unquantized (ignore / modules_to_not_convert / "
+        "ignored_layers / exclude_modules), as written",
+    )
+
+    def describe(self) -> str:
+        """One line for a person: 'checkpoint quantization_config: fp8 block [128, 128]'."""
+        method = "" if self.method == self.weight_dtype else f" {self.method}"
+        block = f" block {self.block_size}" if self.block_size else ""
+        where = "hf_quant_config.json" if self.source == "hf_quant_config.json" else "quantization_config"
+        return f"checkpoint {where}:{method} {self.weight_dtype}{block}"
 
 
 class ParamBreakdown(BaseModel):
@@ -130,7 +202,18 @@ class ModelCard(BaseModel):
     total_params: int
     active_params: int = Field(description="weights read per decode token (lm_head in, input embedding out)")
     active_params_with_embedding: int = Field(description="active_params + the input embedding table")
-    weight_bytes: dict[str, float] = Field(description="checkpoint bytes if linear weights are in each dtype")
+    torch_dtype: str = Field(
+        "bf16", description="the checkpoint's unquantized dtype (config.json torch_dtype): bf16 | fp16 | fp32"
+    )
+    quantized_share: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_QUANTIZED_SHARE),
+        description="share of each parameter group (ParamBreakdown field) a weight dtype applies to; "
+        "the rest stays 16-bit (the checkpoint's layout, see the module docstring)",
+    )
+    weight_bytes: dict[str, float] = Field(
+        description="checkpoint bytes if its quantized groups (quantized_share) are in each dtype, the "
+        "rest 16-bit"
+    )
     native_weight_bytes: float = Field(description="bytes of the checkpoint as published (its quantization)")
     kv_bytes_per_token: dict[str, float] = Field(
         description="KV-cache bytes per token (all layers) per KV dtype"
@@ -142,11 +225,26 @@ class ModelCard(BaseModel):
     engine_requirements: list[str] = Field(description="what engines need for this architecture")
     warnings: list[str] = Field(default_factory=list, description="assumptions made while reading the config")
 
+    def group_bytes_per_param(self, group: str, dtype: str) -> float:
+        """Average bytes per parameter of one ParamBreakdown group when the quantized share is `dtype`."""
+        share = self.quantized_share.get(group, 0.0)
+        return share * WEIGHT_BYTES[dtype] + (1.0 - share) * UNQUANTIZED_BYTES
+
 
 def _req(cfg: dict[str, Any], key: str, name: str) -> Any:
     if cfg.get(key) is None:
         raise ModelError(f"{name}: config.json lacks '{key}'", hint="is this a decoder-only LLM config.json?")
     return cfg[key]
+
+
+def _not_converted(q: dict[str, Any]) -> list[str]:
+    """The modules a quantization config keeps unquantized, under any of the names recipes use."""
+    out: list[str] = []
+    for key in ("ignore", "modules_to_not_convert", "ignored_layers", "exclude_modules"):
+        v = q.get(key)
+        if isinstance(v, list):
+            out += [str(m) for m in v]
+    return out
 
 
 def detect_quantization(cfg: dict[str, Any], hf_quant: dict[str, Any] | None = None) -> QuantInfo | None:
@@ -162,7 +260,12 @@ def detect_quantization(cfg: dict[str, Any], hf_quant: dict[str, Any] | None = N
             if "INT4" in algo
             else algo.lower()
         )
-        return QuantInfo(method="modelopt", weight_dtype=dtype or "unknown", source="hf_quant_config.json")
+        return QuantInfo(
+            method="modelopt",
+            weight_dtype=dtype or "unknown",
+            source="hf_quant_config.json",
+            unquantized_modules=_not_converted(q),
+        )
     qc = cfg.get("quantization_config")
     if not isinstance(qc, dict):
         return None
@@ -176,6 +279,11 @@ def detect_quantization(cfg: dict[str, Any], hf_quant: dict[str, Any] | None = N
         "bitsandbytes": "int4",
         "modelopt": "fp8",
     }.get(method, "unknown")
+    if method in ("awq", "gptq"):
+        bits = qc.get("bits", qc.get("w_bit"))
+        dtype = "int8" if bits == 8 else "int4" if bits in (None, 4) else f"int{bits}"
+    if method == "bitsandbytes" and qc.get("load_in_8bit"):
+        dtype = "int8"
     if method == "compressed-tensors":
         groups: dict[str, Any] = qc.get("config_groups") or {}
         first: dict[str, Any] = next(iter(groups.values()), {}) if groups else {}
@@ -201,7 +309,51 @@ def detect_quantization(cfg: dict[str, Any], hf_quant: dict[str, Any] | None = N
         weight_dtype=dtype,
         block_size=list(block) if block else None,
         source="config.json quantization_config",
+        unquantized_modules=_not_converted(qc),
     )
+
+
+def _lm_head_quantized(qc: dict[str, Any]) -> bool:
+    """lm_head is quantized only where the config says so: GPTQ's `lm_head: true`, or a
+    compressed-tensors scheme that targets Linear (or lm_head) without ignoring it."""
+    if qc.get("lm_head") is True:
+        return True
+    if str(qc.get("quant_method", "")).lower() != "compressed-tensors":
+        return False
+    groups = qc.get("config_groups") or {}
+    targets = [str(t) for g in groups.values() if isinstance(g, dict) for t in g.get("targets") or []]
+    if not any(t == "Linear" or "lm_head" in t for t in targets):
+        return False
+    return not any(re.search(r"lm_head", m) for m in _not_converted(qc))
+
+
+def _quantized_share(
+    quant: QuantInfo | None, qc: dict[str, Any] | None, layers: int, family: str
+) -> dict[str, float]:
+    """Share of each parameter group a quantization applies to (the rule is in the module docstring).
+    Without a quantization the default layout is what online quantization (vLLM --quantization fp8)
+    produces, so hypothetical dtypes of a 16-bit checkpoint use it too."""
+    share = dict(DEFAULT_QUANTIZED_SHARE)
+    if quant is None:
+        return share
+    if qc is not None and _lm_head_quantized(qc):
+        share["lm_head"] = 1.0
+    mods = quant.unquantized_modules
+    if not mods and quant.weight_dtype == "mxfp4" and family == "gpt_oss":
+        return {g: 1.0 if g == "routed_experts" else 0.0 for g in share}  # only the experts are MXFP4
+    per_layer: dict[str, set[int]] = {}
+    for m in mods:
+        group = next((g for g, rx in _MODULE_GROUPS if rx.search(m)), None)
+        if group is None:
+            continue
+        idx = re.search(r"layers\.(\d+)\.", m)
+        if idx is None or m.startswith("re:"):  # a wildcard, a regex or a model-wide name: every layer
+            share[group] = 0.0
+        else:
+            per_layer.setdefault(group, set()).add(int(idx.group(1)))
+    for group, idxs in per_layer.items():
+        share[group] = min(share[group], max(0.0, 1.0 - len(idxs) / max(layers, 1)))
+    return share
 
 
 def _family(cfg: dict[str, Any], model_type: str, name: str, notes: list[str]) -> str:
@@ -437,15 +589,41 @@ def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | Non
         lm_head if lm_head else embedding
     )  # tied: the shared matrix is the lm_head matmul
     quant = detect_quantization(top, hf_quant)
-    non_quant = embedding + lm_head + norms + router  # kept in 16-bit by every recipe here
-    quantizable = total - non_quant
-    weight_bytes = {d: non_quant * 2.0 + quantizable * b for d, b in WEIGHT_BYTES.items()}
-    if quant is not None and quant.weight_dtype == "mxfp4" and family == "gpt_oss":
-        native = (total - routed) * 2.0 + routed * WEIGHT_BYTES["mxfp4"]  # only the experts are MXFP4
-    elif quant is not None and quant.weight_dtype in WEIGHT_BYTES:
+    qc = (hf_quant.get("quantization", hf_quant) if hf_quant else None) or top.get("quantization_config")
+    share = _quantized_share(quant, qc if isinstance(qc, dict) else None, L, family)
+    groups = {
+        "embedding": embedding,
+        "lm_head": lm_head,
+        "attention": attention_total,
+        "dense_mlp": dense_mlp,
+        "routed_experts": routed,
+        "shared_experts": shared,
+        "router": router,
+        "linear_attention": linear,
+        "norms": norms,
+    }
+    quantized = sum(n * share[g] for g, n in groups.items())
+    weight_bytes = {
+        d: (total - quantized) * UNQUANTIZED_BYTES + quantized * b for d, b in WEIGHT_BYTES.items()
+    }
+    if quant is not None and quant.weight_dtype in WEIGHT_BYTES:
         native = weight_bytes[quant.weight_dtype]
     else:
         native = weight_bytes["bf16"]
+        if quant is not None:
+            notes.append(
+                f"quantization {quant.method} ({quant.weight_dtype}): weight dtype not modelled, "
+                "its bytes are counted at 16 bits"
+            )
+    raw_dtype = top.get("torch_dtype") or top.get("dtype") or cfg.get("torch_dtype") or cfg.get("dtype")
+    torch_dtype = TORCH_DTYPES.get(str(raw_dtype).lower()) if raw_dtype else None
+    if torch_dtype is None:
+        notes.append(
+            f"config.json torch_dtype {raw_dtype!r} not understood: bf16 assumed"
+            if raw_dtype
+            else "config.json has no torch_dtype: bf16 assumed"
+        )
+        torch_dtype = "bf16"
     kv_elems = kv_per_token_elems * attn_layers
     reqs = engine_requirements(attention, family, quant)
     return ModelCard(
@@ -482,6 +660,8 @@ def build_card(config: dict[str, Any], name: str, hf_quant: dict[str, Any] | Non
         total_params=total,
         active_params=active,
         active_params_with_embedding=active + (embedding if lm_head else 0),
+        torch_dtype=torch_dtype,
+        quantized_share=share,
         weight_bytes=weight_bytes,
         native_weight_bytes=native,
         kv_bytes_per_token={d: kv_elems * b for d, b in KV_BYTES.items()},

@@ -86,10 +86,19 @@ def prefix_cache_mismatch(arms: list[Arm], defaults: dict[str, bool | None]) -> 
 
 
 def compose(engine: str, winners: list[Arm], base: dict[str, Any]) -> Arm:
+    """The baseline with every winner's lever changes. Winners come best first: when two change the
+    same lever (prefill-chunk=16384 and prefill-chunk=8192), the better one's value is kept and the
+    other winner adds nothing (nor its name)."""
     levers = dict(base)
+    taken: set[str] = set()
+    used = []
     for w in winners:
-        levers.update({k: v for k, v in w.levers.items() if base.get(k) != v})
-    name = "+".join(w.name for w in winners) or "baseline"
+        change = {k: v for k, v in w.levers.items() if base.get(k) != v and k not in taken}
+        if change:
+            levers.update(change)
+            taken |= set(change)
+            used.append(w)
+    name = "+".join(w.name for w in used) or "baseline"
     return Arm(engine=engine, name=f"composed:{name}", levers=levers)
 
 

@@ -213,7 +213,9 @@ class RecordingEvaluator:
             self.observe(
                 "tune: "
                 + ", ".join(
-                    f"{m.workload} c={m.concurrency} {m.output_tok_s:,.0f} tok/s" for m in out.measures
+                    f"{m.workload} c={m.concurrency} {m.output_tok_s:,.0f} tok/s, "
+                    f"median TPOT {m.tpot_ms:.2f} ms"
+                    for m in out.measures
                 )
             )
         rec = {

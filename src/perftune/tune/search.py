@@ -4,6 +4,20 @@ except for the evaluator it drives (a live engine, or the simulator in virtual t
 Order is interleaved: every pass visits each surviving arm once (A B C A B C), so drift of the node
 (thermals, clocks, a noisy neighbour) spreads over all arms instead of biasing the ones measured last.
 An arm is crowned only with >= 3 trials at every concurrency of the ladder.
+
+Two focuses, one machinery (every score is higher-is-better, so ranking, intervals and the crowning
+rule are shared):
+
+- throughput: an arm's score on a workload is its mean output tok/s at the best concurrency whose
+  mean TTFT and median TPOT meet the SLO; screening runs at the top of the ladder.
+- latency: an arm is judged at one concurrency, the largest ladder concurrency <= the target (the
+  champion's rule in phase 8), and its score there is the per-stream decode speed 1000 / median TPOT
+  ms (tok/s per user) of each trial, so the challenger/baseline ratio is baseline TPOT / challenger
+  TPOT: a speedup. The point is eligible only if its mean TTFT and median TPOT meet the SLO (an arm
+  cannot win latency by wrecking TTFT). Output tok/s never enters a latency score (a short run's
+  tok/s says nothing about latency); screening and halving run at the judged concurrency. Anything a
+  human reads shows the latency score as TPOT in ms (`tpot_ms`), i.e. 1000 / the mean speed: the
+  harmonic mean of the trials' median TPOTs.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from perftune.bench.stats import across_trials
 from perftune.errors import ConfigError
 from perftune.tune.arms import Arm, compose
 
+Focus = Literal["throughput", "latency"]
 FailureClass = Literal["boot", "oom", "crash", "wedge", "dropped", "http-error"]
 
 # A full-treatment deploy runs the whole ladder with 2 requests per slot, a screening deploy one short
@@ -71,6 +86,48 @@ class TuneConfig:
     budget_gpu_s: float = math.inf
     # every deploy is measured on each of these; an arm's score is the geometric mean over them
     workloads: list[str] = field(default_factory=lambda: ["random"])
+    # throughput: tok/s under the SLO at the best concurrency; latency: median TPOT (as 1000 / TPOT ms,
+    # higher is better) at `judged_concurrency`, with the SLO's TTFT and TPOT bounds still in force
+    focus: Focus = "throughput"
+    target_concurrency: int | None = None  # latency focus: the concurrency the TPOT is judged at
+
+    def __post_init__(self) -> None:
+        if self.focus not in ("throughput", "latency"):
+            raise ConfigError(f"unknown tuning focus '{self.focus}'", hint="throughput or latency")
+        if self.focus == "latency" and self.judged_concurrency is None:
+            raise ConfigError(
+                f"latency focus judges TPOT at the largest ladder concurrency <= the target concurrency "
+                f"({self.target_concurrency}), and the ladder {self.ladder} has none",
+                hint="set a target concurrency at or above the smallest ladder concurrency, "
+                "or add a smaller concurrency to the ladder",
+            )
+
+    @property
+    def judged_concurrency(self) -> int | None:
+        """Latency focus: the largest ladder concurrency <= target_concurrency (None when there is
+        none, or under throughput focus, where an arm is judged at its best concurrency)."""
+        if self.focus != "latency" or self.target_concurrency is None:
+            return None
+        at = [c for c in self.ladder if c <= self.target_concurrency]
+        return max(at) if at else None
+
+    @property
+    def screen_concurrency(self) -> int:
+        """Where screening and halving measure: the judged concurrency (latency), else the top of the
+        ladder."""
+        return self.judged_concurrency or max(self.ladder)
+
+    @property
+    def metric(self) -> str:
+        """What an arm's score means, for humans."""
+        over = f", geometric mean over {' x '.join(self.workloads)}" if len(self.workloads) > 1 else ""
+        if self.focus == "latency":
+            return (
+                f"median TPOT ms at c={self.judged_concurrency} (lower is better; the point must meet "
+                f"the SLO: mean TTFT <= {self.slo_ttft_ms:g} ms, median TPOT <= {self.slo_tpot_ms:g} ms"
+                f"{over})"
+            )
+        return f"output tok/s under the SLO at the best concurrency (higher is better{over})"
 
 
 @dataclass
@@ -84,6 +141,15 @@ class WorkloadVerdict:
     baseline_concurrency: int | None
     ratio: float | None
     ratio_ci95: tuple[float, float] | None
+    # latency focus: scores are per-stream speeds (1000 / TPOT ms), these are the same in ms (the ratio
+    # is baseline TPOT / challenger TPOT); None under throughput focus
+    tpot_ms: float | None = None
+    baseline_tpot_ms: float | None = None
+
+
+def tpot_ms(speed: float | None) -> float | None:
+    """A latency score (per-stream decode speed, tok/s per user) as TPOT in ms."""
+    return 1000.0 / speed if speed else None
 
 
 @dataclass
@@ -96,12 +162,40 @@ class EngineResult:
     ratio: float | None
     ratio_ci95: tuple[float, float] | None
     top3: list[tuple[str, float, int]]  # (arm, score, trials)
-    pareto: list[tuple[str, str, int, float, float]]  # (workload, arm, c, tok/s, median TPOT), per workload
+    # (workload, arm, c, tok/s, median TPOT ms, mean TTFT ms): per workload, the points not dominated on
+    # the focus's axes (throughput: tok/s up and TPOT down, every ladder concurrency; latency: TPOT
+    # down and TTFT down, at the judged concurrency)
+    pareto: list[tuple[str, str, int, float, float, float]]
     # the best non-baseline arm and, per workload, it against the baseline (ratio/ratio_ci95 above are
     # this challenger's too, whether or not it was crowned)
     by_workload: dict[str, WorkloadVerdict] = field(default_factory=dict)
     challenger: str | None = None
     verdict: str = ""
+    focus: Focus = "throughput"
+    metric: str = ""  # what score means (TuneConfig.metric): the metric that crowned
+    concurrency: int | None = None  # latency focus: the concurrency every arm was judged at
+    # latency focus: the crowned arm's and the baseline's score as median TPOT in ms (1000 / score)
+    tpot_ms: float | None = None
+    baseline_tpot_ms: float | None = None
+    # every arm that completed the full treatment under the SLO, best first: (arm key, score, trials)
+    ranked: list[tuple[str, float, int]] = field(default_factory=list)
+    baseline: str = ""  # the baseline arm's key
+
+    def show(self, score: float | None) -> str:
+        """A score as a human reads it: TPOT in ms under latency focus, tok/s under throughput."""
+        if score is None:
+            return "-"
+        if self.focus == "latency":
+            return f"{1000.0 / score:.2f} ms"
+        return f"{score:,.0f} tok/s"
+
+    def show_ci(self, ci: tuple[float, float] | None) -> str:
+        """A score's 95% interval as a human reads it (in ms, flipped, under latency focus)."""
+        if ci is None:
+            return "n/a"
+        if self.focus == "latency":
+            return f"[{1000.0 / ci[1]:.2f}, {1000.0 / ci[0]:.2f}] ms"
+        return f"[{ci[0]:,.0f}, {ci[1]:,.0f}] tok/s"
 
 
 @dataclass
@@ -129,29 +223,41 @@ def interleave(arms: Sequence[Arm], trials: Sequence[int]) -> list[tuple[Arm, in
 class WorkloadScore:
     score: float | None
     concurrency: int | None
-    by_trial: dict[int, float]  # tok/s of each trial at that concurrency
+    by_trial: dict[int, float]  # each trial's value at that concurrency (tok/s, or 1000 / TPOT ms)
+
+
+def value(m: Measure, cfg: TuneConfig) -> float:
+    """One trial's value under the focus: output tok/s, or the per-stream decode speed 1000 / median
+    TPOT ms (0 when the trial has no TPOT)."""
+    if cfg.focus == "latency":
+        return 1000.0 / m.tpot_ms if m.tpot_ms > 0 else 0.0
+    return m.output_tok_s
 
 
 def workload_score(measures: Sequence[Measure], cfg: TuneConfig, workload: str) -> WorkloadScore:
-    """Throughput under the SLO on one workload: the best concurrency whose mean TTFT and median TPOT
-    meet the SLO, its mean tok/s and each trial's value (for intervals)."""
+    """An arm's score on one workload, over the concurrencies whose mean TTFT and median TPOT meet the
+    SLO: throughput: the best such concurrency, its mean tok/s; latency: the judged concurrency only,
+    its mean per-stream speed (1000 / median TPOT ms). With each trial's value (for intervals)."""
     best: WorkloadScore | None = None
     mine = [m for m in measures if m.workload == workload]
+    at = cfg.judged_concurrency
     for c in sorted({m.concurrency for m in mine}):
         ms = [m for m in mine if m.concurrency == c]
         if (
-            np.mean([m.ttft_ms for m in ms]) > cfg.slo_ttft_ms
+            (at is not None and c != at)
+            or np.mean([m.ttft_ms for m in ms]) > cfg.slo_ttft_ms
             or np.median([m.tpot_ms for m in ms]) > cfg.slo_tpot_ms
+            or any(value(m, cfg) <= 0 for m in ms)
         ):
             continue
-        mean = float(np.mean([m.output_tok_s for m in ms]))
+        mean = float(np.mean([value(m, cfg) for m in ms]))
         if best is None or mean > (best.score or 0.0):
-            best = WorkloadScore(mean, c, {m.trial: m.output_tok_s for m in ms})
+            best = WorkloadScore(mean, c, {m.trial: value(m, cfg) for m in ms})
     return best or WorkloadScore(None, None, {})
 
 
 def score(measures: Sequence[Measure], cfg: TuneConfig) -> tuple[float | None, list[float]]:
-    """An arm's score: the geometric mean over cfg.workloads of its throughput under the SLO (so a
+    """An arm's score: the geometric mean over cfg.workloads of its workload scores (so a
     ranking by it is a ranking by the mean log-ratio to any common baseline), and the per-trial values
     (trial t's geometric mean across workloads, for trials measured on every workload). None when any
     workload has no concurrency that meets the SLO."""
@@ -168,6 +274,21 @@ def score(measures: Sequence[Measure], cfg: TuneConfig) -> tuple[float | None, l
 def raw_throughput(measures: Sequence[Measure], cfg: TuneConfig) -> float:
     """Geometric mean over workloads of the best tok/s seen, SLO ignored (to rank SLO-breaking arms)."""
     best = [max((m.output_tok_s for m in measures if m.workload == w), default=0.0) for w in cfg.workloads]
+    return float(np.exp(np.mean([math.log(max(b, 1e-9)) for b in best])))
+
+
+def raw_score(measures: Sequence[Measure], cfg: TuneConfig) -> float:
+    """To rank SLO-breaking arms, SLO ignored: throughput: raw_throughput; latency: the geometric mean
+    over workloads of the best per-stream speed (1000 / median TPOT ms) at the judged concurrency."""
+    if cfg.focus != "latency":
+        return raw_throughput(measures, cfg)
+    best = [
+        max(
+            (value(m, cfg) for m in measures if m.workload == w and m.concurrency == cfg.judged_concurrency),
+            default=0.0,
+        )
+        for w in cfg.workloads
+    ]
     return float(np.exp(np.mean([math.log(max(b, 1e-9)) for b in best])))
 
 
@@ -267,12 +388,12 @@ class _Run:
         return live
 
     def screen(self, live: list[Arm]) -> dict[str, float]:
-        """1. screening: one short trial each at the top concurrency."""
+        """1. screening: one short trial each at the top concurrency (latency: the judged one)."""
         screen: dict[str, float] = {}
         for a, t in interleave(live, [0]):
-            if got := self.spend("screen", a, t, [max(self.cfg.ladder)], True):
+            if got := self.spend("screen", a, t, [self.cfg.screen_concurrency], True):
                 # SLO-breaking arms are demoted, not dropped
-                screen[a.key] = score(got, self.cfg)[0] or raw_throughput(got, self.cfg) * 0.5
+                screen[a.key] = score(got, self.cfg)[0] or raw_score(got, self.cfg) * 0.5
         return screen
 
     def plan_and_halve(
@@ -301,7 +422,7 @@ class _Run:
             if (k + 1) * cfg.trials * per_full + len(keep) * per_screen <= left:
                 rung = {}
                 for a, t in interleave(keep, [1]):
-                    if got := self.spend("halving", a, t, [max(cfg.ladder)], True):
+                    if got := self.spend("halving", a, t, [cfg.screen_concurrency], True):
                         rung[a.key] = (screen[a.key] + (score(got, cfg)[0] or 0.0)) / 2
             else:
                 res.notes.append(
@@ -329,7 +450,11 @@ class _Run:
         ]
         if len(winners) < 2:
             return
+        # best first: where two winners change the same lever, the better one's value is composed
+        winners.sort(key=lambda a: -(score(self.by_arm.get(a.key, []), cfg)[0] or 0.0))
         comp = compose(engine, winners, base.levers)
+        if any(comp.levers == w.levers for w in winners):
+            return  # the winners all changed the same lever: the composition is the best of them
         fulls = [o[2] for o in res.outcomes if o[0] == engine and o[1] == "full"]
         need = 2 * cfg.trials * (float(np.mean(fulls)) if fulls else per_full)
         left = self.share_left(engine)
@@ -347,8 +472,9 @@ class _Run:
 
     def crown(self, engine: str, base: Arm, finalists: list[Arm]) -> EngineResult:
         """5. crown: the best arm with >= cfg.trials trials at every concurrency. It is crowned only if
-        it beats the baseline with a 95% interval of the ratio above 1: a win inside the noise keeps
-        the baseline (and says which challenger came closest)."""
+        it beats the baseline with a 95% interval of the ratio above 1 (latency: the TPOT speedup at
+        the judged concurrency): a win inside the noise keeps the baseline (and says which challenger
+        came closest)."""
         cfg, by_arm = self.cfg, self.by_arm
         scored = []
         for a in finalists:
@@ -366,14 +492,23 @@ class _Run:
         top = scored[0] if scored else None
         base_entry = next((x for x in scored if x[0] is base), None)
         rc = ratio_ci(top[2], bvals) if top and bvals and top[0] is not base else None
+        at = cfg.judged_concurrency
+        lat = cfg.focus == "latency"
         if top is None:
             crowned, verdict = None, "no arm completed the full treatment under the SLO"
         elif top[0] is base:
             crowned, verdict = top, "the baseline scored best"
         elif base_entry is None:
-            crowned, verdict = top, "the baseline has no score under the SLO"
+            crowned, verdict = top, "the baseline has no score under the SLO" + (f" at c={at}" if lat else "")
         elif rc is not None and rc[1][0] > 1.0:
-            crowned, verdict = top, "beats the baseline: the ratio's 95% interval is above 1"
+            crowned, verdict = (
+                top,
+                (
+                    f"beats the baseline: the 95% interval of the median TPOT speedup at c={at} is above 1"
+                    if lat
+                    else "beats the baseline: the ratio's 95% interval is above 1"
+                ),
+            )
         else:
             crowned = base_entry
             verdict = f"baseline kept: the best challenger, {top[0].name}, is within the noise"
@@ -390,6 +525,8 @@ class _Run:
                     bw.concurrency,
                     wr[0] if wr else None,
                     wr[1] if wr else None,
+                    tpot_ms(cw.score) if lat else None,
+                    tpot_ms(bw.score) if lat else None,
                 )
         return EngineResult(
             engine=engine,
@@ -404,15 +541,26 @@ class _Run:
             by_workload=verdicts,
             challenger=top[0].name if top and top[0] is not base else None,
             verdict=verdict,
+            focus=cfg.focus,
+            metric=cfg.metric,
+            concurrency=at,
+            tpot_ms=tpot_ms(crowned[1]) if crowned and lat else None,
+            baseline_tpot_ms=tpot_ms(bscore) if lat else None,
+            ranked=[(a.key, s, n) for a, s, _v, n in scored],
+            baseline=base.key,
         )
 
-    def pareto(self, scored: list[Arm]) -> list[tuple[str, str, int, float, float]]:
-        """Per workload, the arms' (tok/s, median TPOT) points not dominated by another."""
+    def pareto(self, scored: list[Arm]) -> list[tuple[str, str, int, float, float, float]]:
+        """Per workload, the arms' (tok/s, median TPOT, mean TTFT) points not dominated by another on
+        the focus's axes: throughput: higher tok/s, lower TPOT, over the ladder; latency: lower TPOT,
+        lower TTFT, at the judged concurrency (tok/s is carried, never compared)."""
+        lat = self.cfg.focus == "latency"
+        concs = [self.cfg.judged_concurrency or 0] if lat else self.cfg.ladder
         out = []
         for w in self.cfg.workloads:
             points = []
             for a in scored:
-                for c in self.cfg.ladder:
+                for c in concs:
                     ms = [m for m in self.by_arm[a.key] if m.concurrency == c and m.workload == w]
                     if ms:
                         points.append(
@@ -420,18 +568,35 @@ class _Run:
                                 a.name,
                                 c,
                                 float(np.mean([m.output_tok_s for m in ms])),
-                                float(np.median([m.tpot_ms for m in ms])),
+                                _tpot_over_trials([m.tpot_ms for m in ms], latency=lat),
+                                float(np.mean([m.ttft_ms for m in ms])),
                             )
                         )
-            out += [(w, *p) for p in _pareto_front(points)]
+            out += [(w, *p) for p in _pareto_front(points, latency=lat)]
         return out
 
 
-def _pareto_front(points: list[tuple[str, int, float, float]]) -> list[tuple[str, int, float, float]]:
-    """Points not dominated in (higher tok/s, lower median TPOT)."""
-    front = [
-        p
-        for p in points
-        if not any(q[2] >= p[2] and q[3] <= p[3] and q != p and (q[2] > p[2] or q[3] < p[3]) for q in points)
-    ]
-    return sorted(front, key=lambda p: p[3])
+def _tpot_over_trials(tpots: Sequence[float], *, latency: bool) -> float:
+    """The trials' median TPOTs as one figure: their median (throughput focus), or under latency focus
+    1000 / their mean per-stream speed (the harmonic mean), the same estimator as the latency score."""
+    if latency and all(t > 0 for t in tpots):
+        return len(tpots) / sum(1.0 / t for t in tpots)
+    return float(np.median(tpots))
+
+
+def _pareto_front(
+    points: list[tuple[str, int, float, float, float]], *, latency: bool = False
+) -> list[tuple[str, int, float, float, float]]:
+    """Points (arm, c, tok/s, median TPOT, mean TTFT) not dominated in (higher tok/s, lower median
+    TPOT), or under latency focus in (lower median TPOT, lower mean TTFT)."""
+
+    def cost(p: tuple[str, int, float, float, float]) -> tuple[float, float]:
+        return (p[3], p[4]) if latency else (-p[2], p[3])
+
+    def dominated(p: tuple[str, int, float, float, float]) -> bool:
+        cp = cost(p)
+        return any(
+            q != p and all(x <= y for x, y in zip(cost(q), cp, strict=True)) and cost(q) != cp for q in points
+        )
+
+    return sorted((p for p in points if not dominated(p)), key=lambda p: p[3])
