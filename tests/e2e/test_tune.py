@@ -67,7 +67,13 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
     base = p3["p3.sim.baseline.random.c8"]
     for c in p3.values():  # the arm's levers and the deploy's parallelism are in every phase 3 context
         assert c.context["levers"] == c.levers and c.context["parallelism"] == {"tp": 1}
-        assert c.context["kv_cache_dtype"] == c.levers.get("kv-cache-dtype", "auto (the model's dtype)")
+        # the effective dtypes, with where they come from: the FP8-KV arm reads fp8 KV, the rest bf16
+        kv = c.context["kv_cache_dtype"]
+        assert kv.startswith(
+            "fp8 (lever kv-cache-dtype=fp8)" if c.levers.get("kv-cache-dtype") else "bf16 (auto"
+        )
+        assert c.context["quantization"].startswith("bf16 weights")
+        assert c.context["claim"] == "throughput" and c.context["metric_isolated"] is True
     assert base.trials == 3 and len(set(base.trial_paths)) == 3 and "full.t2" in base.trial_paths[2]
     assert any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())  # kept apart
     rows = api.lake_query(
