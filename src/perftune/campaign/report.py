@@ -21,10 +21,16 @@ def cell_line(c: Cell) -> str:
     sol = f", {c.sol_pct:.0f}% SoL ({c.ceiling_key})" if c.sol_pct is not None else ""
     wl = ctx.get("workload", {})
     shape = f" {wl.get('isl')}/{wl.get('osl')}" if wl.get("isl") else ""
+    par = ",".join(f"{k.upper()}={v}" for k, v in (ctx.get("parallelism") or {}).items())
+    weights = str(ctx.get("quantization") or "").split(" (")[0]
+    kv = str(ctx.get("kv_cache_dtype") or "").split(" (")[0]
+    serving = ", ".join(x for x in (par, weights, f"KV {kv}" if kv else "") if x)
+    levers = ", ".join(f"{k}={v}" for k, v in c.levers.items()) or "engine defaults"
     return (
         f"{c.output_tok_s:,.0f}{std} output tok/s{tpot}{ttft}{sol} — {c.engine} "
-        f"{stack.get('engine_version') or ''} {c.config} on {ctx.get('hardware')}{sim}, "
-        f"{c.workload}{shape}, c={c.concurrency}, {c.trials} trials, {c.tier}"
+        f"{stack.get('engine_version') or ''} {c.config} ({levers}) on {ctx.get('hardware')}"
+        + (f" [{serving}]" if serving else "")
+        + f"{sim}, {c.workload}{shape}, c={c.concurrency}, {c.trials} trials, {c.tier}"
     )
 
 

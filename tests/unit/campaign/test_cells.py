@@ -32,3 +32,19 @@ def test_an_older_cell_reads_its_summary(tmp_path: Path) -> None:
     trials = [{"counts": {"sent": 10, "ok": 10}}, {"counts": {"sent": 10, "ok": 5}}]
     (tmp_path / "cells" / "c" / "summary.json").write_text(json.dumps({"trials": trials}))
     assert failed_share(_ctx(tmp_path), _cell()) == 0.25
+
+
+def test_a_report_line_carries_the_serving_context_of_its_cell() -> None:
+    from perftune.campaign.report import cell_line
+
+    ctx = {
+        "hardware": "1xh200",
+        "parallelism": {"tp": 2},
+        "quantization": "fp8 weights (checkpoint quantization_config: fp8 block [128, 128])",
+        "kv_cache_dtype": "fp8 (lever kv-cache-dtype=fp8)",
+        "stack": {"engine_version": "0.26.0"},
+        "workload": {"isl": 1024, "osl": 128},
+    }
+    line = cell_line(_cell(engine="vllm", levers={"kv-cache-dtype": "fp8"}, context=ctx, simulated=False))
+    assert "(kv-cache-dtype=fp8) on 1xh200 [TP=2, fp8 weights, KV fp8]" in line
+    assert "random 1024/128, c=4, 3 trials, DRAFT" in line
