@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # heavier modules load only where they are used: `bench run` 
     from perftune.models.card import ModelCard as ModelCard_
     from perftune.registry.check import CheckResult
     from perftune.registry.schema import ModelEntry
+    from perftune.report.render import ReportResult
 
 
 # Run a bench and write its evidence folder: the facade exposes the bench session as it is.
@@ -494,4 +495,28 @@ def tune(
         update=update,
         observe=observe,
         lake=Path(lake) if lake else default_lake(),
+    )
+
+
+# ---------------------------------------------------------------- the report
+
+
+def report(
+    run_id: str,
+    *,
+    runs_dir: str | Path = "runs",
+    fmt: str = "html",
+    out: str | Path | None = None,
+    timeout_s: float = 120.0,
+) -> ReportResult:
+    """Render a campaign bundle (runs_dir/run_id, or a bundle folder) as one self-contained HTML file,
+    or as a PDF printed from it by headless Chromium; default out: report.html|pdf in the bundle."""
+    from perftune.report.render import render_report
+
+    return render_report(
+        run_id,
+        runs_dir=Path(runs_dir),
+        fmt=fmt,
+        out=Path(out) if out is not None else None,
+        timeout_s=timeout_s,
     )

@@ -74,6 +74,7 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
         )
         assert c.context["quantization"].startswith("bf16 weights")
         assert c.context["claim"] == "throughput" and c.context["metric_isolated"] is True
+        assert c.tier == "DRAFT" and "simulated server" in c.context["tier_reasons"]  # never a VERDICT
     assert base.trials == 3 and len(set(base.trial_paths)) == 3 and "full.t2" in base.trial_paths[2]
     assert any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())  # kept apart
     rows = api.lake_query(

@@ -17,7 +17,7 @@ from perftune.campaign.report import cell_line, champion_md, deploy_command, sou
 from perftune.campaign.slo_capacity import phase83
 from perftune.campaign.state import ChampionFact
 from perftune.campaign.tuning import run_phase3
-from perftune.errors import ConfigError
+from perftune.errors import ConfigError, PerftuneError
 from perftune.hardware.ceilings import gpu
 from perftune.registry import findings
 from perftune.registry.store import (
@@ -29,6 +29,7 @@ from perftune.registry.store import (
     sim_registry_path,
     user_registry_path,
 )
+from perftune.report.render import write_html_report
 from perftune.tune.arms import read_tsv
 from perftune.util.atomic import write_text
 
@@ -342,6 +343,11 @@ def phase84(ctx: Ctx) -> Gate:
     if src.exists():  # the intent and decisions, now with what they led to
         write_text(src, with_champion(src.read_text(), ctx.state))
         arts.append("SOURCE.md")
+    try:  # the campaign as one offline HTML page; `perftune report` refreshes it after later phases
+        write_html_report(ctx.run_dir, campaign=ctx.state.model_dump(mode="json"))
+        arts.append("report.html")
+    except PerftuneError as e:
+        ctx.observe(f"phase 8.4: report.html not rendered: {e.message} ({e.hint})")
     sim = " SIMULATED" if ch.cell_id and ctx.state.cells[ch.cell_id].simulated else ""
     return Gate(
         "green",

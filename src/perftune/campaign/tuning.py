@@ -276,6 +276,8 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
             metric_isolated=isolated is not False,
             isolation=why,
         )
+        if summaries[0]["context"]["stack"]["simulated"]:  # a simulated number is never a VERDICT
+            tier, reasons = "DRAFT", [*reasons, "simulated server"]
         context = {
             **summaries[0]["context"],
             **serving_context(ctx, levers),

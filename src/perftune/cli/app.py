@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, campaign, capacity, deploy, known_good, levers, mock, models, sim
+from perftune.cli import bench, campaign, capacity, deploy, known_good, levers, mock, models, report, sim
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.add_typer(campaign.lake_app, name="lake")
 app.command("frontier")(campaign.frontier)
 app.command("tune")(campaign.tune)
 app.command("capacity")(capacity.capacity)
+app.command("report")(report.report)
 
 
 def _version(value: bool) -> None:
