@@ -86,6 +86,11 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
         "## Phase 8.3: SLO capacity" in summary
         or "## Phase 8.3: SLO capacity" in (run_dir / "summary.md").read_text()
     )
+    # every cell with a TPOT is a point on the roofline in the lake (analytical bytes, measured time)
+    roof = query(lake, "select * from roofline order by cell_id")
+    assert {r["cell_id"] for r in roof} == {c.cell_id for c in state.cells.values() if c.tpot_median_ms}
+    assert all(r["sol_rigor"] == "L0 analytical" and r["simulated"] and r["intensity"] > 0 for r in roof)
+    assert all(0 < r["hbm_pct"] < 100 and r["weight_dtype"] == "bf16" for r in roof)
     rows = query(lake, "select count(*) as n from cells")[0]["n"]
     assert rows == len(state.cells) == 1 + 2 * 2
     assert query(lake, "select recommended, tier from champions")[0] == {"recommended": True, "tier": "DRAFT"}

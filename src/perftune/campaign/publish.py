@@ -9,6 +9,7 @@ from typing import Any
 from perftune.bench.records import RequestRecord
 from perftune.campaign.state import CampaignState
 from perftune.lake.db import dumps, publish_rows
+from perftune.report.render import roofline_rows
 
 
 def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
@@ -163,6 +164,7 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
         "requests": requests,
         "champions": champions,
         "findings": findings,
+        "roofline": roofline_rows(run_dir),
     }
 
 

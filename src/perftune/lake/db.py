@@ -66,8 +66,20 @@ MIGRATIONS: list[tuple[int, str]] = [
             rationale VARCHAR, PRIMARY KEY (campaign_id, model));
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE roofline (
+            campaign_id VARCHAR, cell_id VARCHAR, phase VARCHAR, engine VARCHAR, config VARCHAR,
+            concurrency INTEGER, tp INTEGER, context_tokens INTEGER, weight_dtype VARCHAR,
+            kv_dtype VARCHAR, flops_per_step DOUBLE, bytes_per_step DOUBLE, intensity DOUBLE,
+            tpot_ms DOUBLE, attained_tflops DOUBLE, attained_tb_s DOUBLE, hbm_pct DOUBLE,
+            peak_tflops DOUBLE, hbm_tb_s DOUBLE, sol_rigor VARCHAR, simulated BOOLEAN, tier VARCHAR,
+            PRIMARY KEY (campaign_id, cell_id));
+        """,
+    ),
 ]
-TABLES = ("campaigns", "cells", "trials", "requests", "champions", "findings")
+TABLES = ("campaigns", "cells", "trials", "requests", "champions", "findings", "roofline")
 
 
 def default_lake() -> Path:

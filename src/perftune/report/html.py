@@ -229,7 +229,7 @@ def roofline_section(b: Bundle, card: Any, gpu: Gpu | None, card_note: str) -> S
         for c in cells
         if (
             p := pg.roofline_point(
-                c, card, gpu, tp=_tp(c, camp.facts.tp), isl=camp.intent.isl, osl=camp.intent.osl
+                c, card, gpu, tp=cell_tp(c, camp.facts.tp), isl=camp.intent.isl, osl=camp.intent.osl
             )
         )
         is not None
@@ -290,7 +290,8 @@ def roofline_section(b: Bundle, card: Any, gpu: Gpu | None, card_note: str) -> S
     return Section(id="roofline", title=title, body="".join(parts), plots=1, missing=missing)
 
 
-def _tp(c: CellView, default: int) -> int:
+def cell_tp(c: CellView, default: int) -> int:
+    """The cell's TP from its context (the deploy's), else the campaign's."""
     par = c.context.get("parallelism") or {}
     tp = par.get("tp")
     return int(tp) if isinstance(tp, int) and tp >= 1 else default

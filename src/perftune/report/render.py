@@ -144,3 +144,51 @@ def render_report(
 def write_html_report(run_dir: Path, campaign: dict[str, Any] | None = None) -> Path:
     """The campaign's hook (end of phase 8.4): run_dir/report.html from the in-memory state."""
     return render_report(str(run_dir), fmt="html", campaign=campaign).path
+
+
+def roofline_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every cell with a median TPOT as a decode point on its GPU's roofline (arithmetic intensity,
+    attained TFLOP/s and bandwidth), for the lake's `roofline` table: bytes and FLOPs per step are
+    analytical (L0, the roofline model at the cell's levers), the step time is measured."""
+    try:
+        b = load_bundle(run_dir)
+    except PerftuneError:  # a bundle the report cannot read has no points to publish
+        return []
+    card, _why = model_card_for(b)
+    g, _err = gpu_for(b)
+    if card is None or g is None:
+        return []
+    camp = b.campaign
+    rows = []
+    for c in camp.cells.values():
+        tp = h.cell_tp(c, camp.facts.tp)
+        pt = pg.roofline_point(c, card, g, tp=tp, isl=camp.intent.isl, osl=camp.intent.osl)
+        if pt is None:
+            continue
+        rows.append(
+            {
+                "campaign_id": camp.run_id,
+                "cell_id": pt.cell_id,
+                "phase": pt.phase,
+                "engine": pt.engine,
+                "config": pt.config,
+                "concurrency": pt.concurrency,
+                "tp": pt.tp,
+                "context_tokens": pt.context_tokens,
+                "weight_dtype": pt.weight_dtype,
+                "kv_dtype": pt.kv_dtype,
+                "flops_per_step": pt.flops_per_step,
+                "bytes_per_step": pt.bytes_per_step,
+                "intensity": pt.intensity,
+                "tpot_ms": pt.tpot_ms,
+                "attained_tflops": pt.attained_tflops,
+                "attained_tb_s": pt.attained_tb_s,
+                "hbm_pct": pt.hbm_pct,
+                "peak_tflops": pt.peak_tflops,
+                "hbm_tb_s": pt.hbm_tb_s,
+                "sol_rigor": "L0 analytical",
+                "simulated": pt.simulated,
+                "tier": pt.tier,
+            }
+        )
+    return rows
