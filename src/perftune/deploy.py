@@ -25,6 +25,7 @@ from perftune.serving.registry import plan as make_plan
 from perftune.serving.spec import LaunchPlan, ServeSpec
 from perftune.targets.local import (
     LocalDeployment,
+    WaitProgress,
     check_port_free,
     down,
     free_port,
@@ -209,11 +210,14 @@ def deploy(
     chat_only_smoke: bool = False,
     gpus: list[int] | None = None,
     on_up: Callable[[LocalDeployment], None] | None = None,
+    on_wait: WaitProgress | None = None,
 ) -> tuple[DeployRecord, LocalDeployment]:
     """Validate everything, then launch, wait for readiness and smoke-test. Tears down on any failure.
 
     `on_up` is called as soon as the process group exists, before the (long) readiness wait: a caller
-    that can be killed while waiting records the group there so a later run can reap it."""
+    that can be killed while waiting records the group there so a later run can reap it. `on_wait`
+    is called about once a second during that wait with the seconds waited and the server log's last
+    non-empty line (targets.local.wait_ready)."""
     if spec.engine == "sim":
         from perftune.models.resolve import model_card
 
@@ -244,7 +248,7 @@ def deploy(
     try:
         if on_up is not None:
             on_up(dep)
-        ready_s = asyncio.run(wait_ready(dep, ready_timeout_s))
+        ready_s = asyncio.run(wait_ready(dep, ready_timeout_s, on_wait=on_wait))
         version = spec.engine_version or asyncio.run(detect_version(dep.base_url, spec.engine))
         sm = asyncio.run(smoke(dep.base_url, p.served_name, chat_only=chat_only_smoke))
         if not sm.passed:

@@ -355,10 +355,13 @@ async def _open_loop(
 
 
 def _count_out_tokens_estimate(cap: RawCapture) -> int:
-    """Cheap live estimate for the progress bar: the last completion_tokens in the final read."""
-    if not cap.reads:
-        return 0
-    tail = cap.reads[-1][1]
+    """Cheap live estimate for the progress bar: the last completion_tokens in the last reads (a
+    server may send its final usage chunk in one read and `[DONE]` in the next)."""
+    tail = b""
+    for _t, data in reversed(cap.reads[-3:]):
+        tail = data + tail
+        if b'"completion_tokens":' in tail:
+            break
     k = tail.rfind(b'"completion_tokens":')
     if k < 0:
         return 0

@@ -6,16 +6,19 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from perftune.bench.runner import BenchConfig, BenchRun
+from perftune.bench.runner import Observer as BenchObserver
+from perftune.bench.runner import Progress as BenchProgress
 from perftune.bench.session import bench_to_dir
 from perftune.bench.stats import across_trials
 from perftune.bench.workloads import WorkloadSpec
-from perftune.campaign.base import Ctx
+from perftune.campaign.base import Ctx, EngineReady, EngineStarting, TrialProgress, wants_events
 from perftune.campaign.state import Cell, Deployment, TunedConfig
 from perftune.deploy import DeployRecord, deploy
 from perftune.hardware.ceilings import gpu
@@ -24,7 +27,7 @@ from perftune.models.card import ModelCard
 from perftune.models.resolve import model_card
 from perftune.serving.registry import engine as engine_info
 from perftune.serving.spec import ServeSpec
-from perftune.targets.local import LocalDeployment, down
+from perftune.targets.local import LocalDeployment, WaitProgress, down, last_log_line
 
 
 @cache
@@ -186,6 +189,12 @@ def live_server(
         ctx.state.live.append(Deployment(engine=engine, pgid=dep.pgid, run_id=dep.log_path.parent.name))
         ctx.save()
 
+    on_wait: WaitProgress | None = None
+    if wants_events(ctx.observe):
+
+        def on_wait(elapsed_s: float, line: str) -> None:
+            ctx.progress(EngineStarting(engine, elapsed_s, line))
+
     try:
         rec, dep = deploy(
             spec,
@@ -193,10 +202,13 @@ def live_server(
             registry=i.registry,
             ready_timeout_s=i.serving.ready_timeout_s,
             on_up=record_group,
+            on_wait=on_wait,
         )
     except BaseException:
         _forget(ctx, started)  # deploy tore its group down before raising
         raise
+    if on_wait is not None:
+        ctx.progress(EngineReady(engine, rec.ready_s, last_log_line(Path(rec.log_path))))
     try:
         yield rec
     finally:
@@ -208,6 +220,44 @@ def _forget(ctx: Ctx, pgids: list[int]) -> None:
     if pgids:
         ctx.state.live = [d for d in ctx.state.live if d.pgid not in pgids]
         ctx.save()
+
+
+class TrialRate:
+    """A trial's live output tok/s from the bench's progress, whose token count runs over the whole
+    session (warmup and every trial): a trial starts where the previous one left off. The bench's
+    count is a cheap estimate read from each response's last network read; where it stays at 0 (the
+    server sent its usage and [DONE] in separate reads) the requests done times `osl` stand in. Pure:
+    the caller passes the clock."""
+
+    def __init__(self, now: float, osl: int | None = None) -> None:
+        self.osl = osl
+        self.key: tuple[str, int] | None = None
+        self.t0, self.tok0 = now, 0
+        self.last_t, self.last_tok = now, 0
+
+    def update(self, p: BenchProgress, now: float) -> float:
+        if (p.phase, p.trial) != self.key:
+            self.key, self.t0, self.tok0 = (p.phase, p.trial), self.last_t, self.last_tok
+        self.last_t, self.last_tok = now, p.output_tokens
+        tokens = p.output_tokens - self.tok0
+        if tokens <= 0 and self.osl:
+            tokens = p.done * self.osl
+        return tokens / max(now - self.t0, 1e-6)
+
+
+def trial_observer(ctx: Ctx, cell_id: str, trials: int, osl: int | None) -> BenchObserver | None:
+    """A bench observer that turns the bench's per-request progress into TrialProgress events (trials
+    only, not the warmup); None when the campaign's observer takes no events."""
+    if not wants_events(ctx.observe):
+        return None
+    rate = TrialRate(time.monotonic(), osl)
+
+    def observe(p: BenchProgress) -> None:
+        tok_s = rate.update(p, time.monotonic())
+        if p.phase == "trial":
+            ctx.progress(TrialProgress(cell_id, p.trial + 1, trials, p.done, p.total, tok_s))
+
+    return observe
 
 
 def bench_cell(
@@ -227,10 +277,11 @@ def bench_cell(
     tmp = cell_dir.with_name(cell_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(cell_dir, ignore_errors=True)
+    wl = workload_spec(ctx, workload, concurrency)
     cfg = BenchConfig(
         endpoint=rec.endpoint,
         model=rec.served_name,
-        workload=workload_spec(ctx, workload, concurrency),
+        workload=wl,
         concurrency=concurrency,
         trials=i.suite.trials,
         warmup_requests=min(4, concurrency),
@@ -240,7 +291,9 @@ def bench_cell(
         claim=i.slo.focus,
         baseline=baseline_name(ctx, engine),
     )
-    run, _ = bench_to_dir(cfg, out_dir=tmp)
+    run, _ = bench_to_dir(
+        cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)
+    )
     tmp.rename(cell_dir)
     return make_cell(
         ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir, levers=levers

@@ -10,7 +10,7 @@ from pathlib import Path
 from perftune.bench.runner import BenchConfig
 from perftune.bench.session import bench_to_dir
 from perftune.campaign.base import Ctx
-from perftune.campaign.cells import baseline_name, live_server, workload_spec
+from perftune.campaign.cells import baseline_name, live_server, trial_observer, workload_spec
 from perftune.errors import BenchError, PerftuneError
 from perftune.targets.local import group_alive
 from perftune.tune.arms import Arm
@@ -60,7 +60,11 @@ class LiveEvaluator:
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
                     try:
-                        run, _ = bench_to_dir(cfg, out_dir=self.dir / rel)
+                        run, _ = bench_to_dir(
+                            cfg,
+                            out_dir=self.dir / rel,
+                            observer=trial_observer(ctx, Path(rel).name, 1, wl.osl),
+                        )
                     except BenchError as e:  # the engine booted and passed its smoke gate: a bench failure
                         tail = log_tail(rec.log_path)
                         klass = classify("bench", tail, group_alive(rec.pgid), 0, http_errors=1)

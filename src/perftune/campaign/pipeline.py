@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from perftune.campaign.base import Confirm, Ctx, Gate, Observer, PhaseFn
+from perftune.campaign.base import Confirm, Ctx, Gate, Observer, PhaseFn, PhaseStart, event_line
 from perftune.campaign.phases import PHASE_IDS, PHASES
 from perftune.campaign.publish import publish
 from perftune.campaign.report import summary_md
@@ -22,6 +22,7 @@ from perftune.campaign.state import CampaignState, Intent, PhaseRecord, new_run_
 from perftune.context import now_iso
 from perftune.errors import ConfigError, Interrupted, PerftuneError, config_error_from
 from perftune.models.resolve import model_card
+from perftune.report.render import write_html_report
 from perftune.targets.local import group_alive, stop_group
 from perftune.util.atomic import write_text
 
@@ -174,7 +175,7 @@ def run_campaign(
                     f"tuning is opt-in: optimize --tune, or perftune tune --run {state.run_id}{before}"
                 )
             else:
-                _run_phase(ctx, rec, fn)
+                _run_phase(ctx, rec, fn, PhaseStart(k + 1, len(PHASES), pid, rec.name))
             ctx.save()
             write_text(run_dir / "summary.md", summary_md(state))
             if rec.status == "red":
@@ -208,6 +209,11 @@ def run_campaign(
     finally:
         try:
             write_text(run_dir / "summary.md", summary_md(state))
+            if (run_dir / "report.html").exists():  # rendered by 8.4; refreshed with what ran after it
+                try:
+                    write_html_report(run_dir, campaign=state.model_dump(mode="json"))
+                except PerftuneError as e:
+                    ctx.observe(f"report.html not refreshed: {e.message}")
             if lake is not None:
                 counts = publish(run_dir, lake)
                 ctx.observe(f"published to {lake}: {counts}")
@@ -239,10 +245,11 @@ def run_lock(run_dir: Path) -> IO[str]:
     return f
 
 
-def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
+def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn, start: PhaseStart) -> None:
     rec.status, rec.started_at, rec.reason = "running", now_iso(), ""
     ctx.save()
-    ctx.observe(f"phase {rec.id}: {rec.name}")
+    ctx.progress(start)
+    ctx.observe(event_line(start))  # every observer gets the line; an EventObserver the event too
     t0 = time.monotonic()
     try:
         gate = fn(ctx)
@@ -268,4 +275,4 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn) -> None:
     rec.artifacts = gate.artifacts or []
     rec.hint = gate.hint
     rec.finished_at = now_iso()
-    ctx.observe(f"phase {rec.id}: {gate.status} — {gate.reason}")
+    ctx.observe(f"phase {rec.id}: {gate.status} after {time.monotonic() - t0:.1f} s — {gate.reason}")

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from perftune.cli.common import err_console, handle_errors, out_console, print_json, sigterm_as_interrupt
+from perftune.cli.common import (
+    ProgressRenderer,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    sigterm_as_interrupt,
+)
 from perftune.errors import ConfigError
 
 lake_app = typer.Typer(help="The perf lake (DuckDB): query, show, export.")
@@ -53,9 +60,18 @@ def optimize(
     start_phase: str | None = typer.Option(None, help="start at this phase"),
     skip: list[str] = typer.Option([], help="skip this phase, repeatable"),
     yes: bool = typer.Option(False, "--yes", "-y", help="continue on green without asking"),
-    as_json: bool = typer.Option(False, "--json", help="print the campaign state as JSON at the end"),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="print the campaign state as JSON at the end: stdout holds only that JSON; progress goes "
+        "to stderr as plain lines (never animated)",
+    ),
 ) -> None:
-    """Drive a model through the gated campaign: resolve, baselines, suite, champion, ratchet."""
+    """Drive a model through the gated campaign: resolve, baselines, suite, champion, ratchet.
+
+    Progress goes to stderr: on a terminal a live display (phase N of M, an engine's start with its
+    log's last line, each trial's live tok/s, the tuner's GPU-minutes) under the campaign's lines; in
+    a pipe, or with --json, the same as plain lines, throttled."""
     from perftune.api import optimize as run
     from perftune.campaign.state import Intent
 
@@ -120,7 +136,13 @@ def optimize(
             return typer.confirm(f"continue to phase {nxt}?", default=True)
         return False
 
-    with sigterm_as_interrupt():
+    renderer = ProgressRenderer(err_console, live=err_console.is_terminal and not as_json)
+
+    def confirm_outside_live(nxt: str) -> bool:
+        with renderer.paused():  # a prompt under a live display would be redrawn over
+            return confirm(nxt)
+
+    with sigterm_as_interrupt(), renderer:
         run_dir, state = run(
             runs_dir=runs_dir,
             intent=intent,
@@ -128,8 +150,8 @@ def optimize(
             until=until,
             start_phase=start_phase,
             skip=skip,
-            confirm=confirm,
-            observe=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
+            confirm=confirm_outside_live,
+            observe=renderer,
             lake=lake,
         )
     if as_json:
@@ -259,13 +281,13 @@ def tune(
         f"tuning {run} (budget {budget_gpu_min:g} GPU-min): every deploy and trial is reported below",
         highlight=False,
     )
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
         run_dir, state = run_tune(
             run,
             runs_dir=runs_dir,
             engines=[e.strip() for e in engines.split(",")] if engines else None,
             budget_gpu_min=budget_gpu_min,
-            observe=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
+            observe=renderer,
             lake=lake,
             workloads=[w.strip() for w in workloads.split(",") if w.strip()] if workloads else None,
             focus=focus,

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,12 @@ from perftune.errors import ConfigError, DeployError
 from perftune.serving.spec import LaunchPlan
 
 TAIL_LINES = 30
+LAST_LINE_BYTES = 8192  # how far from a log's end last_log_line looks
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+# Called while a deploy waits for readiness: (seconds since the wait began, the log's last line).
+WaitProgress = Callable[[float, str], None]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,6 +59,27 @@ def tail(path: Path, n: int = TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(lines[-n:])
+
+
+def last_log_line(path: Path, max_bytes: int = LAST_LINE_BYTES, width: int = 200) -> str:
+    """The last non-empty line of a (growing) log, read from its last max_bytes only, with terminal
+    escapes and control characters removed (engines log in colour; progress bars end lines with \\r)
+    and cut to `width` characters. "" when the file is missing or holds no text yet."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            chunk = f.read(max_bytes)
+    except OSError:
+        return ""
+    text = _ANSI.sub("", chunk.decode("utf-8", errors="replace"))
+    # a progress bar rewrites its line with \r: the text after the last \r is what a terminal shows
+    lines = [_CONTROL.sub("", ln.rstrip("\r").rsplit("\r", 1)[-1]).strip() for ln in text.split("\n")]
+    if size > max_bytes and lines:
+        lines = lines[1:] if len(lines) > 1 else lines  # the first line may be cut: skip it if we can
+    last = next((ln for ln in reversed(lines) if ln), "")
+    return last if len(last) <= width else last[: width - 1] + "…"
 
 
 @dataclass
@@ -96,12 +125,25 @@ def up(
     return LocalDeployment(plan=plan, base_url=f"http://{host}:{port}", proc=proc, log_path=log_path)
 
 
-async def wait_ready(dep: LocalDeployment, timeout_s: float, poll_s: float = 0.5) -> float:
-    """Seconds until health OK and /v1/models lists the served name; raises on death or timeout."""
+async def wait_ready(
+    dep: LocalDeployment,
+    timeout_s: float,
+    poll_s: float = 0.5,
+    on_wait: WaitProgress | None = None,
+    every_s: float = 1.0,
+) -> float:
+    """Seconds until health OK and /v1/models lists the served name; raises on death or timeout.
+
+    `on_wait(elapsed_s, last_log_line)` is called at the start of the wait and then about every
+    `every_s` seconds while it lasts (the log's tail is read from its end, never the whole file)."""
     t0 = time.monotonic()
+    told = -every_s
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as s:
         while True:
+            if on_wait is not None and time.monotonic() - told >= every_s:
+                told = time.monotonic()
+                on_wait(told - t0, last_log_line(dep.log_path))
             if not dep.alive():
                 raise DeployError(
                     f"{dep.plan.engine} exited with code {dep.proc.returncode} before it was ready:\n"

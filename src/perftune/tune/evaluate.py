@@ -199,7 +199,7 @@ class RecordingEvaluator:
                 hint="run the same perftune tune command again: the journal resumes where this stopped",
             )
         self.ran += 1
-        budget = f" of {self.budget_gpu_s / 60:.0f}" if self.budget_gpu_s else ""
+        budget = f" of {self.budget_gpu_s / 60:g}" if self.budget_gpu_s else ""
         self.observe(
             f"tune: deploy {self.ran} ({self.replayed} replayed): {arm.key}, trial {trial}, "
             f"{'screen' if screening else 'full'} at c={list(concurrencies)}; "
