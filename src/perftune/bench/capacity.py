@@ -213,13 +213,14 @@ def point_from_result(load: float, result: BenchResult, slo: Slo, folder: str | 
     key = f"p{slo.percentile}"
     trials = result.trials
     notes = list(result.summary.flags)
+    behind = None
     if not result.summary.valid:
-        notes.append(
+        behind = (
             "the client fell behind its schedule (" + "; ".join(result.summary.invalid_reasons) + "): the "
             "load applied was below the load asked for"
         )
     ctx = result.context
-    return judge_point(
+    point = judge_point(
         load,
         slo,
         ttft=[getattr(t.ttft_ms, key) for t in trials],
@@ -234,6 +235,9 @@ def point_from_result(load: float, result: BenchResult, slo: Slo, folder: str | 
         context=ctx,
         notes=notes,
     )
+    if behind is not None:  # a load that was never applied cannot be a load sustained
+        point = point.model_copy(update={"passed": False, "reasons": [*point.reasons, behind]})
+    return point
 
 
 # ---------------------------------------------------------------- the search (pure)
@@ -280,7 +284,8 @@ def next_load(
 
     Bracket: the lowest rung above every measured load, until a point fails (or the ladder ends: the
     capacity is then at least the top). Bisect: the midpoint of [highest pass, lowest fail) until the gap
-    is within the resolution. A first rung that fails ends the search (nothing below it is searched).
+    is within the resolution. A first rung that fails is bisected downwards (no load is an implicit
+    pass) until a load passes or the smallest load (concurrency 1; a rate of 1/8 of the first rung) fails.
     """
     if len(points) >= max_points:
         return None
@@ -289,7 +294,12 @@ def next_load(
         top = max((p.load for p in points), default=None)
         rest = [x for x in sorted(ladder) if top is None or x > top]
         return rest[0] if rest else None
-    if lo is None or within_resolution(mode, lo, hi, resolution):
+    if lo is None:
+        floor = 1.0 if mode == "closed" else min(ladder) / 8
+        if hi <= floor or (mode == "open" and hi / 2 < floor):
+            return None
+        return float(max(1, int(hi) // 2)) if mode == "closed" else float(f"{hi / 2:.3g}")
+    if within_resolution(mode, lo, hi, resolution):
         return None
     return midpoint(mode, lo, hi)
 
@@ -400,8 +410,10 @@ def summarize(points: Sequence[CapacityPoint], spec: SearchSpec, *, complete: bo
     elif simulated:
         tier = "SIMULATED"
         reasons = ["simulated server: the numbers are the simulator's, not an engine's"]
-    elif cap_point.tier == "VERDICT":
+    elif cap_point.tier == "VERDICT" and not cap_point.marginal:
         tier, reasons = "VERDICT", []
+    elif cap_point.tier == "VERDICT":
+        tier, reasons = "DRAFT", ["the capacity point is marginal: a 95% interval straddles a limit"]
     else:
         tier = "DRAFT"
         reasons = list(cap_point.context.tier_reasons) if cap_point.context else ["the point has no context"]

@@ -289,7 +289,7 @@ def bench_cell(
         engine=None,
         server_log=rec.log_path,  # compilation logged during a trial flags it
         claim=i.slo.focus,
-        baseline=baseline_name(ctx, engine),
+        baseline=None if config == "baseline" else baseline_name(ctx, engine),  # not compared to itself
     )
     run, _ = bench_to_dir(
         cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)

@@ -45,6 +45,7 @@ def _candidate(cells: Sequence[Cell], intent: Intent, cap: CapacityFact | None =
         ci: list[float] | None = None,
         reason: str = "",
         concurrency: int | None = None,
+        load: str = "",
     ) -> Ranked:
         return Ranked(
             engine=c0.engine,
@@ -55,9 +56,10 @@ def _candidate(cells: Sequence[Cell], intent: Intent, cap: CapacityFact | None =
             cell_id=cell.cell_id if cell else None,
             value=value,
             ci95=ci,
-            concurrency=concurrency or (cell.concurrency if cell else None),
+            concurrency=concurrency if load else (cell.concurrency if cell else None),
             eligible=cell is not None,
             reason=reason,
+            load=load or (f"c={cell.concurrency}" if cell else ""),
         )
 
     primary = [c for c in cells if c.workload == PRIMARY]
@@ -66,16 +68,18 @@ def _candidate(cells: Sequence[Cell], intent: Intent, cap: CapacityFact | None =
     if intent.slo.focus == "throughput" and cap is not None:
         if cap.capacity is None or cap.output_tok_s is None:
             return ranked(None, reason=f"SLO capacity: {cap.statement}")
-        # the suite cell nearest below the capacity point carries the context (suite flags, %SoL)
-        below = [c for c in primary if c.concurrency <= cap.capacity] or primary
-        near = max(below, key=lambda c: c.concurrency)
+        # the suite cell nearest below a closed-loop capacity point (an open loop: the config's best
+        # random cell) is the cell of reference; the value is the capacity point's own (its folder)
+        below = [c for c in primary if cap.mode != "closed" or c.concurrency <= cap.capacity] or primary
+        near = max(below, key=lambda c: c.concurrency if cap.mode == "closed" else c.output_tok_s)
         ci = [x / c0.gpus for x in cap.output_tok_s_ci95] if cap.output_tok_s_ci95 else None
         return ranked(
             near,
             cap.output_tok_s / c0.gpus,
             ci,
             reason=cap.statement,
-            concurrency=int(cap.capacity),
+            concurrency=int(cap.capacity) if cap.mode == "closed" else None,
+            load=f"c={int(cap.capacity)}" if cap.mode == "closed" else f"{cap.capacity:g} req/s",
         )
     if intent.slo.focus == "throughput":
         ok = [
@@ -151,7 +155,9 @@ def select_champion(
         metric=(
             "output tok/s per GPU at SLO capacity ("
             + next(iter(caps.values())).slo
-            + "; random workload, closed loop)"
+            + "; random workload, "
+            + ("closed loop" if next(iter(caps.values())).mode == "closed" else "open loop, Poisson")
+            + ")"
             if by_capacity
             else "output tok/s per GPU under the SLO (random workload)"
         )

@@ -98,7 +98,13 @@ def learnt_flags(
         if (flag, value) in seen:
             continue
         seen.add((flag, value))
-        match = f"^{re.escape(value)}$" if value else ""
+        # The row refuses the value that failed, not every other one: the flag must be there (the
+        # champion's known-good config sets it) with any value but the failing one, so later tunes
+        # may still try other values of the lever.
+        bad_argv = translate({lever: bad}, engine) if not isinstance(bad, bool) else []
+        bad_value = bad_argv[1] if len(bad_argv) > 1 and not bad_argv[1].startswith("--") else ""
+        bad_value = bad_value or (bad_argv[0].partition("=")[2] if bad_argv else "")
+        match = f"^(?!{re.escape(bad_value)}$)" if bad_value and value else ""
         first = next((ln for ln in str(f.get("excerpt", "")).splitlines() if ln.strip()), "")
         why = _clean(
             f"{lever}={bad} failed ({klass}) in phase 3"

@@ -164,6 +164,10 @@ def champion_as_baseline(ctx: Ctx, champ: dict[str, Any]) -> list[tuple[str, str
         f"({champ.get('tier')}{', SIMULATED' if champ.get('simulated') else ''})"
     )
     lake = champ.get("lake_row") or f"champions WHERE campaign_id = '{champ.get('campaign')}' AND recommended"
+    if engine in ctx.state.facts.baseline_source:  # phase 0 again (--start-phase 0): already applied
+        return [
+            (f"{engine} baseline: {ctx.state.facts.baseline_source[engine]}", "applied by an earlier phase 0")
+        ]
     if engine not in i.serving.engines:
         return [
             (
@@ -352,7 +356,7 @@ def phase84(ctx: Ctx) -> Gate:
     return Gate(
         "green",
         f"champion {ch.engine}/{ch.config} ({sel.tier}; {len(sel.failing_gates)} failing production gate(s))",
-        headline=f"{ch.value:.1f} {unit} at c={ch.concurrency}, {ch.engine} {ch.config}{sim}",
+        headline=f"{ch.value:.1f} {unit} at {ch.where()}, {ch.engine} {ch.config}{sim}",
         tier=sel.tier,
         artifacts=arts,
     )
@@ -484,7 +488,7 @@ def phase85(ctx: Ctx) -> Gate:
             champion={
                 "config_ref": str(ctx.run_dir / "CHAMPION.md"),
                 "verdict": ch.tier,
-                "value": f"{value} ({sim_tag}{cell.workload} c={ch.concurrency})",
+                "value": f"{value} ({sim_tag}{cell.workload} {ch.where()})",
                 "campaign": ctx.state.run_id,
             },
         )

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from perftune.bench.slo import resolve_slo
 from perftune.campaign.base import Confirm, Ctx, Gate, Observer, PhaseFn, PhaseStart, event_line
 from perftune.campaign.phases import PHASE_IDS, PHASES
 from perftune.campaign.publish import publish
@@ -30,6 +31,15 @@ from perftune.util.atomic import write_text
 def _check_phase(p: str | None, what: str) -> None:
     if p is not None and p not in PHASE_IDS:
         raise ConfigError(f"unknown phase '{p}' for {what}", hint="one of " + ", ".join(PHASE_IDS))
+
+
+def with_all_phases(state: CampaignState) -> CampaignState:
+    """A bundle written by an older perftune lacks the phases added since (8.3, say): they are added
+    as pending, in the table's order, so a resume runs them instead of failing on a missing key."""
+    if list(state.phases) != [p.id for p in PHASES]:
+        old = state.phases
+        state.phases = {p.id: old.get(p.id) or PhaseRecord(id=p.id, name=p.name) for p in PHASES}
+    return state
 
 
 def new_campaign(intent: Intent, runs_dir: Path) -> tuple[Path, CampaignState]:
@@ -77,7 +87,7 @@ def run_tune(
     from pydantic import ValidationError
 
     run_dir = runs_dir / run_id
-    state = CampaignState.load(run_dir)
+    state = with_all_phases(CampaignState.load(run_dir))
     lock = run_lock(run_dir)
     try:
         if state.phases["1"].status != "green":
@@ -113,7 +123,9 @@ def run_tune(
 def _validate_new(intent: Intent) -> None:
     """Bad input fails before a run folder or a lake row exists (a typo in the model name, say)."""
 
-    model_card(intent.model.path or intent.model.ref)
+    card = model_card(intent.model.path or intent.model.ref)
+    if intent.slo.focus == "throughput" and intent.slo.capacity:  # phase 8.3's SLO, before any GPU time
+        resolve_slo(intent.slo.capacity_slo, total_params=card.total_params, moe=card.moe is not None)
 
 
 def run_campaign(
@@ -138,7 +150,7 @@ def run_campaign(
         )
     if resume is not None:
         run_dir = runs_dir / resume
-        state = CampaignState.load(run_dir)
+        state = with_all_phases(CampaignState.load(run_dir))
         # a second process resuming the same run refuses, naming the first
         lock = held_lock or run_lock(run_dir)
         reaped = reap_orphans(state)

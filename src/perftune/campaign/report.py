@@ -98,15 +98,17 @@ def capacity_table(state: CampaignState) -> list[str]:
         "",
         "## Phase 8.3: SLO capacity",
         "",
-        f"Closed loop, random workload, {state.intent.suite.trials} trials per point; SLO {caps[0].slo}"
+        f"{'Open loop (Poisson)' if caps[0].mode == 'open' else 'Closed loop'}, random workload, "
+        f"{state.intent.suite.trials} trials per point; SLO {caps[0].slo}"
         + (", **SIMULATED**" if sim else "")
         + ". The true capacity lies in [highest pass, lowest fail).",
         "",
-        "| engine | config | levers | capacity (concurrency) | interval | output tok/s there | points | tier | search |",
+        "| engine | config | levers | capacity | interval | output tok/s there | points | tier | search |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in caps:
-        cap = "none" if c.capacity is None else (">= " if c.at_least else "") + f"{c.capacity:g}"
+        unit = " req/s" if c.mode == "open" else ""
+        cap = "none" if c.capacity is None else (">= " if c.at_least else "") + f"{c.capacity:g}{unit}"
         lo, hi = [*c.interval, None, None][:2]
         iv = f"[{'-' if lo is None else f'{lo:g}'}, {'-' if hi is None else f'{hi:g}'})"
         lev = ", ".join(f"{k}={v}" for k, v in c.levers.items()) or "engine defaults"
@@ -134,7 +136,7 @@ def champion_record(state: CampaignState) -> list[str]:
         "",
         "## Champion",
         "",
-        f"- **{ch.engine}/{ch.config}** ({levers}): {ch.value or 0:,.1f} {unit} at c={ch.concurrency}{sim}, "
+        f"- **{ch.engine}/{ch.config}** ({levers}): {ch.value or 0:,.1f} {unit} at {ch.where()}{sim}, "
         f"{ch.tier}; metric: {ch.metric}",
         f"- failing production gates: {'; '.join(ch.failing_gates) or 'none'}",
         f"- lake row: `champions WHERE campaign_id = '{state.run_id}' AND recommended` (cell `{ch.cell_id}`)",
@@ -202,7 +204,9 @@ def _ranked_line(r: Ranked, metric_unit: str) -> str:
         return f"| {r.engine} | {r.config} | {r.gpus} | - | - | - | not eligible: {r.reason} |"
     ci = f"[{r.ci95[0]:.2f}, {r.ci95[1]:.2f}]" if r.ci95 else "-"
     tie = "tied with leader" if r.tied_with_leader else ""
-    return f"| {r.engine} | {r.config} | {r.gpus} | {r.value:.2f} {metric_unit} | {ci} | c={r.concurrency} | {tie} |"
+    return (
+        f"| {r.engine} | {r.config} | {r.gpus} | {r.value:.2f} {metric_unit} | {ci} | {r.where()} | {tie} |"
+    )
 
 
 def champion_md(state: CampaignState, sel: ChampionSelection, cells: dict[str, Cell]) -> str:
@@ -222,7 +226,7 @@ def champion_md(state: CampaignState, sel: ChampionSelection, cells: dict[str, C
         lines += [
             f"Champion: **{ch.engine} / {ch.config}** on {ch.gpus} GPU(s), levers {ch.levers or '{} (engine defaults)'}",
             "",
-            f"Metric: {sel.metric}. Value: {ch.value:.2f} {unit} at c={ch.concurrency}.",
+            f"Metric: {sel.metric}. Value: {ch.value:.2f} {unit} at {ch.where()}.",
             "",
             f"Evidence cell: {cell_line(cells[ch.cell_id])}",
             "",

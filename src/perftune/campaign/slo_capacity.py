@@ -1,9 +1,13 @@
 """Phase 8.3: the SLO capacity of every config phase 8 benched.
 
 For each engine's baseline and top-X tuned configs, one deploy and a bounded search (bench/capacity.py:
-bracket on the ladder, then bisection, every point with the suite's trials) for the highest closed-loop
-concurrency whose p-percentile TTFT and TPOT meet the capacity SLO (an MLPerf preset for the model's
-size class by default). Phase 8.4 then compares throughput configs at that point, equal SLO for all,
+bracket on the ladder, then bisection, every point with the suite's trials) for the highest load whose
+p-percentile TTFT and TPOT meet the capacity SLO (an MLPerf preset for the model's size class by
+default). Open loop by default, as MLPerf's Server scenario: Poisson arrivals at a rate, bracketed from
+the config's own phase-8 throughput (1/2, 1, 2, 4 and 8 times its best random cell's request rate).
+A closed loop (`capacity_mode: closed`) starts every trial with all its slots at once, so with a few
+requests per slot its p99 TTFT is that burst (on the GPU host it hid an FP8-KV win the open loop
+shows). Phase 8.4 then compares throughput configs at that point, equal SLO for all,
 instead of at whichever ladder concurrency happened to be best. Each search is its own folder under
 phase8.3/, with every point's bench folder; a finished search is a fact, an interrupted one is
 started again (its server is gone, so its points' endpoint no longer answers).
@@ -14,7 +18,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from perftune.bench.capacity import CapacityConfig, CapacityEvent, CapacityResult, fmt_load, run_capacity
+from perftune.bench.capacity import (
+    CapacityConfig,
+    CapacityEvent,
+    CapacityResult,
+    Mode,
+    fmt_load,
+    run_capacity,
+)
 from perftune.bench.runner import BenchResult
 from perftune.bench.slo import Slo, resolve_slo
 from perftune.campaign.base import Ctx, Gate
@@ -27,6 +38,22 @@ def capacity_ladder(ladder: list[int], cap: int = 1024) -> list[float]:
     top = max(ladder)
     more = [top * 2**k for k in range(1, 4) if top * 2**k <= cap]
     return [float(c) for c in sorted({*ladder, *more})]
+
+
+def open_ladder(ctx: Ctx, engine: str, config: str) -> list[float]:
+    """Request rates to bracket with, from the config's own throughput: its best phase-8 random cell's
+    req/s (output tok/s / the fixed output length) times 1/2, 1, 2, 4, 8 (the suite's top concurrency
+    may be below saturation, so the rate it reached is a start, not a bound). Empty without such a
+    cell."""
+    cells = [
+        c
+        for c in ctx.state.cells.values()
+        if c.phase == "8" and c.engine == engine and c.config == config and c.workload == "random"
+    ]
+    if not cells:
+        return []
+    r = max(c.output_tok_s for c in cells) / ctx.intent.suite.osl
+    return sorted({float(f"{f * r:.3g}") for f in (0.5, 1.0, 2.0, 4.0, 8.0) if f * r > 0})
 
 
 def campaign_slo(ctx: Ctx) -> Slo:
@@ -50,6 +77,7 @@ def fact_of(
         config=config,
         levers=dict(levers),
         slo=res.slo.statement(),
+        mode=res.mode,
         capacity=res.capacity,
         at_least=res.at_least,
         interval=list(res.interval),
@@ -74,25 +102,33 @@ def phase83(ctx: Ctx) -> Gate:
         return Gate("skipped", "--no-capacity: throughput configs are compared on the suite's ladder")
     slo = campaign_slo(ctx)
     d = ctx.run_dir / "phase8.3"
-    ladder = capacity_ladder(i.resolved_ladder())
     lines, arts = [], []
     for engine in i.serving.engines:
         for name, levers in suite_configs(ctx, engine):
             key = f"{engine}/{name}"
             out = d / f"{engine}.{name}"
             fact = ctx.state.facts.capacity.get(key)
+            if fact is not None and (fact.levers != levers or fact.slo != slo.statement()):
+                fact = None  # another config under this name (a later tune), or another SLO: search again
+            mode = i.slo.capacity_mode
+            ladder = (
+                capacity_ladder(i.resolved_ladder()) if mode == "closed" else open_ladder(ctx, engine, name)
+            )
+            if fact is None and not ladder:
+                lines.append(f"{key}: no phase-8 random cell to bracket its request rate from: not searched")
+                continue
             if fact is None:
                 shutil.rmtree(out, ignore_errors=True)  # an interrupted search: its server is gone
 
-                def progress(ev: CapacityEvent, key: str = key) -> None:
+                def progress(ev: CapacityEvent, key: str = key, mode: Mode = mode) -> None:
                     if ev.kind == "start":
                         ctx.observe(
-                            f"phase 8.3: {key} point {ev.index + 1} at {fmt_load('closed', ev.load)} "
+                            f"phase 8.3: {key} point {ev.index + 1} at {fmt_load(mode, ev.load)} "
                             f"({ev.requests} requests x {i.suite.trials} trials)"
                         )
                     elif ev.point is not None:
                         ctx.observe(
-                            f"phase 8.3: {key} {fmt_load('closed', ev.load)}: "
+                            f"phase 8.3: {key} {fmt_load(mode, ev.load)}: "
                             + ("meets the SLO" if ev.point.passed else "; ".join(ev.point.reasons))
                         )
 
@@ -102,14 +138,15 @@ def phase83(ctx: Ctx) -> Gate:
                         model=rec.served_name,
                         workload=workload_spec(ctx, "random", 1),
                         slo=slo,
-                        mode="closed",
+                        mode=mode,
                         ladder=ladder,
+                        duration_s=i.slo.capacity_duration_s,
                         max_points=i.slo.capacity_max_points,
                         trials=i.suite.trials,
                         requests_per_slot=i.suite.requests_per_slot,
                         hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
                         server_log=rec.log_path,
-                        baseline=baseline_name(ctx, engine),
+                        baseline=None if name == "baseline" else baseline_name(ctx, engine),
                     )
                     res = run_capacity(cfg, out, observer=progress)
                 fact = fact_of(engine, name, levers, res, out, ctx.rel(out))
@@ -120,7 +157,8 @@ def phase83(ctx: Ctx) -> Gate:
             arts.append(f"{fact.path}/capacity.json")
     return Gate(
         "green",
-        f"SLO capacity of {len(lines)} config(s) at {slo.statement()} ({slo.name}), closed loop, "
+        f"SLO capacity of {len(lines)} config(s) at {slo.statement()} ({slo.name}), "
+        f"{'open loop (Poisson)' if i.slo.capacity_mode == 'open' else 'closed loop'}, "
         f"{i.suite.trials} trials per point",
         headline="<br>".join(lines),
         tier="DRAFT",

@@ -65,6 +65,14 @@ class SloIntent(_Part):
         "model's size class) or ttft=MS,tpot=MS,p=99",
     )
     capacity_max_points: int = Field(8, ge=2, description="phase 8.3: most load points per search")
+    capacity_mode: Literal["open", "closed"] = Field(
+        "open",
+        description="phase 8.3: open (Poisson request rate, as MLPerf's Server scenario) or closed "
+        "(concurrency; every trial starts with all slots at once)",
+    )
+    capacity_duration_s: float = Field(
+        10.0, gt=0, description="phase 8.3, open loop: seconds of arrivals per trial"
+    )
 
 
 class SuiteIntent(_Part):
@@ -129,6 +137,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "capacity": ("slo", "capacity"),
     "capacity_slo": ("slo", "capacity_slo"),
     "capacity_max_points": ("slo", "capacity_max_points"),
+    "capacity_mode": ("slo", "capacity_mode"),
+    "capacity_duration_s": ("slo", "capacity_duration_s"),
     "baseline_from_champion": ("serving", "baseline_from_champion"),
     "tune": ("tuning", "enabled"),
     "budget_gpu_min": ("tuning", "budget_gpu_min"),
@@ -242,6 +252,10 @@ class Ranked(BaseModel):
     eligible: bool
     reason: str = ""
     tied_with_leader: bool = False
+    load: str = Field("", description="where the value was measured: 'c=64', or '29.3 req/s' (SLO capacity)")
+
+    def where(self) -> str:
+        return self.load or f"c={self.concurrency}"
 
 
 class ChampionFact(Ranked):
@@ -271,7 +285,8 @@ class CapacityFact(BaseModel):
     config: str
     levers: dict[str, Any]
     slo: str = Field(description="the SLO statement, e.g. p99 TTFT <= 2 s and p99 TPOT <= 100 ms")
-    capacity: float | None = Field(description="the highest concurrency that met the SLO (None: none did)")
+    mode: str = Field("closed", description="closed (load = concurrency) or open (load = Poisson req/s)")
+    capacity: float | None = Field(description="the highest load that met the SLO (None: none did)")
     at_least: bool = Field(description="the top of the search's range still met it")
     interval: list[float | None] = Field(description="[highest pass, lowest fail]")
     output_tok_s: float | None = Field(description="mean output tok/s at the capacity point")

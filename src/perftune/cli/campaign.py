@@ -39,6 +39,12 @@ def optimize(
     capacity: bool = typer.Option(
         True, "--capacity/--no-capacity", help="phase 8.3: search each config's SLO capacity"
     ),
+    capacity_mode: str = typer.Option(
+        "open", help="phase 8.3: open (Poisson req/s, as MLPerf's Server scenario) or closed (concurrency)"
+    ),
+    capacity_duration_s: float = typer.Option(
+        10.0, help="phase 8.3, open loop: seconds of arrivals per trial"
+    ),
     top_x: int = typer.Option(3, help="phase 8 benches the baseline and the top X tuned configs per engine"),
     fresh_baseline: bool = typer.Option(
         False, "--fresh-baseline", help="ignore the standing champion: the engine defaults are the baseline"
@@ -104,6 +110,8 @@ def optimize(
                 target_concurrency=target_concurrency,
                 capacity=capacity,
                 capacity_slo=slo,
+                capacity_mode=capacity_mode,
+                capacity_duration_s=capacity_duration_s,
                 top_x=top_x,
                 baseline_from_champion=not fresh_baseline,
                 workloads=[w.strip() for w in workloads.split(",") if w.strip()],

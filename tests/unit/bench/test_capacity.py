@@ -288,3 +288,25 @@ def test_capacity_json_round_trips_and_the_markdown_has_the_points(tmp_path: Pat
 def test_summarize_with_no_points() -> None:
     res = summarize([], SearchSpec(slo=SLO), complete=False)
     assert res.capacity is None and res.n_points == 0 and "no point measured yet" in res.statement
+
+
+def test_a_failing_first_rung_is_bisected_downwards_to_the_smallest_load() -> None:
+    calls: list[float] = []
+    res = search(threshold(3, calls), SearchSpec(slo=SLO, ladder=[8, 16, 32], max_points=10))
+    assert calls == [8, 4, 2, 3] and res.capacity == 3 and res.interval == (3, 4)
+    calls.clear()
+    res = search(threshold(0, calls), SearchSpec(slo=SLO, ladder=[8, 16], max_points=10))
+    assert calls == [8, 4, 2, 1] and res.capacity is None  # concurrency 1 fails: nothing is sustained
+
+
+def test_a_marginal_capacity_point_is_never_a_verdict() -> None:
+    ok = judge_point(8, SLO, ttft=[1000.0] * 3, tpot=[50.0] * 3, sent=300, failed=0, tier="VERDICT")
+    edge = judge_point(
+        9, SLO, ttft=[1900.0, 2000.0, 2090.0], tpot=[50.0] * 3, sent=300, failed=0, tier="VERDICT"
+    )
+    assert edge.passed and edge.marginal
+    fail = point(10, False)
+    spec = SearchSpec(slo=SLO, ladder=[8, 16], max_points=3)
+    assert summarize([ok, fail], spec).tier == "VERDICT"
+    res = summarize([ok, edge, fail], spec)
+    assert res.capacity == 9 and res.tier == "DRAFT" and "marginal" in res.tier_reasons[0]
