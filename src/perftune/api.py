@@ -508,9 +508,11 @@ def report(
     fmt: str = "html",
     out: str | Path | None = None,
     timeout_s: float = 120.0,
+    pages: str | None = None,
 ) -> ReportResult:
     """Render a campaign bundle (runs_dir/run_id, or a bundle folder) as one self-contained HTML file,
-    or as a PDF printed from it by headless Chromium; default out: report.html|pdf in the bundle."""
+    or as a PDF printed from it by headless Chromium; default out: report.html|pdf in the bundle.
+    pages: all, or champion (the champion and roofline pages); default all for HTML, champion for PDF."""
     from perftune.report.render import render_report
 
     return render_report(
@@ -519,4 +521,5 @@ def report(
         fmt=fmt,
         out=Path(out) if out is not None else None,
         timeout_s=timeout_s,
+        pages=pages,
     )

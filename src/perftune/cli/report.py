@@ -19,10 +19,15 @@ def report(
     ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="folder holding the campaign run folders"),
     timeout_s: float = typer.Option(120.0, "--timeout-s", help="pdf: seconds Chromium may take to print"),
+    pages: str | None = typer.Option(
+        None,
+        "--pages",
+        help="all, or champion (the champion and roofline pages); default: html all, pdf champion",
+    ),
 ) -> None:
     """Render a campaign's evidence bundle: intent and phases, Pareto plots, the roofline, SLO capacity,
     the champion, tuning and latency distributions; every number with its context and tier."""
-    res = api.report(run_id, runs_dir=runs_dir, fmt=format, out=out, timeout_s=timeout_s)
+    res = api.report(run_id, runs_dir=runs_dir, fmt=format, out=out, timeout_s=timeout_s, pages=pages)
     took = f"{res.render_s:.1f} s" + (f" + {res.pdf_s:.1f} s to print" if res.pdf_s is not None else "")
     out_console.print(
         f"report: {res.path} ({res.size_bytes / 1e3:,.0f} kB, {res.plots} plot(s), {took})", highlight=False

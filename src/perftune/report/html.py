@@ -234,6 +234,12 @@ def roofline_section(b: Bundle, card: Any, gpu: Gpu | None, card_note: str) -> S
         )
         is not None
     ]
+    pts += [
+        p
+        for c in cells
+        if (p := pg.prefill_point(c, card, gpu, tp=cell_tp(c, camp.facts.tp), isl=camp.intent.isl))
+        is not None
+    ]
     parts = [f'<p class="label">{esc(pg.ANALYTICAL)}</p>']
     if note:
         parts.append(missing_note(note))

@@ -232,7 +232,10 @@ class RooflinePoint(_Data):
     flops_per_step: float = Field(description="decode FLOPs per step per GPU (roofline model)")
     bytes_per_step: float = Field(description="weight + KV bytes read per step per GPU (roofline model)")
     intensity: float = Field(description="FLOP per byte")
-    tpot_ms: float = Field(description="measured median TPOT = one decode step")
+    tpot_ms: float = Field(
+        description="the measured time of the step: decode, the median TPOT; prefill, the mean TTFT"
+    )
+    kind: Literal["decode", "prefill"] = Field("decode", description="which step the point places")
     attained_tflops: float = Field(description="FLOPs per step / measured TPOT, per GPU")
     attained_tb_s: float = Field(description="bytes per step / measured TPOT, per GPU")
     hbm_pct: float = Field(description="attained bandwidth / HBM peak, %")
@@ -300,13 +303,70 @@ def roofline_point(
     )
 
 
+def prefill_point(cell: CellView, card: ModelCard, g: Gpu, *, tp: int, isl: int) -> RooflinePoint | None:
+    """A cell's prefill on the roofline: one request's prompt (FLOPs: 2 x active params x ISL plus the
+    attention's ISL^2 term; bytes: the weights read once plus the prompt's KV written), per GPU, timed
+    by the measured mean TTFT. TTFT holds queueing and batching too, so the attained TFLOP/s is a
+    lower bound (it is closest at low concurrency). None without a TTFT."""
+    if not cell.ttft_mean_ms or cell.ttft_mean_ms <= 0:
+        return None
+    wl = cell.context.get("workload") or {}
+    n = max(1, int(wl.get("isl") or isl))
+    rf = roofline(card, g, tp=tp, batch=1, context=n, levers=cell.levers)
+    flops = (
+        2.0 * card.active_params * n + 2.0 * card.attention_layers * card.heads * card.head_dim * n * n
+    ) / tp
+    kv_tok = card.kv_bytes_per_token.get(rf.kv_dtype, 0.0)
+    nbytes = rf.weight_bytes_per_gpu + n * kv_tok / tp
+    step_s = cell.ttft_mean_ms * 1e-3
+    tb_s = nbytes / step_s / 1e12
+    peak = g.peak_tflops(rf.weight_dtype)
+    simulated = cell.simulated or bool((cell.context.get("stack") or {}).get("simulated"))
+    return RooflinePoint(
+        cell_id=cell.cell_id,
+        phase=cell.phase,
+        engine=cell.engine,
+        config=cell.config,
+        concurrency=cell.concurrency,
+        tp=tp,
+        context_tokens=n,
+        weight_dtype=rf.weight_dtype,
+        kv_dtype=rf.kv_dtype,
+        flops_per_step=flops,
+        bytes_per_step=nbytes,
+        intensity=flops / nbytes if nbytes else 0.0,
+        tpot_ms=cell.ttft_mean_ms,
+        kind="prefill",
+        attained_tflops=flops / step_s / 1e12,
+        attained_tb_s=tb_s,
+        hbm_pct=100.0 * tb_s / g.hbm_tb_s,
+        peak_tflops=peak,
+        hbm_tb_s=g.hbm_tb_s,
+        simulated=simulated,
+        tier=cell.tier,
+        labels=[ANALYTICAL, "LOWER BOUND (mean TTFT includes queueing)"]
+        + (["SIMULATED"] if simulated else []),
+    )
+
+
 def roofline_findings(points: Sequence[RooflinePoint]) -> list[str]:
     """The page's answers: the concurrency with the most attained TFLOP/s, whether decode reaches 75%
     of the HBM bandwidth (and where), the TP used. Each sentence names its basis."""
+    prefill = [p for p in points if p.kind == "prefill"]
+    points = [p for p in points if p.kind == "decode"]
     if not points:
         return []
     sim = " (SIMULATED)" if any(p.simulated for p in points) else ""
     out = []
+    for cfg in dict.fromkeys((p.engine, p.config) for p in prefill):
+        pts = [p for p in prefill if (p.engine, p.config) == cfg]
+        best = max(pts, key=lambda p: p.attained_tflops)
+        out.append(
+            f"{cfg[0]}/{cfg[1]}: prefill attains at least {best.attained_tflops:.1f} TFLOP/s per GPU "
+            f"({100 * best.attained_tflops / best.peak_tflops:.1f}% of the {best.weight_dtype} peak) at "
+            f"c={best.concurrency}, {best.context_tokens}-token prompts (a lower bound: the mean TTFT "
+            f"includes queueing){sim}."
+        )
     for cfg in dict.fromkeys((p.engine, p.config) for p in points):
         pts = [p for p in points if (p.engine, p.config) == cfg]
         best = max(pts, key=lambda p: p.attained_tflops)

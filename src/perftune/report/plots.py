@@ -228,7 +228,7 @@ def roofline_svg(points: Sequence[RooflinePoint], *, gpu_name: str, prefix: str)
         ax.plot(
             p.intensity,
             p.attained_tflops,
-            "o",
+            "s" if p.kind == "prefill" else "o",
             color=colors[s],
             ms=6,
             mfc="none" if p.simulated else colors[s],
@@ -242,12 +242,15 @@ def roofline_svg(points: Sequence[RooflinePoint], *, gpu_name: str, prefix: str)
         )
     for s, c in colors.items():
         ax.plot([], [], "o", color=c, label=s)
+    if any(p.kind == "prefill" for p in points):
+        ax.plot([], [], "s", color="0.4", mfc="none", label="prefill (mean TTFT: a lower bound)")
+        ax.plot([], [], "o", color="0.4", mfc="none", label="decode (median TPOT)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity, FLOP/byte (decode step, per GPU)")
+    ax.set_xlabel("arithmetic intensity, FLOP/byte (per GPU: a decode step, one prompt's prefill)")
     ax.set_ylabel("attained TFLOP/s per GPU")
     sim = "; hollow = SIMULATED" if any(p.simulated for p in points) else ""
-    ax.set_title(f"{gpu_name}: decode on the roofline (ANALYTICAL L0{sim})", fontsize=8.5)
+    ax.set_title(f"{gpu_name}: prefill and decode on the roofline (ANALYTICAL L0{sim})", fontsize=8.5)
     ax.legend(fontsize=6.5, loc="lower right")
     return to_svg(fig, prefix), len(points)
 

@@ -80,7 +80,13 @@ def champion_records(b: Bundle) -> dict[str, list[RequestRecord] | None]:
     return out
 
 
-def build_html(b: Bundle) -> tuple[str, list[h.Section]]:
+# What each --pages choice prints: the champion page is the seeds' deliverable, with its roofline page.
+PAGES: dict[str, tuple[str, ...] | None] = {"all": None, "champion": ("champion", "roofline")}
+
+
+def build_html(b: Bundle, pages: str = "all") -> tuple[str, list[h.Section]]:
+    if pages not in PAGES:
+        raise ConfigError(f"unknown report pages '{pages}'", hint="--pages all or --pages champion")
     card, card_note = model_card_for(b)
     g, gpu_note = gpu_for(b)
     sections = [
@@ -92,6 +98,9 @@ def build_html(b: Bundle) -> tuple[str, list[h.Section]]:
         h.tuning_section(b),
         h.distributions_section(b, champion_records(b)),
     ]
+    keep = PAGES[pages]
+    if keep is not None:
+        sections = [x for x in sections if x.id in keep]
     return h.document(b, sections, now_iso()), sections
 
 
@@ -103,14 +112,16 @@ def render_report(
     out: Path | None = None,
     timeout_s: float = 120.0,
     campaign: dict[str, Any] | None = None,
+    pages: str | None = None,
 ) -> ReportResult:
-    """Write the report of runs_dir/run_id (or of the bundle folder run_id) as HTML or PDF."""
+    """Write the report of runs_dir/run_id (or of the bundle folder run_id) as HTML or PDF. pages: all
+    or champion (the champion and roofline pages); default all for HTML, champion for PDF."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown report format '{fmt}'", hint="--format html or --format pdf")
     run_dir = resolve_run_dir(run_id, runs_dir) if campaign is None else Path(run_id)
     t0 = time.perf_counter()
     b = load_bundle(run_dir, campaign)
-    doc, sections = build_html(b)
+    doc, sections = build_html(b, pages or ("champion" if fmt == "pdf" else "all"))
     render_s = time.perf_counter() - t0
     target = out if out is not None else run_dir / f"report.{fmt}"
     if target.is_dir():

@@ -201,3 +201,22 @@ def test_tune_order_lists_the_interleaved_full_treatment() -> None:
         }
     )
     assert order.steps == ["a t0", "b t0", "a t1"] and order.arms == ["a", "b"]
+
+
+def test_a_prefill_point_is_one_prompt_timed_by_the_mean_ttft_a_lower_bound() -> None:
+    card, g = model_card("llama-3.1-8b"), gpu("h100")
+    c = CellView.model_validate(_data.cell("8", c=1, tpot=6.5) | {"ttft_mean_ms": 80.0})
+    p = pg.prefill_point(c, card, g, tp=1, isl=1024)
+    assert p is not None and p.kind == "prefill" and p.context_tokens == 1024 and p.tpot_ms == 80.0
+    assert p.flops_per_step > 2 * card.active_params * 1024  # plus the attention's ISL^2 term
+    assert p.intensity > 100 * pg.roofline_point(c, card, g, tp=1, isl=1024, osl=128).intensity  # type: ignore[union-attr]
+    assert p.attained_tflops == pytest.approx(p.flops_per_step / 80e-3 / 1e12)
+    assert any("LOWER BOUND" in label for label in p.labels)
+    text = " ".join(pg.roofline_findings([p, pg.roofline_point(c, card, g, tp=1, isl=1024, osl=128)]))  # type: ignore[list-item]
+    assert "prefill attains at least" in text and "a lower bound" in text
+    assert (
+        pg.prefill_point(
+            CellView.model_validate(_data.cell("8") | {"ttft_mean_ms": None}), card, g, tp=1, isl=8
+        )
+        is None
+    )
