@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from perftune.hardware.ceilings import Gpu
-from perftune.hardware.roofline import roofline
+from perftune.hardware.roofline import Roofline, roofline
 from perftune.models.card import ModelCard
 from perftune.report.bundle import Bundle, CampaignView, CellView, ChampionView, PhaseView
 
@@ -275,32 +275,7 @@ def roofline_point(
     peak = g.peak_tflops(rf.weight_dtype)
     flops = rf.decode_compute_ms * 1e-3 * peak * 1e12  # decode_compute_ms = FLOPs per step / peak
     nbytes = rf.weight_bytes_read_per_step + rf.kv_bytes_read_per_step
-    step_s = cell.tpot_median_ms * 1e-3
-    tb_s = nbytes / step_s / 1e12
-    simulated = cell.simulated or bool((cell.context.get("stack") or {}).get("simulated"))
-    return RooflinePoint(
-        cell_id=cell.cell_id,
-        phase=cell.phase,
-        engine=cell.engine,
-        config=cell.config,
-        concurrency=cell.concurrency,
-        tp=tp,
-        context_tokens=context,
-        weight_dtype=rf.weight_dtype,
-        kv_dtype=rf.kv_dtype,
-        flops_per_step=flops,
-        bytes_per_step=nbytes,
-        intensity=flops / nbytes if nbytes else 0.0,
-        tpot_ms=cell.tpot_median_ms,
-        attained_tflops=flops / step_s / 1e12,
-        attained_tb_s=tb_s,
-        hbm_pct=100.0 * tb_s / g.hbm_tb_s,
-        peak_tflops=peak,
-        hbm_tb_s=g.hbm_tb_s,
-        simulated=simulated,
-        tier=cell.tier,
-        labels=[ANALYTICAL] + (["SIMULATED"] if simulated else []),
-    )
+    return _place(cell, rf, g, tp=tp, tokens=context, flops=flops, nbytes=nbytes, step_ms=cell.tpot_median_ms)
 
 
 def prefill_point(cell: CellView, card: ModelCard, g: Gpu, *, tp: int, isl: int) -> RooflinePoint | None:
@@ -318,9 +293,36 @@ def prefill_point(cell: CellView, card: ModelCard, g: Gpu, *, tp: int, isl: int)
     ) / tp
     kv_tok = card.kv_bytes_per_token.get(rf.kv_dtype, 0.0)
     nbytes = rf.weight_bytes_per_gpu + n * kv_tok / tp
-    step_s = cell.ttft_mean_ms * 1e-3
+    return _place(
+        cell,
+        rf,
+        g,
+        tp=tp,
+        tokens=n,
+        flops=flops,
+        nbytes=nbytes,
+        step_ms=cell.ttft_mean_ms,
+        kind="prefill",
+        extra_label="LOWER BOUND (mean TTFT includes queueing)",
+    )
+
+
+def _place(
+    cell: CellView,
+    rf: Roofline,
+    g: Gpu,
+    *,
+    tp: int,
+    tokens: int,
+    flops: float,
+    nbytes: float,
+    step_ms: float,
+    kind: Literal["decode", "prefill"] = "decode",
+    extra_label: str = "",
+) -> RooflinePoint:
+    """One step of a cell on the roofline: its FLOPs and bytes (analytical) over its measured time."""
+    step_s = step_ms * 1e-3
     tb_s = nbytes / step_s / 1e12
-    peak = g.peak_tflops(rf.weight_dtype)
     simulated = cell.simulated or bool((cell.context.get("stack") or {}).get("simulated"))
     return RooflinePoint(
         cell_id=cell.cell_id,
@@ -329,23 +331,22 @@ def prefill_point(cell: CellView, card: ModelCard, g: Gpu, *, tp: int, isl: int)
         config=cell.config,
         concurrency=cell.concurrency,
         tp=tp,
-        context_tokens=n,
+        context_tokens=tokens,
         weight_dtype=rf.weight_dtype,
         kv_dtype=rf.kv_dtype,
         flops_per_step=flops,
         bytes_per_step=nbytes,
         intensity=flops / nbytes if nbytes else 0.0,
-        tpot_ms=cell.ttft_mean_ms,
-        kind="prefill",
+        tpot_ms=step_ms,
+        kind=kind,
         attained_tflops=flops / step_s / 1e12,
         attained_tb_s=tb_s,
         hbm_pct=100.0 * tb_s / g.hbm_tb_s,
-        peak_tflops=peak,
+        peak_tflops=g.peak_tflops(rf.weight_dtype),
         hbm_tb_s=g.hbm_tb_s,
         simulated=simulated,
         tier=cell.tier,
-        labels=[ANALYTICAL, "LOWER BOUND (mean TTFT includes queueing)"]
-        + (["SIMULATED"] if simulated else []),
+        labels=[ANALYTICAL, *([extra_label] if extra_label else []), *(["SIMULATED"] if simulated else [])],
     )
 
 
