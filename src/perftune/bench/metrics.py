@@ -11,6 +11,8 @@ from perftune.bench.load import LoadReport
 from perftune.bench.records import RequestRecord
 from perftune.bench.stats import AcrossTrials, Dist, across_trials, dist
 from perftune.errors import ConfigError
+from perftune.telemetry.gpu import GpuTrialState
+from perftune.telemetry.prom import EngineTrialFigures
 
 DEFINITIONS: dict[str, str] = {
     "ttft_ms": "arrival of the first chunk that carries generated tokens - request send; role-only, empty "
@@ -136,6 +138,17 @@ class TrialResult(BaseModel):
     )
     sim_stats: dict[str, Any] | None = Field(
         None, description="perftune-sim GET /sim/stats after the trial: schedule_lag_ms, late_steps, faithful"
+    )
+    gpu: GpuTrialState | None = Field(
+        None, description="this host's GPUs during the trial (NVML): clocks, power, throttle reasons"
+    )
+    engine: EngineTrialFigures | None = Field(
+        None, description="the engine's own figures for the trial, from its /metrics"
+    )
+    first_wave_s: tuple[float, float] | None = Field(
+        None,
+        description="closed loop: first and last completion of the first `concurrency` requests sent, "
+        "seconds from the trial's start",
     )
 
 

@@ -35,7 +35,22 @@ FAILURE_CLASSES: dict[str, str] = {
     "connection": "no response head: the connection was refused, reset or closed before the status "
     "line (an engine that is down)",
 }
-TokenSource = Literal["usage_delta", "final_usage", "retokenized", "chunk_count", "none"]
+TokenSource = Literal[
+    "usage_delta", "final_usage_chunks", "final_usage", "retokenized", "chunk_count", "none"
+]
+# Sources whose per-chunk token counts are exact, so per-token times (ITL) are too: the per-chunk
+# change of usage.completion_tokens, or the final usage equal to the chunk count (one token a chunk).
+EXACT_SOURCES: frozenset[str] = frozenset({"usage_delta", "final_usage_chunks"})
+TOKEN_SOURCES: dict[str, str] = {
+    "usage_delta": "exact: the per-chunk change of usage.completion_tokens (continuous usage stats)",
+    "final_usage_chunks": "exact: the final usage.completion_tokens equals the number of chunks that "
+    "can carry a token, so every chunk carried one",
+    "final_usage": "total exact (final usage), per-chunk split approximate: chunks carried several "
+    "tokens or none, so the total was split by retokenizing each chunk or by its text length",
+    "retokenized": "no usage from the server: the text retokenized with the model's tokenizer",
+    "chunk_count": "no usage and no tokenizer: one token per text chunk (approximate)",
+    "none": "no chunk carried choices",
+}
 Api = Literal["completions", "chat"]
 
 # Tokenizer hook for the retokenize fallback: text -> number of tokens.
@@ -91,6 +106,11 @@ class RequestRecord:
     text: str = ""
 
     # ---- derived metrics (ms); None when undefined for this request ----
+    @property
+    def itl_exact(self) -> bool:
+        """Per-chunk token counts (so per-token times) are exact, not split by an estimate."""
+        return self.token_source in EXACT_SOURCES
+
     @property
     def token_chunks(self) -> list[Chunk]:
         return [c for c in self.chunks if c.tokens > 0]
@@ -187,6 +207,29 @@ def _spread(total: int, weights: list[int]) -> list[int]:
     return base
 
 
+def _carries_no_token(choice: dict[str, Any], api: Api) -> bool:
+    """A chunk that is structure, not a token: a chat role-only opener, or a finish-only closer
+    without any text field (an empty text field may still stand for a token)."""
+    if api == "chat":
+        delta = choice.get("delta") or {}
+        fields = ("content", "reasoning_content", "reasoning")
+        if "role" in delta:
+            return True
+        return bool(choice.get("finish_reason")) and all(delta.get(f) is None for f in fields)
+    return bool(choice.get("finish_reason")) and choice.get("text") is None
+
+
+def _one_per_chunk(rows: list[tuple[int, str, int | None]], empty: set[int], total: int) -> set[int] | None:
+    """The chunks that carried one token each, where the final usage says exactly that many did:
+    every chunk that can carry a token, else the text chunks alone (an engine that sends no chunk for
+    a token with no text yet); None where neither count equals the total (several tokens in a chunk)."""
+    every = [i for i in range(len(rows)) if i not in empty]
+    for cand in (every, [i for i in every if rows[i][1]]):
+        if cand and len(cand) == total:
+            return set(cand)
+    return None
+
+
 def failure_class(raw: RawCapture) -> ErrorKind | None:
     """How a capture failed, from its facts (None: it did not fail in transport).
 
@@ -205,9 +248,14 @@ def failure_class(raw: RawCapture) -> ErrorKind | None:
 def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestRecord:
     """Turn a raw capture into exact per-chunk token counts.
 
-    Order of trust: the per-chunk change of `usage.completion_tokens` (continuous usage stats), then the
-    final `usage` spread over the text chunks, then retokenizing the text; never one chunk = one token
-    unless nothing else is available (then the source says `chunk_count`).
+    Order of trust: the per-chunk change of `usage.completion_tokens` (continuous usage stats); then
+    the final `usage` checked against the chunk count: where it equals the number of chunks that can
+    carry a token (every choice chunk but a chat role-only opener and a finish-only closer without a
+    text field; else the text chunks), each carried exactly one (`final_usage_chunks`, as vLLM and
+    SGLang stream without speculative decoding); only where it does not is the final total split
+    over the chunks by retokenizing them or by text length (`final_usage`, per-token times
+    approximate); without usage, retokenizing the text; one chunk = one token only when nothing else
+    is available (`chunk_count`). See TOKEN_SOURCES.
 
     A capture that failed in transport keeps its class (failure_class); its reads are still decoded,
     up to a torn last event, so the record holds the tokens that arrived before the failure.
@@ -216,6 +264,10 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
     ok = error_kind is None
     error_message = raw.error_message
     rows: list[tuple[int, str, int | None]] = []  # (t, text, cumulative completion tokens)
+    # Rows that cannot carry a token: a chat stream's role-only opener, and a finish-only closer with
+    # no text field at all (SGLang's chat streams end so). An empty text field can carry one (vLLM
+    # streams a token whose text is still an incomplete UTF-8 sequence as "").
+    empty: set[int] = set()
     final_completion: int | None = None
     prompt_tokens: int | None = None
     saw_done = False
@@ -248,19 +300,26 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
                 final_completion = int(cum)
         choices = obj.get("choices") or []
         if choices:
-            rows.append((ev.t_ns, _choice_text(choices[0], raw.api), None if cum is None else int(cum)))
+            choice = choices[0] if isinstance(choices[0], dict) else {}
+            text = _choice_text(choice, raw.api)
+            if not text and _carries_no_token(choice, raw.api):
+                empty.add(len(rows))
+            rows.append((ev.t_ns, text, None if cum is None else int(cum)))
     if ok and not saw_done and not rows:
         ok, error_kind, error_message = False, "error", "stream ended without any data"
 
     chunks: list[Chunk]
     source: TokenSource
     text = "".join(r[1] for r in rows)
-    if rows and all(r[2] is not None for r in rows):
+    if rows and all(r[2] is not None for i, r in enumerate(rows) if i not in empty):
+        # (SGLang puts no usage on its chat opener and closer: they carry no token anyway)
         source, prev, chunks = "usage_delta", 0, []
         for t, tx, cum in rows:
-            assert cum is not None
-            chunks.append(Chunk(t, max(0, cum - prev), len(tx)))
-            prev = max(prev, cum)
+            chunks.append(Chunk(t, 0 if cum is None else max(0, cum - prev), len(tx)))
+            prev = prev if cum is None else max(prev, cum)
+    elif rows and final_completion is not None and (one := _one_per_chunk(rows, empty, final_completion)):
+        source = "final_usage_chunks"
+        chunks = [Chunk(t, 1 if i in one else 0, len(tx)) for i, (t, tx, _) in enumerate(rows)]
     elif rows:
         text_idx = [i for i, r in enumerate(rows) if r[1]]
         if final_completion is not None:

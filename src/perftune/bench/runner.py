@@ -13,6 +13,7 @@ during a trial, or a simulator behind its schedule are flagged and keep the resu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import re
@@ -27,6 +28,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from perftune.bench import accounting, drift
+from perftune.bench.accounting import AccountingReport, TokenAccounting
 from perftune.bench.client import BenchClient
 from perftune.bench.load import Arrival, LoadReport, arrival_offsets, assess_load
 from perftune.bench.metrics import DEFINITIONS, TrialResult, across, summarize_trial, tpot_median
@@ -68,7 +71,8 @@ from perftune.context import (
 )
 from perftune.errors import BenchError, ConfigError
 from perftune.serving.registry import by_owned_by
-from perftune.telemetry.prom import parse_totals, prefix_cache_hit_rate
+from perftune.telemetry.gpu import NvmlSampler, endpoint_is_local
+from perftune.telemetry.prom import gauges, parse_totals, prefix_cache_hit_rate, trial_figures
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 OPEN_LOOP_LEAD_S = 0.05  # first open-loop send this long after the schedule is laid down
@@ -131,8 +135,24 @@ class BenchConfig(BaseModel):
     tp: int = Field(1, ge=1, description="tensor parallel size of the server (for the decode %SoL only)")
     sol_levers: dict[str, Any] = Field(
         default_factory=dict,
-        description="the server's levers that change the bytes a decode step reads (quantization, "
-        "kv-cache-dtype), for the decode %SoL; the checkpoint's own dtype is read from the model card",
+        description="the server's levers: those that change the bytes a decode step reads "
+        "(quantization, kv-cache-dtype) for the decode %SoL (the checkpoint's own dtype is read from "
+        "the model card), and those that make a chunk carry several tokens (speculative decoding, "
+        "multi-step) for the token accounting",
+    )
+    token_accounting: TokenAccounting = Field(
+        "auto",
+        description="auto: ask for the final usage only and check one token per chunk on the warmup "
+        "(per-chunk usage where a lever or the warmup says chunks carry several tokens); final; "
+        "per-chunk: usage on every chunk (costs the server CPU at high concurrency)",
+    )
+    gpu_telemetry: bool = Field(
+        True,
+        description="sample this host's GPUs through NVML during every trial (clocks, power, throttle "
+        "reasons) when the server runs on this host",
+    )
+    engine_poll_s: float = Field(
+        1.0, ge=0, description="poll the engine's /metrics queue gauges this often during a trial (0: off)"
     )
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     slo: dict[str, float] = Field(default_factory=dict, description="per-request SLO upper bounds, ms")
@@ -194,6 +214,11 @@ class BenchSummary(BaseModel):
     goodput_req_s: AcrossTrials | None = Field(None, description="with --slo")
     goodput_fraction: AcrossTrials | None = Field(None, description="with --slo")
     engine_prefix_cache_hit_rate: AcrossTrials | None = Field(None, description="where /metrics has it")
+    accounting: AccountingReport | None = Field(None, description="how output tokens were counted")
+    drift_notes: list[str] = Field(
+        default_factory=list,
+        description="what the GPU, the engine's /metrics and the first wave showed across trials",
+    )
     valid: bool = Field(description="the client kept its schedule in every trial")
     invalid_reasons: list[str] = Field(default_factory=list)
     cache_reset: CacheResetReport | None = None
@@ -268,12 +293,15 @@ def _serialize(
     model: str,
     salt: int,
     items: Sequence[RequestItem] | None = None,
+    *,
+    per_chunk_usage: bool,
 ) -> list[Prepared]:
     out = []
     for item in wl.items if items is None else items:
         s = salt_item(item, salt, wl.spec)
         info = RequestItemInfo(s.api, s.expected_input_tokens, s.max_tokens if s.fixed_output else None)
-        out.append((client.prepare(PATHS[s.api], orjson.dumps(request_body(s, model))), info))
+        body = orjson.dumps(request_body(s, model, per_chunk_usage=per_chunk_usage))
+        out.append((client.prepare(PATHS[s.api], body), info))
     return out
 
 
@@ -503,8 +531,10 @@ async def _warmup(
     count_tokens: CountTokens | None,
     on_done_for: Callable[[str, int, int], Callable[[RawCapture], None]],
     log: EngineLog | None,
-) -> WarmupReport:
-    """Warm the engine at the trial's own concurrency and shapes until two rounds agree (bounded)."""
+    per_chunk_usage: bool,
+) -> tuple[WarmupReport, list[RequestRecord]]:
+    """Warm the engine at the trial's own concurrency and shapes until two rounds agree (bounded).
+    Returns the report and the warmup's decoded records (the token accounting is checked on them)."""
     n = len(wl.items)
     open_loop = cfg.rate is not None
     if open_loop:  # about one second of the trial's own arrival schedule per round
@@ -520,6 +550,7 @@ async def _warmup(
         f"{cfg.warmup_max_rounds} rounds and {cfg.warmup_max_s:g} s once the minimum {warm_min} is met"
     )
     values: list[float | None] = []
+    warm_recs: list[RequestRecord] = []
     total, stop = 0, "off" if warm_min == 0 else "count"
     log_mark = log.size() if log is not None else 0
     t0 = time.monotonic()
@@ -543,7 +574,9 @@ async def _warmup(
         k = size if cfg.warmup_until_stable else min(size, warm_min - total)
         items = [wl.items[(total + i) % n] for i in range(k)]
         # Each round its own salt, distinct from every trial's: round 2 cannot hit round 1's prefix cache.
-        bodies = _serialize(client, wl, cfg.model, salt=salt - 1 - r, items=items)
+        bodies = _serialize(
+            client, wl, cfg.model, salt=salt - 1 - r, items=items, per_chunk_usage=per_chunk_usage
+        )
         on_done = on_done_for("warmup", r, k)
         if open_loop:
             assert wl.arrival_offsets_s is not None
@@ -560,6 +593,7 @@ async def _warmup(
                 f"every warmup request failed: {recs[0].error_message}",
                 hint="check --model, the prompt length against the server's max length, and its log",
             )
+        warm_recs.extend(recs)
         tok_s, tpot = _round_values(recs)
         values.append(tpot if metric == "tpot_median_ms" else tok_s)
         total += k
@@ -567,7 +601,7 @@ async def _warmup(
     stabilized: bool | None = None
     if cfg.warmup_until_stable and values:
         stabilized = stop == "stable" or (False if stop in ("max_rounds", "time") else None)
-    return WarmupReport(
+    report = WarmupReport(
         rounds=len(values),
         requests=total,
         round_size=size,
@@ -580,6 +614,7 @@ async def _warmup(
         rule=rule,
         engine_log_compile_lines=len(compile_markers(log.since(log_mark))) if log is not None else None,
     )
+    return report, warm_recs
 
 
 async def _sim_stats(client: BenchClient) -> dict[str, Any] | None:
@@ -711,7 +746,13 @@ async def run_bench(
 
             return on_done
 
-        warm = await _warmup(client, wl, cfg, run_salt, count_tokens, make_on_done, log)
+        first_mode, _ = accounting.before_warmup(cfg.token_accounting, cfg.sol_levers)
+        warm, warm_recs = await _warmup(
+            client, wl, cfg, run_salt, count_tokens, make_on_done, log, first_mode == "per-chunk"
+        )
+        acct = accounting.after_warmup(cfg.token_accounting, cfg.sol_levers, warm_recs)
+        del warm_recs
+        sampler = _gpu_sampler(cfg)
         if partial_path is not None:
             sink = PartialSink(
                 partial_path,
@@ -736,13 +777,23 @@ async def run_bench(
                 if reset_path is not None:
                     status = await client.post_status(reset_path)
                     cache_resets.append(status)
-                bodies = _serialize(client, wl, cfg.model, salt=run_salt + 1 + trial)
+                bodies = _serialize(
+                    client, wl, cfg.model, salt=run_salt + 1 + trial, per_chunk_usage=acct.used == "per-chunk"
+                )
                 await client.prewarm(min(conc, n))
                 on_done = make_on_done("trial", trial, n)
                 # No collector pauses inside the measured window: a gen-2 pass over the trial's captures
                 # takes milliseconds and would land inside somebody's TTFT. Collect after the trial.
                 before = await client.metrics_text()
                 log_mark = log.size() if log is not None else 0
+                polled: list[dict[str, float]] = []
+                poller = (
+                    asyncio.create_task(_poll_gauges(client, cfg.engine_poll_s, polled))
+                    if before is not None and cfg.engine_poll_s > 0
+                    else None
+                )
+                if sampler is not None:
+                    sampler.start()
                 gc.collect()
                 gc.disable()
                 try:
@@ -756,6 +807,9 @@ async def run_bench(
                         caps = await _closed_loop(client, bodies, cfg.concurrency, trial, on_done)
                 finally:
                     gc.enable()
+                    if poller is not None:
+                        poller.cancel()
+                    gpu_state = sampler.stop() if sampler is not None else None
                 if sink is not None:
                     await asyncio.sleep(0)  # let the last deferred record writes run
                     sink.flush()
@@ -766,13 +820,17 @@ async def run_bench(
                 recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
                 load = _load_report(caps, cfg)
                 t = summarize_trial(trial, recs, load, cfg.slo, engine_prefix_cache_hit_rate=hit_rate)
-                flags = [f for f in (compile_flag(trial, hits), sim_flag(trial, sim)) if f]
+                acct_flag = accounting.trial_flag(trial, acct.used, recs)
+                flags = [f for f in (compile_flag(trial, hits), sim_flag(trial, sim), acct_flag) if f]
                 trial_results.append(
                     t.model_copy(
                         update={
                             "flags": flags,
                             "engine_log_compile_lines": len(hits) if log is not None else None,
                             "sim_stats": sim,
+                            "gpu": gpu_state,
+                            "engine": trial_figures(before, after, polled, t.span_s),
+                            "first_wave_s": drift.first_wave(recs, cfg.concurrency),
                         }
                     )
                 )
@@ -782,10 +840,28 @@ async def run_bench(
                 sink.close()
 
     facts["cache_reset"] = {"path": reset_path, "statuses": cache_resets}
+    facts["accounting"] = acct
     if sink is not None and sink.error:
         facts["partial_records_error"] = sink.error
     result = assemble(cfg, wl, facts, warm.requests, started, trial_results, run_salt, warmup=warm, sol=sol)
     return BenchRun(result, wl, records)
+
+
+def _gpu_sampler(cfg: BenchConfig) -> NvmlSampler | None:
+    """This host's NVML sampler, where the server runs here (else no GPU state: another host's)."""
+    if not cfg.gpu_telemetry or not endpoint_is_local(cfg.endpoint):
+        return None
+    return NvmlSampler()
+
+
+async def _poll_gauges(client: BenchClient, period_s: float, out: list[dict[str, float]]) -> None:
+    """The engine's queue gauges every `period_s` during a trial (one short GET; never fails a trial)."""
+    while True:
+        await asyncio.sleep(period_s)
+        text = await client.metrics_text()
+        if text:
+            with contextlib.suppress(ValueError):
+                out.append(gauges(text))
 
 
 def _hit_rate(before: str | None, after: str | None) -> float | None:
@@ -867,9 +943,17 @@ def assemble(
 ) -> BenchResult:
     engine = cfg.engine or _detect_engine(facts.get("owned_by"))
     simulated = engine.startswith("perftune-")
+    per_trial, drift_flags, drift_notes = drift.assess(
+        [t.gpu for t in trials], [t.engine for t in trials], [t.first_wave_s for t in trials]
+    )
+    trials = [
+        t.model_copy(update={"flags": [*t.flags, *per_trial[t.trial]]}) if t.trial in per_trial else t
+        for t in trials
+    ]
     headline: dict[str, AcrossTrials] = dict(across(trials))
     headline["tpot_median_ms"] = tpot_median(trials)
     trials, outs, cvs, other, flags = quality_flags(trials, headline, warmup)
+    other, flags = [*other, *drift_flags], [*flags, *drift_flags]
     isolated, claim_metric, why = metric_isolation(
         cfg.claim, num_requests=len(wl.items), concurrency=cfg.concurrency
     )
@@ -928,6 +1012,8 @@ def assemble(
             if any(t.engine_prefix_cache_hit_rate is not None for t in trials)
             else {}
         ),
+        accounting=facts.get("accounting"),
+        drift_notes=drift_notes,
         valid=not invalid,
         invalid_reasons=invalid,
         cache_reset=CacheResetReport(

@@ -327,13 +327,17 @@ def salt_item(item: RequestItem, salt: int, spec: WorkloadSpec) -> RequestItem:
     return item.model_copy(update={"messages": msgs})
 
 
-def request_body(item: RequestItem, model: str) -> dict[str, Any]:
+def request_body(item: RequestItem, model: str, per_chunk_usage: bool = True) -> dict[str, Any]:
+    """The streaming request. Always a final usage chunk; usage on every chunk (vLLM's and SGLang's
+    `continuous_usage_stats`) only with `per_chunk_usage` (see bench.accounting: it costs the server)."""
+    options: dict[str, bool] = {"include_usage": True}
+    if per_chunk_usage:
+        options["continuous_usage_stats"] = True
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": item.max_tokens,
         "stream": True,
-        # Token-exact accounting: usage on every chunk (vLLM, SGLang), and a final usage chunk.
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "stream_options": options,
         "temperature": 0.0,
     }
     if item.fixed_output:

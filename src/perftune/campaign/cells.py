@@ -290,6 +290,7 @@ def bench_cell(
         server_log=rec.log_path,  # compilation logged during a trial flags it
         claim=i.slo.focus,
         baseline=None if config == "baseline" else baseline_name(ctx, engine),  # not compared to itself
+        sol_levers=dict(levers or {}),  # a speculative lever makes the token accounting per-chunk
     )
     run, _ = bench_to_dir(
         cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)

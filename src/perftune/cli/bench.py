@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from perftune import api
+from perftune.bench.accounting import TokenAccounting
 from perftune.bench.calibrate import DEFAULT_LADDER, CalibrationPoint, MockTruth
 from perftune.bench.load import Arrival
 from perftune.bench.metrics import parse_slo
@@ -98,6 +99,20 @@ def run(
     transport: Transport = typer.Option(
         "auto", help="auto (lean pool for http, aiohttp for https) | aiohttp"
     ),
+    token_accounting: TokenAccounting = typer.Option(
+        "auto",
+        help="auto: final usage only, one token per chunk checked on the warmup (per-chunk usage where "
+        "chunks carry several tokens) | final | per-chunk (usage on every chunk: costs the server CPU)",
+    ),
+    gpu_telemetry: bool = typer.Option(
+        True,
+        "--gpu-telemetry/--no-gpu-telemetry",
+        help="sample this host's GPUs (NVML: clocks, power, throttling) during every trial when the "
+        "server runs here",
+    ),
+    engine_poll_s: float = typer.Option(
+        1.0, help="poll the engine's /metrics queue gauges this often during a trial, seconds (0: off)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object on stdout"),
 ) -> None:
     """Benchmark a server: warmup + N trials, exact tokens, mean/std/CI95 per headline metric.
@@ -133,6 +148,9 @@ def run(
         warmup_requests=warmup,
         warmup_until_stable=warmup_until_stable,
         warmup_max_rounds=warmup_max_rounds,
+        token_accounting=token_accounting,
+        gpu_telemetry=gpu_telemetry,
+        engine_poll_s=engine_poll_s,
         server_log=str(server_log) if server_log else None,
         gpu=gpu,
         model_card=model_card,
@@ -227,6 +245,10 @@ def _render(result: BenchRun, paths: dict[str, str]) -> None:
             f"warmup: {w.requests} requests in {w.rounds} round(s) of {w.round_size}, {state}",
             highlight=False,
         )
+    if s.accounting is not None:
+        out_console.print(f"tokens: {s.accounting.used} usage ({s.accounting.reason})", highlight=False)
+    for note in s.drift_notes:
+        out_console.print(f"drift: {note}", highlight=False)
     for flag in s.flags:
         out_console.print(f"[bold yellow]flag:[/] {flag}", highlight=False)
     out_console.print(

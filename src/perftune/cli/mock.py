@@ -29,11 +29,17 @@ def mock_server(
     startup_delay_s: float = typer.Option(
         0.0, help="test engine: wait this long before listening (an engine loading its weights)"
     ),
+    usage_cost_us: float = typer.Option(
+        0.0,
+        help="CPU microseconds the server spends on each chunk carrying a usage object (per-chunk usage "
+        "asked for): emulates the server-side cost of continuous_usage_stats",
+    ),
 ) -> None:
     """Serve an OpenAI-compatible stream with exact, deadline-driven timing (ground truth for clients)."""
-    if ttft_ms < 0 or itl_ms < 0 or tokens_per_chunk < 1:
+    if ttft_ms < 0 or itl_ms < 0 or tokens_per_chunk < 1 or usage_cost_us < 0:
         raise ConfigError(
-            "ttft-ms and itl-ms must be >= 0 and tokens-per-chunk >= 1", hint="e.g. --ttft-ms 20 --itl-ms 5"
+            "ttft-ms, itl-ms and usage-cost-us must be >= 0 and tokens-per-chunk >= 1",
+            hint="e.g. --ttft-ms 20 --itl-ms 5",
         )
     if startup_delay_s > 0:
         import time
@@ -46,6 +52,7 @@ def mock_server(
         model=model_name,
         max_model_len=max_model_len,
         wedge_after=wedge_after,
+        usage_cost_us=usage_cost_us,
     )
 
     serve_forever(

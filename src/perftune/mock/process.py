@@ -24,6 +24,7 @@ def mock_process(
     model: str = "mock",
     startup_timeout_s: float = 20.0,
     max_model_len: int = 131072,
+    usage_cost_us: float = 0.0,
 ) -> Iterator[str]:
     """Yield the endpoint URL of a mock server running in a child process group."""
     cmd = [
@@ -45,6 +46,8 @@ def mock_process(
         model,
         "--max-model-len",
         str(max_model_len),
+        "--usage-cost-us",
+        str(usage_cost_us),
         "--ready-json",
     ]
     with ready_json_process(cmd, "mock server", startup_timeout_s) as url:

@@ -197,6 +197,10 @@ class MockConfig:
     max_model_len: int = 131072
     default_max_tokens: int = 16
     wedge_after: int | None = None  # test engine: requests past this count get headers, then nothing
+    # CPU the server spends on each chunk that carries a usage object (continuous usage stats), in
+    # microseconds of busy work on its one event loop: vLLM's API server pays a serialization per
+    # chunk, so asking for per-chunk usage slows every stream it serves (issue 23).
+    usage_cost_us: float = 0.0
 
 
 @dataclass
@@ -214,6 +218,7 @@ class _Stats:
             "lateness_mean_ms": self.late_sum_ns / self.chunks / 1e6 if self.chunks else 0.0,
             "lateness_max_ms": self.late_max_ns / 1e6,
             "cache_resets": self.cache_resets,
+            "cpu_s": time.process_time(),  # the server process's CPU so far (user + system)
         }
 
 
@@ -227,6 +232,13 @@ def count_prompt_tokens(body: dict[str, Any]) -> int:
     if isinstance(prompt, list):
         prompt = "".join(map(str, prompt))
     return len(_WORD.findall(str(prompt)))
+
+
+def _busy(ns: int) -> None:
+    """Spend `ns` nanoseconds of CPU on the event loop (the emulated cost of serializing usage)."""
+    end = time.perf_counter_ns() + ns
+    while time.perf_counter_ns() < end:
+        pass
 
 
 def _chunk(data: bytes) -> bytes:
@@ -295,6 +307,7 @@ class MockServer:
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self.ttft_ns = round(cfg.ttft_ms * 1e6)
+        self.usage_cost_ns = round(cfg.usage_cost_us * 1e3)
         self.itl_ns = round(cfg.itl_ms * 1e6)
 
     def start(self) -> None:
@@ -346,6 +359,8 @@ class MockServer:
         if s.proto.closed:
             return
         k = 1 if s.sent == 0 else min(self.cfg.tokens_per_chunk, s.total - s.sent)
+        if s.continuous and self.usage_cost_ns:
+            _busy(self.usage_cost_ns)
         s.sent += k
         final = s.sent >= s.total
         data = s.event(k, final)

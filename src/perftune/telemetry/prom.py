@@ -99,3 +99,103 @@ def prefix_cache_hit_rate(before: dict[str, float], after: dict[str, float]) -> 
             dh = after.get(hits, 0.0) - before.get(hits, 0.0)
             return dh / dq if dq > 0 else None
     return None
+
+
+# ---------------------------------------------------------------- the engine's own figures per trial
+
+# (vLLM name, SGLang name) per figure; histograms by their base name (_sum and _count are read).
+_HIST = {
+    "itl": ("vllm:inter_token_latency_seconds", "sglang:inter_token_latency_seconds"),
+    "ttft": ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds"),
+    "queue": ("vllm:request_queue_time_seconds", "sglang:queue_time_seconds"),
+    "step_tokens": ("vllm:iteration_tokens_total", ""),
+}
+_COUNTERS = {
+    "generation_tokens": ("vllm:generation_tokens_total", "sglang:generation_tokens_total"),
+    "preemptions": ("vllm:num_preemptions_total", "sglang:num_retracted_reqs"),
+    "server_cpu_s": ("process_cpu_seconds_total", "sglang:process_cpu_seconds_total"),
+}
+_GAUGES = {
+    "running": ("vllm:num_requests_running", "sglang:num_running_reqs"),
+    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs"),
+    "kv_usage": ("vllm:kv_cache_usage_perc", "sglang:token_usage"),
+}
+
+
+class EngineTrialFigures(BaseModel):
+    """What the engine itself says about one trial: deltas of its /metrics counters and histograms
+    between the scrapes before and after the trial, and its queue gauges polled during it."""
+
+    model_config = ConfigDict(extra="forbid")
+    itl_ms_mean: float | None = Field(None, description="the engine's mean inter-token latency")
+    ttft_ms_mean: float | None = Field(None, description="the engine's mean time to first token")
+    queue_ms_mean: float | None = Field(None, description="the engine's mean time a request queued")
+    steps: float | None = Field(None, description="engine steps (vLLM: iteration_tokens_total count)")
+    step_ms_mean: float | None = Field(
+        None, description="trial span / engine steps: the mean engine step time while the trial ran"
+    )
+    tokens_per_step_mean: float | None = Field(None, description="tokens scheduled per engine step")
+    generation_tokens: float | None = Field(None, description="output tokens the engine generated")
+    preemptions: float | None = Field(None, description="preemptions (SGLang: retracted requests)")
+    server_cpu_s: float | None = Field(
+        None,
+        description="CPU seconds of the process serving /metrics (vLLM: the API server; SGLang: "
+        "its processes' own counter) during the trial",
+    )
+    polls: int = Field(0, description="/metrics polls during the trial")
+    waiting_max: float | None = Field(None, description="most requests waiting in the engine's queue")
+    running_mean: float | None = Field(None, description="mean requests in the running batch")
+    kv_usage_max: float | None = Field(None, description="highest KV-cache usage, 0..1")
+
+
+def _pick(totals: dict[str, float], names: tuple[str, str], suffix: str = "") -> str | None:
+    return next((n + suffix for n in names if n and n + suffix in totals), None)
+
+
+def gauges(text: str) -> dict[str, float]:
+    """The queue gauges of one scrape, whichever engine's names are present."""
+    totals = parse_totals(text)
+    out = {}
+    for key, names in _GAUGES.items():
+        name = _pick(totals, names)
+        if name is not None:
+            out[key] = totals[name]
+    return out
+
+
+def trial_figures(
+    before: str | None, after: str | None, polled: list[dict[str, float]], span_s: float
+) -> EngineTrialFigures | None:
+    """The engine's own figures for one trial (None where it has no /metrics). Pure."""
+    if not before or not after:
+        return None
+    try:
+        b, a = parse_totals(before), parse_totals(after)
+    except ValueError:
+        return None
+    vals: dict[str, float | None] = {}
+    for key, names in _HIST.items():
+        s, c = _pick(a, names, "_sum"), _pick(a, names, "_count")
+        if s is None or c is None:
+            continue
+        dc = a[c] - b.get(c, 0.0)
+        ds = a[s] - b.get(s, 0.0)
+        if key == "step_tokens":
+            vals["steps"] = dc
+            vals["tokens_per_step_mean"] = ds / dc if dc > 0 else None
+            vals["step_ms_mean"] = span_s * 1e3 / dc if dc > 0 else None
+        else:
+            vals[f"{key}_ms_mean"] = ds / dc * 1e3 if dc > 0 else None
+    for key, names in _COUNTERS.items():
+        n = _pick(a, names)
+        if n is not None:
+            vals[key] = a[n] - b.get(n, 0.0)
+    fig = EngineTrialFigures(**vals, polls=len(polled))
+    if polled:
+        run = [p["running"] for p in polled if "running" in p]
+        wait = [p["waiting"] for p in polled if "waiting" in p]
+        kv = [p["kv_usage"] for p in polled if "kv_usage" in p]
+        fig.running_mean = sum(run) / len(run) if run else None
+        fig.waiting_max = max(wait) if wait else None
+        fig.kv_usage_max = max(kv) if kv else None
+    return fig

@@ -1,0 +1,172 @@
+"""Token accounting (issue 23): one token per chunk -> the final usage suffices and ITL stays exact;
+chunks carrying several tokens -> per-chunk usage, or an estimate that is flagged. Against recorded
+vLLM 0.26.0 and SGLang 0.5.16 wire transcripts (tests/contract/transcripts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from perftune.bench import accounting
+from perftune.bench.records import RawCapture, RequestRecord, decode
+from perftune.bench.workloads import RequestItem, request_body
+
+T = Path(__file__).parents[2] / "contract" / "transcripts"
+MS = 1_000_000
+
+
+def _events(path: Path) -> list[bytes]:
+    return [b for b in path.read_bytes().split(b"\n\n") if b.strip()]
+
+
+def _capture(events: list[bytes], api: str) -> RawCapture:
+    """One read per event, 10 ms apart (a real stream's spacing does not matter to the counts)."""
+    cap = RawCapture(idx=0, trial=0, api=api, t_sched_ns=0, t_send_ns=0, status=200)  # type: ignore[arg-type]
+    cap.reads = [((i + 1) * 10 * MS, e + b"\n\n") for i, e in enumerate(events)]
+    cap.t_end_ns = cap.reads[-1][0]
+    return cap
+
+
+def _final_usage_only(events: list[bytes], total: int | None = None) -> list[bytes]:
+    """The same stream as the server sends it without continuous_usage_stats: usage removed from every
+    chunk with choices; the usage-only chunk at the end kept (or added with `total`)."""
+    out = []
+    for e in events:
+        if not e.startswith(b"data: {"):
+            out.append(e)
+            continue
+        obj = orjson.loads(e[6:])
+        if obj.get("choices"):
+            obj.pop("usage", None)
+        out.append(b"data: " + orjson.dumps(obj))
+    if total is not None:
+        usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": total}}
+        out.insert(len(out) - 1, b"data: " + orjson.dumps(usage))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("engine", "name", "api"),
+    [
+        ("vllm-0.26.0", "completions_stream.sse", "completions"),
+        ("vllm-0.26.0", "chat_stream.sse", "chat"),
+        ("sglang-0.5.16", "completions_stream.sse", "completions"),
+        ("sglang-0.5.16", "chat_stream.sse", "chat"),
+    ],
+)
+def test_one_token_per_chunk_final_usage_is_as_exact_as_per_chunk_usage(
+    engine: str, name: str, api: str
+) -> None:
+    events = _events(T / engine / name)
+    per_chunk = decode(_capture(events, api))
+    final = decode(_capture(_final_usage_only(events), api))
+    assert per_chunk.token_source == "usage_delta" and per_chunk.output_tokens == 6
+    assert final.token_source == "final_usage_chunks" and final.itl_exact
+    assert [c.tokens for c in final.chunks] == [c.tokens for c in per_chunk.chunks]
+    assert final.ttft_ms == per_chunk.ttft_ms and final.itl_ms() == per_chunk.itl_ms()
+    # the opener (chat) and SGLang's finish-only closer carry nothing
+    assert sum(1 for c in final.chunks if c.tokens == 0) == (
+        0 if api == "completions" else 1 + (engine[0] == "s")
+    )
+
+
+def test_a_merged_chunk_is_caught_and_estimated_never_silently_one_per_chunk() -> None:
+    # SGLang 0.5.16 streamed max_tokens=4 as 3 text chunks: an incomplete UTF-8 byte token was held
+    # and sent with the next token ("\ufffd Voice"), then a finish-only closer with no text field.
+    events = _final_usage_only(_events(T / "sglang-0.5.16" / "chat_stream_no_usage.sse"), total=4)
+    rec = decode(_capture(events, "chat"))
+    assert rec.output_tokens == 4  # the total stays exact
+    assert rec.token_source == "final_usage" and not rec.itl_exact  # the split is an estimate
+    check = accounting.check_chunks([rec])
+    assert (check.checked, check.exact) == (1, 0) and "4 output tokens over 5 chunks" in (check.example or "")
+
+
+def test_an_empty_text_chunk_counts_as_a_token_when_the_usage_says_so() -> None:
+    # vLLM streams a byte token whose text is not yet a whole character as text "" (the dummy model
+    # emits many): 4 tokens over 4 chunks, one of them empty, is exact; spreading by text length is not.
+    def c(text: str, fin: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({"choices": [{"index": 0, "text": text, "finish_reason": fin}]})
+
+    usage = b"data: " + orjson.dumps({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 4}})
+    rec = decode(
+        _capture([c("ab"), c(""), c("\u00e9"), c("", "length"), usage, b"data: [DONE]"], "completions")
+    )
+    assert rec.token_source == "final_usage_chunks"
+    assert [x.tokens for x in rec.chunks] == [1, 1, 1, 1]
+
+
+def test_multi_token_chunks_need_per_chunk_usage() -> None:
+    # speculative decoding: 9 tokens in 3 chunks; the per-chunk deltas place them exactly ...
+    def c(text: str, cum: int | None) -> bytes:
+        o: dict[str, object] = {"choices": [{"index": 0, "text": text}]}
+        if cum is not None:
+            o["usage"] = {"prompt_tokens": 4, "completion_tokens": cum}
+        return b"data: " + orjson.dumps(o)
+
+    usage = b"data: " + orjson.dumps({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 9}})
+    exact = decode(_capture([c("a", 1), c("bcde", 5), c("fghi", 9), usage, b"data: [DONE]"], "completions"))
+    assert exact.token_source == "usage_delta" and [x.tokens for x in exact.chunks] == [1, 4, 4]
+    # ... the final usage alone cannot: flagged as an estimate, and auto asks for per-chunk usage
+    est = decode(
+        _capture([c("a", None), c("bcde", None), c("fghi", None), usage, b"data: [DONE]"], "completions")
+    )
+    assert est.token_source == "final_usage" and est.output_tokens == 9 and not est.itl_exact
+    report = accounting.after_warmup("auto", {}, [est, est])
+    assert report.used == "per-chunk" and "2 of 2 warmup requests" in report.reason
+    flag = accounting.trial_flag(3, "final", [est] * 10)
+    assert (
+        flag is not None and flag.startswith("trial 3: 10 of 10") and "--token-accounting per-chunk" in flag
+    )
+
+
+def _rec(source: str) -> RequestRecord:
+    return RequestRecord(
+        idx=0,
+        trial=0,
+        api="completions",
+        ok=True,
+        error_kind=None,
+        error_message="",
+        status=200,
+        t_sched_ns=0,
+        t_send_ns=0,
+        t_end_ns=1,
+        input_tokens=4,
+        output_tokens=2,
+        token_source=source,  # type: ignore[arg-type]
+        expected_input_tokens=None,
+        expected_output_tokens=None,
+        chunks=[],
+    )
+
+
+def test_auto_mode_decisions() -> None:
+    exact = [_rec("final_usage_chunks")] * 8
+    r = accounting.after_warmup("auto", {}, exact)
+    assert r.used == "final" and "all 8 requests" in r.reason and r.warmup is not None
+    # a speculative lever: per-chunk from the start, the warmup is not even asked
+    r = accounting.after_warmup("auto", {"spec-method": "ngram", "spec-k": 4}, exact)
+    assert r.used == "per-chunk" and "spec-method=ngram" in r.reason
+    assert accounting.multi_token_reason({"stream-interval": 1}) is None  # one token per chunk
+    assert accounting.multi_token_reason({"--num-scheduler-steps": 8}) is not None
+    # no warmup: final, and every trial request is checked instead
+    assert "every trial request is checked" in accounting.after_warmup("auto", {}, []).reason
+    # explicit modes are obeyed whatever the warmup showed
+    assert accounting.after_warmup("final", {"spec-method": "ngram"}, []).used == "final"
+    assert accounting.after_warmup("per-chunk", {}, exact).used == "per-chunk"
+    # one estimated request in 200 is below the 1% line: no flag; 3 in 200 is above it
+    assert (
+        accounting.trial_flag(0, "final", [_rec("final_usage")] + [_rec("final_usage_chunks")] * 199) is None
+    )
+    assert accounting.trial_flag(0, "final", [_rec("final_usage")] * 3 + [_rec("final_usage_chunks")] * 197)
+
+
+def test_request_body_asks_for_per_chunk_usage_only_when_told() -> None:
+    item = RequestItem(api="completions", prompt_ids=[1, 2, 3], max_tokens=8, fixed_output=True)
+    assert request_body(item, "m", per_chunk_usage=False)["stream_options"] == {"include_usage": True}
+    assert request_body(item, "m", per_chunk_usage=True)["stream_options"] == {
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
