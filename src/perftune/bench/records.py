@@ -45,8 +45,10 @@ TOKEN_SOURCES: dict[str, str] = {
     "usage_delta": "exact: the per-chunk change of usage.completion_tokens (continuous usage stats)",
     "final_usage_chunks": "exact: the final usage.completion_tokens equals the number of chunks that "
     "can carry a token, so every chunk carried one",
-    "final_usage": "total exact (final usage), per-chunk split approximate: chunks carried several "
-    "tokens or none, so the total was split by retokenizing each chunk or by its text length",
+    "final_usage": "total exact (final usage), per-chunk split partly estimated: some chunks carried "
+    "several tokens, so every chunk that can carry one got one and the surplus (estimated_tokens) went "
+    "where the text is longest (retokenized with a tokenizer); TTFT, TPOT, e2e and tok/s stay exact, "
+    "per-token ITL of the merged chunks is estimated",
     "retokenized": "no usage from the server: the text retokenized with the model's tokenizer",
     "chunk_count": "no usage and no tokenizer: one token per text chunk (approximate)",
     "none": "no chunk carried choices",
@@ -104,6 +106,7 @@ class RequestRecord:
     expected_output_tokens: int | None
     chunks: list[Chunk]
     text: str = ""
+    estimated_tokens: int = 0  # tokens whose chunk was estimated (not exact): see TOKEN_SOURCES
 
     # ---- derived metrics (ms); None when undefined for this request ----
     @property
@@ -219,6 +222,26 @@ def _carries_no_token(choice: dict[str, Any], api: Api) -> bool:
     return bool(choice.get("finish_reason")) and choice.get("text") is None
 
 
+def _at_least_one(
+    rows: list[tuple[int, str, int | None]], empty: set[int], total: int, count_tokens: CountTokens | None
+) -> list[int] | None:
+    """Tokens per row where the final usage exceeds the chunks that can carry a token: one each, and
+    the surplus where the text is longest (retokenized when a tokenizer is given). None where there
+    are fewer tokens than such chunks (then no chunk is sure to carry one)."""
+    every = [i for i in range(len(rows)) if i not in empty]
+    if not every or total < len(every):
+        return None
+    if count_tokens is not None:
+        weights = [max(0, count_tokens(rows[i][1]) - 1) for i in every]
+    else:
+        weights = [len(rows[i][1]) for i in every]
+    extra = _spread(total - len(every), weights)
+    out = [0] * len(rows)
+    for i, k in zip(every, extra, strict=True):
+        out[i] = 1 + k
+    return out
+
+
 def _one_per_chunk(rows: list[tuple[int, str, int | None]], empty: set[int], total: int) -> set[int] | None:
     """The chunks that carried one token each, where the final usage says exactly that many did:
     every chunk that can carry a token, else the text chunks alone (an engine that sends no chunk for
@@ -310,6 +333,7 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
 
     chunks: list[Chunk]
     source: TokenSource
+    estimated = 0  # tokens whose chunk is an estimate (the rest are placed exactly)
     text = "".join(r[1] for r in rows)
     if rows and all(r[2] is not None for i, r in enumerate(rows) if i not in empty):
         # (SGLang puts no usage on its chat opener and closer: they carry no token anyway)
@@ -320,6 +344,16 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
     elif rows and final_completion is not None and (one := _one_per_chunk(rows, empty, final_completion)):
         source = "final_usage_chunks"
         chunks = [Chunk(t, 1 if i in one else 0, len(tx)) for i, (t, tx, _) in enumerate(rows)]
+    elif (
+        rows
+        and final_completion is not None
+        and (pinned := _at_least_one(rows, empty, final_completion, count_tokens))
+    ):
+        # Several tokens in some chunks (vLLM merges a request's pending tokens into one chunk when
+        # its API server falls behind, SGLang holds an incomplete UTF-8 byte back): every chunk that
+        # can carry a token carried at least one, so only the surplus is placed by estimate.
+        source, chunks = "final_usage", [Chunk(t, pinned[i], len(tx)) for i, (t, tx, _) in enumerate(rows)]
+        estimated = final_completion - sum(1 for v in pinned if v)
     elif rows:
         text_idx = [i for i, r in enumerate(rows) if r[1]]
         if final_completion is not None:
@@ -336,6 +370,7 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
             weights = [len(rows[i][1]) for i in text_idx]
         spread = dict(zip(text_idx, _spread(total, weights), strict=True))
         chunks = [Chunk(t, spread.get(i, 0), len(tx)) for i, (t, tx, _) in enumerate(rows)]
+        estimated = total  # no chunk is sure to carry a token: every placement is an estimate
     else:
         source, chunks = "none", []
 
@@ -360,6 +395,7 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
         expected_output_tokens=raw.expected_output_tokens,
         chunks=chunks,
         text=text,
+        estimated_tokens=estimated,
     )
 
 

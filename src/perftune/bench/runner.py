@@ -820,7 +820,9 @@ async def run_bench(
                 recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
                 load = _load_report(caps, cfg)
                 t = summarize_trial(trial, recs, load, cfg.slo, engine_prefix_cache_hit_rate=hit_rate)
-                acct_flag = accounting.trial_flag(trial, acct.used, recs)
+                acct_flag, acct_note = accounting.trial_check(trial, acct.used, recs, "itl_ms" in cfg.slo)
+                if acct_note:
+                    acct.notes.append(acct_note)
                 flags = [f for f in (compile_flag(trial, hits), sim_flag(trial, sim), acct_flag) if f]
                 trial_results.append(
                     t.model_copy(
