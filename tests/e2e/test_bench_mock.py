@@ -52,9 +52,13 @@ def test_ttft_itl_and_exact_tokens_match_ground_truth(
         assert (c.ok, c.errors, c.timeouts) == (n, 0, 0)
         assert c.output_tokens == n * osl and c.output_mismatch == 0
         assert c.input_tokens == n * isl and c.input_mismatch == 0
-        assert c.token_sources == {"usage_delta": n}
+        # auto accounting: one token per chunk -> the final usage suffices, checked per request;
+        # several per chunk -> the warmup saw it and per-chunk usage was asked for
+        assert c.token_sources == ({"final_usage_chunks": n} if tpc == 1 else {"usage_delta": n})
         # first chunk 1 token, then tpc per chunk: the client saw the server's chunking exactly
         assert t.tokens_per_chunk.max == tpc
+    acct = run.result.summary.accounting
+    assert acct is not None and acct.used == ("final" if tpc == 1 else "per-chunk"), acct
     rec = json.loads(Path(paths["records"]).read_text().splitlines()[0])
     assert [c[1] for c in rec["chunks"]][:2] == [1, tpc]
     assert run.result.context.stack.simulated and run.result.context.tier == "DRAFT"
@@ -253,3 +257,34 @@ def test_calibrate_finds_a_faithful_ceiling() -> None:
     points, best = api.calibrate(MockTruth(ttft_ms=50, itl_ms=10, isl=64, osl=16), ladder=[1, 8])
     assert len(points) == 2 and best is not None and best.faithful
     assert abs(points[0].ttft_err) < 0.1
+
+
+def test_the_mock_charges_per_chunk_usage_and_the_default_does_not_ask_for_it(tmp_path: Path) -> None:
+    """The mock spends --usage-cost-us of CPU per chunk carrying usage (vLLM's API server serializes
+    one per chunk with continuous_usage_stats): per-chunk accounting then slows its streams by at
+    least that cost a token when it exceeds the interval; the default accounting (final usage only)
+    is not charged."""
+    from perftune.bench.runner import run_bench
+    from perftune.mock.process import mock_process
+
+    def tpot(url: str, mode: str) -> float:
+        cfg = BenchConfig(
+            endpoint=url,
+            model="mock",
+            concurrency=1,
+            trials=1,
+            warmup_requests=0,
+            token_accounting=mode,  # type: ignore[arg-type]
+            workload=WorkloadSpec(kind="random", isl=16, osl=9, num_requests=3),
+        )
+        import asyncio
+
+        run = asyncio.run(run_bench(cfg))
+        assert run.result.summary.accounting is not None and run.result.summary.accounting.used == mode
+        return run.result.summary.tpot_median_ms.mean if run.result.summary.tpot_median_ms else 0.0
+
+    with mock_process(ttft_ms=5.0, itl_ms=2.0, usage_cost_us=8000.0) as url:
+        final, per_chunk = tpot(url, "final"), tpot(url, "per-chunk")
+    # per-chunk: every token waits for the 8 ms busy cost (the emission deadlines then lag behind);
+    # final usage: the 2 ms interval, which a loaded host would have to make 4x late to reach it
+    assert per_chunk >= 7.9 and final < per_chunk / 2, (final, per_chunk)

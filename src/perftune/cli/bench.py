@@ -12,6 +12,7 @@ from rich.table import Table
 from perftune import api
 from perftune.bench.accounting import TokenAccounting
 from perftune.bench.calibrate import DEFAULT_LADDER, CalibrationPoint, MockTruth
+from perftune.bench.defaults import closed_loop_defaults
 from perftune.bench.load import Arrival
 from perftune.bench.metrics import parse_slo
 from perftune.bench.output import RecordsFormat, headline_rows, sol_line
@@ -41,7 +42,9 @@ def run(
     ),
     isl: int | None = typer.Option(None, help="input tokens (random/prefix/long)"),
     osl: int | None = typer.Option(None, help="output tokens (fixed with ignore_eos + min_tokens)"),
-    num_requests: int = typer.Option(256, help="requests per trial"),
+    num_requests: int | None = typer.Option(
+        None, help="requests per trial (default 256; closed loop at c >= 64: at least 2 per slot)"
+    ),
     seed: int = typer.Option(0, help="prompt and arrival seed"),
     prefix_groups: int = typer.Option(8, help="prefix workload: shared-prefix groups"),
     prefix_len: int | None = typer.Option(
@@ -56,7 +59,11 @@ def run(
     arrival: Arrival = typer.Option("poisson", help="open loop arrivals: constant | poisson | gamma"),
     burstiness: float = typer.Option(1.0, help="gamma arrivals: shape (1 = Poisson, < 1 burstier)"),
     max_concurrency: int | None = typer.Option(None, help="open loop: cap on in-flight requests"),
-    trials: int = typer.Option(3, help="counted trials (a warmup runs first and is not counted)"),
+    trials: int | None = typer.Option(
+        None,
+        help="counted trials, after an uncounted warmup (default 3; closed loop at c >= 64: enough to "
+        "call a 3% difference at 95% given the run-to-run variance measured at that load)",
+    ),
     warmup: int | None = typer.Option(
         None, help="minimum warmup requests (default min(16, num-requests); 0: no warmup)"
     ),
@@ -120,6 +127,15 @@ def run(
     Exit codes: 0 ok, 1 run-time failure, 2 bad input, 5 invalid run (the client fell behind; the
     evidence is still written).
     """
+    chosen = closed_loop_defaults(concurrency) if concurrency and concurrency >= 64 else None
+    if trials is None:
+        trials = chosen.trials if chosen is not None else 3
+    if num_requests is None:
+        num_requests = max(256, chosen.min_requests) if chosen is not None else 256
+    if chosen is not None and not as_json:
+        err_console.print(
+            f"defaults: {trials} trials of {num_requests} requests ({chosen.why})", highlight=False
+        )
     spec = None
     if workload_file is None:
         extra = {"token_high": vocab_size} if vocab_size else {}
