@@ -786,7 +786,7 @@ async def run_bench(
                 # takes milliseconds and would land inside somebody's TTFT. Collect after the trial.
                 before = await client.metrics_text()
                 log_mark = log.size() if log is not None else 0
-                polled: list[dict[str, float]] = []
+                polled: list[str] = []
                 poller = (
                     asyncio.create_task(_poll_gauges(client, cfg.engine_poll_s, polled))
                     if before is not None and cfg.engine_poll_s > 0
@@ -831,7 +831,7 @@ async def run_bench(
                             "engine_log_compile_lines": len(hits) if log is not None else None,
                             "sim_stats": sim,
                             "gpu": gpu_state,
-                            "engine": trial_figures(before, after, polled, t.span_s),
+                            "engine": trial_figures(before, after, _gauges(polled), t.span_s),
                             "first_wave_s": drift.first_wave(recs, cfg.concurrency),
                         }
                     )
@@ -856,14 +856,23 @@ def _gpu_sampler(cfg: BenchConfig) -> NvmlSampler | None:
     return NvmlSampler()
 
 
-async def _poll_gauges(client: BenchClient, period_s: float, out: list[dict[str, float]]) -> None:
-    """The engine's queue gauges every `period_s` during a trial (one short GET; never fails a trial)."""
+async def _poll_gauges(client: BenchClient, period_s: float, out: list[str]) -> None:
+    """The engine's /metrics text every `period_s` during a trial, kept raw: parsing ~100 KB of
+    Prometheus text takes milliseconds, which inside the measured window would land in somebody's
+    TTFT; the gauges are read after the trial (`_gauges`)."""
     while True:
         await asyncio.sleep(period_s)
         text = await client.metrics_text()
         if text:
-            with contextlib.suppress(ValueError):
-                out.append(gauges(text))
+            out.append(text)
+
+
+def _gauges(texts: list[str]) -> list[dict[str, float]]:
+    out = []
+    for text in texts:
+        with contextlib.suppress(ValueError):
+            out.append(gauges(text))
+    return out
 
 
 def _hit_rate(before: str | None, after: str | None) -> float | None:

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from perftune.bench.runner import BenchConfig, BenchRun
+from perftune.bench.runner import BenchConfig, BenchResult, BenchRun
 from perftune.bench.runner import Observer as BenchObserver
 from perftune.bench.runner import Progress as BenchProgress
 from perftune.bench.session import bench_to_dir
@@ -147,9 +147,16 @@ def make_cell(
         prefix_cache=None if prefix is None else bool(prefix),
         context={**r.context.model_dump(mode="json"), **serving_context(ctx, levers)},
         flags=r.flags(),
+        notes=_notes(r),
         requests_sent=sum(t.counts.sent for t in r.trials),
         requests_ok=ok,
     )
+
+
+def _notes(r: BenchResult) -> list[str]:
+    acct = r.summary.accounting
+    head = [f"tokens: {acct.used} usage ({acct.reason})", *acct.notes] if acct is not None else []
+    return [*head, *r.summary.drift_notes]
 
 
 def failed_share(ctx: Ctx, cell: Cell) -> float:

@@ -234,7 +234,12 @@ class Cell(BaseModel):
     flags: list[str] = Field(
         default_factory=list,
         description="the bench's quality flags: outlier trials, high CV, compilation during a trial, a "
-        "simulator that fell behind its virtual schedule",
+        "simulator that fell behind its virtual schedule, a throttled GPU or clock drift",
+    )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what the bench saw that did not flag it: the token accounting used and merged "
+        "chunks, the GPU's power cap and clocks, the first wave, the server's CPU",
     )
 
 
