@@ -24,39 +24,48 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perftune.bench.records import EXACT_SOURCES, RequestRecord
 
+NO_USAGE_SOURCES = frozenset({"retokenized", "chunk_count"})
+
 TokenAccounting = Literal["auto", "final", "per-chunk"]
 Used = Literal["final", "per-chunk"]
 
-# Levers (perftune's cross-engine names and the engines' own flags, as levers carry either) under
-# which one chunk can carry several tokens. A value of None: any value but off/0/1/false does.
-_MULTI_TOKEN_LEVERS: dict[str, str] = {
-    "spec-method": "speculative decoding emits several accepted tokens per step",
-    "spec-k": "speculative decoding emits several accepted tokens per step",
-    "speculative-config": "speculative decoding emits several accepted tokens per step",
-    "speculative-algorithm": "speculative decoding emits several accepted tokens per step",
-    "speculative-model": "speculative decoding emits several accepted tokens per step",
-    "num-scheduler-steps": "multi-step scheduling returns several tokens per step",
-    "stream-interval": "the server batches several tokens into one chunk",
+# Levers under which one chunk can carry several tokens: perftune's catalog name (serving/levers.yaml
+# `speculative`, alias `speculative-config`) and the engines' own flags, as levers may carry either.
+# Each with the values that leave it off: a speculative lever is on at any value (one draft token
+# already gives up to two tokens a step); a step or stream interval only above 1.
+_SPEC = "speculative decoding emits several accepted tokens per step"
+_OFF_ANY = frozenset({"", "off", "none", "null", "false", "no", "{}"})
+_MULTI_TOKEN_LEVERS: dict[str, tuple[str, frozenset[str]]] = {
+    "speculative": (_SPEC, _OFF_ANY),
+    "speculative-config": (_SPEC, _OFF_ANY),
+    "speculative-algorithm": (_SPEC, _OFF_ANY),
+    "speculative-model": (_SPEC, _OFF_ANY),
+    "speculative-num-draft-tokens": (_SPEC, _OFF_ANY | {"0"}),
+    "num-speculative-tokens": (_SPEC, _OFF_ANY | {"0"}),
+    "num-scheduler-steps": ("multi-step scheduling returns several tokens per step", _OFF_ANY | {"0", "1"}),
+    "stream-interval": ("the server batches several tokens into one chunk", _OFF_ANY | {"0", "1"}),
 }
-_OFF = {"", "0", "1", "off", "none", "false", "no"}
 
 
 def multi_token_reason(levers: Mapping[str, Any]) -> str | None:
     """Why chunks may carry several tokens under these levers (None: one token per chunk expected)."""
     for key, value in levers.items():
         k = key.lstrip("-").replace("_", "-").lower()
-        why = _MULTI_TOKEN_LEVERS.get(k)
-        if why is not None and str(value).strip().lower() not in _OFF:
-            return f"lever {key}={value}: {why}"
+        entry = _MULTI_TOKEN_LEVERS.get(k)
+        if entry is not None and str(value).strip().lower() not in entry[1]:
+            return f"lever {key}={value}: {entry[0]}"
     return None
 
 
 class ChunkCheck(BaseModel):
-    """Per request: did every chunk carry exactly one token (the final usage equals the chunk count)?"""
+    """Per request: did every chunk carry exactly one token (the final usage equals the chunk count)?
+    Requests without any usage from the server (retokenized, chunk_count) are counted apart: they say
+    nothing about merged chunks, and per-chunk usage would not help them."""
 
     model_config = ConfigDict(extra="forbid")
     checked: int = Field(description="successful requests checked")
     exact: int = Field(description="of them, requests whose per-chunk token counts are exact")
+    no_usage: int = Field(0, description="of them, requests the server sent no usage for")
     tokens: int = Field(0, description="output tokens of the checked requests")
     estimated_tokens: int = Field(
         0, description="of them, tokens whose chunk was estimated (merged chunks' surplus)"
@@ -65,7 +74,8 @@ class ChunkCheck(BaseModel):
 
     @property
     def mismatches(self) -> int:
-        return self.checked - self.exact
+        """Requests with merged chunks (the final usage above the chunk count)."""
+        return self.checked - self.exact - self.no_usage
 
     @property
     def estimated_share(self) -> float:
@@ -75,7 +85,8 @@ class ChunkCheck(BaseModel):
 def check_chunks(records: Sequence[RequestRecord]) -> ChunkCheck:
     """How many successful records have exact per-chunk counts (EXACT_SOURCES), with one example."""
     ok = [r for r in records if r.ok]
-    bad = [r for r in ok if r.token_source not in EXACT_SOURCES]
+    none = [r for r in ok if r.token_source in NO_USAGE_SOURCES]
+    bad = [r for r in ok if r.token_source not in EXACT_SOURCES and r.token_source not in NO_USAGE_SOURCES]
     example = None
     if bad:
         r = bad[0]
@@ -86,7 +97,8 @@ def check_chunks(records: Sequence[RequestRecord]) -> ChunkCheck:
         )
     return ChunkCheck(
         checked=len(ok),
-        exact=len(ok) - len(bad),
+        exact=len(ok) - len(bad) - len(none),
+        no_usage=len(none),
         tokens=sum(r.output_tokens for r in ok),
         estimated_tokens=sum(r.estimated_tokens for r in bad),
         example=example,
@@ -143,6 +155,14 @@ def after_warmup(
             reason=reason + "; no warmup to check it on: every trial request is checked instead",
         )
     check = check_chunks(warmup)
+    if check.checked and check.no_usage == check.checked:
+        return AccountingReport(
+            requested=requested,
+            used="final",
+            reason="auto: the server sent no usage on the warmup, so per-chunk usage cannot help: tokens "
+            "are retokenized (--tokenizer) or counted one per chunk, and per-token times are approximate",
+            warmup=check,
+        )
     if not check.checked:
         return AccountingReport(
             requested=requested,
@@ -181,6 +201,11 @@ def trial_check(
     exact and estimate only where the surplus tokens of a merged chunk sit (per-token ITL): a note.
     A flag where more than 5% of tokens were placed by estimate, or where an ITL SLO judges them."""
     check = check_chunks(records)
+    if check.no_usage and not check.mismatches:
+        return None, (
+            f"trial {trial}: the server sent no usage for {check.no_usage} of {check.checked} requests: "
+            "their tokens were retokenized or counted one per chunk (approximate)"
+        )
     if not check.mismatches:
         return None, None
     what = (
@@ -189,7 +214,11 @@ def trial_check(
         f"estimate ({check.example})"
     )
     if check.estimated_share > BY_DESIGN_SHARE or itl_slo:
-        hint = "rerun with --token-accounting per-chunk" if used == "final" else "the server sent no usage"
+        hint = (
+            "rerun with --token-accounting per-chunk"
+            if used == "final"
+            else "the server did not honour continuous_usage_stats"
+        )
         why = (
             "an ITL SLO judges them"
             if itl_slo and check.estimated_share <= BY_DESIGN_SHARE

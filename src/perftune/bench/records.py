@@ -45,10 +45,11 @@ TOKEN_SOURCES: dict[str, str] = {
     "usage_delta": "exact: the per-chunk change of usage.completion_tokens (continuous usage stats)",
     "final_usage_chunks": "exact: the final usage.completion_tokens equals the number of chunks that "
     "can carry a token, so every chunk carried one",
-    "final_usage": "total exact (final usage), per-chunk split partly estimated: some chunks carried "
-    "several tokens, so every chunk that can carry one got one and the surplus (estimated_tokens) went "
-    "where the text is longest (retokenized with a tokenizer); TTFT, TPOT, e2e and tok/s stay exact, "
-    "per-token ITL of the merged chunks is estimated",
+    "final_usage": "total exact (final usage), per-chunk split estimated: where the usage exceeds the "
+    "chunks that can carry a token, every such chunk got one and only the surplus (estimated_tokens) "
+    "went where the text is longest (retokenized with a tokenizer), so TTFT, TPOT, e2e and tok/s stay "
+    "exact; where it is below that count (a server sending chunks without tokens), the whole total "
+    "was split over the text chunks (estimated_tokens = all of them)",
     "retokenized": "no usage from the server: the text retokenized with the model's tokenizer",
     "chunk_count": "no usage and no tokenizer: one token per text chunk (approximate)",
     "none": "no chunk carried choices",
@@ -243,7 +244,11 @@ def _at_least_one(
 
 
 def _one_per_chunk(rows: list[tuple[int, str, int | None]], empty: set[int], total: int) -> set[int] | None:
-    """The chunks that carried one token each, where the final usage says exactly that many did:
+    """The chunks that carried one token each, where the final usage says exactly that many did.
+
+    An equal count is taken as one token a chunk: a merged chunk of two tokens and an empty-text
+    chunk of none would cancel out, but vLLM and SGLang send no token-less choice chunk besides the
+    opener and closer excluded here, so the count is exact for them (tested on their transcripts):
     every chunk that can carry a token, else the text chunks alone (an engine that sends no chunk for
     a token with no text yet); None where neither count equals the total (several tokens in a chunk)."""
     every = [i for i in range(len(rows)) if i not in empty]
@@ -335,7 +340,8 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
     source: TokenSource
     estimated = 0  # tokens whose chunk is an estimate (the rest are placed exactly)
     text = "".join(r[1] for r in rows)
-    if rows and all(r[2] is not None for i, r in enumerate(rows) if i not in empty):
+    capable = [i for i in range(len(rows)) if i not in empty]
+    if capable and all(rows[i][2] is not None for i in capable):
         # (SGLang puts no usage on its chat opener and closer: they carry no token anyway)
         source, prev, chunks = "usage_delta", 0, []
         for t, tx, cum in rows:
@@ -360,8 +366,9 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
             source, total = "final_usage", final_completion
         elif count_tokens is not None:
             source, total = "retokenized", count_tokens(text)
-        else:
-            source, total = "chunk_count", len(text_idx)
+        else:  # one token per chunk that can carry one (a stream that failed before its usage, too)
+            source, total = "chunk_count", len(capable)
+            text_idx = capable
         if total == len(text_idx):  # the common case: one token per text chunk, exactly
             weights = [1] * len(text_idx)
         elif count_tokens is not None:

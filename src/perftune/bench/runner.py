@@ -809,6 +809,7 @@ async def run_bench(
                     gc.enable()
                     if poller is not None:
                         poller.cancel()
+                        await asyncio.gather(poller, return_exceptions=True)
                     gpu_state = sampler.stop() if sampler is not None else None
                 if sink is not None:
                     await asyncio.sleep(0)  # let the last deferred record writes run
@@ -840,6 +841,8 @@ async def run_bench(
         finally:
             if sink is not None:
                 sink.close()
+            if sampler is not None:
+                sampler.close()
 
     facts["cache_reset"] = {"path": reset_path, "statuses": cache_resets}
     facts["accounting"] = acct
@@ -860,11 +863,14 @@ async def _poll_gauges(client: BenchClient, period_s: float, out: list[str]) -> 
     """The engine's /metrics text every `period_s` during a trial, kept raw: parsing ~100 KB of
     Prometheus text takes milliseconds, which inside the measured window would land in somebody's
     TTFT; the gauges are read after the trial (`_gauges`)."""
-    while True:
+    while len(out) < MAX_POLLS:
         await asyncio.sleep(period_s)
         text = await client.metrics_text()
         if text:
             out.append(text)
+
+
+MAX_POLLS = 900  # raw scrapes kept per trial (15 min at 1 Hz, ~100 MB at most for vLLM's ~100 KB)
 
 
 def _gauges(texts: list[str]) -> list[dict[str, float]]:

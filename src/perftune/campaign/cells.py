@@ -297,7 +297,9 @@ def bench_cell(
         server_log=rec.log_path,  # compilation logged during a trial flags it
         claim=i.slo.focus,
         baseline=None if config == "baseline" else baseline_name(ctx, engine),  # not compared to itself
-        sol_levers=dict(levers or {}),  # a speculative lever makes the token accounting per-chunk
+        # the deployed levers (a baseline cell's are the intent's): the %SoL dtypes and the token
+        # accounting (a speculative lever asks for per-chunk usage) read them
+        sol_levers=dict(i.serving.levers.get(engine, {}) if levers is None else levers),
     )
     run, _ = bench_to_dir(
         cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)

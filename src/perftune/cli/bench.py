@@ -128,14 +128,15 @@ def run(
     evidence is still written).
     """
     chosen = closed_loop_defaults(concurrency) if concurrency and concurrency >= 64 else None
+    picked = []
     if trials is None:
         trials = chosen.trials if chosen is not None else 3
+        picked.append(f"{trials} trials")
     if num_requests is None:
         num_requests = max(256, chosen.min_requests) if chosen is not None else 256
-    if chosen is not None and not as_json:
-        err_console.print(
-            f"defaults: {trials} trials of {num_requests} requests ({chosen.why})", highlight=False
-        )
+        picked.append(f"{num_requests} requests per trial")
+    if chosen is not None and picked and not as_json:
+        err_console.print(f"defaults: {' and '.join(picked)} ({chosen.why})", highlight=False)
     spec = None
     if workload_file is None:
         extra = {"token_high": vocab_size} if vocab_size else {}

@@ -13,6 +13,7 @@ Sampling reads this host's GPUs: it is meaningful only when the server runs on t
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import statistics
@@ -42,6 +43,7 @@ PERIOD_S = 0.2
 HARD_SHARE = 0.05  # a hardware slowdown in >= 5% of samples throttled the trial
 CAP_SHARE = 0.10  # the power cap in >= 10% of samples ...
 CAP_CLOCK = 0.95  # ... with the median SM clock below 95% of the GPU's maximum throttled it
+BUSY_UTIL_PCT = 5.0  # a GPU busy on average in the trial is one the server runs on
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,14 @@ def endpoint_is_local(endpoint: str) -> bool:
     return str(ip) in mine
 
 
+def _optional(fn: Any, *args: Any) -> float | None:
+    """An NVML query a GPU may not support (power on some boards, utilisation under MIG): None."""
+    try:
+        return float(fn(*args))
+    except Exception:
+        return None
+
+
 def _load_nvml() -> Any:
     import pynvml
 
@@ -102,12 +112,13 @@ class NvmlSampler:
                 h = self.nvml.nvmlDeviceGetHandleByIndex(i)
                 name = self.nvml.nvmlDeviceGetName(h)
                 self._handles.append((i, h))
+                limit = _optional(self.nvml.nvmlDeviceGetEnforcedPowerLimit, h)
                 self.devices.append(
                     {
                         "index": i,
                         "name": name.decode() if isinstance(name, bytes) else str(name),
-                        "sm_clock_max_mhz": float(self.nvml.nvmlDeviceGetMaxClockInfo(h, CLOCK_SM)),
-                        "power_limit_w": float(self.nvml.nvmlDeviceGetEnforcedPowerLimit(h)) / 1000.0,
+                        "sm_clock_max_mhz": _optional(self.nvml.nvmlDeviceGetMaxClockInfo, h, CLOCK_SM),
+                        "power_limit_w": None if limit is None else limit / 1000.0,
                     }
                 )
             if not self._handles:
@@ -123,18 +134,21 @@ class NvmlSampler:
         return 0
 
     def sample_once(self) -> None:
+        """One sample per GPU. The SM clock is required; a query a GPU does not support reads 0."""
         n, t = self.nvml, time.monotonic()
         for i, h in self._handles:
+            util = _optional(lambda x: n.nvmlDeviceGetUtilizationRates(x).gpu, h)
+            power = _optional(n.nvmlDeviceGetPowerUsage, h)
             self.samples.append(
                 Sample(
                     t_s=t,
                     gpu=i,
                     sm_mhz=float(n.nvmlDeviceGetClockInfo(h, CLOCK_SM)),
-                    mem_mhz=float(n.nvmlDeviceGetClockInfo(h, CLOCK_MEM)),
-                    power_w=float(n.nvmlDeviceGetPowerUsage(h)) / 1000.0,
-                    temp_c=float(n.nvmlDeviceGetTemperature(h, TEMP_GPU)),
-                    util_pct=float(n.nvmlDeviceGetUtilizationRates(h).gpu),
-                    reasons=self._reasons(h),
+                    mem_mhz=_optional(n.nvmlDeviceGetClockInfo, h, CLOCK_MEM) or 0.0,
+                    power_w=(power or 0.0) / 1000.0,
+                    temp_c=_optional(n.nvmlDeviceGetTemperature, h, TEMP_GPU) or 0.0,
+                    util_pct=util or 0.0,
+                    reasons=int(_optional(self._reasons, h) or 0),
                 )
             )
 
@@ -148,7 +162,7 @@ class NvmlSampler:
             self._stop.wait(self.period_s)
 
     def start(self) -> None:
-        if self.unavailable is not None:
+        if self.unavailable is not None or self._thread is not None:
             return
         self.samples = []
         self._stop.clear()
@@ -159,8 +173,18 @@ class NvmlSampler:
         if self._thread is not None:
             self._stop.set()
             self._thread.join(timeout=5)
-            self._thread = None
-        return summarize(self.samples, self.devices, self.period_s, self.unavailable)
+            if self._thread.is_alive():  # a hung NVML call: never start a second sampler beside it
+                self.unavailable = "NVML sampling hung (no answer within 5 s); sampling stopped"
+            else:
+                self._thread = None
+        return summarize(list(self.samples), self.devices, self.period_s, self.unavailable)
+
+    def close(self) -> None:
+        """Release NVML (its init is reference-counted)."""
+        if self._handles and self._thread is None:
+            with contextlib.suppress(Exception):
+                self.nvml.nvmlShutdown()
+            self._handles = []
 
 
 class GpuTrialState(BaseModel):
@@ -197,6 +221,19 @@ def summarize(
             note=unavailable or "no NVML sample in the trial (shorter than the sampling period?)",
             devices=list(devices),
         )
+    # NVML sees every GPU of the host: judge the ones the trial kept busy (an idle neighbour's full
+    # clock would hide a serving GPU's power cap), all of them where none was.
+    util: dict[int, list[float]] = {}
+    for smp in samples:
+        util.setdefault(smp.gpu, []).append(smp.util_pct)
+    busy = {g for g, u in util.items() if statistics.fmean(u) >= BUSY_UTIL_PCT}
+    idle = sorted(set(util) - busy) if busy else []
+    if busy:
+        samples = [smp for smp in samples if smp.gpu in busy]
+        devices = [d for d in devices if d.get("index") in busy]
+    if idle:
+        left = f"idle GPU(s) {', '.join(map(str, idle))} left out"
+        unavailable = f"{unavailable}; {left}" if unavailable else left
     sm = sorted(s.sm_mhz for s in samples)
     share: dict[str, float] = {}
     for bit, name in REASONS.items():

@@ -112,7 +112,7 @@ _HIST = {
 }
 _COUNTERS = {
     "generation_tokens": ("vllm:generation_tokens_total", "sglang:generation_tokens_total"),
-    "preemptions": ("vllm:num_preemptions_total", "sglang:num_retracted_reqs"),
+    "preemptions": ("vllm:num_preemptions_total", ""),  # SGLang's retracted count is a gauge
     "server_cpu_s": ("process_cpu_seconds_total", "sglang:process_cpu_seconds_total"),
 }
 _GAUGES = {
@@ -136,7 +136,7 @@ class EngineTrialFigures(BaseModel):
     )
     tokens_per_step_mean: float | None = Field(None, description="tokens scheduled per engine step")
     generation_tokens: float | None = Field(None, description="output tokens the engine generated")
-    preemptions: float | None = Field(None, description="preemptions (SGLang: retracted requests)")
+    preemptions: float | None = Field(None, description="preemptions during the trial (vLLM)")
     server_cpu_s: float | None = Field(
         None,
         description="CPU seconds of the process serving /metrics (vLLM: the API server; SGLang: "

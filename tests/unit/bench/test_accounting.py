@@ -148,14 +148,15 @@ def test_auto_mode_decisions() -> None:
     r = accounting.after_warmup("auto", {}, exact)
     assert r.used == "final" and "all 8 requests" in r.reason and r.warmup is not None
     # a speculative lever: per-chunk from the start, the warmup is not even asked
-    r = accounting.after_warmup("auto", {"spec-method": "ngram", "spec-k": 4}, exact)
-    assert r.used == "per-chunk" and "spec-method=ngram" in r.reason
+    spec = {"speculative": '{"method": "ngram", "num_speculative_tokens": 4}'}
+    r = accounting.after_warmup("auto", spec, exact)
+    assert r.used == "per-chunk" and "lever speculative=" in r.reason
     assert accounting.multi_token_reason({"stream-interval": 1}) is None  # one token per chunk
     assert accounting.multi_token_reason({"--num-scheduler-steps": 8}) is not None
     # no warmup: final, and every trial request is checked instead
     assert "every trial request is checked" in accounting.after_warmup("auto", {}, []).reason
     # explicit modes are obeyed whatever the warmup showed
-    assert accounting.after_warmup("final", {"spec-method": "ngram"}, []).used == "final"
+    assert accounting.after_warmup("final", spec, []).used == "final"
     assert accounting.after_warmup("per-chunk", {}, exact).used == "per-chunk"
     # merging under load, as measured on vLLM 0.26 at c=256 (about half the requests, ~3% of tokens):
     # the warmup keeps the cheap mode, and a trial gets a note, not a flag
@@ -197,3 +198,44 @@ def test_recorded_vllm_streams_without_per_chunk_usage_are_exact() -> None:
     chat = decode(_capture(_events(d / "chat_final_usage.sse"), "chat"))
     assert chat.token_source == "final_usage_chunks" and chat.output_tokens == 64
     assert chat.chunks[0].tokens == 0 and sum(c.tokens for c in chat.chunks[1:]) == 64  # the role opener
+
+
+def test_a_server_without_usage_is_not_taken_for_merged_chunks() -> None:
+    # llama-cpp-python 0.3.36 streams no usage at all: per-chunk usage cannot help, no merge flag
+    events = _events(T / "llamacpp-python-0.3.36" / "chat_stream_no_usage.sse")
+    rec = decode(_capture(events, "chat"))
+    assert rec.token_source == "chunk_count" and rec.output_tokens == 4  # opener and {} closer excluded
+    check = accounting.check_chunks([rec])
+    assert (check.checked, check.no_usage, check.mismatches) == (1, 1, 0)
+    report = accounting.after_warmup("auto", {}, [rec, rec])
+    assert report.used == "final" and "sent no usage" in report.reason
+    flag, note = accounting.trial_check(0, "final", [rec] * 4)
+    assert flag is None and note is not None and "no usage for 4 of 4 requests" in note
+
+
+def test_speculative_levers_by_their_catalog_names() -> None:
+    on = accounting.multi_token_reason
+    assert on({"speculative": '{"method": "ngram", "num_speculative_tokens": 1}'}) is not None
+    assert on({"speculative-config": "{}"}) is None and on({"speculative": "off"}) is None
+    assert on({"num-speculative-tokens": 1}) is not None  # one draft token: up to 2 a step
+    assert on({"stream-interval": 1}) is None and on({"stream_interval": 4}) is not None
+
+
+def test_structural_chunks_alone_carry_no_token() -> None:
+    opener = b"data: " + orjson.dumps(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    )
+    closer = b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+    rec = decode(_capture([opener, closer, b"data: [DONE]"], "chat"))
+    assert not rec.ok and rec.token_source != "usage_delta" and "no generated tokens" in rec.error_message
+
+
+def test_a_stream_cut_before_its_usage_counts_one_token_per_chunk_that_can_carry_one() -> None:
+    # final-usage mode, the connection dropped mid-stream: vLLM's empty-text token chunk still counts
+    def c(text: str) -> bytes:
+        return b"data: " + orjson.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]})
+
+    cap = _capture([c("ab"), c(""), c("cd")], "completions")
+    cap.error_kind, cap.error_message = "error", "ClientPayloadError: connection reset"
+    rec = decode(cap)
+    assert not rec.ok and rec.error_kind == "dropped" and rec.output_tokens == 3

@@ -178,3 +178,39 @@ def test_assess_flags_a_hot_trial_clock_drift_and_an_outlier_first_wave_and_note
     per, flags, notes = drift.assess([capped] * 3, [None] * 3, [(0.4, 1.9), (0.5, 1.7), (0.4, 1.8)])
     assert per == {} and flags == [] and "median SM clock per trial 1,520, 1,520, 1,520 MHz" in notes
     assert any(n.startswith("GPU power-capped in trial(s) 0 (") for n in notes)
+
+
+def test_only_the_busy_gpus_are_judged() -> None:
+    class TwoGpus(FakeNvml):
+        def nvmlDeviceGetCount(self) -> int:
+            return 2
+
+        def nvmlDeviceGetClockInfo(self, h: str, kind: int) -> float:
+            return 3201.0 if kind == 2 else (1500.0 if h == "gpu0" else 1980.0)
+
+        def nvmlDeviceGetUtilizationRates(self, h: str) -> Any:
+            return SimpleNamespace(gpu=100 if h == "gpu0" else 0)
+
+        def nvmlDeviceGetCurrentClocksEventReasons(self, h: str) -> int:
+            return 4 if h == "gpu0" else 0
+
+    s = NvmlSampler(nvml=TwoGpus(sm=[0], reasons=[0]))
+    for _ in range(4):
+        s.sample_once()
+    state = summarize(s.samples, s.devices, s.period_s, s.unavailable)
+    # the idle neighbour at full clock would have hidden the serving GPU's power cap
+    assert state.sm_clock_mhz == {"min": 1500.0, "median": 1500.0, "max": 1500.0}
+    assert state.reasons == {"sw_power_cap": 1.0} and state.throttled
+    assert [d["index"] for d in state.devices] == [0] and "idle GPU(s) 1 left out" in (state.note or "")
+
+
+def test_an_unsupported_optional_query_does_not_turn_telemetry_off() -> None:
+    class NoPower(FakeNvml):
+        def nvmlDeviceGetPowerUsage(self, h: str) -> int:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+
+        def nvmlDeviceGetEnforcedPowerLimit(self, h: str) -> int:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+
+    state = _sampled(NoPower(sm=[1980], reasons=[0]), 3)
+    assert state.available and state.samples == 3 and state.power_limit_w is None
