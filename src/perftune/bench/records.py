@@ -224,12 +224,11 @@ def _carries_no_token(choice: dict[str, Any], api: Api) -> bool:
 
 
 def _at_least_one(
-    rows: list[tuple[int, str, int | None]], empty: set[int], total: int, count_tokens: CountTokens | None
+    rows: list[tuple[int, str, int | None]], every: list[int], total: int, count_tokens: CountTokens | None
 ) -> list[int] | None:
-    """Tokens per row where the final usage exceeds the chunks that can carry a token: one each, and
-    the surplus where the text is longest (retokenized when a tokenizer is given). None where there
-    are fewer tokens than such chunks (then no chunk is sure to carry one)."""
-    every = [i for i in range(len(rows)) if i not in empty]
+    """Tokens per row where the final usage exceeds the chunks that can carry a token (`every`): one
+    each, and the surplus where the text is longest (retokenized when a tokenizer is given). None where
+    there are fewer tokens than such chunks (then no chunk is sure to carry one)."""
     if not every or total < len(every):
         return None
     if count_tokens is not None:
@@ -243,7 +242,7 @@ def _at_least_one(
     return out
 
 
-def _one_per_chunk(rows: list[tuple[int, str, int | None]], empty: set[int], total: int) -> set[int] | None:
+def _one_per_chunk(rows: list[tuple[int, str, int | None]], every: list[int], total: int) -> set[int] | None:
     """The chunks that carried one token each, where the final usage says exactly that many did.
 
     An equal count is taken as one token a chunk: a merged chunk of two tokens and an empty-text
@@ -251,7 +250,6 @@ def _one_per_chunk(rows: list[tuple[int, str, int | None]], empty: set[int], tot
     opener and closer excluded here, so the count is exact for them (tested on their transcripts):
     every chunk that can carry a token, else the text chunks alone (an engine that sends no chunk for
     a token with no text yet); None where neither count equals the total (several tokens in a chunk)."""
-    every = [i for i in range(len(rows)) if i not in empty]
     for cand in (every, [i for i in every if rows[i][1]]):
         if cand and len(cand) == total:
             return set(cand)
@@ -347,13 +345,13 @@ def decode(raw: RawCapture, count_tokens: CountTokens | None = None) -> RequestR
         for t, tx, cum in rows:
             chunks.append(Chunk(t, 0 if cum is None else max(0, cum - prev), len(tx)))
             prev = prev if cum is None else max(prev, cum)
-    elif rows and final_completion is not None and (one := _one_per_chunk(rows, empty, final_completion)):
+    elif rows and final_completion is not None and (one := _one_per_chunk(rows, capable, final_completion)):
         source = "final_usage_chunks"
         chunks = [Chunk(t, 1 if i in one else 0, len(tx)) for i, (t, tx, _) in enumerate(rows)]
     elif (
         rows
         and final_completion is not None
-        and (pinned := _at_least_one(rows, empty, final_completion, count_tokens))
+        and (pinned := _at_least_one(rows, capable, final_completion, count_tokens))
     ):
         # Several tokens in some chunks (vLLM merges a request's pending tokens into one chunk when
         # its API server falls behind, SGLang holds an incomplete UTF-8 byte back): every chunk that

@@ -817,7 +817,8 @@ async def run_bench(
                 after = await client.metrics_text()
                 hits = compile_markers(log.since(log_mark)) if log is not None else []
                 sim = await _sim_stats(client) if is_sim else None
-                hit_rate = _hit_rate(before, after)
+                totals_before, totals_after = _totals(before), _totals(after)
+                hit_rate = _hit_rate(totals_before, totals_after)
                 recs = [decode(c, count_tokens) for c in sorted(caps, key=lambda c: c.idx)]
                 load = _load_report(caps, cfg)
                 t = summarize_trial(trial, recs, load, cfg.slo, engine_prefix_cache_hit_rate=hit_rate)
@@ -832,7 +833,7 @@ async def run_bench(
                             "engine_log_compile_lines": len(hits) if log is not None else None,
                             "sim_stats": sim,
                             "gpu": gpu_state,
-                            "engine": trial_figures(before, after, _gauges(polled), t.span_s),
+                            "engine": trial_figures(totals_before, totals_after, _gauges(polled), t.span_s),
                             "first_wave_s": drift.first_wave(recs, cfg.concurrency),
                         }
                     )
@@ -881,14 +882,21 @@ def _gauges(texts: list[str]) -> list[dict[str, float]]:
     return out
 
 
-def _hit_rate(before: str | None, after: str | None) -> float | None:
-    """Prefix-cache hit rate between two scrapes; unreadable telemetry never fails a measured trial."""
-    if not before or not after:
+def _totals(text: str | None) -> dict[str, float] | None:
+    """One /metrics scrape parsed once (None: no scrape, or unreadable: telemetry never fails a trial)."""
+    if not text:
         return None
     try:
-        return prefix_cache_hit_rate(parse_totals(before), parse_totals(after))
+        return parse_totals(text)
     except ValueError:
         return None
+
+
+def _hit_rate(before: dict[str, float] | None, after: dict[str, float] | None) -> float | None:
+    """Prefix-cache hit rate between two scrapes' totals."""
+    if not before or not after:
+        return None
+    return prefix_cache_hit_rate(before, after)
 
 
 def _reset_path(setting: str, engine: str) -> str | None:

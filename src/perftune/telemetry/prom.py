@@ -112,14 +112,11 @@ _HIST = {
 }
 _COUNTERS = {
     "generation_tokens": ("vllm:generation_tokens_total", "sglang:generation_tokens_total"),
-    "preemptions": ("vllm:num_preemptions_total", ""),  # SGLang's retracted count is a gauge
+    "preemptions": (METRICS["vllm"]["preemptions"], ""),  # SGLang's retracted count is a gauge
     "server_cpu_s": ("process_cpu_seconds_total", "sglang:process_cpu_seconds_total"),
 }
-_GAUGES = {
-    "running": ("vllm:num_requests_running", "sglang:num_running_reqs"),
-    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs"),
-    "kv_usage": ("vllm:kv_cache_usage_perc", "sglang:token_usage"),
-}
+# The queue gauges, by the engine-neutral names of METRICS.
+_GAUGES = {k: (METRICS["vllm"][k], METRICS["sglang"][k]) for k in ("running", "waiting", "kv_usage")}
 
 
 class EngineTrialFigures(BaseModel):
@@ -164,14 +161,11 @@ def gauges(text: str) -> dict[str, float]:
 
 
 def trial_figures(
-    before: str | None, after: str | None, polled: list[dict[str, float]], span_s: float
+    b: dict[str, float] | None, a: dict[str, float] | None, polled: list[dict[str, float]], span_s: float
 ) -> EngineTrialFigures | None:
-    """The engine's own figures for one trial (None where it has no /metrics). Pure."""
-    if not before or not after:
-        return None
-    try:
-        b, a = parse_totals(before), parse_totals(after)
-    except ValueError:
+    """The engine's own figures for one trial, from its /metrics totals (parse_totals) before and after
+    it (None where it has no /metrics). Pure."""
+    if not b or not a:
         return None
     vals: dict[str, float | None] = {}
     for key, names in _HIST.items():

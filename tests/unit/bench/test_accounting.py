@@ -13,6 +13,8 @@ from perftune.bench import accounting
 from perftune.bench.records import RawCapture, RequestRecord, decode
 from perftune.bench.workloads import RequestItem, request_body
 
+from .factories import record
+
 T = Path(__file__).parents[2] / "contract" / "transcripts"
 MS = 1_000_000
 
@@ -122,24 +124,8 @@ def test_multi_token_chunks_need_per_chunk_usage() -> None:
 
 
 def _rec(source: str, estimated: int = 0) -> RequestRecord:
-    return RequestRecord(
-        idx=0,
-        trial=0,
-        api="completions",
-        ok=True,
-        error_kind=None,
-        error_message="",
-        status=200,
-        t_sched_ns=0,
-        t_send_ns=0,
-        t_end_ns=1,
-        input_tokens=4,
-        output_tokens=100,
-        token_source=source,  # type: ignore[arg-type]
-        expected_input_tokens=None,
-        expected_output_tokens=None,
-        chunks=[],
-        estimated_tokens=estimated,
+    return record(
+        t_end_ns=1, input_tokens=4, output_tokens=100, token_source=source, estimated_tokens=estimated
     )
 
 

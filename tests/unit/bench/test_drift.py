@@ -12,7 +12,9 @@ import pytest
 from perftune.bench import drift
 from perftune.bench.records import Chunk, RequestRecord
 from perftune.telemetry.gpu import NvmlSampler, endpoint_is_local, summarize
-from perftune.telemetry.prom import trial_figures
+from perftune.telemetry.prom import gauges, parse_totals, trial_figures
+
+from .factories import record
 
 T = Path(__file__).parents[2] / "contract" / "transcripts"
 
@@ -121,8 +123,10 @@ def test_only_a_server_on_this_host_is_sampled() -> None:
 
 @pytest.mark.parametrize("engine", ["vllm-0.26.0", "sglang-0.5.16"])
 def test_engine_figures_from_recorded_scrapes(engine: str) -> None:
-    before = (T / engine / "metrics.prom").read_text()
-    after = (T / engine / "metrics_after.prom").read_text()
+    before = parse_totals((T / engine / "metrics.prom").read_text())
+    after = parse_totals((T / engine / "metrics_after.prom").read_text())
+    # the queue gauges a poll reads, by METRICS' engine-neutral names
+    assert {"running", "waiting", "kv_usage"} <= set(gauges((T / engine / "metrics_after.prom").read_text()))
     polled = [{"running": 3.0, "waiting": 0.0}, {"running": 5.0, "waiting": 7.0, "kv_usage": 0.4}]
     fig = trial_figures(before, after, polled, span_s=2.0)
     assert fig is not None
@@ -136,22 +140,12 @@ def test_engine_figures_from_recorded_scrapes(engine: str) -> None:
 
 def _rec(idx: int, send_s: float, end_s: float) -> RequestRecord:
     ns = 1_000_000_000
-    return RequestRecord(
+    return record(
         idx=idx,
-        trial=0,
-        api="completions",
-        ok=True,
-        error_kind=None,
-        error_message="",
-        status=200,
-        t_sched_ns=0,
         t_send_ns=int(send_s * ns),
         t_end_ns=int(end_s * ns),
         input_tokens=1,
         output_tokens=2,
-        token_source="usage_delta",
-        expected_input_tokens=None,
-        expected_output_tokens=None,
         chunks=[Chunk(int(end_s * ns), 2, 2)],
     )
 

@@ -7,6 +7,8 @@ from perftune.bench.records import Chunk, RequestRecord
 from perftune.context import tier_for
 from perftune.errors import ConfigError
 
+from .factories import record
+
 MS = 1_000_000
 
 
@@ -15,20 +17,16 @@ def _rec(
 ) -> RequestRecord:
     send = idx * 1000 * MS
     chunks = [Chunk(send + int((ttft + i * itl) * MS), 1, 1) for i in range(n)] if ok else []
-    return RequestRecord(
+    return record(
         idx=idx,
-        trial=0,
-        api="completions",
         ok=ok,
-        error_kind=None if ok else kind,  # type: ignore[arg-type]
+        error_kind=None if ok else kind,
         error_message="" if ok else "x",
-        status=200,
         t_sched_ns=send,
         t_send_ns=send,
         t_end_ns=chunks[-1].t_ns if chunks else send,
         input_tokens=10 if ok else None,
         output_tokens=n if ok else 0,
-        token_source="usage_delta",
         expected_input_tokens=10,
         expected_output_tokens=n,
         chunks=chunks,

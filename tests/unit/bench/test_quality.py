@@ -6,7 +6,7 @@ import pytest
 
 from perftune.bench.load import assess_load
 from perftune.bench.metrics import TrialResult, summarize_trial
-from perftune.bench.records import Chunk, RequestRecord
+from perftune.bench.records import Chunk
 from perftune.bench.runner import (
     BenchConfig,
     BenchResult,
@@ -22,28 +22,20 @@ from perftune.bench.stats import across_trials, high_cv, outlier_trials, rel_dif
 from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.context import tier_for
 
+from .factories import record
+
 MS = 1_000_000
 
 
 def _trial(i: int, tok_s: float, tpot_ms: float = 10.0) -> TrialResult:
     """A trial with the given output tok/s and per-request TPOT (what the quality rules read)."""
     chunks = [Chunk(50 * MS, 1, 1), Chunk(int((50 + tpot_ms) * MS), 1, 1)]
-    rec = RequestRecord(
-        idx=0,
+    rec = record(
         trial=i,
-        api="completions",
-        ok=True,
-        error_kind=None,
-        error_message="",
-        status=200,
-        t_sched_ns=0,
-        t_send_ns=0,
         t_end_ns=chunks[-1].t_ns,
         input_tokens=100,
         output_tokens=2,
-        token_source="usage_delta",
         expected_input_tokens=100,
-        expected_output_tokens=None,
         chunks=chunks,
     )
     load = assess_load([0], [0], concurrency=1, requested_rate=None)
