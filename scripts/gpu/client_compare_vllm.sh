@@ -178,6 +178,6 @@ for r in $(seq 1 "$rounds"); do
     one "${arms[$i]}" "$r" "$k"
   done
 done
-tar czf "$out/runs-c$c.tgz" --exclude='records*' -C "$root" "c$c" steps.log 2>/dev/null
+tar cJf "$out/runs-c$c.tar.xz" --exclude='records*' -C "$root" "c$c" steps.log 2>/dev/null
 cp "$root/steps.log" "$out/steps.log"
 log "done c=$c"
