@@ -458,6 +458,34 @@ def frontier(findings: str | Path | None = None, model: str | None = None) -> li
     return ledger.frontier(path, model)
 
 
+def profile(
+    run_id: str,
+    *,
+    runs_dir: str | Path = "runs",
+    layers: Sequence[str] | None = None,
+    concurrency: Sequence[int] | None = None,
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Phases 2 (profile: L1 py-spy, L2 kernel timeline, L3 GPM counters, L4 ncu) and 2.5 (the cited
+    lever ledger) of an existing campaign, in its bundle."""
+    from perftune.campaign.pipeline import run_profile
+    from perftune.lake.db import default_lake
+
+    update: dict[str, Any] = {}
+    if layers:
+        update["profile_layers"] = list(layers)
+    if concurrency:
+        update["profile_concurrency"] = list(concurrency)
+    return run_profile(
+        run_id,
+        runs_dir=Path(runs_dir),
+        update=update,
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+    )
+
+
 def tune(
     run_id: str,
     *,

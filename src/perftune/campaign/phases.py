@@ -13,6 +13,7 @@ from perftune.campaign.base import Ctx, Gate, Phase
 from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server, suite_configs
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.learnt import Learnt, learnt_flags
+from perftune.campaign.profiling import phase2, phase25
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
 from perftune.campaign.state import ChampionFact
@@ -540,8 +541,14 @@ PHASES: list[Phase] = [
         "0", "resolve + scaffold", phase0, "model fits; workload data present; registry and ledger resolved"
     ),
     Phase("1", "deploy baseline per engine", phase1, "deploy + smoke + baseline bench lose <= 5%", ("0",)),
-    Phase("2", "profile", None),
-    Phase("2.5", "synthesize", None),
+    Phase(
+        "2",
+        "profile",
+        phase2,
+        "every layer that can run here captured (none failed); the layers it has are named",
+        ("0",),
+    ),
+    Phase("2.5", "synthesize", phase25, "a ledger whose every row cites its artifact", ("2",)),
     Phase("3", "tune", phase3, "a challenger's ratio interval above 1, or the baseline kept", ("0", "1")),
     Phase("4", "quantize", None),
     Phase("5", "validate quantization", None),

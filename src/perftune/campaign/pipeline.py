@@ -73,6 +73,49 @@ def resume_command(state: CampaignState, runs_dir: Path, lake: Path | None) -> s
     return cmd + (f" --lake {lake}" if lake is not None else "") + " --yes"
 
 
+def run_profile(
+    run_id: str,
+    *,
+    runs_dir: Path,
+    update: dict[str, Any],
+    observe: Observer | None = None,
+    lake: Path | None = None,
+) -> tuple[Path, CampaignState]:
+    """Phases 2 and 2.5 on an existing campaign (`perftune profile`): the options are validated like
+    a fresh intent before any deploy; both phases run again (new captures, a new ledger)."""
+    from pydantic import ValidationError
+
+    run_dir = runs_dir / run_id
+    if not (run_dir / "campaign.json").exists():
+        raise ConfigError(
+            f"no campaign {run_id} in {runs_dir}", hint="perftune campaigns list, or --runs-dir"
+        )
+    state = with_all_phases(CampaignState.load(run_dir))
+    lock = run_lock(run_dir)
+    try:
+        if state.phases["0"].status != "green":
+            raise ConfigError(f"campaign {run_id} has no green phase 0", hint="run perftune optimize first")
+        try:
+            state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
+        except ValidationError as e:
+            raise config_error_from(e, "bad profile option ", hint="see perftune profile --help") from None
+        for pid in ("2", "2.5"):
+            state.phases[pid].status = "pending"
+        state.save(run_dir)
+    except BaseException:
+        lock.close()
+        raise
+    return run_campaign(
+        runs_dir=runs_dir,
+        resume=run_id,
+        start_phase="2",
+        until="2.5",
+        observe=observe,
+        lake=lake,
+        held_lock=lock,
+    )
+
+
 def run_tune(
     run_id: str,
     *,

@@ -111,6 +111,30 @@ class TuningIntent(_Part):
         return list(dict.fromkeys(v))
 
 
+class ProfileIntent(BaseModel):
+    """Phase 2: which profiler layers, at which concurrencies."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: list[str] = Field(
+        default_factory=lambda: ["l1", "l2", "l3", "l4"],
+        description="l1 host (py-spy), l2 kernel timeline, l3 DRAM counters (GPM), l4 ncu; a layer that "
+        "cannot run here is skipped with its reason",
+    )
+    concurrency: list[int] | None = Field(
+        None, description="window concurrencies (default: 1, 8 and the ladder's highest)"
+    )
+    requests_per_window: int | None = Field(
+        None, ge=1, description="requests per window (default 2 x c, >= 8)"
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, v: list[str]) -> list[str]:
+        if bad := [x for x in v if x not in ("l1", "l2", "l3", "l4")]:
+            raise ValueError(f"unknown profiler layer(s) {bad}; known: l1, l2, l3, l4")
+        return list(dict.fromkeys(v))
+
+
 # The flat form (campaign.json before the split, and the keyword form callers use): key -> (part, field).
 FLAT: dict[str, tuple[str, str]] = {
     "model": ("model", "ref"),
@@ -146,6 +170,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "tune_workloads": ("tuning", "workloads"),
     "tune_top_k": ("tuning", "top_k"),
     "tune_stop_after_s": ("tuning", "stop_after_s"),
+    "profile_layers": ("profiling", "layers"),
+    "profile_concurrency": ("profiling", "concurrency"),
 }
 
 
@@ -159,6 +185,7 @@ class Intent(BaseModel):
     slo: SloIntent = Field(default_factory=SloIntent)
     suite: SuiteIntent = Field(default_factory=SuiteIntent)
     tuning: TuningIntent = Field(default_factory=TuningIntent)
+    profiling: ProfileIntent = Field(default_factory=ProfileIntent)
     registry: str | None = Field(None, description="known-good registry path")
     findings: str | None = Field(None, description="value-findings ledger path")
 
@@ -225,6 +252,18 @@ class Cell(BaseModel):
     trials: int
     sol_pct: float | None = Field(description="decode roofline floor / measured median TPOT")
     ceiling_key: str | None
+    sol_rigor: str = Field(
+        "L0 analytical",
+        description="how the cell's %SoL is grounded: L0 analytical (roofline bytes / measured TPOT), "
+        "L3 DRAM counters (GPM bandwidth measured in every trial), L4 per-kernel (ncu)",
+    )
+    dram_bw_util_pct: float | None = Field(
+        None, description="GPM DRAM bandwidth utilisation, mean over the trials' busy samples (L3)"
+    )
+    dram_tb_s: float | None = Field(None, description="measured DRAM bytes/s (L3), TB/s")
+    sol_bytes_pct: float | None = Field(
+        None, description="byte-grounded %SoL: measured DRAM bytes/s over the ceiling's HBM bandwidth"
+    )
     tier: str
     simulated: bool
     prefix_cache: bool | None = Field(description="prefix caching on/off as configured")
@@ -323,6 +362,9 @@ class Facts(BaseModel):
         default_factory=dict, description="phase 8.3: SLO capacity by 'engine/config'"
     )
     champion: ChampionFact | None = Field(None, description="phase 8.4")
+    ledger_arms: list[dict[str, Any]] = Field(
+        default_factory=list, description="phase 2.5: the ledger's top levers, phase 3's first arms"
+    )
 
 
 class Deployment(BaseModel):

@@ -38,7 +38,7 @@ def run_phase3(ctx: Ctx) -> Gate:
     if tsv.exists():  # the user's edits win
         arms = [a for a in read_tsv(tsv) if a.engine in i.serving.engines]
     else:
-        arms = generate_arms(card, i.serving.engines, i.serving.levers)
+        arms = generate_arms(card, i.serving.engines, i.serving.levers, ctx.state.facts.ledger_arms)
         write_tsv(arms, tsv)
     if why := prefix_cache_mismatch(arms, prefix_cache_defaults()):  # before any deploy
         return Gate(

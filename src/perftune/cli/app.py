@@ -28,6 +28,7 @@ app.command("optimize")(campaign.optimize)
 app.add_typer(campaign.lake_app, name="lake")
 app.command("frontier")(campaign.frontier)
 app.command("tune")(campaign.tune)
+app.command("profile")(campaign.profile)
 app.command("capacity")(capacity.capacity)
 app.command("report")(report.report)
 

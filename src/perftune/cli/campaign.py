@@ -56,6 +56,12 @@ def optimize(
     trials: int = typer.Option(3, help="trials per cell"),
     tune: bool = typer.Option(False, "--tune", help="run phase 3 (lever tuning) inside the campaign"),
     budget_gpu_min: float = typer.Option(60.0, help="phase 3 budget, GPU-minutes"),
+    profile_layers: str = typer.Option(
+        "l1,l2,l3,l4", help="phase 2 profiler layers: l1 py-spy, l2 kernel timeline, l3 GPM, l4 ncu"
+    ),
+    profile_concurrency: str | None = typer.Option(
+        None, help="phase 2 window concurrencies, e.g. 1,8,64 (default 1, 8 and the ladder's highest)"
+    ),
     engine_arg: list[str] = typer.Option([], help="ENGINE=FLAG passed to that engine, repeatable"),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles go"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
@@ -121,6 +127,10 @@ def optimize(
                 trials=trials,
                 tune=tune,
                 budget_gpu_min=budget_gpu_min,
+                profile_layers=[x.strip() for x in profile_layers.split(",") if x.strip()],
+                profile_concurrency=[int(x) for x in profile_concurrency.split(",") if x.strip()]
+                if profile_concurrency
+                else None,
                 engine_args=eargs,
                 registry=str(registry) if registry else None,
                 findings=str(findings) if findings else None,
@@ -251,6 +261,47 @@ def _render(rows: list[dict[str, object]], as_json: bool) -> None:
 
 
 @handle_errors
+def profile(
+    run: str = typer.Argument(..., help="campaign run id (phase 0 done)"),
+    layers: str = typer.Option(
+        "l1,l2,l3,l4", help="profiler layers: l1 py-spy, l2 kernel timeline, l3 GPM, l4 ncu"
+    ),
+    concurrency: str | None = typer.Option(
+        None, help="window concurrencies, e.g. 1,8,64 (default 1, 8, max)"
+    ),
+    runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
+) -> None:
+    """Phases 2 and 2.5 of a campaign: profile each engine in four layers, then the cited lever ledger."""
+    from perftune.api import profile as run_profile
+
+    try:
+        conc = [int(x) for x in concurrency.split(",") if x.strip()] if concurrency else None
+    except ValueError:
+        raise ConfigError(
+            f"bad --concurrency '{concurrency}'", hint="comma-separated integers, e.g. 1,8,64"
+        ) from None
+    with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
+        run_dir, state = run_profile(
+            run,
+            runs_dir=runs_dir,
+            layers=[x.strip() for x in layers.split(",") if x.strip()],
+            concurrency=conc,
+            observe=renderer,
+            lake=lake,
+        )
+    for pid in ("2", "2.5"):
+        p = state.phases[pid]
+        sys.stdout.write(
+            f"phase {pid}: {p.status} — {p.reason}\n" + (f"{p.headline}\n" if p.headline else "")
+        )
+    ledger = run_dir / "findings" / "ledger.md"
+    if ledger.exists():
+        sys.stdout.write(f"see {ledger}\n")
+    if any(state.phases[pid].status == "red" for pid in ("2", "2.5")):
+        raise SystemExit(4)
+
+
 def tune(
     run: str = typer.Option(..., help="campaign run id (phases 0-1 done)"),
     engines: str | None = typer.Option(

@@ -15,7 +15,7 @@ import shutil
 
 from perftune.errors import ConfigError
 from perftune.serving.levers import translate
-from perftune.serving.registry import EngineInfo, register
+from perftune.serving.registry import EngineInfo, KernelProfiler, register
 from perftune.serving.registry import plan as engine_plan
 from perftune.serving.spec import (
     CacheReset,
@@ -250,6 +250,16 @@ register(
         # of NUM_SEQS_LIST x NUM_BATCHED_TOKENS_LIST (defaults "128 256" x "512 1024 2048 4096"), one
         # run per point at request rate inf, no repeat trials, no other levers, one workload per run.
         autotune_grid=(("max-num-seqs", (128, 256)), ("max-num-batched-tokens", (512, 1024, 2048, 4096))),
+        # vLLM >= 0.13: --profiler-config (the VLLM_TORCH_PROFILER_DIR variable before it); the engine
+        # core writes one gzipped Chrome trace per worker on POST /stop_profile. Stacks off: they
+        # multiply the trace size and the flush time, and L1 samples the host anyway.
+        kernel_profiler=KernelProfiler(
+            args=(
+                "--profiler-config",
+                '{"profiler": "torch", "torch_profiler_dir": "{dir}", "torch_profiler_with_stack": false}',
+            ),
+            trace_glob="*.pt.trace.json*",
+        ),
     )
 )
 register(
@@ -260,6 +270,10 @@ register(
         prefix_cache_default=True,  # radix cache on by default
         cache_reset=SGLANG_RESET,
         install_hint="pip install 'sglang[all]'",
+        # SGLang: the trace folder comes from the environment; POST /start_profile and /stop_profile.
+        kernel_profiler=KernelProfiler(
+            env=(("SGLANG_TORCH_PROFILER_DIR", "{dir}"),), trace_glob="*.trace.json*"
+        ),
     )
 )
 register(

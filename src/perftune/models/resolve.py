@@ -26,9 +26,67 @@ def catalog_config(name: str) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+def gguf_config(path: Path) -> dict[str, Any]:
+    """A Hugging Face-style config.json read from a GGUF file's metadata (llama.cpp's `gguf` package):
+    the architecture's block count, widths, heads and context, so a GGUF model (llama.cpp's) gets a
+    ModelCard like any other. GGUF keys are prefixed with the architecture (`llama.block_count`)."""
+    try:
+        import gguf
+    except ImportError as e:
+        raise ModelError(
+            f"{path}: reading a GGUF file needs the gguf package", hint="pip install 'perftune[llamacpp]'"
+        ) from e
+    try:
+        fields = gguf.GGUFReader(str(path)).fields
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelError(f"{path}: not a readable GGUF file ({e})", hint="check the file") from e
+
+    def get(key: str, default: Any = None) -> Any:
+        f = fields.get(key)
+        return f.contents() if f is not None else default
+
+    arch = str(get("general.architecture", ""))
+    if not arch or get(f"{arch}.block_count") is None:
+        raise ModelError(
+            f"{path}: GGUF without an architecture's block count", hint="a model GGUF, not a LoRA"
+        )
+    heads = int(get(f"{arch}.attention.head_count"))
+    hidden = int(get(f"{arch}.embedding_length"))
+    tokens = fields.get("tokenizer.ggml.tokens")
+    vocab = get(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else 32000)
+    cfg: dict[str, Any] = {
+        "model_type": arch,
+        "architectures": [f"{arch.capitalize()}ForCausalLM"],
+        "num_hidden_layers": int(get(f"{arch}.block_count")),
+        "hidden_size": hidden,
+        "intermediate_size": int(get(f"{arch}.feed_forward_length", 4 * hidden)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": int(get(f"{arch}.attention.key_length", hidden // heads)),
+        "max_position_embeddings": int(get(f"{arch}.context_length", 4096)),
+        "vocab_size": int(vocab),
+        "tie_word_embeddings": "output.weight" not in {t.name for t in gguf.GGUFReader(str(path)).tensors},
+        "torch_dtype": "float16",  # GGUF dequantizes to f16 activations; the file type is below
+        "gguf_file_type": int(get("general.file_type", -1)),
+        "gguf_name": str(get("general.name", path.stem)),
+    }
+    experts = get(f"{arch}.expert_count")
+    if experts:
+        cfg["num_local_experts"] = int(experts)
+        cfg["num_experts_per_tok"] = int(get(f"{arch}.expert_used_count", 2))
+    return cfg
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    if path.suffix.lower() == ".gguf":
+        return gguf_config(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ModelError(
+            f"{path}: not a text config.json ({e.reason})",
+            hint="point at config.json, a model folder or a .gguf",
+        ) from e
     except json.JSONDecodeError as e:
         raise ModelError(
             f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})",

@@ -22,6 +22,25 @@ PLUGINS = ("perftune.engines.adapters", "perftune.sim.adapter")
 
 
 @dataclass(frozen=True)
+class KernelProfiler:
+    """How an engine records its own torch-profiler kernel timeline (phase 2's L2): launch flags and
+    environment (`{dir}` becomes the absolute trace folder), the HTTP calls that start and stop a
+    window, and the trace files it writes."""
+
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    start_path: str = "/start_profile"
+    stop_path: str = "/stop_profile"
+    trace_glob: str = "*.json*"
+
+    def launch_args(self, trace_dir: str) -> list[str]:
+        return [a.replace("{dir}", trace_dir) for a in self.args]
+
+    def launch_env(self, trace_dir: str) -> dict[str, str]:
+        return {k: v.replace("{dir}", trace_dir) for k, v in self.env}
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     name: str
     plan: Planner  # (spec, *, host, port) -> LaunchPlan
@@ -33,6 +52,7 @@ class EngineInfo:
     simulated: bool = False  # perftune's own servers: every number from them is labelled
     # the engine's own tuning script's default grid (lever, values), for a same-budget comparison
     autotune_grid: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    kernel_profiler: KernelProfiler | None = None  # None: no kernel timeline (CPU engines, the sim)
 
     @property
     def reset_path(self) -> str | None:
@@ -70,7 +90,10 @@ def engine(name: str) -> EngineInfo:
 
 
 def plan(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000) -> LaunchPlan:
-    return engine(spec.engine).plan(spec, host=host, port=port)
+    p = engine(spec.engine).plan(spec, host=host, port=port)
+    if spec.launch_prefix:  # a profiler wrapping the engine; the engine's own argv is unchanged after it
+        p = p.model_copy(update={"argv": [*spec.launch_prefix, *p.argv]})
+    return p
 
 
 def prefix_cache_defaults() -> dict[str, bool | None]:

@@ -34,6 +34,9 @@ class ServeSpec(BaseModel):
     )
     extra_args: list[str] = Field(default_factory=list, description="engine flags passed through verbatim")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    launch_prefix: list[str] = Field(
+        default_factory=list, description="a wrapper the engine runs under (phase 2's L4: Nsight Compute)"
+    )
 
 
 class CacheReset(BaseModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,60 @@ class Counters:
     steps: int = 0
 
 
+@dataclass
+class StepBreakdown:
+    """Where the simulated step time went since the last reset: the simulated engine's own profile
+    (phase 2 reads it as a capture labelled SIMULATED). Modelled, never measured."""
+
+    steps: int = 0
+    decode_steps: int = 0  # decode-only steps
+    mixed_steps: int = 0  # steps with a prefill chunk
+    time_s: float = 0.0
+    decode_time_s: float = 0.0
+    gemm_s: float = 0.0
+    attn_s: float = 0.0
+    comm_s: float = 0.0
+    host_s: float = 0.0
+    batch_sum: int = 0
+    batch_max: int = 0
+    tokens: int = 0
+    prefill_tokens: int = 0
+    kv_usage_sum: float = 0.0
+    kv_usage_max: float = 0.0
+    bytes: float = 0.0  # modelled HBM bytes read (weights + KV)
+    preemptions: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        n, t = self.steps, self.time_s
+        return {
+            "simulated": True,
+            "steps": n,
+            "decode_steps": self.decode_steps,
+            "mixed_steps": self.mixed_steps,
+            "time_s": t,
+            "shares": {
+                k: (v / t if t else 0.0)
+                for k, v in (
+                    ("gemm", self.gemm_s),
+                    ("attention", self.attn_s),
+                    ("communication", self.comm_s),
+                    ("host_overhead", self.host_s),
+                )
+            },
+            "decode_time_share": self.decode_time_s / t if t else 0.0,
+            "prefill_time_share": (t - self.decode_time_s) / t if t else 0.0,
+            "batch_mean": self.batch_sum / n if n else 0.0,
+            "batch_max": self.batch_max,
+            "tokens": self.tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "kv_usage_mean": self.kv_usage_sum / n if n else 0.0,
+            "kv_usage_max": self.kv_usage_max,
+            "bytes_per_step": self.bytes / n if n else 0.0,
+            "modelled_tb_s": self.bytes / t / 1e12 if t else 0.0,
+            "preemptions": self.preemptions,
+        }
+
+
 def block_hashes(ids: list[int] | None, block_size: int) -> list[int]:
     """Chained hashes of the full blocks of a prompt: block i's hash covers blocks 0..i."""
     out: list[int] = []
@@ -113,6 +168,8 @@ class EngineCore:
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.counters = Counters()
+        self.breakdown = StepBreakdown()
+        self._preempt_base = 0
         self.rng = np.random.default_rng(cfg.seed)
 
     # ------------------------------------------------------------------ KV blocks
@@ -295,9 +352,11 @@ class EngineCore:
             else:
                 decode_only = False
                 pairs += n * (r.computed + (n + 1) / 2)
-        dt = self.timing.step_s(len(sched), tokens, dec_kv, pairs, decode_only)
+        parts = self.timing.parts(len(sched), tokens, dec_kv, pairs, decode_only)
+        dt = sum(parts)
         if self.cal.jitter_cv > 0:
             dt *= float(np.exp(self.rng.normal(0.0, self.cal.jitter_cv)))
+        self._account(parts, dt, sched, tokens, dec_kv, decode_only)
         emitted: list[SimRequest] = []
         finished: list[SimRequest] = []
         for r, n in sched:
@@ -317,6 +376,40 @@ class EngineCore:
             self.counters.finished += 1
         self.counters.steps += 1
         return StepResult(dt, emitted, finished, len(sched), tokens)
+
+    def _account(
+        self,
+        parts: tuple[float, float, float, float],
+        dt: float,
+        sched: list[tuple[SimRequest, int]],
+        tokens: int,
+        dec_kv: int,
+        decode_only: bool,
+    ) -> None:
+        b, raw = self.breakdown, sum(parts) or 1.0
+        b.steps += 1
+        b.time_s += dt
+        for name, v in zip(("gemm_s", "attn_s", "comm_s", "host_s"), parts, strict=True):
+            setattr(b, name, getattr(b, name) + v * dt / raw)  # jitter spread over the parts
+        if decode_only:
+            b.decode_steps += 1
+            b.decode_time_s += dt
+        else:
+            b.mixed_steps += 1
+            b.prefill_tokens += sum(n for r, n in sched if n > 1 or r.computed < r.prompt_len)
+        b.batch_sum += len(sched)
+        b.batch_max = max(b.batch_max, len(sched))
+        b.tokens += tokens
+        u = self.kv_usage
+        b.kv_usage_sum += u
+        b.kv_usage_max = max(b.kv_usage_max, u)
+        t = self.timing
+        b.bytes += t.weight_bytes + dec_kv * t.kv_bytes_per_token
+        b.preemptions = self.counters.preemptions - self._preempt_base
+
+    def reset_breakdown(self) -> None:
+        self.breakdown = StepBreakdown()
+        self._preempt_base = self.counters.preemptions
 
 
 class Frontend:

@@ -321,6 +321,8 @@ class SimServer:
         app.router.add_get("/sim/stats", self.stats)
         app.router.add_post("/sim/stats/reset", self.reset_stats)
         app.router.add_get("/sim/requests", self.requests)
+        app.router.add_get("/sim/profile", self.profile)
+        app.router.add_post("/sim/profile/reset", self.reset_profile)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         return app
@@ -388,6 +390,16 @@ class SimServer:
     async def reset_stats(self, _: web.Request) -> web.Response:
         """Start a new schedule-lag window (e.g. before a trial)."""
         self.lag.reset()
+        return web.json_response({"reset": True})
+
+    async def profile(self, _: web.Request) -> web.Response:
+        """The simulated engine's step breakdown since the last POST /sim/profile/reset: where the
+        modelled step time went (GEMM, attention, communication, host), batch sizes, KV occupancy,
+        modelled bytes per step. SIMULATED: phase 2's capture of the simulator, never a measurement."""
+        return web.json_response({**self.core.breakdown.to_json(), "version": self.version})
+
+    async def reset_profile(self, _: web.Request) -> web.Response:
+        self.core.reset_breakdown()
         return web.json_response({"reset": True})
 
     async def requests(self, _: web.Request) -> web.Response:

@@ -33,6 +33,8 @@ class StepModel:
     piecewise_s: float
     mode: str
     graph_max_bs: int
+    weight_bytes: float  # one GPU's weight bytes read per step (the profile's modelled bytes)
+    kv_bytes_per_token: float  # one GPU's KV bytes per context token
 
     @classmethod
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
@@ -61,6 +63,8 @@ class StepModel:
             piecewise_s=cal.piecewise_launch_ms * 1e-3,
             mode=cfg.cudagraph_mode,
             graph_max_bs=cfg.max_cudagraph_capture_size,
+            weight_bytes=card.active_params * bpp / tp,
+            kv_bytes_per_token=kv_tok,
         )
 
     def launch_s(self, decode_only: bool, tokens: int) -> float:
@@ -77,14 +81,19 @@ class StepModel:
             return self.piecewise_s
         return self.eager_s  # FULL / FULL_DECODE_ONLY run mixed batches eagerly
 
+    def parts(
+        self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool
+    ) -> tuple[float, float, float, float]:
+        """(GEMM, attention, communication, host overhead) seconds of one step; see `step_s`."""
+        gemm = max(self.weight_read_s, self.flop_s_per_token * tokens)
+        attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
+        comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
+        host = self.fixed_s + self.per_seq_s * n_seqs + self.launch_s(decode_only, tokens)
+        return gemm, attn, comm, host
+
     def step_s(
         self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool
     ) -> float:
         """Seconds for one step: `tokens` scheduled over `n_seqs` sequences; decode sequences read
         `decode_kv_tokens` of KV in all; prefill chunks attend over `prefill_pairs` (query, key) pairs."""
-        gemm = max(self.weight_read_s, self.flop_s_per_token * tokens)
-        attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
-        comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
-        return (
-            self.fixed_s + self.per_seq_s * n_seqs + gemm + attn + comm + self.launch_s(decode_only, tokens)
-        )
+        return sum(self.parts(n_seqs, tokens, decode_kv_tokens, prefill_pairs, decode_only))

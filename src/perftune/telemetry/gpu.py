@@ -6,6 +6,11 @@ active, while a cell's TPOT drifted 12.2 -> 13.7 -> 14.7 ms over its three trial
 sampler runs in a thread at a fixed period (NVML calls are blocking C calls of a few microseconds;
 the bench's event loop is never touched) and `summarize` is pure.
 
+Where the GPU has GPM (Hopper and later: `nvmlGpmQueryDeviceSupport`), every sample also reads the
+DRAM bandwidth utilisation, SM occupancy and tensor-pipe activity over the last period from two GPM
+samples: the L3 counters behind a cell's byte-grounded %SoL (issue 22). GPM is read in the same
+thread at the same period; a GPU without it reads None and the trial says why.
+
 `nvml` is injectable, so the sampler and the summary are tested against a fake NVML without a GPU.
 Sampling reads this host's GPUs: it is meaningful only when the server runs on this host (see
 `endpoint_is_local`).
@@ -56,6 +61,9 @@ class Sample:
     temp_c: float
     util_pct: float
     reasons: int
+    dram_pct: float | None = None  # GPM: DRAM bandwidth utilisation over the last period, % of peak
+    sm_occ_pct: float | None = None  # GPM: SM occupancy (warps resident / max), %
+    tensor_pct: float | None = None  # GPM: any tensor pipe active, % of cycles
 
 
 def endpoint_is_local(endpoint: str) -> bool:
@@ -87,6 +95,55 @@ def _optional(fn: Any, *args: Any) -> float | None:
         return None
 
 
+class Gpm:
+    """GPM metrics of one GPU, each over the interval between two consecutive `read` calls."""
+
+    METRICS = (
+        ("dram_pct", "NVML_GPM_METRIC_DRAM_BW_UTIL"),
+        ("sm_occ_pct", "NVML_GPM_METRIC_SM_OCCUPANCY"),
+        ("tensor_pct", "NVML_GPM_METRIC_ANY_TENSOR_UTIL"),
+    )
+
+    def __init__(self, nvml: Any, handle: Any) -> None:
+        self.nvml, self.handle = nvml, handle
+        self.prev = nvml.nvmlGpmSampleAlloc()
+        self.cur = nvml.nvmlGpmSampleAlloc()
+        nvml.nvmlGpmSampleGet(handle, self.prev)
+
+    def read(self) -> dict[str, float | None]:
+        n = self.nvml
+        n.nvmlGpmSampleGet(self.handle, self.cur)
+        mg = n.c_nvmlGpmMetricsGet_t()
+        mg.version = n.NVML_GPM_METRICS_GET_VERSION
+        mg.numMetrics = len(self.METRICS)
+        mg.sample1, mg.sample2 = self.prev, self.cur
+        for k, (_name, const) in enumerate(self.METRICS):
+            mg.metrics[k].metricId = getattr(n, const)
+        n.nvmlGpmMetricsGet(mg)
+        self.prev, self.cur = self.cur, self.prev
+        out: dict[str, float | None] = {}
+        for k, (name, _const) in enumerate(self.METRICS):
+            m = mg.metrics[k]
+            out[name] = float(m.value) if int(getattr(m, "nvmlReturn", 0)) == 0 else None
+        return out
+
+    def close(self) -> None:
+        for s in (self.prev, self.cur):
+            with contextlib.suppress(Exception):
+                self.nvml.nvmlGpmSampleFree(s)
+
+
+def gpm_for(nvml: Any, handle: Any) -> tuple[Gpm | None, str | None]:
+    """A GPM reader for this GPU, or None and why (no GPM before Hopper, an old driver or binding)."""
+    try:
+        sup = nvml.nvmlGpmQueryDeviceSupport(handle)
+        if not int(getattr(sup, "isSupportedDevice", sup)):
+            return None, "GPM not supported on this GPU (Hopper or later has it)"
+        return Gpm(nvml, handle), None
+    except Exception as e:
+        return None, f"GPM not available: {type(e).__name__}: {e}".rstrip(": ")
+
+
 def _load_nvml() -> Any:
     import pynvml
 
@@ -104,6 +161,8 @@ class NvmlSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handles: list[tuple[int, Any]] = []
+        self._gpm: dict[int, Gpm] = {}
+        self.gpm_note: str | None = None
         try:
             self.nvml = nvml if nvml is not None else _load_nvml()
             self.nvml.nvmlInit()
@@ -123,6 +182,12 @@ class NvmlSampler:
                 )
             if not self._handles:
                 self.unavailable = "NVML sees no GPU on this host"
+            for i, h in self._handles:
+                reader, why = gpm_for(self.nvml, h)
+                if reader is not None:
+                    self._gpm[i] = reader
+                else:
+                    self.gpm_note = why
         except Exception as e:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded...
             self.unavailable = f"NVML not available: {type(e).__name__}: {e}".rstrip(": ")
 
@@ -139,6 +204,13 @@ class NvmlSampler:
         for i, h in self._handles:
             util = _optional(lambda x: n.nvmlDeviceGetUtilizationRates(x).gpu, h)
             power = _optional(n.nvmlDeviceGetPowerUsage, h)
+            gpm: dict[str, float | None] = {}
+            if i in self._gpm:
+                try:
+                    gpm = self._gpm[i].read()
+                except Exception as e:  # a GPM read that fails once fails for the trial: say so
+                    self.gpm_note = f"GPM read failed: {type(e).__name__}: {e}"
+                    self._gpm.pop(i).close()
             self.samples.append(
                 Sample(
                     t_s=t,
@@ -149,6 +221,7 @@ class NvmlSampler:
                     temp_c=_optional(n.nvmlDeviceGetTemperature, h, TEMP_GPU) or 0.0,
                     util_pct=util or 0.0,
                     reasons=int(_optional(self._reasons, h) or 0),
+                    **gpm,
                 )
             )
 
@@ -177,11 +250,14 @@ class NvmlSampler:
                 self.unavailable = "NVML sampling hung (no answer within 5 s); sampling stopped"
             else:
                 self._thread = None
-        return summarize(list(self.samples), self.devices, self.period_s, self.unavailable)
+        return summarize(list(self.samples), self.devices, self.period_s, self.unavailable, self.gpm_note)
 
     def close(self) -> None:
         """Release NVML (its init is reference-counted)."""
         if self._handles and self._thread is None:
+            for g in self._gpm.values():
+                g.close()
+            self._gpm = {}
             with contextlib.suppress(Exception):
                 self.nvml.nvmlShutdown()
             self._handles = []
@@ -208,10 +284,26 @@ class GpuTrialState(BaseModel):
     )
     throttled: bool = Field(False, description="see `why`")
     why: str | None = Field(None, description="what made the trial throttled")
+    dram_bw_util_pct: float | None = Field(
+        None, description="GPM DRAM bandwidth utilisation, mean over busy samples, % of the GPU's peak"
+    )
+    sm_occupancy_pct: float | None = Field(None, description="GPM SM occupancy, mean over busy samples")
+    tensor_active_pct: float | None = Field(None, description="GPM tensor-pipe activity, mean")
+    gpm_samples: int = Field(0, description="samples with GPM figures")
+    gpm_note: str | None = Field(None, description="why there are no GPM figures")
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return statistics.fmean(v) if v else None
 
 
 def summarize(
-    samples: Sequence[Sample], devices: Sequence[dict[str, Any]], period_s: float, unavailable: str | None
+    samples: Sequence[Sample],
+    devices: Sequence[dict[str, Any]],
+    period_s: float,
+    unavailable: str | None,
+    gpm_note: str | None = None,
 ) -> GpuTrialState:
     """One trial's GPU state; throttled where a hardware slowdown showed in >= 5% of samples, or the
     power cap in >= 10% with the median SM clock below 95% of the GPU's maximum. Pure."""
@@ -252,6 +344,15 @@ def summarize(
             f"{top:,.0f} MHz"
         )
     powers = [s.power_w for s in samples]
+    # The first GPM figure of a trial covers the interval since the previous trial's last sample (or
+    # the sampler's start): left out, so idle time between trials never dilutes a trial's bandwidth.
+    first: dict[int, Sample] = {}
+    for smp in samples:
+        first.setdefault(smp.gpu, smp)
+    timed = [smp for smp in samples if first[smp.gpu] is not smp and smp.dram_pct is not None]
+    gnote = gpm_note if not timed else None
+    if not timed and gnote is None:
+        gnote = "no GPM sample in the trial (GPM needs two samples, one period apart)"
     return GpuTrialState(
         available=True,
         note=unavailable,
@@ -268,4 +369,9 @@ def summarize(
         reasons=share,
         throttled=why is not None,
         why=why,
+        dram_bw_util_pct=_mean([smp.dram_pct for smp in timed]),
+        sm_occupancy_pct=_mean([smp.sm_occ_pct for smp in timed]),
+        tensor_active_pct=_mean([smp.tensor_pct for smp in timed]),
+        gpm_samples=len(timed),
+        gpm_note=gnote,
     )

@@ -19,6 +19,7 @@ class Arm(BaseModel):
     engine: str
     name: str
     levers: dict[str, Any] = Field(default_factory=dict)
+    source: str = Field("catalog", description="where the arm came from: the catalog, or a ledger row")
 
     @property
     def key(self) -> str:
@@ -43,14 +44,36 @@ def _candidates(card: ModelCard) -> list[tuple[str, list[Any]]]:
 
 
 def generate_arms(
-    card: ModelCard, engines: list[str], baselines: dict[str, dict[str, Any]] | None = None
+    card: ModelCard,
+    engines: list[str],
+    baselines: dict[str, dict[str, Any]] | None = None,
+    seeds: list[dict[str, Any]] | None = None,
 ) -> list[Arm]:
-    """Per engine: the baseline first, then one arm per (lever, value) the engine supports."""
+    """Per engine: the baseline first, then the ledger's seeds (phase 2.5: lever, value, source), then
+    one arm per catalog (lever, value) the engine supports and no seed already tries."""
     arms: list[Arm] = []
     for engine in engines:
         base = dict((baselines or {}).get(engine, {}))
         arms.append(Arm(engine=engine, name="baseline", levers=base))
         flag_engine = "vllm" if engine in ("sim", "mock") else engine
+        for sd in seeds or []:
+            if sd.get("engine") != engine or engine == "mock":
+                continue
+            levers = {**base, sd["lever"]: parse_value(lookup(sd["lever"]), str(sd["value"]))}
+            if levers == base or any(a.levers == levers for a in arms if a.engine == engine):
+                continue
+            try:
+                translate(levers, flag_engine)
+            except PerftuneError:
+                continue
+            arms.append(
+                Arm(
+                    engine=engine,
+                    name=f"{sd['lever']}={sd['value']}",
+                    levers=levers,
+                    source=str(sd["source"]),
+                )
+            )
         for lever, values in _candidates(card):
             for v in values:
                 levers = {**base, lever: v}
@@ -58,7 +81,7 @@ def generate_arms(
                     translate(levers, flag_engine)
                 except PerftuneError:
                     continue  # not supported by this engine: no arm, and the TSV says nothing false
-                if engine == "mock":
+                if engine == "mock" or any(a.levers == levers for a in arms if a.engine == engine):
                     continue
                 arms.append(Arm(engine=engine, name=f"{lever}={v}", levers=levers))
     return arms
@@ -103,9 +126,14 @@ def compose(engine: str, winners: list[Arm], base: dict[str, Any]) -> Arm:
 
 
 def write_tsv(arms: list[Arm], path: Path) -> None:
-    lines = ["# engine\tarm\tlevers (k=v;k=v). The first row per engine is its baseline. Edit freely."]
+    lines = [
+        "# engine\tarm\tlevers (k=v;k=v)\tsource (catalog, or the ledger row it came from). The first row "
+        "per engine is its baseline. Edit freely."
+    ]
     for a in arms:
-        lines.append(f"{a.engine}\t{a.name}\t" + ";".join(f"{k}={v}" for k, v in a.levers.items()))
+        lines.append(
+            f"{a.engine}\t{a.name}\t" + ";".join(f"{k}={v}" for k, v in a.levers.items()) + f"\t{a.source}"
+        )
     write_text(path, "\n".join(lines) + "\n")
 
 
@@ -123,7 +151,8 @@ def read_tsv(path: Path) -> list[Arm]:
             if not sep:
                 raise ConfigError(f"{path}:{n}: bad lever '{item}'", hint="write NAME=VALUE")
             levers[k] = parse_value(lookup(k), v)
-        arms.append(Arm(engine=parts[0], name=parts[1], levers=levers))
+        src = parts[3].strip() if len(parts) > 3 and parts[3].strip() else "catalog"
+        arms.append(Arm(engine=parts[0], name=parts[1], levers=levers, source=src))
     return arms
 
 
