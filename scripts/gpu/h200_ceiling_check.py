@@ -20,6 +20,7 @@ from perftune.hardware.ceilings import gpu
 from perftune.telemetry.gpu import NvmlSampler
 
 key = sys.argv[1] if len(sys.argv) > 1 else "h200"
+reps = int(sys.argv[2]) if len(sys.argv) > 2 else 1500  # ~3 s of copying: many GPM periods inside it
 g = gpu(key)
 pynvml.nvmlInit()
 h = pynvml.nvmlDeviceGetHandleByIndex(0)
@@ -44,9 +45,8 @@ dst = torch.empty_like(src)
 for _ in range(3):
     dst.copy_(src)
 torch.cuda.synchronize()
-sampler = NvmlSampler(period_s=0.1, indices=[0])
+sampler = NvmlSampler(period_s=0.2, indices=[0])
 sampler.start()
-reps = 200
 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 start.record()
 for _ in range(reps):
@@ -79,6 +79,7 @@ print(
             },
             "copy_over_datasheet": copy_tb_s / g.hbm_tb_s,
             "gpm_implied_peak_tb_s": copy_tb_s / (util / 100.0) if util else None,
+            "gpm_samples_dram_pct": [s.dram_pct for s in sampler.samples],
         },
         indent=2,
     )

@@ -154,7 +154,8 @@ def ground(ctx: Ctx, cap: Capture) -> Capture:
 
 def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
     """Relaunch the engine under Nsight Compute on L2's top kernels, one short c=1 window."""
-    if engine_info(engine).kernel_profiler is None:
+    kp = engine_info(engine).kernel_profiler
+    if kp is None:
         return skipped(
             "l4", engine, f"{engine} runs no GPU kernels to target", "profile vllm or sglang on a GPU"
         )
@@ -213,6 +214,11 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
     except Exception as e:  # the engine under ncu died or never got ready: a failed capture, said so
         if not rep.exists():
             return failed("l4", engine, f"engine under ncu: {type(e).__name__}: {e}"[:300], [], None)
+        # ncu profiled its launches before the engine was ready: start-up kernels (warm-up, graph
+        # capture), the same kernels by name, not the served window. Said in the figures.
+        window_note = f"the engine under ncu never served the window ({type(e).__name__}): start-up launches"
+    else:
+        window_note = "launches of the served c=1 window (after the skip)"
     if not rep.exists():
         return failed("l4", engine, f"no report at {ctx.rel(rep)}", [], None)
     try:
@@ -224,6 +230,7 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
     fig = ncu.parse_raw_csv(text)
     fig["filter"] = filt
     fig["launch_skip"], fig["launch_count"] = L4_SKIP, L4_COUNT
+    fig["launches_from"] = window_note
     return Capture(
         layer="l4",
         engine=engine,

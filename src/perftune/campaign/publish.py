@@ -42,6 +42,10 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
                 "prefix_cache": c.prefix_cache,
                 "levers_json": dumps(c.levers),
                 "context_json": dumps(c.context),
+                "sol_rigor": c.sol_rigor,
+                "dram_bw_util_pct": c.dram_bw_util_pct,
+                "dram_tb_s": c.dram_tb_s,
+                "sol_bytes_pct": c.sol_bytes_pct,
             }
         )
         # A phase 3 cell's trials are separate deploys, one folder each: trial k is folder k's only trial.
@@ -164,8 +168,54 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
         "requests": requests,
         "champions": champions,
         "findings": findings,
-        "roofline": roofline_rows(run_dir),
+        "roofline": _grounded(roofline_rows(run_dir), state),
+        "ledger": ledger_rows(run_dir, cid, i.model.ref),
     }
+
+
+def _grounded(rows: list[dict[str, Any]], state: CampaignState) -> list[dict[str, Any]]:
+    """Roofline points with the cell's L3 grounding where it has one (measured DRAM bytes/s)."""
+    out = []
+    for r in rows:
+        c = state.cells.get(r["cell_id"])
+        g = c is not None and c.dram_tb_s is not None
+        out.append(
+            {
+                **r,
+                "sol_rigor": c.sol_rigor if c is not None and g else r["sol_rigor"],
+                "measured_tb_s": c.dram_tb_s if c is not None and g else None,
+                "sol_bytes_pct": c.sol_bytes_pct if c is not None and g else None,
+            }
+        )
+    return out
+
+
+def ledger_rows(run_dir: Path, cid: str, model: str) -> list[dict[str, Any]]:
+    """Phase 2.5's ledger rows, each with the artifact paths it cites (relative to the bundle)."""
+    path = run_dir / "findings" / "ledger.json"
+    if not path.exists():
+        return []
+    return [
+        {
+            "campaign_id": cid,
+            "model": model,
+            "rank": r["rank"],
+            "engine": r["engine"],
+            "rule": r["rule"],
+            "kind": r["kind"],
+            "lever": r["lever"],
+            "value": r["value"],
+            "predicted": r["predicted"],
+            "why": r["why"],
+            "score": r["score"],
+            "artifacts": ", ".join(c["artifact"] for c in r["citations"]),
+            "citations_json": dumps(r["citations"]),
+            "sol_rigor": r["sol_rigor"],
+            "tier": r["tier"],
+            "simulated": r["simulated"],
+        }
+        for r in json.loads(path.read_text())
+    ]
 
 
 def publish(run_dir: Path, lake: Path) -> dict[str, int]:

@@ -259,6 +259,7 @@ register(
                 '{"profiler": "torch", "torch_profiler_dir": "{dir}", "torch_profiler_with_stack": false}',
             ),
             trace_glob="*.pt.trace.json*",
+            ncu_args=("--enforce-eager",),
         ),
     )
 )

@@ -22,6 +22,12 @@ class Gpu(BaseModel):
     power_w: float
     aliases: list[str] = Field(default_factory=list)
     source: str = Field(description="where the figures come from")
+    host_check: str | None = Field(
+        None, description="what a real host of this GPU reported and measured against these figures"
+    )
+    sol_basis: str | None = Field(
+        None, description="which HBM figure %SoL divides by, where the datasheet and a measurement differ"
+    )
 
     def peak_tflops(self, dtype: str) -> float:
         d = {"fp16": "bf16", "int4": "bf16", "nvfp4": "fp4", "mxfp4": "fp4"}.get(dtype, dtype)

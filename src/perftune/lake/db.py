@@ -78,8 +78,24 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (campaign_id, cell_id));
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE cells ADD COLUMN sol_rigor VARCHAR;
+        ALTER TABLE cells ADD COLUMN dram_bw_util_pct DOUBLE;
+        ALTER TABLE cells ADD COLUMN dram_tb_s DOUBLE;
+        ALTER TABLE cells ADD COLUMN sol_bytes_pct DOUBLE;
+        ALTER TABLE roofline ADD COLUMN measured_tb_s DOUBLE;
+        ALTER TABLE roofline ADD COLUMN sol_bytes_pct DOUBLE;
+        CREATE TABLE ledger (
+            campaign_id VARCHAR, model VARCHAR, rank INTEGER, engine VARCHAR, rule VARCHAR, kind VARCHAR,
+            lever VARCHAR, value VARCHAR, predicted VARCHAR, why VARCHAR, score DOUBLE,
+            artifacts VARCHAR, citations_json VARCHAR, sol_rigor VARCHAR, tier VARCHAR, simulated BOOLEAN,
+            PRIMARY KEY (campaign_id, rank));
+        """,
+    ),
 ]
-TABLES = ("campaigns", "cells", "trials", "requests", "champions", "findings", "roofline")
+TABLES = ("campaigns", "cells", "trials", "requests", "champions", "findings", "roofline", "ledger")
 
 
 def default_lake() -> Path:

@@ -30,6 +30,7 @@ RATE_HZ = 100
 # Leaf first: the deepest frame that matches names the bucket. The order decides between buckets a
 # frame matches twice. Frames look like "function (path/file.py:line)".
 BUCKETS: list[tuple[str, re.Pattern[str]]] = [
+    ("profiler", re.compile(r"torch/autograd/profiler|torch/profiler|kineto|export_chrome_trace", re.I)),
     ("gpu_wait", re.compile(r"synchroniz|\bitem \(|tolist \(|_to_cpu|wait_for|cudaStream|async_copy", re.I)),
     ("sampling", re.compile(r"sampler|\bsample\w* \(|logits_process|top_[kp]|_penalt", re.I)),
     ("tokenization", re.compile(r"tokeniz|detokeniz|convert_ids|decode_tokens|incremental_det", re.I)),

@@ -6,9 +6,14 @@ Kernels are the events with `cat` == "kernel" (torch profiler's CUPTI activity);
 have their own categories. A "host gap" is GPU time with no kernel running between two kernels, on
 the device's merged timeline (all streams): inside a CUDA graph kernels follow each other within a
 few microseconds, so gaps of `GAP_US` or more are the host (scheduling, sampling, output processing,
-Python launch overhead) keeping the GPU waiting. Steps are told apart by gaps of `STEP_GAP_US` or
-more: a decode step is one graph replay or one eager forward, and the host work between two steps
-is longer than any gap inside one.
+Python launch overhead) keeping the GPU waiting.
+
+Steps: vLLM annotates each engine step on the GPU timeline (`gpu_user_annotation` events named
+`execute_context_<n>(<tokens>)_generation_<m>(<m>)`: n prefill and m decode requests; seen on vLLM
+0.26.0), so a step's wall time is from its start to the next step's start and its kernel time is
+the busy time inside it; a decode step is one with no prefill (`context_0`). Without annotations,
+steps are told apart by gaps of `STEP_GAP_US` or more (a fallback: with async scheduling the host
+work between steps overlaps the GPU and such gaps are rare).
 """
 
 from __future__ import annotations
@@ -118,6 +123,67 @@ def steps(
     return out
 
 
+STEP_ANNOTATION = re.compile(r"^execute_context_(\d+)\(\d+\)_generation_(\d+)")
+
+
+def annotated_steps(trace: dict[str, Any]) -> list[tuple[float, float, bool]]:
+    """(start_us, dur_us, decode_only) of each engine step the engine annotated on the GPU."""
+    out = []
+    for e in trace.get("traceEvents", []):
+        if isinstance(e, dict) and e.get("cat") == "gpu_user_annotation" and e.get("ph") == "X":
+            m = STEP_ANNOTATION.match(str(e.get("name", "")))
+            if m:
+                out.append((float(e.get("ts") or 0.0), float(e.get("dur") or 0.0), m.group(1) == "0"))
+    out.sort()
+    return out
+
+
+def busy_within(busy: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]]) -> list[float]:
+    """Busy time inside each [start, end) span (both sorted by start). Pure, linear."""
+    out, k = [], 0
+    for a, b in spans:
+        while k < len(busy) and busy[k][1] <= a:
+            k += 1
+        t, j = 0.0, k
+        while j < len(busy) and busy[j][0] < b:
+            t += max(0.0, min(b, busy[j][1]) - max(a, busy[j][0]))
+            j += 1
+        out.append(t)
+    return out
+
+
+def step_budget(trace: dict[str, Any], busy: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """Median decode step: wall (start to the next step's start) and kernel time inside it."""
+    ann = annotated_steps(trace)
+    if len(ann) >= 3:
+        spans = [(a[0], ann[k + 1][0]) for k, a in enumerate(ann[:-1])]
+        kern = busy_within(busy, spans)
+        dec = [(b - a, kt) for (a, b), kt, st in zip(spans, kern, ann, strict=False) if st[2]]
+        rows = dec or [(b - a, kt) for (a, b), kt in zip(spans, kern, strict=True)]
+        return {
+            "steps": len(ann),
+            "decode_steps": sum(1 for x in ann if x[2]),
+            "step_source": "engine annotations",
+            "step_wall_ms_median": statistics.median(w for w, _k in rows) / 1e3,
+            "step_kernel_ms_median": statistics.median(k for _w, k in rows) / 1e3,
+        }
+    st = steps(busy)
+    if len(st) < 2:
+        return {
+            "steps": len(st),
+            "step_source": "gaps",
+            "step_wall_ms_median": 0.0,
+            "step_kernel_ms_median": 0.0,
+        }
+    walls = [st[k + 1][0] - st[k][0] for k in range(len(st) - 1)]
+    return {
+        "steps": len(st),
+        "step_source": f"gaps >= {STEP_GAP_US:.0f} us",
+        "step_wall_ms_median": statistics.median(walls) / 1e3,
+        "step_kernel_ms_median": statistics.median(k for _s, _e, k in st[:-1]) / 1e3,
+    }
+
+
 def summarize(trace: dict[str, Any]) -> dict[str, Any]:
     """Kernel-family shares, host gaps and the per-step budget of one trace. Pure."""
     ev = gpu_events(trace)
@@ -136,16 +202,8 @@ def summarize(trace: dict[str, Any]) -> dict[str, Any]:
     busy_us = sum(b - a for a, b in busy)
     gaps = [b[0] - a[1] for a, b in itertools.pairwise(busy)]
     host_gaps = [g for g in gaps if g >= GAP_US]
-    st = steps(busy)
-    # Steps measured between two gaps: the first and last may be cut by the window.
-    inner = st[1:-1] if len(st) > 2 else st
-    step_ms = [(e - s) / 1e3 for s, e, _k in inner]
-    next_start = {i: st[i + 1][0] for i in range(len(st) - 1)}
-    walls = [(next_start[i] - st[i][0]) / 1e3 for i in range(1, len(st) - 1)] if len(st) > 2 else step_ms
-    kern = [k / 1e3 for _s, _e, k in inner]
-    wall = statistics.median(walls) if walls else 0.0
-    kmed = statistics.median(kern) if kern else 0.0
     comm = fam_us["communication"] / total if total else 0.0
+    sb = step_budget(trace, busy)
     top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:10]
     return {
         "kernels": len(ev),
@@ -156,10 +214,8 @@ def summarize(trace: dict[str, Any]) -> dict[str, Any]:
         "host_gaps": len(host_gaps),
         "host_gap_share": sum(host_gaps) / span if span else 0.0,
         "host_gap_median_us": statistics.median(host_gaps) if host_gaps else 0.0,
-        "steps": len(st),
-        "step_wall_ms_median": wall,
-        "step_kernel_ms_median": kmed,
-        "step_budget": budget(kmed, wall, comm),
+        **sb,
+        "step_budget": budget(sb["step_kernel_ms_median"], sb["step_wall_ms_median"], comm),
         "top_kernels": [
             {"name": n[:160], "time_share": v[0] / total, "calls": int(v[1]), "family": family(n)}
             for n, v in top

@@ -41,8 +41,11 @@ def name_filter(names: Sequence[str], k: int = 3) -> str:
     cut at the first parenthesis or template bracket: ncu matches the base name)."""
     bases: list[str] = []
     for n in names:
-        base = re.split(r"[(<]", n.strip(), maxsplit=1)[0].split()[-1] if n.strip() else ""
-        base = base.split("::")[-1]
+        # "void at::native::(anonymous namespace)::kern<4, float>(float*, ...)": the namespace's
+        # parentheses are not the parameter list
+        text = n.strip().replace("(anonymous namespace)::", "")
+        head = re.split(r"[(<]", text, maxsplit=1)[0].split()
+        base = head[-1].split("::")[-1] if head else ""
         if base and base not in bases:
             bases.append(base)
         if len(bases) >= k:
@@ -104,11 +107,23 @@ def parse_raw_csv(text: str) -> dict[str, Any]:
         return {"kernels": []}
     head = rows[start]
     col = {h: i for i, h in enumerate(head)}
-    dram_col = col.get(DRAM_ALT, col.get(DRAM))
+    # dram__throughput where the section has it; else the Speed Of Light "Memory Throughput" (the
+    # busiest memory unit, DRAM included): which one is named in the figures.
+    mem_metric = DRAM_ALT if DRAM_ALT in col else DRAM
+    dram_col = col.get(mem_metric)
     units = rows[start + 1] if len(rows) > start + 1 else []
     dur_c = col.get(DURATION)
     unit = units[dur_c] if dur_c is not None and len(units) > dur_c else "nsecond"
-    to_us = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}.get(unit.strip(), 1e-3)
+    to_us = {
+        "ns": 1e-3,
+        "nsecond": 1e-3,
+        "us": 1.0,
+        "usecond": 1.0,
+        "ms": 1e3,
+        "msecond": 1e3,
+        "s": 1e6,
+        "second": 1e6,
+    }.get(unit.strip(), 1e-3)
     out: dict[str, dict[str, list[float]]] = {}
     for r in rows[start + 1 :]:
         if len(r) != len(head) or not r[col["Kernel Name"]] or _num(r[col.get("ID", 0)]) is None:
@@ -125,10 +140,10 @@ def parse_raw_csv(text: str) -> dict[str, Any]:
             {
                 "name": name[:160],
                 "launches": max(len(vals["dram"]), len(vals["sm"]), len(vals["dur"])),
-                "dram_pct_of_peak": _mean(vals["dram"]),
+                "memory_pct_of_peak": _mean(vals["dram"]),
                 "sm_pct_of_peak": _mean(vals["sm"]),
                 "duration_us": None if dur is None else dur * to_us,
             }
         )
     kernels.sort(key=lambda k: -float(k["duration_us"] or 0.0))
-    return {"kernels": kernels}
+    return {"kernels": kernels, "memory_metric": mem_metric, "sm_metric": SM}

@@ -268,8 +268,8 @@ def moe_dominant(ev: Evidence) -> Hit | None:
 
 def communication_bound(ev: Evidence) -> Hit | None:
     for cap in ev.layer("l2"):
-        if cap.figures.get("step_budget") == "communication-bound":
-            share = float((cap.figures.get("family_shares") or {}).get("communication") or 0.0)
+        share = float((cap.figures.get("family_shares") or {}).get("communication") or 0.0)
+        if cap.figures.get("step_budget") == "communication-bound" and share >= 0.30:
             return (
                 share,
                 [_cite(cap, f"collectives' share of kernel time at c={cap.concurrency}", share)],
@@ -284,7 +284,7 @@ def kernel_underuses_hbm(ev: Evidence) -> Hit | None:
     bound; a kernel-level candidate inside the engine (tile shape, split-K, a better backend)."""
     for cap in ev.layer("l4"):
         for k in cap.figures.get("kernels") or []:
-            d, s = k.get("dram_pct_of_peak"), k.get("sm_pct_of_peak")
+            d, s = k.get("memory_pct_of_peak"), k.get("sm_pct_of_peak")
             if d is not None and s is not None and d < 50.0 and s < 50.0:
                 return (
                     1.0 - max(d, s) / 100.0,
@@ -440,7 +440,6 @@ def synthesize(evidence: Sequence[Evidence], rules: Sequence[Rule] = RULES) -> l
     """Every rule against every engine's evidence; rows ranked by score (strongest evidence first),
     one row per (engine, lever, value). Pure."""
     rows: list[LedgerRow] = []
-    seen: set[tuple[str, str, str | None]] = set()
     for ev in evidence:
         for r in rules:
             if r.engines and ev.engine not in r.engines:
@@ -452,10 +451,6 @@ def synthesize(evidence: Sequence[Evidence], rules: Sequence[Rule] = RULES) -> l
             cites = [c for c in cites if c.artifact != "(no artifact)"]
             if not cites:
                 continue  # no row without an artifact
-            key = (ev.engine, r.lever, r.value)
-            if key in seen:
-                continue
-            seen.add(key)
             rows.append(
                 LedgerRow(
                     rule=r.id,
@@ -471,8 +466,17 @@ def synthesize(evidence: Sequence[Evidence], rules: Sequence[Rule] = RULES) -> l
                     simulated=simulated,
                 )
             )
+    # Strongest evidence first; where two rules propose the same (engine, lever, value), the row with
+    # the stronger evidence is kept (its citation is the one the ledger shows).
     rows.sort(key=lambda x: -x.score)
-    return [r.model_copy(update={"rank": k + 1}) for k, r in enumerate(rows)]
+    seen: set[tuple[str, str, str | None]] = set()
+    kept = []
+    for row in rows:
+        key = (row.engine, row.lever, row.value)
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return [r.model_copy(update={"rank": k + 1}) for k, r in enumerate(kept)]
 
 
 def ledger_md(rows: Sequence[LedgerRow], captures: Sequence[Capture], title: str) -> str:

@@ -32,6 +32,9 @@ class KernelProfiler:
     start_path: str = "/start_profile"
     stop_path: str = "/stop_profile"
     trace_glob: str = "*.json*"
+    # flags for a launch under Nsight Compute (L4): eager, since capturing CUDA graphs under ncu kept
+    # vLLM 0.26.0 from getting ready in 9 minutes on an H200 (its kernels were profiled at start-up)
+    ncu_args: tuple[str, ...] = ()
 
     def launch_args(self, trace_dir: str) -> list[str]:
         return [a.replace("{dir}", trace_dir) for a in self.args]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import socket
 import statistics
 import threading
@@ -124,7 +125,9 @@ class Gpm:
         out: dict[str, float | None] = {}
         for k, (name, _const) in enumerate(self.METRICS):
             m = mg.metrics[k]
-            out[name] = float(m.value) if int(getattr(m, "nvmlReturn", 0)) == 0 else None
+            v = float(m.value) if int(getattr(m, "nvmlReturn", 0)) == 0 else None
+            # The first read after the reader is made covers no full interval: NVML gives NaN.
+            out[name] = None if v is None or math.isnan(v) else v
         return out
 
     def close(self) -> None:
@@ -351,6 +354,9 @@ def summarize(
         first.setdefault(smp.gpu, smp)
     timed = [smp for smp in samples if first[smp.gpu] is not smp and smp.dram_pct is not None]
     gnote = gpm_note if not timed else None
+    if gpm_note and "failed" in gpm_note:
+        # GPM stopped mid-trial: the figure would cover part of the trial only. None, and say why.
+        timed, gnote = [], gpm_note
     if not timed and gnote is None:
         gnote = "no GPM sample in the trial (GPM needs two samples, one period apart)"
     return GpuTrialState(

@@ -59,12 +59,12 @@ def generate_arms(
         for sd in seeds or []:
             if sd.get("engine") != engine or engine == "mock":
                 continue
-            levers = {**base, sd["lever"]: parse_value(lookup(sd["lever"]), str(sd["value"]))}
-            if levers == base or any(a.levers == levers for a in arms if a.engine == engine):
-                continue
             try:
+                levers = {**base, sd["lever"]: parse_value(lookup(sd["lever"]), str(sd["value"]))}
                 translate(levers, flag_engine)
             except PerftuneError:
+                continue  # a seed this engine cannot run (or a value that is advice, not a setting)
+            if levers == base or any(a.levers == levers for a in arms if a.engine == engine):
                 continue
             arms.append(
                 Arm(
