@@ -466,6 +466,7 @@ def profile(
     concurrency: Sequence[int] | None = None,
     observe: Callable[[str], None] | None = None,
     lake: str | Path | None = None,
+    reparse: bool = False,
 ) -> tuple[Path, Any]:
     """Phases 2 (profile: L1 py-spy, L2 kernel timeline, L3 GPM counters, L4 ncu) and 2.5 (the cited
     lever ledger) of an existing campaign, in its bundle."""
@@ -483,6 +484,7 @@ def profile(
         update=update,
         observe=observe,
         lake=Path(lake) if lake else default_lake(),
+        reparse=reparse,
     )
 
 

@@ -13,13 +13,14 @@ from perftune.campaign.base import Ctx, Gate, Phase
 from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server, suite_configs
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.learnt import Learnt, learnt_flags
-from perftune.campaign.profiling import phase2, phase25
+from perftune.campaign.profiling import cell_grounding, load_captures, phase2, phase25
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
 from perftune.campaign.state import ChampionFact
 from perftune.campaign.tuning import run_phase3
 from perftune.errors import ConfigError, PerftuneError
 from perftune.hardware.ceilings import gpu
+from perftune.profile.synthesis import Evidence, synthesize
 from perftune.registry import findings
 from perftune.registry.store import (
     BANNER,
@@ -384,6 +385,30 @@ def next_levers(tried: set[str]) -> list[findings.OpenLever]:
     ]
 
 
+def evidence_levers(ctx: Ctx, engine: str, have: dict[str, Any]) -> list[findings.OpenLever]:
+    """Phase 2.5's synthesis re-run for the champion: its engine's captures and its cells; config rows
+    for levers the champion does not set, each citing its artifact."""
+    caps = [c for c in load_captures(ctx) if c.engine == engine]
+    if not caps:
+        return []
+    rows = synthesize([Evidence(engine, caps, cell_grounding(ctx, engine))])
+    out: list[findings.OpenLever] = []
+    for r in rows:
+        if r.kind != "config" or r.value is None or r.lever in have:
+            continue
+        c = r.citations[0]
+        out.append(
+            findings.OpenLever(
+                lever=r.lever,
+                value=r.value,
+                priority=len(out) + 1,
+                rationale=f"{r.why} (evidence: {c.artifact}: {c.figure} = {c.value}; "
+                f"{r.sol_rigor}, {r.tier})",
+            )
+        )
+    return out
+
+
 def record_registry(checked: Path, *, explicit: bool, simulated: bool) -> Path:
     """Where the ratchet records the champion's known-good entry. A simulated champion never goes
     into a real registry: beside an explicit --registry it gets its own `sim-` file, otherwise the
@@ -439,8 +464,15 @@ def phase85(ctx: Ctx) -> Gate:
         explicit=ctx.state.facts.registry_explicit,
         simulated=cell0.simulated,
     )
-    open_levers = next_levers(set(ch.levers))
     cell = ctx.state.cells[str(ch.cell_id)]
+    # The next lever from evidence where phase 2 profiled: the synthesis re-run with the champion's
+    # engine and its suite cells (their byte-grounded %SoL), the top config lever it does not have yet;
+    # the catalog's order only where there is no evidence.
+    evidence = evidence_levers(ctx, ch.engine, ch.levers)
+    open_levers = evidence + [
+        x for x in next_levers(set(ch.levers)) if x.lever not in {e.lever for e in evidence}
+    ]
+    open_levers = [x.model_copy(update={"priority": k + 1}) for k, x in enumerate(open_levers)]
     nxt = open_levers[0]
     rationale = nxt.rationale
     if cell.sol_pct is not None:

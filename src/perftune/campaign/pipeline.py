@@ -80,6 +80,7 @@ def run_profile(
     update: dict[str, Any],
     observe: Observer | None = None,
     lake: Path | None = None,
+    reparse: bool = False,
 ) -> tuple[Path, CampaignState]:
     """Phases 2 and 2.5 on an existing campaign (`perftune profile`): the options are validated like
     a fresh intent before any deploy; both phases run again (new captures, a new ledger)."""
@@ -92,6 +93,29 @@ def run_profile(
         )
     state = with_all_phases(CampaignState.load(run_dir))
     lock = run_lock(run_dir)
+    if reparse:  # no deploy: the captures' figures again from their raw artifacts, then the ledger
+        try:
+            if not (run_dir / "phase2" / "captures.json").exists():
+                raise ConfigError(
+                    f"campaign {run_id} has no phase-2 captures", hint="run perftune profile RUN_ID first"
+                )
+            from perftune.campaign.profiling import reparse as reparse_captures
+
+            reparse_captures(Ctx(run_dir, state, observe or (lambda _m: None)))
+            state.phases["2.5"].status = "pending"
+            state.save(run_dir)
+        except BaseException:
+            lock.close()
+            raise
+        return run_campaign(
+            runs_dir=runs_dir,
+            resume=run_id,
+            start_phase="2.5",
+            until="2.5",
+            observe=observe,
+            lake=lake,
+            held_lock=lock,
+        )
     try:
         if state.phases["0"].status != "green":
             raise ConfigError(f"campaign {run_id} has no green phase 0", hint="run perftune optimize first")

@@ -23,7 +23,7 @@ from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import card_of, live_server
 from perftune.hardware.ceilings import gpu
 from perftune.hardware.roofline import roofline
-from perftune.profile import ncu
+from perftune.profile import host, kernels, ncu
 from perftune.profile.base import LAYER_NAMES, Capture, check, failed, skipped
 from perftune.profile.run import Window, run_window
 from perftune.profile.synthesis import Evidence, LedgerRow, ledger_md, synthesize
@@ -239,6 +239,35 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
         artifacts=[ctx.rel(csv_path), ctx.rel(rep)],
         figures=fig,
     )
+
+
+def reparse(ctx: Ctx) -> list[Capture]:
+    """Every capture's figures derived again from its raw artifacts (py-spy stacks, engine traces, the
+    ncu export) with this version's parsers, the validation gate applied again: a parser fix needs no
+    GPU re-run. L3 and the simulator's captures are their own artifacts and are kept."""
+    out = []
+    for cap in load_captures(ctx):
+        paths = [ctx.run_dir / a for a in cap.artifacts]
+        fig: dict[str, Any] | None = None
+        if cap.layer == "l1" and cap.status == "ok":
+            raw = [x for x in paths if x.name.endswith(".collapsed.txt") and x.exists()]
+            if raw:
+                fig = {
+                    **host.classify(raw[0].read_text(errors="replace")),
+                    "rate_hz": cap.figures.get("rate_hz"),
+                }
+        elif cap.layer == "l2" and cap.status == "ok":
+            traces = [x for x in paths if ".trace.json" in x.name and x.exists()]
+            if traces:
+                fig = kernels.merge([kernels.summarize(kernels.load_trace(x)) for x in traces])
+        elif cap.layer == "l4" and cap.status == "ok":
+            csvs = [x for x in paths if x.suffix == ".csv" and x.exists()]
+            if csvs:
+                keep = {k: v for k, v in cap.figures.items() if k not in ("kernels",)}
+                fig = {**keep, **ncu.parse_raw_csv(csvs[0].read_text())}
+        out.append(check(cap.model_copy(update={"figures": fig})) if fig is not None else cap)
+    write_text(ctx.run_dir / CAPTURES, json.dumps([c.model_dump(mode="json") for c in out], indent=2) + "\n")
+    return out
 
 
 def load_captures(ctx: Ctx) -> list[Capture]:

@@ -269,6 +269,9 @@ def profile(
     concurrency: str | None = typer.Option(
         None, help="window concurrencies, e.g. 1,8,64 (default 1, 8, max)"
     ),
+    reparse: bool = typer.Option(
+        False, "--reparse", help="no deploy: the captures' figures again from their raw artifacts, then 2.5"
+    ),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
 ) -> None:
@@ -289,6 +292,7 @@ def profile(
             concurrency=conc,
             observe=renderer,
             lake=lake,
+            reparse=reparse,
         )
     for pid in ("2", "2.5"):
         p = state.phases[pid]

@@ -80,6 +80,8 @@ def implausible(layer: str, figures: dict[str, Any]) -> str | None:
     if layer == "l1":
         if int(figures.get("samples") or 0) == 0:
             return "py-spy recorded no sample of the engine's processes"
+        if float((figures.get("shares") or {}).get("profiler") or 0.0) > 0.5:
+            return "most samples are the torch profiler's own trace export, not the engine's work"
     elif layer == "l2":
         if int(figures.get("kernels") or 0) == 0:
             return "the trace holds no GPU kernel"

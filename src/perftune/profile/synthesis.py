@@ -159,6 +159,15 @@ def low_bandwidth(ev: Evidence) -> Hit | None:
                 cap.rigor,
                 False,
             )
+    for cell in ev.cells:  # the suite's own byte-grounded cells (L3 in every trial)
+        pct = cell.get("sol_bytes_pct")
+        if int(cell.get("concurrency") or 0) <= 8 and pct is not None and 0 < float(pct) < 60.0:
+            cite = Citation(
+                artifact=str(cell["path"]),
+                figure=f"byte-grounded %SoL of {cell['cell_id']} (GPM DRAM bandwidth, % of the ceiling)",
+                value=f"{float(pct):.3g}",
+            )
+            return (1.0 - float(pct) / 100.0, [cite], str(cell.get("sol_rigor")), False)
     for cap in _low_c(ev.layer("sim")):
         share = float((cap.figures.get("shares") or {}).get("gemm") or 0.0)
         if share >= 0.5:
@@ -273,6 +282,23 @@ def communication_bound(ev: Evidence) -> Hit | None:
             return (
                 share,
                 [_cite(cap, f"collectives' share of kernel time at c={cap.concurrency}", share)],
+                cap.rigor,
+                False,
+            )
+    return None
+
+
+def host_sampling_path(ev: Evidence) -> Hit | None:
+    """L1 at c >= 32: >= 25% of the engine's host samples in the logits/sampler path: per-step host
+    work that grows with the batch (an engine-side candidate: sampler on the GPU, fused logits)."""
+    for cap in ev.layer("l1"):
+        if (cap.concurrency or 1) < 32:
+            continue
+        share = float((cap.figures.get("shares") or {}).get("sampling") or 0.0)
+        if share >= 0.25:
+            return (
+                share,
+                [_cite(cap, f"logits/sampler share of host samples at c={cap.concurrency}", share)],
                 cap.rigor,
                 False,
             )
@@ -414,6 +440,16 @@ RULES: list[Rule] = [
         ("vllm", "sglang"),
     ),
     Rule(
+        "host-sampling-path",
+        "engine-source",
+        "logits / sampler host path",
+        None,
+        "host time per step down at high concurrency",
+        "the engine's host samples sit in computing logits and sampling, work that grows with the batch",
+        host_sampling_path,
+        ("vllm", "sglang"),
+    ),
+    Rule(
         "kernel-underuses-hbm",
         "engine-source",
         "kernel tuning",
@@ -469,14 +505,16 @@ def synthesize(evidence: Sequence[Evidence], rules: Sequence[Rule] = RULES) -> l
     # Strongest evidence first; where two rules propose the same (engine, lever, value), the row with
     # the stronger evidence is kept (its citation is the one the ledger shows).
     rows.sort(key=lambda x: -x.score)
-    seen: set[tuple[str, str, str | None]] = set()
-    kept = []
+    kept: dict[tuple[str, str, str | None], LedgerRow] = {}
     for row in rows:
         key = (row.engine, row.lever, row.value)
-        if key not in seen:
-            seen.add(key)
-            kept.append(row)
-    return [r.model_copy(update={"rank": k + 1}) for k, r in enumerate(kept)]
+        if key not in kept:
+            kept[key] = row
+        else:  # the weaker rule's evidence still counts: its citations join the kept row
+            first = kept[key]
+            more = [c for c in row.citations if c not in first.citations]
+            kept[key] = first.model_copy(update={"citations": [*first.citations, *more]})
+    return [r.model_copy(update={"rank": k + 1}) for k, r in enumerate(kept.values())]
 
 
 def ledger_md(rows: Sequence[LedgerRow], captures: Sequence[Capture], title: str) -> str:

@@ -42,6 +42,13 @@ def kernel(d: float, s: float) -> list[dict[str, Any]]:
 
 # rule id -> (engine, the capture that fires it, its first cited value, score, captures just below)
 CASES: dict[str, tuple[str, Capture, str, float, list[Capture]]] = {
+    "host-sampling-path": (
+        "vllm",
+        cap("l1", c=64, shares={"sampling": 0.34}),
+        "0.34",
+        0.34,
+        [cap("l1", c=64, shares={"sampling": 0.24}), cap("l1", c=16, shares={"sampling": 0.34})],
+    ),
     "host-gaps-graphs": (
         "vllm",
         cap("l2", host_gap_share=0.3, step_budget="host-bound"),
