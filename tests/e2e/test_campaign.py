@@ -22,7 +22,7 @@ from perftune.targets.local import group_alive
 from .conftest import small_campaign
 
 pytestmark = pytest.mark.e2e
-BUILT = ("0", "1", "8", "8.3", "8.4", "8.5")
+BUILT = ("0", "1", "2", "2.5", "8", "8.3", "8.4", "8.5")
 
 
 def _dump(lake: Path) -> dict[str, list[dict[str, object]]]:
@@ -52,6 +52,12 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
     failing = champion.split("Failing gates:")[1].split("Champion:")[0]
     assert "accuracy (phase 5): phase 5 is not available in this version" in failing
     assert "measured on real engines:" in failing and "passed" not in failing
+    # byte-grounding: a simulated engine has no DRAM counters, so the gate fails and says why
+    assert "byte-grounded %SoL (DRAM-bandwidth counters): " in failing and "analytical only" in failing
+    # phases 2 and 2.5 ran on the simulator's own step breakdown, labelled SIMULATED, and phase 8.5's
+    # next lever comes from that evidence, citing it
+    ledger = (run_dir / "findings" / "ledger.md").read_text()
+    assert "step_breakdown.json" in ledger and "SIMULATED" in ledger
     summary = (run_dir / "summary.md").read_text()
     assert "SIMULATED" in summary and "not available in this version" in summary
     # phase 8 says which configs ran: no tuned config ran here (phase 3 is opt-in)
