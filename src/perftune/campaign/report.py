@@ -19,6 +19,8 @@ def cell_line(c: Cell) -> str:
     tpot = f", median TPOT {c.tpot_median_ms:.2f} ms" if c.tpot_median_ms is not None else ""
     ttft = f", mean TTFT {c.ttft_mean_ms:.0f} ms" if c.ttft_mean_ms is not None else ""
     sol = f", {c.sol_pct:.0f}% SoL ({c.ceiling_key})" if c.sol_pct is not None else ""
+    if c.sol_bytes_pct is not None and c.dram_tb_s is not None:
+        sol += f", DRAM {c.dram_tb_s:.2f} TB/s = {c.sol_bytes_pct:.0f}% of peak ({c.sol_rigor})"
     wl = ctx.get("workload", {})
     shape = f" {wl.get('isl')}/{wl.get('osl')}" if wl.get("isl") else ""
     par = ",".join(f"{k.upper()}={v}" for k, v in (ctx.get("parallelism") or {}).items())
