@@ -89,6 +89,8 @@ def test_profile_command_on_the_simulator(tmp_path: Path) -> None:
     bad = _cli("profile", rid, "--layers", "l1,l9", "--runs-dir", runs, cwd=tmp_path)
     assert bad.returncode == 2 and "l9" in bad.stderr and "Traceback" not in bad.stderr
     assert not (run_dir / "phase2").exists()
+    zero = _cli("profile", rid, "--concurrency", "0", "--runs-dir", runs, cwd=tmp_path)
+    assert zero.returncode == 2 and "--concurrency" in zero.stderr and not (run_dir / "phase2").exists()
     missing = _cli("profile", "no-such-run", "--runs-dir", runs, cwd=tmp_path)
     assert missing.returncode == 2 and "no campaign no-such-run" in missing.stderr
     ok = _cli(

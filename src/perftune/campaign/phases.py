@@ -13,7 +13,7 @@ from perftune.campaign.base import Ctx, Gate, Phase
 from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server, suite_configs
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.learnt import Learnt, learnt_flags
-from perftune.campaign.profiling import cell_grounding, load_captures, phase2, phase25
+from perftune.campaign.profiling import cell_grounding, load_captures, phase2, phase25, runnable
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
 from perftune.campaign.state import ChampionFact
@@ -394,7 +394,12 @@ def evidence_levers(ctx: Ctx, engine: str, have: dict[str, Any]) -> list[finding
     rows = synthesize([Evidence(engine, caps, cell_grounding(ctx, engine))])
     out: list[findings.OpenLever] = []
     for r in rows:
-        if r.kind != "config" or r.value is None or r.lever in have:
+        if (
+            r.kind != "config"
+            or r.value is None
+            or r.lever in have
+            or not runnable(engine, r.lever, r.value, have)
+        ):
             continue
         c = r.citations[0]
         out.append(

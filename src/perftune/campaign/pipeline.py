@@ -99,9 +99,14 @@ def run_profile(
                 raise ConfigError(
                     f"campaign {run_id} has no phase-2 captures", hint="run perftune profile RUN_ID first"
                 )
+            from perftune.campaign.profiling import capture_gate
             from perftune.campaign.profiling import reparse as reparse_captures
 
-            reparse_captures(Ctx(run_dir, state, observe or (lambda _m: None)))
+            caps = reparse_captures(Ctx(run_dir, state, observe or (lambda _m: None)))
+            g = capture_gate(caps)  # phase 2's gate judged again on the figures it now has
+            rec = state.phases["2"]
+            rec.status = "green" if g.status == "green" else "red"
+            rec.reason, rec.hint = g.reason + " (re-parsed from its artifacts)", g.hint
             state.phases["2.5"].status = "pending"
             state.save(run_dir)
         except BaseException:

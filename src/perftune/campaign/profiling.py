@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import card_of, live_server
+from perftune.errors import PerftuneError
 from perftune.hardware.ceilings import gpu
 from perftune.hardware.roofline import roofline
 from perftune.profile import host, kernels, ncu
 from perftune.profile.base import LAYER_NAMES, Capture, check, failed, skipped
 from perftune.profile.run import Window, run_window
 from perftune.profile.synthesis import Evidence, LedgerRow, ledger_md, synthesize
-from perftune.serving.levers import translate
+from perftune.serving.levers import lookup, parse_value, translate
 from perftune.serving.registry import engine as engine_info
+from perftune.targets.local import group_alive
 from perftune.util.atomic import write_text
 
 CAPTURES = "phase2/captures.json"
@@ -84,6 +88,12 @@ def phase2(ctx: Ctx) -> Gate:
         if "l4" in layers:
             caps.append(check(l4(ctx, engine, caps)))
     write_text(ctx.run_dir / CAPTURES, json.dumps([c.model_dump(mode="json") for c in caps], indent=2) + "\n")
+    return capture_gate(caps)
+
+
+def capture_gate(caps: list[Capture]) -> Gate:
+    """Phase 2's gate over its captures: red on a failed capture (never read as a finding) or when
+    nothing was captured; green naming the layers it has and why the others were skipped."""
     have = sorted({c.layer for c in caps if c.status == "ok"})
     bad = [c for c in caps if c.status == "failed"]
     skipped_ = sorted({f"{c.layer}: {c.reason}" for c in caps if c.status == "skipped"})
@@ -176,6 +186,7 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
         )
     i = ctx.intent
     d = ctx.run_dir / "phase2" / engine / "l4"
+    shutil.rmtree(d, ignore_errors=True)  # a report of an earlier run is never read as this one's
     d.mkdir(parents=True, exist_ok=True)
     report = d / "ncu"
     filt = ncu.name_filter(top, 3)
@@ -187,8 +198,9 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
             ctx,
             engine,
             ctx.run_dir / "phase2",
+            extra_args=list(kp.ncu_args),
             launch_prefix=prefix,
-            ready_timeout_s=i.serving.ready_timeout_s * 3,
+            ready_timeout_s=i.serving.ready_timeout_s * 2,
         ) as rec:
             w = Window(
                 engine=engine,
@@ -208,17 +220,20 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
             # then the deploy's teardown takes what is left.
             os.kill(rec.pgid, signal.SIGINT)
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and not rep.exists():
+            while time.monotonic() < deadline and group_alive(rec.pgid):
                 time.sleep(2)
-            time.sleep(5)
+        served = True
     except Exception as e:  # the engine under ncu died or never got ready: a failed capture, said so
+        if "ERR_NVGPUCTRPERM" in _last_log(ctx.run_dir / "phase2" / "servers"):
+            return skipped(
+                "l4",
+                engine,
+                "Nsight Compute may not read the GPU's performance counters (ERR_NVGPUCTRPERM)",
+                "run as root, or load the driver with NVreg_RestrictProfilingToAdminUsers=0",
+            )
         if not rep.exists():
             return failed("l4", engine, f"engine under ncu: {type(e).__name__}: {e}"[:300], [], None)
-        # ncu profiled its launches before the engine was ready: start-up kernels (warm-up, graph
-        # capture), the same kernels by name, not the served window. Said in the figures.
-        window_note = f"the engine under ncu never served the window ({type(e).__name__}): start-up launches"
-    else:
-        window_note = "launches of the served c=1 window (after the skip)"
+        served = False
     if not rep.exists():
         return failed("l4", engine, f"no report at {ctx.rel(rep)}", [], None)
     try:
@@ -230,7 +245,11 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
     fig = ncu.parse_raw_csv(text)
     fig["filter"] = filt
     fig["launch_skip"], fig["launch_count"] = L4_SKIP, L4_COUNT
-    fig["launches_from"] = window_note
+    # Launches ncu profiled before the engine served (start-up: warm-up, graph capture) are the
+    # same kernels by name, not the served window: shown, never read as a finding.
+    fig["launches_from"] = (
+        "the served c=1 window (after the skip)" if served else "the engine's start-up: it never served"
+    )
     return Capture(
         layer="l4",
         engine=engine,
@@ -238,34 +257,54 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
         status="ok",
         artifacts=[ctx.rel(csv_path), ctx.rel(rep)],
         figures=fig,
+        evidence=served,
     )
+
+
+def _last_log(servers: Path) -> str:
+    """The newest server log's tail (ncu prints its errors there)."""
+    logs = sorted(servers.glob("*/*.log"), key=lambda p: p.stat().st_mtime) if servers.exists() else []
+    return logs[-1].read_text(errors="replace")[-20000:] if logs else ""
 
 
 def reparse(ctx: Ctx) -> list[Capture]:
     """Every capture's figures derived again from its raw artifacts (py-spy stacks, engine traces, the
-    ncu export) with this version's parsers, the validation gate applied again: a parser fix needs no
-    GPU re-run. L3 and the simulator's captures are their own artifacts and are kept."""
+    ncu export) with this version's parsers, the validation gate applied again (a capture the gate
+    failed is read again too): a parser fix needs no GPU re-run. L3 and the simulator's captures are
+    their own artifacts and are kept; an L2 capture's kernels.json is rewritten with its figures."""
     out = []
     for cap in load_captures(ctx):
         paths = [ctx.run_dir / a for a in cap.artifacts]
         fig: dict[str, Any] | None = None
-        if cap.layer == "l1" and cap.status == "ok":
-            raw = [x for x in paths if x.name.endswith(".collapsed.txt") and x.exists()]
-            if raw:
-                fig = {
-                    **host.classify(raw[0].read_text(errors="replace")),
-                    "rate_hz": cap.figures.get("rate_hz"),
-                }
-        elif cap.layer == "l2" and cap.status == "ok":
-            traces = [x for x in paths if ".trace.json" in x.name and x.exists()]
-            if traces:
-                fig = kernels.merge([kernels.summarize(kernels.load_trace(x)) for x in traces])
-        elif cap.layer == "l4" and cap.status == "ok":
-            csvs = [x for x in paths if x.suffix == ".csv" and x.exists()]
-            if csvs:
-                keep = {k: v for k, v in cap.figures.items() if k not in ("kernels",)}
-                fig = {**keep, **ncu.parse_raw_csv(csvs[0].read_text())}
-        out.append(check(cap.model_copy(update={"figures": fig})) if fig is not None else cap)
+        if cap.status == "skipped":
+            out.append(cap)
+            continue
+        try:
+            if cap.layer == "l1":
+                raw = [x for x in paths if x.name.endswith(".collapsed.txt") and x.exists()]
+                if raw:
+                    text = raw[0].read_text(errors="replace")
+                    fig = {**host.classify(text), "rate_hz": cap.figures.get("rate_hz")}
+            elif cap.layer == "l2":
+                traces = [x for x in paths if ".trace.json" in x.name and x.exists()]
+                if traces:
+                    fig = kernels.merge([kernels.summarize(kernels.load_trace(x)) for x in traces])
+                    summary = next((x for x in paths if x.name == "kernels.json"), None)
+                    if summary is not None:  # the file the ledger cites says what the figures say
+                        write_text(summary, json.dumps(fig, indent=2) + "\n")
+            elif cap.layer == "l4":
+                csvs = [x for x in paths if x.suffix == ".csv" and x.exists()]
+                if csvs:
+                    keep = {k: v for k, v in cap.figures.items() if k != "kernels"}
+                    fig = {**keep, **ncu.parse_raw_csv(csvs[0].read_text())}
+        except (OSError, ValueError, EOFError, zlib.error) as e:
+            why = f"artifact unreadable: {type(e).__name__}: {e}"
+            out.append(failed(cap.layer, cap.engine, why, cap.artifacts, cap.concurrency))
+            continue
+        if fig is None:
+            out.append(cap)
+        else:
+            out.append(check(cap.model_copy(update={"figures": fig, "status": "ok", "reason": None})))
     write_text(ctx.run_dir / CAPTURES, json.dumps([c.model_dump(mode="json") for c in out], indent=2) + "\n")
     return out
 
@@ -286,6 +325,7 @@ def cell_grounding(ctx: Ctx, engine: str) -> list[dict[str, Any]]:
             "sol_pct": c.sol_pct,
             "sol_bytes_pct": c.sol_bytes_pct,
             "sol_rigor": c.sol_rigor,
+            "simulated": c.simulated,
         }
         for c in ctx.state.cells.values()
         if c.engine == engine
@@ -306,19 +346,26 @@ def seed_arms(rows: list[LedgerRow], top: int = 5) -> list[dict[str, Any]]:
     the ledger row it came from)."""
     out: list[dict[str, Any]] = []
     for r in rows:
-        if r.kind != "config" or r.value is None:
+        if r.kind != "config" or r.value is None or not runnable(r.engine, r.lever, r.value):
             continue
-        flag_engine = "vllm" if r.engine in ("sim", "mock") else r.engine
-        try:
-            translate({r.lever: r.value}, flag_engine)
-        except Exception:
-            continue  # a lever this engine has no flag for (or a value that is advice): no arm
         out.append(
             {"engine": r.engine, "lever": r.lever, "value": r.value, "source": f"ledger#{r.rank} {r.rule}"}
         )
         if len(out) >= top:
             break
     return out
+
+
+def runnable(engine: str, lever: str, value: str, base: dict[str, Any] | None = None) -> bool:
+    """Whether a ledger lever is a real change this engine can run: it parses, translates to flags,
+    and its flags differ from the baseline's (cuda-graphs=true on vLLM is its default: no change)."""
+    flag_engine = "vllm" if engine in ("sim", "mock") else engine
+    base = dict(base or {})
+    try:
+        levers = {**base, lever: parse_value(lookup(lever), str(value))}
+        return translate(levers, flag_engine) != translate(base, flag_engine)
+    except PerftuneError:
+        return False
 
 
 def phase25(ctx: Ctx) -> Gate:

@@ -127,6 +127,13 @@ class ProfileIntent(BaseModel):
         None, ge=1, description="requests per window (default 2 x c, >= 8)"
     )
 
+    @field_validator("concurrency")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(c < 1 for c in v)):
+            raise ValueError(f"window concurrencies must be integers >= 1, got {v}")
+        return v
+
     @field_validator("layers")
     @classmethod
     def _known_layers(cls, v: list[str]) -> list[str]:

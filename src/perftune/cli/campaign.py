@@ -128,9 +128,7 @@ def optimize(
                 tune=tune,
                 budget_gpu_min=budget_gpu_min,
                 profile_layers=[x.strip() for x in profile_layers.split(",") if x.strip()],
-                profile_concurrency=[int(x) for x in profile_concurrency.split(",") if x.strip()]
-                if profile_concurrency
-                else None,
+                profile_concurrency=int_list(profile_concurrency, "--profile-concurrency"),
                 engine_args=eargs,
                 registry=str(registry) if registry else None,
                 findings=str(findings) if findings else None,
@@ -260,6 +258,19 @@ def _render(rows: list[dict[str, object]], as_json: bool) -> None:
     out_console.print(t)
 
 
+def int_list(text: str | None, flag: str) -> list[int] | None:
+    """A comma-separated list of integers >= 1, or a one-line error naming the flag."""
+    if not text:
+        return None
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out or any(x < 1 for x in out):
+        raise ConfigError(f"bad {flag} '{text}'", hint="comma-separated integers >= 1, e.g. 1,8,64")
+    return out
+
+
 @handle_errors
 def profile(
     run: str = typer.Argument(..., help="campaign run id (phase 0 done)"),
@@ -278,12 +289,7 @@ def profile(
     """Phases 2 and 2.5 of a campaign: profile each engine in four layers, then the cited lever ledger."""
     from perftune.api import profile as run_profile
 
-    try:
-        conc = [int(x) for x in concurrency.split(",") if x.strip()] if concurrency else None
-    except ValueError:
-        raise ConfigError(
-            f"bad --concurrency '{concurrency}'", hint="comma-separated integers, e.g. 1,8,64"
-        ) from None
+    conc = int_list(concurrency, "--concurrency")
     with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
         run_dir, state = run_profile(
             run,

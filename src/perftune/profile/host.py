@@ -111,6 +111,8 @@ class HostSampler:
                 "l1", self.engine, "py-spy is not installed", "pip install py-spy", self.concurrency
             )
         self.dir.mkdir(parents=True, exist_ok=True)
+        for f in (self.raw, self.svg):  # an earlier window's stacks are never read as this one's
+            f.unlink(missing_ok=True)
         base = [
             exe,
             "record",
@@ -144,8 +146,13 @@ class HostSampler:
                     "run as root, grant CAP_SYS_PTRACE, or set kernel.yama.ptrace_scope=0",
                     self.concurrency,
                 )
-            return failed("l1", self.engine, text.strip()[-200:] or "py-spy exited", [self.rel(self.log)])
+            why = text.strip()[-200:] or "py-spy exited"
+            return failed("l1", self.engine, why, [self.rel(self.log)], self.concurrency)
         return None
+
+    def kill(self) -> None:
+        """Stop the samplers at once (an interrupted window): no output is waited for."""
+        self._kill()
 
     def _kill(self) -> None:
         for p in self.procs:

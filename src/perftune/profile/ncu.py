@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 DRAM = "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed"
-DRAM_ALT = "dram__throughput.avg.pct_of_peak_sustained_elapsed"
+DRAM_ALT = "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"  # SpeedOfLight's "DRAM Throughput"
 SM = "sm__throughput.avg.pct_of_peak_sustained_elapsed"
 DURATION = "gpu__time_duration.sum"
 

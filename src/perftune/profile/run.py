@@ -18,6 +18,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from perftune.profile import kernels
 from perftune.profile.base import Capture, check, failed, skipped
 from perftune.profile.host import HostSampler
 from perftune.serving.registry import KernelProfiler
+from perftune.util.atomic import write_text
 
 L2_MAX_C = 16
 STOP_TIMEOUT_S = 600.0  # vLLM flushes the trace inside the /stop_profile call
@@ -72,6 +74,7 @@ def _get_json(url: str, timeout_s: float = 10.0) -> Any:
 
 def run_window(w: Window, rel: Callable[[Path], str], observe: Callable[[str], None]) -> list[Capture]:
     """Run one window; every requested layer returns a capture (ok, failed or skipped)."""
+    shutil.rmtree(w.out_dir, ignore_errors=True)  # an earlier run's files are never read as this one's
     w.out_dir.mkdir(parents=True, exist_ok=True)
     c = w.concurrency
     caps: list[Capture] = []
@@ -131,7 +134,13 @@ def run_window(w: Window, rel: Callable[[Path], str], observe: Callable[[str], N
     run: BenchRun | None = None
     try:
         run = _load(w)
-    finally:
+    except BaseException:
+        # Interrupted or failed: no trace flush (minutes on a large window), no parsing; the samplers
+        # are killed and the caller's teardown takes the engine down at once.
+        if host is not None:
+            host.kill()
+        raise
+    else:
         # L1 stops first: the engine's trace export (gzip, Kineto parsing) on /stop_profile would
         # otherwise fill the host samples (seen on vLLM 0.26.0: 93% of c=1's samples).
         if host is not None:
@@ -185,10 +194,12 @@ def _l2_capture(w: Window, status: int, body: str, t0: float, rel: Callable[[Pat
         )
     try:
         fig = kernels.merge([kernels.summarize(kernels.load_trace(p)) for p in moved])
-    except (OSError, ValueError) as e:
-        return failed("l2", w.engine, f"trace unreadable: {e}", [rel(p) for p in moved], c)
+    except (OSError, ValueError, EOFError, zlib.error) as e:  # a truncated .gz raises EOFError
+        return failed(
+            "l2", w.engine, f"trace unreadable: {type(e).__name__}: {e}", [rel(p) for p in moved], c
+        )
     summary = dest / "kernels.json"
-    summary.write_text(json.dumps(fig, indent=2) + "\n")
+    write_text(summary, json.dumps(fig, indent=2) + "\n")
     return Capture(
         layer="l2",
         engine=w.engine,
@@ -215,7 +226,6 @@ def _l3_capture(w: Window, run: BenchRun | None, rel: Callable[[Path], str]) -> 
     if g.dram_bw_util_pct is None:
         return skipped("l3", w.engine, g.gpm_note or "no GPM figures", "GPM needs Hopper or later", c)
     path = w.out_dir / "l3" / "gpm.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = {
         "gpm_samples": g.gpm_samples,
         "period_s": g.period_s,
@@ -229,8 +239,10 @@ def _l3_capture(w: Window, run: BenchRun | None, rel: Callable[[Path], str]) -> 
         "reasons": g.reasons,
         "tpot_ms_p50": t.tpot_ms.p50,
         "output_tok_s": t.output_tok_s,
+        # L1 and L2 sample the engine in the same window: the figure is of an instrumented engine
+        "instrumented": [x for x in ("l1", "l2") if x in w.layers],
     }
-    path.write_text(json.dumps(fig, indent=2) + "\n")
+    write_text(path, json.dumps(fig, indent=2) + "\n")
     return Capture(
         layer="l3", engine=w.engine, concurrency=c, status="ok", artifacts=[rel(path)], figures=fig
     )
@@ -240,11 +252,16 @@ def _sim_capture(w: Window, rel: Callable[[Path], str]) -> Capture:
     c = w.concurrency
     try:
         data = _get_json(w.endpoint + "/sim/profile")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:  # perftune's mock server simulates no engine: it has no step breakdown
+            return skipped(
+                "sim", w.engine, f"{w.engine} exports no step breakdown", "profile the simulator", c
+            )
+        return failed("sim", w.engine, f"GET /sim/profile: {e}", [], c)
     except (OSError, ValueError) as e:
         return failed("sim", w.engine, f"GET /sim/profile: {e}", [], c)
     path = w.out_dir / "sim" / "step_breakdown.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2) + "\n")
     return Capture(
         layer="sim",
         engine=w.engine,

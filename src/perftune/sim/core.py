@@ -396,7 +396,10 @@ class EngineCore:
             b.decode_time_s += dt
         else:
             b.mixed_steps += 1
-            b.prefill_tokens += sum(n for r, n in sched if n > 1 or r.computed < r.prompt_len)
+            pre = sum(n for r, n in sched if n > 1 or r.computed < r.prompt_len)
+            b.prefill_tokens += pre
+            # a mixed step's time split by its tokens: its decode tokens' share counts as decode
+            b.decode_time_s += dt * (tokens - pre) / tokens if tokens else 0.0
         b.batch_sum += len(sched)
         b.batch_max = max(b.batch_max, len(sched))
         b.tokens += tokens

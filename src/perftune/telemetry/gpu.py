@@ -354,6 +354,10 @@ def summarize(
         first.setdefault(smp.gpu, smp)
     timed = [smp for smp in samples if first[smp.gpu] is not smp and smp.dram_pct is not None]
     gnote = gpm_note if not timed else None
+    if not busy and timed:
+        # No GPU was busy: the server is not on this host's GPUs (a simulator, a CPU engine). An idle
+        # GPU's DRAM figure says nothing about the server's bytes.
+        timed, gnote = [], "no GPU was busy in the trial (the server runs on none of this host's GPUs)"
     if gpm_note and "failed" in gpm_note:
         # GPM stopped mid-trial: the figure would cover part of the trial only. None, and say why.
         timed, gnote = [], gpm_note

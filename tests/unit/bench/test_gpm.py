@@ -294,3 +294,29 @@ def test_a_free_that_fails_still_frees_the_other_sample() -> None:
     assert reader is not None
     reader.close()
     assert [x.n for x in nv.frees] == [1]
+
+
+def test_no_busy_gpu_gives_no_dram_figure() -> None:
+    """A simulator or a CPU engine on a GPU host: every GPU idle, so GPM's DRAM figure is of idle
+    GPUs, not of the server's bytes: none, and the trial says why."""
+    from perftune.telemetry.gpu import Sample, summarize
+
+    samples = [
+        Sample(
+            t_s=0.2 * k,
+            gpu=g,
+            sm_mhz=1980.0,
+            mem_mhz=3201.0,
+            power_w=80.0,
+            temp_c=30.0,
+            util_pct=0.0,
+            reasons=0,
+            dram_pct=0.0,
+        )
+        for k in range(5)
+        for g in (0, 1)
+    ]
+    st = summarize(samples, [{"index": 0}, {"index": 1}], 0.2, None)
+    assert st.available and st.samples == 10
+    assert st.dram_bw_util_pct is None and st.gpm_samples == 0
+    assert "no GPU was busy" in (st.gpm_note or "")

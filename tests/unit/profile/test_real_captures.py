@@ -51,15 +51,15 @@ def test_vllm_pyspy_capture_at_c64() -> None:
 
 
 def test_ncu_raw_export() -> None:
-    """`ncu --import R --csv --page raw` of the three decode GEMMs L2 found: memory-bound (56-84% of
-    peak memory throughput, ~9% SM), durations in microseconds from the units row ("us")."""
+    """`ncu --import R --csv --page raw` of the three decode GEMMs L2 found: DRAM-bound (56-84% of the
+    DRAM peak, ~9% SM), durations in microseconds from the units row ("us")."""
     n = ncu.parse_raw_csv((F / "vllm-0.26.0-h200-ncu-raw.csv").read_text())
     ks = n["kernels"]
     assert [k["launches"] for k in ks] == [2, 2, 2]
     assert all(k["name"].startswith("nvjet_sm90_tst_") for k in ks)
     assert [round(k["duration_us"], 1) for k in ks] == [59.4, 33.6, 19.4]
     assert all(50 < k["memory_pct_of_peak"] < 90 and k["sm_pct_of_peak"] < 15 for k in ks)
-    assert n["memory_metric"].startswith("gpu__compute_memory_throughput")
+    assert n["memory_metric"] == "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"
     # memory-bound, not "neither": the engine-source rule stays silent on these kernels
     cap = Capture(layer="l4", engine="vllm", concurrency=1, status="ok", artifacts=["l4.csv"], figures=n)
     assert not [r for r in synthesize([Evidence("vllm", [cap], [])]) if r.rule == "kernel-underuses-hbm"]

@@ -51,17 +51,17 @@ CASES: dict[str, tuple[str, Capture, str, float, list[Capture]]] = {
     ),
     "host-gaps-graphs": (
         "vllm",
-        cap("l2", host_gap_share=0.3, step_budget="host-bound"),
+        cap("l2", step_budget="host-bound", step_wall_ms_median=10.0, step_kernel_ms_median=7.0),
         "0.3",
         0.3,
-        [cap("l2", host_gap_share=0.14), cap("l2", c=16, host_gap_share=0.3)],
-    ),
-    "host-gaps-batch": (
-        "sglang",
-        cap("l2", "sglang", c=8, host_gap_share=0.3),
-        "0.3",
-        0.3,
-        [cap("l2", "sglang", c=8, host_gap_share=0.14)],
+        [
+            # idle 14% of the step; a kernel-bound verdict; a window above c=8; idle between
+            # requests only (the real H200 trace: host_gap_share 0.25, kernel-bound step)
+            cap("l2", step_budget="host-bound", step_wall_ms_median=10.0, step_kernel_ms_median=8.6),
+            cap("l2", step_budget="kernel-bound", step_wall_ms_median=10.0, step_kernel_ms_median=7.0),
+            cap("l2", c=16, step_budget="host-bound", step_wall_ms_median=10.0, step_kernel_ms_median=7.0),
+            cap("l2", host_gap_share=0.25, step_budget="kernel-bound"),
+        ],
     ),
     "host-bound-api": (
         "vllm",
@@ -102,7 +102,8 @@ CASES: dict[str, tuple[str, Capture, str, float, list[Capture]]] = {
         0.35,
         [
             cap("l2", c=32, family_shares={"attention": 0.29}),
-            cap("l2", c=16, family_shares={"attention": 0.5}),
+            cap("l2", c=4, family_shares={"attention": 0.5}),  # L2 reads attention from c=8 on
+            cap("sim", "vllm", c=16, shares={"attention": 0.5}),  # the sim's from c=32 on
         ],
     ),
     "prefill-chunk": (
@@ -221,7 +222,13 @@ def test_rules_fire_only_for_their_engines() -> None:
 
 def test_rows_ranked_by_score_and_one_row_per_lever_value() -> None:
     caps = [
-        cap("l2", host_gap_share=0.3, family_shares={"gemm": 0.7}),  # host gaps 0.3, weights 0.7
+        cap(
+            "l2",
+            step_budget="host-bound",
+            step_wall_ms_median=10.0,
+            step_kernel_ms_median=7.0,
+            family_shares={"gemm": 0.7},
+        ),  # host gaps 0.3, weights 0.7
         cap("l3", dram_bw_util_pct=20.0),  # low bandwidth 0.8
         cap("l2", c=64, family_shares={"attention": 0.5}),  # kv fp8 0.5
     ]
@@ -232,8 +239,8 @@ def test_rows_ranked_by_score_and_one_row_per_lever_value() -> None:
         ("low-bw-fp8", 0.8),
         ("attention-kv-fp8", 0.5),
         ("host-gaps-graphs", 0.3),
-        ("host-gaps-batch", 0.3),
-    ]  # weights-dominate-fp8 is the same quantization=fp8 lever: deduplicated
+    ]  # weights-dominate-fp8 is the same quantization=fp8 lever: its citation joins the kept row
+    assert [c.figure for c in rows[0].citations][1].startswith("GEMM share")
     assert len({(r.engine, r.lever, r.value) for r in rows}) == len(rows)
     # the same lever for another engine is its own row
     both = synthesize(
@@ -285,7 +292,7 @@ def test_seed_arms_keeps_only_config_rows_the_engine_can_run() -> None:
         _row("comm-bound", "vllm", 4),  # tensor-parallel=fewer: not a value
         _row("low-bw-fp8", "llamacpp", 5),  # llama.cpp has no quantization flag
         _row("attention-kv-fp8", "sglang", 6),
-        _row("host-gaps-graphs", "sim", 7),  # the simulator takes vLLM's flags
+        _row("host-gaps-graphs", "sim", 7),  # cuda-graphs=true is vLLM's default: no change, no arm
         _row("kv-pressure", "vllm", 8),
     ]
     assert seed_arms(rows) == [
@@ -296,7 +303,6 @@ def test_seed_arms_keeps_only_config_rows_the_engine_can_run() -> None:
             "value": "fp8",
             "source": "ledger#6 attention-kv-fp8",
         },
-        {"engine": "sim", "lever": "cuda-graphs", "value": "true", "source": "ledger#7 host-gaps-graphs"},
         {"engine": "vllm", "lever": "memory-fraction", "value": "0.95", "source": "ledger#8 kv-pressure"},
     ]
     assert [s["source"] for s in seed_arms(rows, top=2)] == [
