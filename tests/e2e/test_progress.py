@@ -65,7 +65,7 @@ def test_a_pipe_gets_plain_progress_lines(tmp_path: Path) -> None:
     # the engine's start, with the last line of its server log
     starts = re.findall(r"^engine sim: starting, \d+ s \| log: .*$", err, re.M)
     ready = re.findall(r"^engine sim: ready in [\d.]+ s \| log: (.+)$", err, re.M)
-    assert starts and len(ready) == 2  # phase 1's baseline and phase 8's deploy
+    assert starts and len(ready) == 3  # phase 1's baseline, phase 2's profile and phase 8's deploy
     assert all(line.strip() for line in ready)
     # each trial of each cell, throttled to its quarters on a run this short, with a live tok/s
     trials = re.findall(

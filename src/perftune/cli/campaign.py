@@ -312,6 +312,7 @@ def profile(
         raise SystemExit(4)
 
 
+@handle_errors
 def tune(
     run: str = typer.Option(..., help="campaign run id (phases 0-1 done)"),
     engines: str | None = typer.Option(
