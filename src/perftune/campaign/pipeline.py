@@ -93,8 +93,8 @@ def run_profile(
         )
     state = with_all_phases(CampaignState.load(run_dir))
     lock = run_lock(run_dir)
-    if reparse:  # no deploy: the captures' figures again from their raw artifacts, then the ledger
-        try:
+    try:
+        if reparse:  # no deploy: the captures' figures again from their raw artifacts, then the ledger
             if not (run_dir / "phase2" / "captures.json").exists():
                 raise ConfigError(
                     f"campaign {run_id} has no phase-2 captures", hint="run perftune profile RUN_ID first"
@@ -108,28 +108,19 @@ def run_profile(
             rec.status = "green" if g.status == "green" else "red"
             rec.reason, rec.hint = g.reason + " (re-parsed from its artifacts)", g.hint
             state.phases["2.5"].status = "pending"
-            state.save(run_dir)
-        except BaseException:
-            lock.close()
-            raise
-        return run_campaign(
-            runs_dir=runs_dir,
-            resume=run_id,
-            start_phase="2.5",
-            until="2.5",
-            observe=observe,
-            lake=lake,
-            held_lock=lock,
-        )
-    try:
-        if state.phases["0"].status != "green":
-            raise ConfigError(f"campaign {run_id} has no green phase 0", hint="run perftune optimize first")
-        try:
-            state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
-        except ValidationError as e:
-            raise config_error_from(e, "bad profile option ", hint="see perftune profile --help") from None
-        for pid in ("2", "2.5"):
-            state.phases[pid].status = "pending"
+        else:
+            if state.phases["0"].status != "green":
+                raise ConfigError(
+                    f"campaign {run_id} has no green phase 0", hint="run perftune optimize first"
+                )
+            try:
+                state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
+            except ValidationError as e:
+                raise config_error_from(
+                    e, "bad profile option ", hint="see perftune profile --help"
+                ) from None
+            for pid in ("2", "2.5"):
+                state.phases[pid].status = "pending"
         state.save(run_dir)
     except BaseException:
         lock.close()
@@ -137,7 +128,7 @@ def run_profile(
     return run_campaign(
         runs_dir=runs_dir,
         resume=run_id,
-        start_phase="2",
+        start_phase="2.5" if reparse else "2",
         until="2.5",
         observe=observe,
         lake=lake,

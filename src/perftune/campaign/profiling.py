@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from perftune.errors import PerftuneError
 from perftune.hardware.ceilings import gpu
 from perftune.hardware.roofline import roofline
 from perftune.profile import host, kernels, ncu
-from perftune.profile.base import LAYER_NAMES, Capture, check, failed, skipped
+from perftune.profile.base import LAYER_NAMES, Capture, check, failed, ok, skipped
 from perftune.profile.run import Window, run_window
 from perftune.profile.synthesis import Evidence, LedgerRow, ledger_md, synthesize
 from perftune.serving.levers import lookup, parse_value, translate
@@ -250,15 +249,7 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
     fig["launches_from"] = (
         "the served c=1 window (after the skip)" if served else "the engine's start-up: it never served"
     )
-    return Capture(
-        layer="l4",
-        engine=engine,
-        concurrency=1,
-        status="ok",
-        artifacts=[ctx.rel(csv_path), ctx.rel(rep)],
-        figures=fig,
-        evidence=served,
-    )
+    return ok("l4", engine, 1, [ctx.rel(csv_path), ctx.rel(rep)], fig, evidence=served)
 
 
 def _last_log(servers: Path) -> str:
@@ -288,7 +279,7 @@ def reparse(ctx: Ctx) -> list[Capture]:
             elif cap.layer == "l2":
                 traces = [x for x in paths if ".trace.json" in x.name and x.exists()]
                 if traces:
-                    fig = kernels.merge([kernels.summarize(kernels.load_trace(x)) for x in traces])
+                    fig = kernels.summarize_traces(traces)
                     summary = next((x for x in paths if x.name == "kernels.json"), None)
                     if summary is not None:  # the file the ledger cites says what the figures say
                         write_text(summary, json.dumps(fig, indent=2) + "\n")
@@ -297,7 +288,7 @@ def reparse(ctx: Ctx) -> list[Capture]:
                 if csvs:
                     keep = {k: v for k, v in cap.figures.items() if k != "kernels"}
                     fig = {**keep, **ncu.parse_raw_csv(csvs[0].read_text())}
-        except (OSError, ValueError, EOFError, zlib.error) as e:
+        except kernels.UNREADABLE as e:
             why = f"artifact unreadable: {type(e).__name__}: {e}"
             out.append(failed(cap.layer, cap.engine, why, cap.artifacts, cap.concurrency))
             continue

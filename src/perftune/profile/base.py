@@ -56,6 +56,28 @@ class Capture(BaseModel):
         return RIGOR[self.layer]
 
 
+def ok(
+    layer: str,
+    engine: str,
+    concurrency: int | None,
+    artifacts: list[str],
+    figures: dict[str, Any],
+    *,
+    simulated: bool = False,
+    evidence: bool = True,
+) -> Capture:
+    return Capture(
+        layer=layer,
+        engine=engine,
+        concurrency=concurrency,
+        status="ok",
+        artifacts=artifacts,
+        figures=figures,
+        simulated=simulated,
+        evidence=evidence,
+    )
+
+
 def skipped(layer: str, engine: str, reason: str, hint: str, concurrency: int | None = None) -> Capture:
     return Capture(
         layer=layer, engine=engine, concurrency=concurrency, status="skipped", reason=reason, hint=hint

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from perftune.profile.base import Capture, failed, skipped
+from perftune.profile.base import Capture, failed, ok, skipped
 
 RATE_HZ = 100
 # Leaf first: the deepest frame that matches names the bucket. The order decides between buckets a
@@ -175,11 +175,4 @@ class HostSampler:
             return failed("l1", self.engine, "py-spy wrote no stacks", arts, self.concurrency)
         figures = classify(self.raw.read_text(errors="replace"))
         figures["rate_hz"] = RATE_HZ
-        return Capture(
-            layer="l1",
-            engine=self.engine,
-            concurrency=self.concurrency,
-            status="ok",
-            artifacts=arts,
-            figures=figures,
-        )
+        return ok("l1", self.engine, self.concurrency, arts, figures)

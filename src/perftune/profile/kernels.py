@@ -23,10 +23,13 @@ import itertools
 import json
 import re
 import statistics
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+# What reading a trace can raise: a missing file, bad JSON, a truncated .gz (EOFError, zlib.error).
+UNREADABLE = (OSError, ValueError, EOFError, zlib.error)
 GAP_US = 20.0
 STEP_GAP_US = 200.0
 # First match wins, so the order settles names that match twice (a fused MoE GEMM is MoE).
@@ -231,6 +234,11 @@ def budget(kernel_ms: float, wall_ms: float, comm_share: float) -> str:
     if comm_share >= 0.30:
         return "communication-bound"
     return "kernel-bound" if kernel_ms / wall_ms >= 0.85 else "host-bound"
+
+
+def summarize_traces(paths: Sequence[Path]) -> dict[str, Any]:
+    """One window's traces (one per worker) read and summarized; raises one of UNREADABLE."""
+    return merge([summarize(load_trace(p)) for p in paths])
 
 
 def merge(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:

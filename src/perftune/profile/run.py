@@ -18,7 +18,6 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from perftune.bench.runner import BenchConfig, BenchRun
 from perftune.bench.session import bench_to_dir
 from perftune.bench.workloads import WorkloadSpec
 from perftune.profile import kernels
-from perftune.profile.base import Capture, check, failed, skipped
+from perftune.profile.base import Capture, check, failed, ok, skipped
 from perftune.profile.host import HostSampler
 from perftune.serving.registry import KernelProfiler
 from perftune.util.atomic import write_text
@@ -193,21 +192,14 @@ def _l2_capture(w: Window, status: int, body: str, t0: float, rel: Callable[[Pat
             "l2", w.engine, f"no trace matching {w.kernel_profiler.trace_glob} in {w.trace_dir}", [], c
         )
     try:
-        fig = kernels.merge([kernels.summarize(kernels.load_trace(p)) for p in moved])
-    except (OSError, ValueError, EOFError, zlib.error) as e:  # a truncated .gz raises EOFError
+        fig = kernels.summarize_traces(moved)
+    except kernels.UNREADABLE as e:
         return failed(
             "l2", w.engine, f"trace unreadable: {type(e).__name__}: {e}", [rel(p) for p in moved], c
         )
     summary = dest / "kernels.json"
     write_text(summary, json.dumps(fig, indent=2) + "\n")
-    return Capture(
-        layer="l2",
-        engine=w.engine,
-        concurrency=c,
-        status="ok",
-        artifacts=[rel(summary), *(rel(p) for p in moved)],
-        figures=fig,
-    )
+    return ok("l2", w.engine, c, [rel(summary), *(rel(p) for p in moved)], fig)
 
 
 def _l3_capture(w: Window, run: BenchRun | None, rel: Callable[[Path], str]) -> Capture:
@@ -243,9 +235,7 @@ def _l3_capture(w: Window, run: BenchRun | None, rel: Callable[[Path], str]) -> 
         "instrumented": [x for x in ("l1", "l2") if x in w.layers],
     }
     write_text(path, json.dumps(fig, indent=2) + "\n")
-    return Capture(
-        layer="l3", engine=w.engine, concurrency=c, status="ok", artifacts=[rel(path)], figures=fig
-    )
+    return ok("l3", w.engine, c, [rel(path)], fig)
 
 
 def _sim_capture(w: Window, rel: Callable[[Path], str]) -> Capture:
@@ -262,12 +252,4 @@ def _sim_capture(w: Window, rel: Callable[[Path], str]) -> Capture:
         return failed("sim", w.engine, f"GET /sim/profile: {e}", [], c)
     path = w.out_dir / "sim" / "step_breakdown.json"
     write_text(path, json.dumps(data, indent=2) + "\n")
-    return Capture(
-        layer="sim",
-        engine=w.engine,
-        concurrency=c,
-        status="ok",
-        artifacts=[rel(path)],
-        figures=data,
-        simulated=True,
-    )
+    return ok("sim", w.engine, c, [rel(path)], data, simulated=True)

@@ -86,6 +86,24 @@ def _low_c(caps: list[Capture], limit: int = 8) -> list[Capture]:
     return [c for c in caps if (c.concurrency or 1) <= limit]
 
 
+def _high_c(caps: list[Capture], least: int) -> list[Capture]:
+    return [c for c in caps if (c.concurrency or 1) >= least]
+
+
+def _share_hit(
+    caps: list[Capture], figure: str, part: str | None, threshold: float, label: str, scale: float = 1.0
+) -> Hit | None:
+    """The shape most rules share: the first capture whose figure (or its `part`, for a dict of shares)
+    is >= threshold, cited with `label` ({c}: the window's concurrency), scored share x scale."""
+    for cap in caps:
+        v = cap.figures.get(figure)
+        share = float(((v or {}).get(part) if part else v) or 0.0)
+        if share >= threshold:
+            cite = _cite(cap, label.format(c=cap.concurrency), share)
+            return (share * scale, [cite], cap.rigor, cap.simulated)
+    return None
+
+
 def host_gaps(ev: Evidence) -> Hit | None:
     """L2 at c <= 8: the median decode step is host-bound, the GPU idle for >= 15% of it (1 - kernel
     time / wall time inside the step; idle time between requests does not count)."""
@@ -127,16 +145,9 @@ def host_bound_cpu(ev: Evidence) -> Hit | None:
 
 def cpu_compute_bound(ev: Evidence) -> Hit | None:
     """L1 on a CPU engine: >= 50% of samples inside the model's own compute (llama.cpp's decode)."""
-    for cap in ev.layer("l1"):
-        share = float((cap.figures.get("shares") or {}).get("model_compute") or 0.0)
-        if share >= 0.5:
-            return (
-                share,
-                [_cite(cap, f"model_compute share of samples at c={cap.concurrency}", share)],
-                cap.rigor,
-                False,
-            )
-    return None
+    return _share_hit(
+        ev.layer("l1"), "shares", "model_compute", 0.5, "model_compute share of samples at c={c}"
+    )
 
 
 def cpu_threads(ev: Evidence) -> Hit | None:
@@ -169,78 +180,39 @@ def low_bandwidth(ev: Evidence) -> Hit | None:
                 cap.rigor,
                 False,
             )
-    for cap in _low_c(ev.layer("sim")):
-        share = float((cap.figures.get("shares") or {}).get("gemm") or 0.0)
-        if share >= 0.5:
-            return (
-                share * 0.7,
-                [_cite(cap, f"modelled GEMM (weight-read) share of step time at c={cap.concurrency}", share)],
-                cap.rigor,
-                True,
-            )
-    return None
+    label = "modelled GEMM (weight-read) share of step time at c={c}"
+    return _share_hit(_low_c(ev.layer("sim")), "shares", "gemm", 0.5, label, 0.7)
 
 
 def weights_dominate_decode(ev: Evidence) -> Hit | None:
     """L2 at c <= 8: GEMMs (weight reads) take >= 50% of kernel time: FP8 weights halve the bytes."""
-    for cap in _low_c(ev.layer("l2")):
-        share = float((cap.figures.get("family_shares") or {}).get("gemm") or 0.0)
-        if share >= 0.5:
-            return (
-                share,
-                [_cite(cap, f"GEMM share of kernel time at c={cap.concurrency}", share)],
-                cap.rigor,
-                False,
-            )
-    for cap in _low_c(ev.layer("sim")):
-        share = float((cap.figures.get("shares") or {}).get("gemm") or 0.0)
-        if share >= 0.5:
-            return (
-                share * 0.7,
-                [_cite(cap, f"modelled GEMM share at c={cap.concurrency}", share)],
-                cap.rigor,
-                True,
-            )
-    return None
+    return _share_hit(
+        _low_c(ev.layer("l2")), "family_shares", "gemm", 0.5, "GEMM share of kernel time at c={c}"
+    ) or _share_hit(_low_c(ev.layer("sim")), "shares", "gemm", 0.5, "modelled GEMM share at c={c}", 0.7)
 
 
 def attention_heavy(ev: Evidence) -> Hit | None:
     """L2 (its windows run at c <= 16) at c >= 8, or the sim at c >= 32: attention (KV reads) >= 30% of
     kernel time: FP8 KV."""
-    for layer, key, min_c in (("l2", "family_shares", 8), ("sim", "shares", 32)):
-        for cap in ev.layer(layer):
-            if (cap.concurrency or 1) < min_c:
-                continue
-            share = float((cap.figures.get(key) or {}).get("attention") or 0.0)
-            if share >= 0.30:
-                return (
-                    share,
-                    [
-                        _cite(
-                            cap,
-                            f"attention share of {'kernel' if layer == 'l2' else 'modelled step'} time "
-                            f"at c={cap.concurrency}",
-                            share,
-                        )
-                    ],
-                    cap.rigor,
-                    cap.simulated,
-                )
-    return None
+    return _share_hit(
+        _high_c(ev.layer("l2"), 8),
+        "family_shares",
+        "attention",
+        0.30,
+        "attention share of kernel time at c={c}",
+    ) or _share_hit(
+        _high_c(ev.layer("sim"), 32),
+        "shares",
+        "attention",
+        0.30,
+        "attention share of modelled step time at c={c}",
+    )
 
 
 def prefill_heavy(ev: Evidence) -> Hit | None:
-    """The sim (or L2's step count) says prefill takes >= 40% of step time: a larger chunk budget."""
-    for cap in ev.layer("sim"):
-        share = float(cap.figures.get("prefill_time_share") or 0.0)
-        if share >= 0.40:
-            return (
-                share * 0.8,
-                [_cite(cap, f"modelled prefill share of step time at c={cap.concurrency}", share)],
-                cap.rigor,
-                True,
-            )
-    return None
+    """The sim says prefill takes >= 40% of step time: a larger chunk budget."""
+    label = "modelled prefill share of step time at c={c}"
+    return _share_hit(ev.layer("sim"), "prefill_time_share", None, 0.40, label, 0.8)
 
 
 def kv_pressure(ev: Evidence) -> Hit | None:
@@ -265,16 +237,7 @@ def kv_pressure(ev: Evidence) -> Hit | None:
 
 
 def moe_dominant(ev: Evidence) -> Hit | None:
-    for cap in ev.layer("l2"):
-        share = float((cap.figures.get("family_shares") or {}).get("moe") or 0.0)
-        if share >= 0.30:
-            return (
-                share,
-                [_cite(cap, f"MoE share of kernel time at c={cap.concurrency}", share)],
-                cap.rigor,
-                False,
-            )
-    return None
+    return _share_hit(ev.layer("l2"), "family_shares", "moe", 0.30, "MoE share of kernel time at c={c}")
 
 
 def communication_bound(ev: Evidence) -> Hit | None:
@@ -293,18 +256,8 @@ def communication_bound(ev: Evidence) -> Hit | None:
 def host_sampling_path(ev: Evidence) -> Hit | None:
     """L1 at c >= 32: >= 25% of the engine's host samples in the logits/sampler path: per-step host
     work that grows with the batch (an engine-side candidate: sampler on the GPU, fused logits)."""
-    for cap in ev.layer("l1"):
-        if (cap.concurrency or 1) < 32:
-            continue
-        share = float((cap.figures.get("shares") or {}).get("sampling") or 0.0)
-        if share >= 0.25:
-            return (
-                share,
-                [_cite(cap, f"logits/sampler share of host samples at c={cap.concurrency}", share)],
-                cap.rigor,
-                False,
-            )
-    return None
+    label = "logits/sampler share of host samples at c={c}"
+    return _share_hit(_high_c(ev.layer("l1"), 32), "shares", "sampling", 0.25, label)
 
 
 def kernel_underuses_hbm(ev: Evidence) -> Hit | None:
