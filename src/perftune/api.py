@@ -488,6 +488,71 @@ def profile(
     )
 
 
+def quantize(
+    run_id: str,
+    *,
+    schemes: Sequence[str],
+    ack_compute: bool,
+    runs_dir: str | Path = "runs",
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Phase 4 of an existing campaign: quantize its model with each scheme (compute jobs: refused
+    before anything runs unless ack_compute), each output gated on its own tensors."""
+    from perftune.campaign.pipeline import run_phases
+    from perftune.campaign.quantize import refuse_without_ack
+    from perftune.lake.db import default_lake
+
+    return run_phases(
+        run_id,
+        runs_dir=Path(runs_dir),
+        update={"quant_schemes": list(schemes), "ack_compute": ack_compute},
+        phases=("4",),
+        what="quantize",
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+        before=refuse_without_ack,
+    )
+
+
+def validate(
+    run_id: str,
+    *,
+    runs_dir: str | Path = "runs",
+    accuracy_tolerance_pts: float | None = None,
+    tasks: Sequence[str] | None = None,
+    mmlu_n: int | None = None,
+    humaneval_n: int | None = None,
+    eval_api: str | None = None,
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Phase 5 of an existing campaign: the known-answer gate, the paired accuracy suite and the perf
+    A/B of every phase-4 variant against the reference weights, on the same node."""
+    from perftune.campaign.pipeline import run_phases
+    from perftune.lake.db import default_lake
+
+    update: dict[str, Any] = {}
+    for k, v in (
+        ("accuracy_tolerance_pts", accuracy_tolerance_pts),
+        ("eval_tasks", list(tasks) if tasks else None),
+        ("mmlu_n", mmlu_n),
+        ("humaneval_n", humaneval_n),
+        ("eval_api", eval_api),
+    ):
+        if v is not None:
+            update[k] = v
+    return run_phases(
+        run_id,
+        runs_dir=Path(runs_dir),
+        update=update,
+        phases=("5",),
+        what="validate",
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+    )
+
+
 def tune(
     run_id: str,
     *,

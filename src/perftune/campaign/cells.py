@@ -21,6 +21,7 @@ from perftune.bench.workloads import WorkloadSpec
 from perftune.campaign.base import Ctx, EngineReady, EngineStarting, TrialProgress, wants_events
 from perftune.campaign.state import Cell, Deployment, TunedConfig
 from perftune.deploy import DeployRecord, deploy
+from perftune.errors import ConfigError
 from perftune.hardware.ceilings import gpu
 from perftune.hardware.roofline import effective_dtypes, roofline
 from perftune.models.card import ModelCard
@@ -35,9 +36,28 @@ def _card_for(ref: str) -> ModelCard:
     return model_card(ref)
 
 
-def card_of(ctx: Ctx) -> ModelCard:
-    """The campaign model's card, read once per process (every cell's %SoL needs it)."""
+def card_of(ctx: Ctx, weights: str = "base") -> ModelCard:
+    """The campaign model's card, read once per process (every cell's %SoL needs it); for a phase-4
+    weight variant, that checkpoint's own card (its config.json declares the quantized dtype)."""
+    if weights != "base" and (w := ctx.state.facts.weights.get(weights)) is not None:
+        return _card_for(w.path)
     return _card_for(ctx.intent.model.path or ctx.intent.model.ref)
+
+
+def model_to_serve(ctx: Ctx, engine: str, weights: str = "base") -> str:
+    """What an engine is pointed at: the simulator and the mock take the model's name; a real engine
+    its folder (or GGUF file), or a phase-4 variant's checkpoint."""
+    i = ctx.intent
+    if weights != "base":
+        w = ctx.state.facts.weights.get(weights)
+        if w is None:
+            raise ConfigError(
+                f"no weight variant '{weights}' in this campaign",
+                hint="phase 4 (perftune quantize) writes the variants; known: "
+                + (", ".join(ctx.state.facts.weights) or "none"),
+            )
+        return w.path
+    return i.model.ref if engine in ("sim", "mock") else (i.model.path or i.model.ref)
 
 
 def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
@@ -57,7 +77,12 @@ def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
 
 
 def speed_of_light(
-    ctx: Ctx, tpot_ms: float | None, concurrency: int, context: int, levers: dict[str, Any] | None = None
+    ctx: Ctx,
+    tpot_ms: float | None,
+    concurrency: int,
+    context: int,
+    levers: dict[str, Any] | None = None,
+    weights: str = "base",
 ) -> tuple[float | None, str | None]:
     """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell. The floor
     counts the bytes really read: the checkpoint's weight dtype, a quantization lever and the KV-cache
@@ -66,7 +91,7 @@ def speed_of_light(
         return None, None
     tp = ctx.state.facts.tp
     rf = roofline(
-        card_of(ctx),
+        card_of(ctx, weights),
         gpu(ctx.intent.hardware.gpu),
         tp=tp,
         batch=concurrency,
@@ -76,13 +101,15 @@ def speed_of_light(
     return 100.0 * rf.decode_step_floor_ms / tpot_ms, rf.ceiling_key
 
 
-def serving_context(ctx: Ctx, levers: dict[str, Any]) -> dict[str, Any]:
+def serving_context(ctx: Ctx, levers: dict[str, Any], weights: str = "base") -> dict[str, Any]:
     """What the deploy knew, for the cell's MeasurementContext: model folder, parallelism, weight
     quantization, KV-cache dtype and the levers the deploy was given, so no cell carries an empty
     context its deploy could have filled (the bench client alone cannot know them)."""
-    dt = effective_dtypes(card_of(ctx), levers)
+    dt = effective_dtypes(card_of(ctx, weights), levers)
+    w = ctx.state.facts.weights.get(weights) if weights != "base" else None
     out: dict[str, Any] = {
-        "model_path": ctx.intent.model.path or ctx.intent.model.ref,
+        "model_path": w.path if w is not None else (ctx.intent.model.path or ctx.intent.model.ref),
+        "weights": weights if w is None or w.scheme is None else f"{weights} ({w.scheme}, {w.backend})",
         "parallelism": {"tp": ctx.state.facts.tp},
         "quantization": f"{dt.weight_dtype} weights ({dt.weight_source})",
         "kv_cache_dtype": f"{dt.kv_dtype} ({dt.kv_source})",
@@ -111,6 +138,7 @@ def make_cell(
     workload: str,
     path: Path,
     levers: dict[str, Any] | None = None,
+    weights: str = "base",
 ) -> Cell:
     r = run.result
     tok = r.metric("output_tok_s")
@@ -121,7 +149,7 @@ def make_cell(
     conc = r.context.workload.concurrency or 1
     tp = ctx.state.facts.tp
     levers = dict(ctx.intent.serving.levers.get(engine, {}) if levers is None else levers)
-    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len, levers)
+    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len, levers, weights)
     grounded = byte_grounded(r, gpu(ctx.intent.hardware.gpu).hbm_tb_s)
     prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
     return Cell(
@@ -129,6 +157,7 @@ def make_cell(
         phase=phase,
         engine=engine,
         config=config,
+        weights=weights,
         levers=levers,
         workload=workload,
         concurrency=conc,
@@ -147,7 +176,7 @@ def make_cell(
         tier=r.context.tier,
         simulated=r.context.stack.simulated,
         prefix_cache=None if prefix is None else bool(prefix),
-        context={**r.context.model_dump(mode="json"), **serving_context(ctx, levers)},
+        context={**r.context.model_dump(mode="json"), **serving_context(ctx, levers, weights)},
         flags=r.flags(),
         notes=_notes(r),
         requests_sent=sum(t.counts.sent for t in r.trials),
@@ -202,11 +231,12 @@ def live_server(
     env: dict[str, str] | None = None,
     launch_prefix: list[str] | None = None,
     ready_timeout_s: float | None = None,
+    weights: str = "base",
 ) -> Iterator[DeployRecord]:
     """Deploy one engine for a phase (known-good check, readiness, smoke gate), tear it down after.
     `extra_args`, `env` and `launch_prefix` are phase 2's profiler hooks (trace folder, ncu)."""
     i = ctx.intent
-    model = i.model.ref if engine in ("sim", "mock") else (i.model.path or i.model.ref)
+    model = model_to_serve(ctx, engine, weights)
     spec = ServeSpec(
         engine=engine,
         model=model,
@@ -309,6 +339,7 @@ def bench_cell(
     concurrency: int,
     cell_dir: Path,
     levers: dict[str, Any] | None = None,
+    weights: str = "base",
 ) -> Cell:
     """Bench one cell into cell_dir (written beside it, then renamed in: never half a folder)."""
     i = ctx.intent
@@ -337,7 +368,15 @@ def bench_cell(
     )
     tmp.rename(cell_dir)
     return make_cell(
-        ctx, run, phase=phase, engine=engine, config=config, workload=workload, path=cell_dir, levers=levers
+        ctx,
+        run,
+        phase=phase,
+        engine=engine,
+        config=config,
+        workload=workload,
+        path=cell_dir,
+        levers=levers,
+        weights=weights,
     )
 
 
@@ -355,3 +394,10 @@ def suite_configs(ctx: Ctx, engine: str) -> list[tuple[str, dict[str, Any]]]:
         if all(t.levers != lv for _n, lv in out):
             out.append((t.name, dict(t.levers)))
     return out
+
+
+def suite_weights(ctx: Ctx, engine: str) -> list[str]:
+    """The weights phase 8 benches an engine's configs with: the base, then every phase-4 variant that
+    phase 5 shipped (accuracy within tolerance and a perf win) and this engine loads."""
+    f = ctx.state.facts
+    return ["base"] + [n for n in f.shipped if n in f.weights and engine in f.weights[n].engines]

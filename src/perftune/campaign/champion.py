@@ -171,7 +171,9 @@ def select_champion(
     )
 
 
-def production_gates(cells: Sequence[Cell], phase_status: dict[str, str]) -> dict[str, bool]:
+def production_gates(
+    cells: Sequence[Cell], phase_status: dict[str, str], accuracy: Mapping[str, bool] | None = None
+) -> dict[str, bool]:
     """The gates a VERDICT champion needs, each True when passed. A failing gate's name says why it
     fails (CHAMPION.md lists the names under "Failing gates"), a passing one names only the gate."""
 
@@ -185,6 +187,14 @@ def production_gates(cells: Sequence[Cell], phase_status: dict[str, str]) -> dic
 
     ran = {c.workload for c in cells}
     acc_ok, acc_why = phase("5")
+    if acc_ok:
+        # the evidence, not the phase's colour: every weight variant a cell served passed phase 5
+        served = sorted({c.weights for c in cells})
+        unproven = [w for w in served if not (accuracy or {}).get(w)]
+        if accuracy is None:
+            acc_ok, acc_why = False, "phase 5 left no accuracy evidence (phase5/accuracy.json)"
+        elif unproven:
+            acc_ok, acc_why = False, "no passing accuracy evidence for weights " + ", ".join(unproven)
     missing = [w for w in SUITE if w not in ran]
     sim = sum(1 for c in cells if c.simulated)
     few = sum(1 for c in cells if c.trials < 3)

@@ -4,7 +4,7 @@ campaign's service layer. The search itself (perftune.tune) only sees the Evalua
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from perftune.bench.runner import BenchConfig
@@ -30,9 +30,11 @@ class LiveEvaluator:
         wedge_s: float = 60.0,
         gpus: int = 1,
         workloads: Sequence[str] = ("random",),
+        weights: Mapping[str, str] | None = None,
     ) -> None:
         self.ctx, self.dir, self.wedge_s, self.gpus = ctx, phase_dir, wedge_s, gpus
         self.workloads = tuple(workloads)
+        self.weights = dict(weights or {})  # arm name -> weight variant (phase 5's A/B); default base
 
     def run(self, arm: Arm, concurrencies: Sequence[int], trial: int, *, screening: bool) -> Outcome:
         t0 = time.monotonic()
@@ -40,7 +42,8 @@ class LiveEvaluator:
         i = ctx.intent
         out: list[Measure] = []
         try:
-            with live_server(ctx, arm.engine, self.dir, arm.levers) as rec:
+            weights = self.weights.get(arm.name, "base")
+            with live_server(ctx, arm.engine, self.dir, arm.levers, weights=weights) as rec:
                 for kind, c in ((w, c) for w in self.workloads for c in concurrencies):
                     wl = workload_spec(ctx, kind, c)
                     if screening:

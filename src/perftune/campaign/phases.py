@@ -10,10 +10,18 @@ from perftune.advisors.loader import advise_loader
 from perftune.advisors.tp import advise_tp
 from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.campaign.base import Ctx, Gate, Phase
-from perftune.campaign.cells import bench_cell, card_of, failed_share, live_server, suite_configs
+from perftune.campaign.cells import (
+    bench_cell,
+    card_of,
+    failed_share,
+    live_server,
+    suite_configs,
+    suite_weights,
+)
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.learnt import Learnt, learnt_flags
 from perftune.campaign.profiling import cell_grounding, load_captures, phase2, phase25, runnable
+from perftune.campaign.quantize import accuracy_evidence, phase4, phase5
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
 from perftune.campaign.state import ChampionFact
@@ -265,7 +273,11 @@ def phase8(ctx: Ctx) -> Gate:
     ladder = i.resolved_ladder()
     ran, bad = [], []
     for engine in i.serving.engines:
-        for name, levers in suite_configs(ctx, engine):
+        for (name, levers), weights in (
+            (cfg, w) for w in suite_weights(ctx, engine) for cfg in suite_configs(ctx, engine)
+        ):
+            if weights != "base":
+                name = f"{name}+{weights}"
             plan = [
                 (w, c)
                 for w in i.suite.workloads
@@ -273,7 +285,7 @@ def phase8(ctx: Ctx) -> Gate:
             ]
             todo = [(w, c) for w, c in plan if f"p8.{engine}.{name}.{w}.c{c}" not in ctx.state.cells]
             if todo:
-                with live_server(ctx, engine, d, levers) as rec:
+                with live_server(ctx, engine, d, levers, weights=weights) as rec:
                     for w, c in todo:
                         cell_id = f"p8.{engine}.{name}.{w}.c{c}"
                         ctx.observe(f"phase 8: {cell_id}")
@@ -287,6 +299,7 @@ def phase8(ctx: Ctx) -> Gate:
                             concurrency=c,
                             cell_dir=d / "cells" / cell_id,
                             levers=levers,
+                            weights=weights,
                         )
                         ctx.state.cells[cell_id] = cell
                         ctx.save()
@@ -329,7 +342,8 @@ def phase84(ctx: Ctx) -> Gate:
     if not cells:
         return Gate("red", "no phase 8 cells to select from", artifacts=[])
     status = {pid: str(p.status) for pid, p in ctx.state.phases.items()}
-    sel = select_champion(cells, ctx.intent, production_gates(cells, status), ctx.state.facts.capacity)
+    gates = production_gates(cells, status, accuracy_evidence(ctx.run_dir))
+    sel = select_champion(cells, ctx.intent, gates, ctx.state.facts.capacity)
     d = ctx.run_dir / "phase8.4"
     write_text(d / "champion_select.json", sel.model_dump_json(indent=2) + "\n")
     write_text(ctx.run_dir / "CHAMPION.md", champion_md(ctx.state, sel, ctx.state.cells))
@@ -587,8 +601,20 @@ PHASES: list[Phase] = [
     ),
     Phase("2.5", "synthesize", phase25, "a ledger whose every row cites its artifact", ("2",)),
     Phase("3", "tune", phase3, "a challenger's ratio interval above 1, or the baseline kept", ("0", "1")),
-    Phase("4", "quantize", None),
-    Phase("5", "validate quantization", None),
+    Phase(
+        "4",
+        "quantize",
+        phase4,
+        "every target's job completed; its checkpoint declares the scheme; every in-scope layer quantized",
+        ("0",),
+    ),
+    Phase(
+        "5",
+        "validate quantization",
+        phase5,
+        "reference passes known-answer sanity; each variant judged (accuracy paired, perf A/B)",
+        ("0", "4"),
+    ),
     Phase("6", "train a draft", None),
     Phase("7", "validate the draft", None),
     Phase("8", "bench the workload suite", phase8, "every cell loses <= 5% of requests", ("0", "1")),

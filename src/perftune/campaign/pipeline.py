@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -130,6 +131,55 @@ def run_profile(
         resume=run_id,
         start_phase="2.5" if reparse else "2",
         until="2.5",
+        observe=observe,
+        lake=lake,
+        held_lock=lock,
+    )
+
+
+def run_phases(
+    run_id: str,
+    *,
+    runs_dir: Path,
+    update: dict[str, Any],
+    phases: tuple[str, ...],
+    what: str,
+    observe: Observer | None = None,
+    lake: Path | None = None,
+    before: Callable[[Ctx], None] | None = None,
+) -> tuple[Path, CampaignState]:
+    """Some phases of an existing campaign again (`perftune quantize` runs 4, `perftune validate` 5):
+    the options validated like a fresh intent and `before` (a refusal check) run before anything is
+    written; then those phases run, in order, under the run's lock."""
+    from pydantic import ValidationError
+
+    run_dir = runs_dir / run_id
+    if not (run_dir / "campaign.json").exists():
+        raise ConfigError(
+            f"no campaign {run_id} in {runs_dir}", hint="perftune campaigns list, or --runs-dir"
+        )
+    state = with_all_phases(CampaignState.load(run_dir))
+    lock = run_lock(run_dir)
+    try:
+        if state.phases["0"].status != "green":
+            raise ConfigError(f"campaign {run_id} has no green phase 0", hint="run perftune optimize first")
+        try:
+            state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
+        except ValidationError as e:
+            raise config_error_from(e, f"bad {what} option ", hint=f"see perftune {what} --help") from None
+        if before is not None:
+            before(Ctx(run_dir, state, observe or (lambda _m: None)))
+        for pid in phases:
+            state.phases[pid].status = "pending"
+        state.save(run_dir)
+    except BaseException:
+        lock.close()
+        raise
+    return run_campaign(
+        runs_dir=runs_dir,
+        resume=run_id,
+        start_phase=phases[0],
+        until=phases[-1],
         observe=observe,
         lake=lake,
         held_lock=lock,
@@ -297,6 +347,9 @@ def run_campaign(
     return run_dir, state
 
 
+GPU_PHASES = ("1", "3", "4", "5", "8", "8.3")  # phases whose wall time is GPU time on a real engine
+
+
 def run_lock(run_dir: Path) -> IO[str]:
     """An exclusive, non-blocking lock on the run folder for as long as this process drives it: two
     processes resuming one run would deploy twice and race on campaign.json. The kernel drops the lock
@@ -342,9 +395,7 @@ def _run_phase(ctx: Ctx, rec: PhaseRecord, fn: PhaseFn, start: PhaseStart) -> No
             artifacts=[ctx.rel(where)],
         )
     real = [e for e in ctx.intent.serving.engines if e not in ("sim", "mock")]
-    wall = (
-        (time.monotonic() - t0) / 60 * ctx.intent.hardware.gpus if rec.id in ("1", "3", "8", "8.3") else 0.0
-    )
+    wall = (time.monotonic() - t0) / 60 * ctx.intent.hardware.gpus if rec.id in GPU_PHASES else 0.0
     rec.gpu_minutes = (wall if gate.gpu_minutes is None else gate.gpu_minutes) if real else 0.0
     rec.status, rec.reason, rec.headline, rec.tier = gate.status, gate.reason, gate.headline, gate.tier  # type: ignore[assignment]
     rec.artifacts = gate.artifacts or []

@@ -25,6 +25,7 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
                 "phase": c.phase,
                 "engine": c.engine,
                 "config": c.config,
+                "weights": c.weights,
                 "workload": c.workload,
                 "concurrency": c.concurrency,
                 "gpus": c.gpus,
@@ -170,7 +171,50 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
         "findings": findings,
         "roofline": _grounded(roofline_rows(run_dir), state),
         "ledger": ledger_rows(run_dir, cid, i.model.ref),
+        "evals": eval_rows(run_dir, cid, state),
     }
+
+
+def eval_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, Any]]:
+    """Phase 5's scores: one row per weight variant and task, with its 95% interval and, for a variant,
+    the delta to the reference paired on the same items (paired bootstrap interval, McNemar p)."""
+    path = run_dir / "phase5" / "accuracy.json"
+    if not path.exists():
+        return []
+    rep = json.loads(path.read_text())
+    out = []
+    for name, e in rep.get("weights", {}).items():
+        w = state.facts.weights.get(name)
+        for task, sc in (e.get("scores") or {}).items():
+            p = (e.get("paired") or {}).get(task) or {}
+            dci = p.get("ci95") or [None, None]
+            out.append(
+                {
+                    "campaign_id": cid,
+                    "model": state.intent.model.ref,
+                    "engine": rep.get("engine"),
+                    "weights": name,
+                    "scheme": w.scheme if w is not None else None,
+                    "reference": rep.get("reference"),
+                    "api": rep.get("api"),
+                    "task": task,
+                    "n": sc["n"],
+                    "correct": sc["correct"],
+                    "score_pct": sc["score_pct"],
+                    "ci_lo": sc["ci95"][0],
+                    "ci_hi": sc["ci95"][1],
+                    "delta_pts": p.get("delta_pts"),
+                    "delta_ci_lo": dci[0],
+                    "delta_ci_hi": dci[1],
+                    "paired_test": "paired bootstrap + exact McNemar" if p else None,
+                    "mcnemar_p": p.get("mcnemar_p"),
+                    "decision": p.get("decision", "reference" if name == rep.get("reference") else None),
+                    "accuracy_pass": bool(e.get("accuracy_pass")),
+                    "ship_decision": e.get("decision"),
+                    "tier": "DRAFT",
+                }
+            )
+    return out
 
 
 def _grounded(rows: list[dict[str, Any]], state: CampaignState) -> list[dict[str, Any]]:

@@ -142,6 +142,41 @@ class ProfileIntent(BaseModel):
         return list(dict.fromkeys(v))
 
 
+EvalTask = Literal["mmlu", "humaneval"]
+EVAL_TASKS: tuple[EvalTask, ...] = ("mmlu", "humaneval")
+
+
+class QuantIntent(BaseModel):
+    """Phases 4 and 5: which quantization schemes, the compute acknowledgement, the accuracy gate."""
+
+    model_config = ConfigDict(extra="forbid")
+    schemes: list[str] = Field(
+        default_factory=list,
+        description="phase 4 targets (fp8-dynamic, w8a8-fp8, w4a16, nvfp4, gguf-q8_0...)",
+    )
+    ack_compute: bool = Field(False, description="phase 4 may submit compute jobs (quantization)")
+    accuracy_tolerance_pts: float = Field(
+        1.0, gt=0, description="phase 5: the largest accuracy drop (absolute points) a quant may have"
+    )
+    tasks: list[EvalTask] = Field(
+        default_factory=lambda: list(EVAL_TASKS), description="phase 5 accuracy tasks"
+    )
+    mmlu_n: int = Field(200, ge=1, description="MMLU items (a fixed, topic-stratified subset)")
+    humaneval_n: int = Field(40, ge=1, description="HumanEval problems (the first N)")
+    eval_api: Literal["auto", "chat", "completions"] = Field(
+        "auto",
+        description="auto: chat completions when the model has a chat template, else raw completions",
+    )
+    perf_concurrency: int | None = Field(
+        None, ge=1, description="phase 5 perf A/B concurrency (default: the baseline concurrency)"
+    )
+
+    @field_validator("schemes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
 # The flat form (campaign.json before the split, and the keyword form callers use): key -> (part, field).
 FLAT: dict[str, tuple[str, str]] = {
     "model": ("model", "ref"),
@@ -179,6 +214,13 @@ FLAT: dict[str, tuple[str, str]] = {
     "tune_stop_after_s": ("tuning", "stop_after_s"),
     "profile_layers": ("profiling", "layers"),
     "profile_concurrency": ("profiling", "concurrency"),
+    "quant_schemes": ("quant", "schemes"),
+    "ack_compute": ("quant", "ack_compute"),
+    "accuracy_tolerance_pts": ("quant", "accuracy_tolerance_pts"),
+    "eval_tasks": ("quant", "tasks"),
+    "mmlu_n": ("quant", "mmlu_n"),
+    "humaneval_n": ("quant", "humaneval_n"),
+    "eval_api": ("quant", "eval_api"),
 }
 
 
@@ -193,6 +235,7 @@ class Intent(BaseModel):
     suite: SuiteIntent = Field(default_factory=SuiteIntent)
     tuning: TuningIntent = Field(default_factory=TuningIntent)
     profiling: ProfileIntent = Field(default_factory=ProfileIntent)
+    quant: QuantIntent = Field(default_factory=QuantIntent)
     registry: str | None = Field(None, description="known-good registry path")
     findings: str | None = Field(None, description="value-findings ledger path")
 
@@ -241,6 +284,9 @@ class Cell(BaseModel):
     phase: str
     engine: str
     config: str = Field(description="config name: baseline or an arm")
+    weights: str = Field(
+        "base", description="the weights served: 'base' (the model as given) or a phase-4 variant's name"
+    )
     levers: dict[str, Any]
     workload: str
     concurrency: int
@@ -349,6 +395,18 @@ class CapacityFact(BaseModel):
     simulated: bool
 
 
+class Weights(BaseModel):
+    """Phase 4: one weight variant on disk (a quantized checkpoint, or the base it is judged against)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="the variant's name: a scheme, or 'base' / 'base-f16'")
+    path: str = Field(description="the checkpoint folder or GGUF file, absolute")
+    scheme: str | None = Field(description="the quantization scheme (None: the base weights)")
+    backend: str | None
+    engines: list[str] = Field(description="engines that load this format")
+    coverage: dict[str, Any] = Field(default_factory=dict, description="the coverage guard's counts")
+
+
 class Facts(BaseModel):
     """Outputs of phases that later phases read: typed, not a blackboard of strings."""
 
@@ -371,6 +429,12 @@ class Facts(BaseModel):
     champion: ChampionFact | None = Field(None, description="phase 8.4")
     ledger_arms: list[dict[str, Any]] = Field(
         default_factory=list, description="phase 2.5: the ledger's top levers, phase 3's first arms"
+    )
+    weights: dict[str, Weights] = Field(
+        default_factory=dict, description="phase 4: weight variants by name (base-f16, fp8-dynamic, ...)"
+    )
+    shipped: list[str] = Field(
+        default_factory=list, description="phase 5: quantized variants that passed accuracy and perf"
     )
 
 

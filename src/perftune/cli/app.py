@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 import perftune
-from perftune.cli import bench, campaign, capacity, deploy, known_good, levers, mock, models, report, sim
+from perftune.cli import (
+    bench,
+    campaign,
+    capacity,
+    deploy,
+    known_good,
+    levers,
+    mock,
+    models,
+    quant,
+    report,
+    sim,
+)
 from perftune.cli.common import DEBUG
 
 app = typer.Typer(
@@ -29,6 +41,8 @@ app.add_typer(campaign.lake_app, name="lake")
 app.command("frontier")(campaign.frontier)
 app.command("tune")(campaign.tune)
 app.command("profile")(campaign.profile)
+app.command("quantize")(quant.quantize)
+app.command("validate")(quant.validate)
 app.command("capacity")(capacity.capacity)
 app.command("report")(report.report)
 

@@ -62,6 +62,19 @@ def optimize(
     profile_concurrency: str | None = typer.Option(
         None, help="phase 2 window concurrencies, e.g. 1,8,64 (default 1, 8 and the ladder's highest)"
     ),
+    quant_target: str | None = typer.Option(
+        None, help="phase 4 schemes, e.g. fp8-dynamic or gguf-q8_0,gguf-q4_k_m (default: none)"
+    ),
+    ack_compute: bool = typer.Option(
+        False, "--ack-compute", help="phase 4 may run quantization jobs (refused without it)"
+    ),
+    accuracy_tolerance: float = typer.Option(
+        1.0, help="phase 5: largest accuracy drop a quantized variant may have, absolute points"
+    ),
+    eval_tasks: str = typer.Option("mmlu,humaneval", help="phase 5 accuracy tasks"),
+    mmlu_n: int = typer.Option(200, help="phase 5 MMLU items"),
+    humaneval_n: int = typer.Option(40, help="phase 5 HumanEval problems"),
+    eval_api: str = typer.Option("auto", help="phase 5: auto, chat or completions"),
     engine_arg: list[str] = typer.Option([], help="ENGINE=FLAG passed to that engine, repeatable"),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles go"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
@@ -130,6 +143,13 @@ def optimize(
                 profile_layers=[x.strip() for x in profile_layers.split(",") if x.strip()],
                 profile_concurrency=int_list(profile_concurrency, "--profile-concurrency"),
                 engine_args=eargs,
+                quant_schemes=[x.strip() for x in (quant_target or "").split(",") if x.strip()],
+                ack_compute=ack_compute,
+                accuracy_tolerance_pts=accuracy_tolerance,
+                eval_tasks=[x.strip() for x in eval_tasks.split(",") if x.strip()],
+                mmlu_n=mmlu_n,
+                humaneval_n=humaneval_n,
+                eval_api=eval_api,
                 registry=str(registry) if registry else None,
                 findings=str(findings) if findings else None,
             )

@@ -94,8 +94,31 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (campaign_id, rank));
         """,
     ),
+    (
+        4,
+        """
+        ALTER TABLE cells ADD COLUMN weights VARCHAR;
+        CREATE TABLE evals (
+            campaign_id VARCHAR, model VARCHAR, engine VARCHAR, weights VARCHAR, scheme VARCHAR,
+            reference VARCHAR, api VARCHAR, task VARCHAR, n INTEGER, correct INTEGER, score_pct DOUBLE,
+            ci_lo DOUBLE, ci_hi DOUBLE, delta_pts DOUBLE, delta_ci_lo DOUBLE, delta_ci_hi DOUBLE,
+            paired_test VARCHAR, mcnemar_p DOUBLE, decision VARCHAR, accuracy_pass BOOLEAN,
+            ship_decision VARCHAR, tier VARCHAR,
+            PRIMARY KEY (campaign_id, weights, task));
+        """,
+    ),
 ]
-TABLES = ("campaigns", "cells", "trials", "requests", "champions", "findings", "roofline", "ledger")
+TABLES = (
+    "campaigns",
+    "cells",
+    "trials",
+    "requests",
+    "champions",
+    "findings",
+    "roofline",
+    "ledger",
+    "evals",
+)
 
 
 def default_lake() -> Path:

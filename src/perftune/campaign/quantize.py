@@ -1,0 +1,637 @@
+"""Phases 4 and 5: quantize the model (ack-gated compute jobs, each gated on the checkpoint it wrote),
+then decide, on the same node, whether a quantized variant may ship: a known-answer sanity gate, an
+accuracy suite paired item by item against the reference weights, and a perf A/B through the tuner's
+interleaved machinery. A variant that wins perf and loses accuracy is no-ship; when an accuracy gate
+fails, a control run (the reference weights through the same gate) says whether the model or the gate
+is at fault."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from perftune.bench.session import run_async
+from perftune.bench.workloads import WorkloadSpec, build_workload
+from perftune.campaign.base import Ctx, Gate
+from perftune.campaign.cells import card_of, live_server
+from perftune.campaign.live_eval import LiveEvaluator
+from perftune.campaign.state import Weights
+from perftune.errors import ConfigError, GateError, PerftuneError
+from perftune.evals import data as evdata
+from perftune.evals import stats as evstats
+from perftune.evals import suite as evsuite
+from perftune.quant import coverage, families, gguf_tools, schemes
+from perftune.quant.backends import QuantJob, backend_for
+from perftune.quant.job import QuantResult
+from perftune.tune.arms import Arm
+from perftune.tune.evaluate import RecordingEvaluator
+from perftune.tune.search import interleave, ratio_ci
+from perftune.util.atomic import write_text
+
+GGUF_ENGINES = ["llamacpp"]
+HF_ENGINES = ["vllm", "sglang"]
+REAL = ("vllm", "sglang", "llamacpp")
+
+
+# ------------------------------------------------------------------ phase 4
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One quantization the phase would run: validated (scheme, family, backend, source) before any."""
+
+    name: str
+    scheme: schemes.Scheme
+    family: families.Family
+    source: Path
+    out: Path
+
+    def describe(self) -> str:
+        return f"{self.scheme.backend} {self.name} on {self.source.name}"
+
+
+def _source(ctx: Ctx) -> Path:
+    p = ctx.intent.model.path
+    if not p or not Path(p).exists():
+        raise ConfigError(
+            "phase 4 needs the model's weights on disk and this campaign has none"
+            + (f" ({p} does not exist)" if p else ""),
+            hint="pass --model-path DIR (a Hugging Face folder) or a .gguf file",
+        )
+    return Path(p).resolve()
+
+
+def is_gguf(p: Path) -> bool:
+    return p.is_file() and p.suffix == ".gguf"
+
+
+UNQUANTIZED_FTYPES = (0, 1, 32)  # llama.cpp's ALL_F32, MOSTLY_F16, MOSTLY_BF16
+
+
+def gguf_meta(
+    path: Path, keys: tuple[str, ...] = ("general.file_type", "tokenizer.chat_template")
+) -> dict[str, Any]:
+    """A few scalar metadata values of a GGUF file (gguf's reader memory-maps it; no tensor is read)."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    out: dict[str, Any] = {}
+    for k in keys:
+        f = r.fields.get(k)
+        if f is not None:
+            out[k] = f.contents()
+    return out
+
+
+def plan(ctx: Ctx) -> list[PlannedJob]:
+    """Every job phase 4 would run, validated as a whole before the first one starts: a known scheme,
+    a registered model family, a format the scheme takes (GGUF schemes need a GGUF, the others a
+    Hugging Face folder) and an installed backend. Raises ConfigError on the first problem."""
+    q = ctx.intent.quant
+    src = _source(ctx)
+    fam = families.family_for(card_of(ctx).model_type)
+    d = ctx.run_dir / "phase4"
+    jobs: list[PlannedJob] = []
+    for name in q.schemes:
+        sc = schemes.scheme_for(name)
+        if sc.gguf_file_type is not None and not is_gguf(src):
+            raise ConfigError(
+                f"scheme {name} writes GGUF and needs a GGUF model, got the folder {src}",
+                hint="point --model-path at a .gguf file, or pick an llm-compressor/ModelOpt scheme",
+            )
+        if sc.gguf_file_type is None and is_gguf(src):
+            raise ConfigError(
+                f"scheme {name} needs a Hugging Face folder, got the GGUF file {src.name}",
+                hint="export the model to a Hugging Face folder, or pick gguf-q8_0 / gguf-q4_k_m",
+            )
+        if sc.backend not in fam.backends:
+            raise ConfigError(
+                f"the {fam.model_type} family does not list the {sc.backend} backend (scheme {name})",
+                hint=f"its backends: {', '.join(fam.backends)}; the registry is {families.FAMILIES_YAML}",
+            )
+        why = backend_for(sc).available()
+        if why is not None:
+            raise ConfigError(f"scheme {name}: {why}", hint="install the backend, or drop the scheme")
+        jobs.append(PlannedJob(name, sc, fam, src, d / "jobs" / name))
+    return jobs
+
+
+def gguf_base(ctx: Ctx, src: Path) -> Path | None:
+    """A GGUF given already quantized (e.g. SmolLM2's Q4_1) is judged against its dequantized F16 copy,
+    the closest thing to the trained weights on disk; an F16/BF16/F32 GGUF is its own reference."""
+    if not is_gguf(src) or gguf_meta(src).get("general.file_type") in UNQUANTIZED_FTYPES:
+        return None
+    return ctx.run_dir / "phase4" / "base-f16.gguf"
+
+
+def calibration_texts(n: int = 64) -> list[str]:
+    """Calibration data from the offline chat set the bench ships (WritingBench prompts)."""
+    wl = build_workload(WorkloadSpec(kind="chat", num_requests=n, osl=16))
+    out = []
+    for it in wl.items:
+        msgs = it.messages or []
+        out.append("\n".join(m["content"] for m in msgs) if msgs else str(it.prompt or ""))
+    return [t for t in out if t]
+
+
+def _gate_checkpoint(job: PlannedJob, out: Path) -> coverage.GateResult:
+    if job.scheme.gguf_file_type is not None:
+        return coverage.check_gguf(out, job.scheme)
+    return coverage.check_checkpoint(out, job.scheme, job.family)
+
+
+def run_job(job: PlannedJob, calib: list[str]) -> QuantResult:
+    """Submit one quantization as its own process (`python -m perftune.quant.job JOB.json`): a job the
+    deploy target runs (a background process here, a batch job on a cluster); its quant.log, result.json
+    and output land in the job's folder. Returns its result.json. An interrupted campaign kills it."""
+    job.out.mkdir(parents=True, exist_ok=True)
+    spec = QuantJob(
+        model_dir=job.source,
+        out_dir=job.out,
+        scheme=job.name,
+        family=job.family.model_type,
+        calibration_texts=calib if job.scheme.needs_calibration else [],
+        num_calibration_samples=max(1, len(calib)) if job.scheme.needs_calibration else 512,
+    )
+    jf = job.out / "job.json"
+    write_text(jf, spec.model_dump_json(indent=2) + "\n")
+    (job.out / "result.json").unlink(missing_ok=True)  # an earlier attempt's result is not this one's
+    with (job.out / "submit.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "perftune.quant.job", str(jf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            rc = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    res_file = job.out / "result.json"
+    if not res_file.exists():
+        raise GateError(
+            f"quantization job {job.name} exited {rc} without a result.json",
+            hint="read its log",
+            log_path=str(job.out / "submit.log"),
+        )
+    return QuantResult.model_validate_json(res_file.read_text())
+
+
+def phase4(ctx: Ctx) -> Gate:
+    q = ctx.intent.quant
+    if not q.schemes:
+        return Gate(
+            "skipped", "no quantization target (optimize --quant-target SCHEME, or perftune quantize)"
+        )
+    if all(e in ("sim", "mock") for e in ctx.intent.serving.engines):
+        return Gate(
+            "skipped",
+            "the simulator has no weights to quantize: it models quantization as a lever (quantization=fp8)",
+        )
+    jobs = plan(ctx)  # everything validated before anything runs
+    base = gguf_base(ctx, jobs[0].source) if jobs else None
+    if not q.ack_compute:
+        what = ([f"llama.cpp dequantize {jobs[0].source.name} -> base-f16.gguf"] if base else []) + [
+            j.describe() for j in jobs
+        ]
+        return Gate(
+            "red",
+            f"refused: phase 4 would run {len(what)} compute job(s) ({'; '.join(what)}); nothing was run",
+            hint="pass --ack-compute to let perftune run them",
+        )
+    d = ctx.run_dir / "phase4"
+    f = ctx.state.facts
+    if base is not None and "base-f16" not in f.weights:
+        ctx.observe(f"phase 4: dequantizing {jobs[0].source.name} to F16 (the accuracy reference)")
+        gguf_tools.dequantize_to_f16(jobs[0].source, base)
+        f.weights["base-f16"] = Weights(
+            name="base-f16", path=str(base), scheme=None, backend="gguf", engines=GGUF_ENGINES
+        )
+        ctx.save()
+    calib: list[str] | None = None
+    lines, red = [], []
+    for job in jobs:
+        if job.name in f.weights:
+            lines.append(f"{job.name}: kept from an earlier run ({f.weights[job.name].path})")
+            continue
+        src = Path(f.weights["base-f16"].path) if "base-f16" in f.weights else job.source
+        job = PlannedJob(job.name, job.scheme, job.family, src, job.out)
+        if job.scheme.needs_calibration and calib is None:
+            calib = calibration_texts()
+        ctx.observe(f"phase 4: {job.describe()}")
+        t0 = time.monotonic()
+        res = run_job(job, calib or [])
+        if res.status != "ok" or res.out_path is None:
+            red.append(f"{job.name}: job failed: {res.error or 'no error recorded'}")
+            continue
+        out = Path(res.out_path)
+        g = _gate_checkpoint(job, out)
+        cov = g.coverage.model_dump() if g.coverage is not None else {}
+        write_text(
+            d / "jobs" / job.name / "gate.json",
+            json.dumps({"ok": g.ok, "reasons": g.reasons, "coverage": cov}, indent=2) + "\n",
+        )
+        if not g.ok:
+            red.append(f"{job.name}: " + "; ".join(g.reasons))
+            continue
+        f.weights[job.name] = Weights(
+            name=job.name,
+            path=str(out.resolve()),
+            scheme=job.name,
+            backend=job.scheme.backend,
+            engines=GGUF_ENGINES if job.scheme.gguf_file_type is not None else HF_ENGINES,
+            coverage=cov,
+        )
+        ctx.save()
+        n = cov.get("quantized", "?")
+        lines.append(
+            f"{job.name}: {n} of {cov.get('in_scope', '?')} in-scope weights quantized, "
+            f"{time.monotonic() - t0:.0f} s"
+        )
+    write_text(d / "quantize.md", "# Phase 4: quantize\n\n" + "\n".join(f"- {x}" for x in lines + red) + "\n")
+    arts = ["phase4/quantize.md", "phase4/jobs/"]
+    if red:
+        return Gate(
+            "red", "; ".join(red), hint="read phase4/jobs/<scheme>/ (job log, gate.json)", artifacts=arts
+        )
+    return Gate("green", "; ".join(lines), tier="DRAFT", artifacts=arts)
+
+
+# ------------------------------------------------------------------ phase 5
+
+Api = Literal["chat", "completions"]
+
+
+def has_chat_template(path: str) -> bool:
+    """Whether the model carries a chat template: an instruct model must be asked through it."""
+    p = Path(path)
+    if is_gguf(p):
+        return bool(gguf_meta(p).get("tokenizer.chat_template"))
+    if p.is_dir():
+        if (p / "chat_template.jinja").exists() or (p / "chat_template.json").exists():
+            return True
+        tc = p / "tokenizer_config.json"
+        if tc.exists():
+            return bool(json.loads(tc.read_text()).get("chat_template"))
+    return False
+
+
+def eval_api(ctx: Ctx) -> Api:
+    q = ctx.intent.quant
+    if q.eval_api != "auto":
+        return q.eval_api
+    return "chat" if has_chat_template(ctx.intent.model.path or "") else "completions"
+
+
+def reference_name(ctx: Ctx) -> str:
+    return "base-f16" if "base-f16" in ctx.state.facts.weights else "base"
+
+
+def _engine_for(ctx: Ctx, weights: str) -> str | None:
+    w = ctx.state.facts.weights.get(weights)
+    loads = w.engines if w is not None else list(REAL)
+    return next((e for e in ctx.intent.serving.engines if e in loads and e in REAL), None)
+
+
+def evaluate(
+    ctx: Ctx, engine: str, weights: str, api: Api, items: dict[str, Any], tag: str = ""
+) -> dict[str, Any]:
+    """Deploy `weights` on `engine` through phase 1's path and run the sanity gate and the tasks;
+    writes phase5/evals/<engine>.<weights><tag>.json and returns it."""
+    d = ctx.run_dir / "phase5"
+    out = d / "evals" / f"{engine}.{weights}{tag}.json"
+    if out.exists():
+        cached: dict[str, Any] = json.loads(out.read_text())
+        return cached
+    levers = dict(ctx.intent.serving.levers.get(engine, {}))
+    ctx.observe(f"phase 5: evaluating {weights} on {engine} ({api} API){' (control)' if tag else ''}")
+    with live_server(ctx, engine, d, levers, weights=weights) as rec:
+        sanity = run_async(evsuite.run_sanity(rec.endpoint, rec.served_name, api))
+        scores: dict[str, Any] = {}
+        if "mmlu" in items:
+            scores["mmlu"] = run_async(evsuite.run_mmlu(rec.endpoint, rec.served_name, items["mmlu"], api))
+        if "humaneval" in items:
+            scores["humaneval"] = run_async(
+                evsuite.run_humaneval(rec.endpoint, rec.served_name, items["humaneval"], api)
+            )
+    res = {
+        "engine": engine,
+        "weights": weights,
+        "api": api,
+        "sanity": sanity.model_dump(mode="json"),
+        "tasks": {k: v.model_dump(mode="json") for k, v in scores.items()},
+    }
+    write_text(out, json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def _score(d: dict[str, Any]) -> evsuite.TaskScore:
+    return evsuite.TaskScore.model_validate(d)
+
+
+def perf_ab(ctx: Ctx, engine: str, ref: str, cand: str) -> dict[str, Any]:
+    """The reference and the candidate weights, deployed in interleaved trials (>= 3 each, the order
+    alternating, a fresh deploy and a cache reset per trial: the tuner's machinery) at one concurrency
+    on the random workload; the tok/s and TPOT ratios with 95% intervals."""
+    i = ctx.intent
+    c = i.quant.perf_concurrency or i.suite.baseline_concurrency
+    trials = max(3, i.suite.trials)
+    d = ctx.run_dir / "phase5" / "perf"
+    levers = dict(i.serving.levers.get(engine, {}))
+    arms = [Arm(engine=engine, name=ref, levers=levers), Arm(engine=engine, name=cand, levers=levers)]
+    ev = RecordingEvaluator(
+        LiveEvaluator(
+            ctx, d, wedge_s=i.tuning.wedge_s, gpus=ctx.state.facts.tp, weights={a.name: a.name for a in arms}
+        ),
+        d / "journal.jsonl",
+        observe=ctx.observe,
+    )
+    tok: dict[str, list[float]] = {ref: [], cand: []}
+    tpot: dict[str, list[float]] = {ref: [], cand: []}
+    for arm, t in interleave(arms, range(trials)):
+        out = ev.run(arm, [c], t, screening=False)
+        if out.failure is not None:
+            raise GateError(
+                f"phase 5 perf A/B: {arm.name} on {engine} failed ({out.failure.klass})",
+                hint="read the log",
+                log_path=out.failure.log_path,
+            )
+        for m in out.measures:
+            tok[arm.name].append(m.output_tok_s)
+            tpot[arm.name].append(m.tpot_ms)
+    rt = ratio_ci(tok[cand], tok[ref])
+    rp = ratio_ci(tpot[ref], tpot[cand])  # > 1: the candidate's TPOT is lower
+    focus_ratio = rt if i.slo.focus == "throughput" else rp
+    win = focus_ratio is not None and focus_ratio[1][0] > 1.0
+    return {
+        "engine": engine,
+        "concurrency": c,
+        "workload": "random",
+        "trials": trials,
+        "tok_s": tok,
+        "tpot_ms": tpot,
+        "tok_s_ratio": rt[0] if rt else None,
+        "tok_s_ratio_ci95": list(rt[1]) if rt else None,
+        "tpot_speedup": rp[0] if rp else None,
+        "tpot_speedup_ci95": list(rp[1]) if rp else None,
+        "focus": i.slo.focus,
+        "win": win,
+    }
+
+
+def _items(ctx: Ctx) -> dict[str, Any]:
+    q = ctx.intent.quant
+    out: dict[str, Any] = {}
+    if "mmlu" in q.tasks:
+        out["mmlu"] = evdata.load_mmlu(q.mmlu_n)
+    if "humaneval" in q.tasks:
+        out["humaneval"] = evdata.load_humaneval(q.humaneval_n)
+    return out
+
+
+def judge(
+    ref: dict[str, Any], cand: dict[str, Any], tolerance_pts: float
+) -> tuple[bool, list[str], dict[str, Any]]:
+    """(accuracy passed, why not, per-task paired comparison) of a candidate against the reference."""
+    why: list[str] = []
+    san = cand["sanity"]
+    if san["passed"] < san["total"]:
+        why.append(f"known-answer sanity {san['passed']}/{san['total']}")
+    tasks: dict[str, Any] = {}
+    for task, sc in cand["tasks"].items():
+        cmp = evsuite.compare(_score(ref["tasks"][task]), _score(sc), tolerance_pts)
+        tasks[task] = cmp
+        if cmp["decision"] != "pass":
+            lo, hi = cmp["ci95"]
+            why.append(
+                f"{task} {cmp['decision']}: delta {cmp['delta_pts']:+.1f} pts [{lo:+.1f}, {hi:+.1f}] "
+                f"vs tolerance -{tolerance_pts:g}"
+                + (" (raise the item count to decide)" if cmp["decision"] == "inconclusive" else "")
+            )
+    return not why, why, tasks
+
+
+def phase5(ctx: Ctx) -> Gate:
+    i = ctx.intent
+    f = ctx.state.facts
+    if not any(e in REAL for e in i.serving.engines):
+        return Gate(
+            "skipped", "accuracy is not measurable on a simulated engine: no real engine in this campaign"
+        )
+    ref = reference_name(ctx)
+    engine = _engine_for(ctx, ref)
+    if engine is None:
+        return Gate("skipped", f"no engine of this campaign loads the reference weights ({ref})")
+    items = _items(ctx)  # a missing dataset is a one-line error before any deploy
+    api = eval_api(ctx)
+    tol = i.quant.accuracy_tolerance_pts
+    d = ctx.run_dir / "phase5"
+    variants = [n for n, w in f.weights.items() if w.scheme is not None]
+    if ref != "base":
+        variants.insert(0, "base")  # the model as given (e.g. a Q4_1 GGUF) is a quantization too
+    ref_res = evaluate(ctx, engine, ref, api, items)
+    ref_ok = ref_res["sanity"]["passed"] == ref_res["sanity"]["total"]
+    report: dict[str, Any] = {
+        "reference": ref,
+        "engine": engine,
+        "api": api,
+        "tolerance_pts": tol,
+        "weights": {
+            ref: {
+                "accuracy_pass": ref_ok,
+                "sanity": ref_res["sanity"],
+                "scores": {k: _summary(v) for k, v in ref_res["tasks"].items()},
+                "decision": "reference",
+            }
+        },
+    }
+    shipped: list[str] = []
+    for name in variants:
+        eng = _engine_for(ctx, name)
+        if eng is None:
+            report["weights"][name] = {"decision": "not evaluated", "why": "no engine here loads it"}
+            continue
+        res = evaluate(ctx, eng, name, api, items)
+        acc_ok, why, tasks = judge(ref_res, res, tol)
+        entry: dict[str, Any] = {
+            "accuracy_pass": acc_ok,
+            "sanity": res["sanity"],
+            "scores": {k: _summary(v) for k, v in res["tasks"].items()},
+            "paired": tasks,
+            "why": why,
+        }
+        if not acc_ok:
+            entry["control"] = control(ctx, eng, ref, api, items, ref_res, why, tol)
+        if name == "base":  # the user's own weights: judged and reported, never shipped or dropped
+            entry["decision"] = "as given"
+            entry["accuracy_pass"] = res["sanity"]["passed"] == res["sanity"]["total"]
+        else:
+            entry["perf"] = perf_ab(ctx, eng, ref, name)
+            ship = acc_ok and entry["perf"]["win"]
+            entry["decision"] = "ship" if ship else "no-ship"
+            if ship:
+                shipped.append(name)
+        report["weights"][name] = entry
+    f.shipped = shipped
+    ctx.save()
+    write_text(d / "accuracy.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text(d / "ACCURACY.md", accuracy_md(ctx, report))
+    arts = ["phase5/ACCURACY.md", "phase5/accuracy.json", "phase5/evals/"]
+    if not ref_ok:
+        s = ref_res["sanity"]
+        return Gate(
+            "red",
+            f"the reference weights ({ref}) fail the known-answer gate ({s['passed']}/{s['total']}): "
+            "accuracy is not measurable with them (dummy weights?) or the gate is misconfigured",
+            hint="real weights are needed for accuracy; check --eval-api (an instruct model needs chat)",
+            artifacts=arts,
+        )
+    verdicts = [f"{n}: {e['decision']}" for n, e in report["weights"].items() if n != ref]
+    return Gate(
+        "green",
+        f"reference {ref} passes sanity; "
+        + ("; ".join(verdicts) if verdicts else "no quantized variant to judge"),
+        headline="; ".join(_headline(n, e) for n, e in report["weights"].items()),
+        tier="DRAFT",
+        artifacts=arts,
+    )
+
+
+def control(
+    ctx: Ctx,
+    engine: str,
+    ref: str,
+    api: Api,
+    items: dict[str, Any],
+    ref_res: dict[str, Any],
+    why: list[str],
+    tol: float,
+) -> dict[str, Any]:
+    """Attribute a failed accuracy gate: the reference weights through the same gate. A sanity failure
+    the reference shares, or a task delta the reference shows against its own re-run, is the gate's
+    (a wrong API, a broken extractor, a nondeterministic server); otherwise it is the model's."""
+    failures: list[str] = []
+    san = ref_res["sanity"]
+    if any(w.startswith("known-answer") for w in why) and san["passed"] < san["total"]:
+        failures.append(f"the reference also fails known-answer sanity ({san['passed']}/{san['total']})")
+    failing_tasks = [w.split(" ", 1)[0] for w in why if not w.startswith("known-answer")]
+    if failing_tasks:
+        again = evaluate(ctx, engine, ref, api, {t: items[t] for t in failing_tasks}, tag=".control")
+        for t in failing_tasks:
+            cmp = evsuite.compare(_score(ref_res["tasks"][t]), _score(again["tasks"][t]), tol)
+            if cmp["decision"] != "pass":
+                failures.append(f"{t}: the reference against its own re-run is {cmp['decision']}")
+    return {
+        "ran": f"reference weights ({ref}) through the same gate",
+        "attributed_to": "gate" if failures else "model",
+        "evidence": failures or ["the reference passes the same gate: the quantized weights are at fault"],
+    }
+
+
+def _summary(t: dict[str, Any]) -> dict[str, Any]:
+    return {k: t[k] for k in ("n", "correct", "score_pct", "ci95")}
+
+
+def _headline(name: str, e: dict[str, Any]) -> str:
+    s = ", ".join(f"{k} {v['score_pct']:.1f}%" for k, v in e.get("scores", {}).items())
+    return f"{name} {s} ({e.get('decision')})"
+
+
+def accuracy_md(ctx: Ctx, rep: dict[str, Any]) -> str:
+    i = ctx.intent
+    lines = [
+        "# Phase 5: accuracy and perf gate",
+        "",
+        f"Model {i.model.ref}; engine {rep['engine']} ({rep['api']} API); reference weights "
+        f"{rep['reference']}; tolerance {rep['tolerance_pts']:g} absolute points. Deltas are paired on "
+        "the same items (paired bootstrap 95% interval, exact McNemar p). DRAFT.",
+        "",
+        "| weights | sanity | task | n | score % [95%] | delta pts [95%] | McNemar p | decision |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, e in rep["weights"].items():
+        san = e.get("sanity") or {}
+        for task, sc in (e.get("scores") or {"-": None}).items():
+            p = (e.get("paired") or {}).get(task)
+            sc_s = f"{sc['score_pct']:.1f} [{sc['ci95'][0]:.1f}, {sc['ci95'][1]:.1f}]" if sc else "-"
+            dl = f"{p['delta_pts']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]" if p else "-"
+            lines.append(
+                f"| {name} | {san.get('passed', '-')}/{san.get('total', '-')} | {task} | "
+                f"{sc['n'] if sc else '-'} | {sc_s} | {dl} | {p['mcnemar_p']:.3g} | {p['decision']} |"
+                if p
+                else f"| {name} | {san.get('passed', '-')}/{san.get('total', '-')} | {task} | "
+                f"{sc['n'] if sc else '-'} | {sc_s} | - | - | {e.get('decision')} |"
+            )
+    lines += ["", "## Perf A/B (interleaved trials, fresh deploy each)", ""]
+    lines.append("| weights | engine | c | trials | tok/s ratio [95%] | TPOT speedup [95%] | win |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, e in rep["weights"].items():
+        pf = e.get("perf")
+        if not pf:
+            continue
+
+        def r(v: float | None, ci: list[float] | None) -> str:
+            return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if v is not None and ci else "-"
+
+        lines.append(
+            f"| {name} | {pf['engine']} | {pf['concurrency']} | {pf['trials']} | "
+            f"{r(pf['tok_s_ratio'], pf['tok_s_ratio_ci95'])} | "
+            f"{r(pf['tpot_speedup'], pf['tpot_speedup_ci95'])} "
+            f"| {'yes' if pf['win'] else 'no'} |"
+        )
+    lines += ["", "## Decisions", ""]
+    for name, e in rep["weights"].items():
+        lines.append(
+            f"- **{name}**: {e.get('decision')}" + (f" ({'; '.join(e['why'])})" if e.get("why") else "")
+        )
+        if e.get("control"):
+            c = e["control"]
+            lines.append(
+                f"  - control: {c['ran']} -> attributed to the **{c['attributed_to']}**: "
+                + "; ".join(c["evidence"])
+            )
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_evidence(run_dir: Path) -> dict[str, bool] | None:
+    """Phase 5's per-weights accuracy verdicts (None: no evidence on file), for the champion's gate."""
+    f = run_dir / "phase5" / "accuracy.json"
+    if not f.exists():
+        return None
+    try:
+        rep = json.loads(f.read_text())
+    except ValueError:
+        return None
+    out = {n: bool(e.get("accuracy_pass")) for n, e in rep.get("weights", {}).items()}
+    if rep.get("reference") == "base":
+        out.setdefault("base", out.get("base", False))
+    return out
+
+
+__all__ = ["PerftuneError", "evstats", "phase4", "phase5", "plan"]
+
+
+def refuse_without_ack(ctx: Ctx) -> None:
+    """`perftune quantize` without the compute acknowledgement: a one-line error naming the jobs it
+    would run, before anything is written (the plan itself is validated first)."""
+    if not ctx.intent.quant.schemes:
+        raise ConfigError("no scheme to quantize with", hint="pass --scheme fp8-dynamic (or gguf-q8_0, ...)")
+    jobs = plan(ctx)
+    if not ctx.intent.quant.ack_compute:
+        raise ConfigError(
+            f"refused: quantizing would run {len(jobs)} compute job(s) ("
+            + "; ".join(j.describe() for j in jobs)
+            + ")",
+            hint="pass --ack-compute to run them",
+        )

@@ -1,0 +1,82 @@
+"""`perftune quantize` (phase 4) and `perftune validate` (phase 5) on an existing campaign."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from perftune.cli.common import ProgressRenderer, err_console, handle_errors, sigterm_as_interrupt
+
+
+def _report(run_dir: Path, state: object, pid: str, doc: str) -> None:
+    p = state.phases[pid]  # type: ignore[attr-defined]
+    sys.stdout.write(f"phase {pid}: {p.status} — {p.reason}\n" + (f"{p.headline}\n" if p.headline else ""))
+    if p.hint and p.status == "red":
+        sys.stdout.write(f"hint: {p.hint}\n")
+    if (run_dir / doc).exists():
+        sys.stdout.write(f"see {run_dir / doc}\n")
+    if p.status == "red":
+        raise SystemExit(4)
+
+
+@handle_errors
+def quantize(
+    run: str = typer.Argument(..., help="campaign run id (phase 0 done)"),
+    scheme: str = typer.Option(
+        ..., help="comma-separated: fp8-dynamic, w8a8-fp8, w4a16, nvfp4, modelopt-fp8, gguf-q8_0, gguf-q4_k_m"
+    ),
+    ack_compute: bool = typer.Option(
+        False, "--ack-compute", help="let perftune run the quantization jobs (they use CPU/GPU time)"
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="on a terminal: answer the compute prompt yes"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
+) -> None:
+    """Phase 4: quantize the campaign's model with each scheme, as submitted jobs, each output gated on
+    its own tensors (declared method, every in-scope layer quantized). Refused without the ack."""
+    from perftune.api import quantize as run_quantize
+
+    schemes = [s.strip() for s in scheme.split(",") if s.strip()]
+    if not ack_compute and sys.stdin.isatty():
+        ack_compute = yes or typer.confirm(f"run {len(schemes)} quantization job(s) ({', '.join(schemes)})?")
+    with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
+        run_dir, state = run_quantize(
+            run, schemes=schemes, ack_compute=ack_compute, runs_dir=runs_dir, observe=renderer, lake=lake
+        )
+    _report(run_dir, state, "4", "phase4/quantize.md")
+
+
+@handle_errors
+def validate(
+    run: str = typer.Argument(..., help="campaign run id (phase 4 done)"),
+    accuracy_tolerance: float | None = typer.Option(
+        None, help="largest accuracy drop allowed, absolute points (default 1.0)"
+    ),
+    tasks: str | None = typer.Option(None, help="comma-separated: mmlu, humaneval (default both)"),
+    mmlu_n: int | None = typer.Option(None, help="MMLU items (default 200)"),
+    humaneval_n: int | None = typer.Option(None, help="HumanEval problems (default 40)"),
+    eval_api: str | None = typer.Option(
+        None, help="auto (chat when the model has a chat template), chat or completions"
+    ),
+    runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
+) -> None:
+    """Phase 5: known-answer sanity, MMLU and HumanEval paired against the reference weights, and a
+    perf A/B; a variant ships only with no accuracy drop beyond the tolerance and a perf win."""
+    from perftune.api import validate as run_validate
+
+    with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
+        run_dir, state = run_validate(
+            run,
+            runs_dir=runs_dir,
+            accuracy_tolerance_pts=accuracy_tolerance,
+            tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+            mmlu_n=mmlu_n,
+            humaneval_n=humaneval_n,
+            eval_api=eval_api,
+            observe=renderer,
+            lake=lake,
+        )
+    _report(run_dir, state, "5", "phase5/ACCURACY.md")

@@ -1,0 +1,118 @@
+"""Pure statistics for accuracy gates: Wilson intervals, paired bootstrap deltas, exact McNemar.
+
+All results are in percentage points. Base and candidate are scored on the same items, so the
+comparison is paired: per-item differences, not two independent proportions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import binomtest
+
+Decision = Literal["pass", "fail", "inconclusive"]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials, in percentage points.
+
+    ``n == 0`` carries no information: the whole range (0, 100).
+    """
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return (0.0, 100.0)
+    p = k / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return (max(0.0, centre - half) * 100.0, min(1.0, centre + half) * 100.0)
+
+
+class PairedDelta(BaseModel):
+    """Candidate minus base on the same items, with its paired uncertainty."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delta_pts: float = Field(description="candidate accuracy minus base accuracy, percentage points")
+    ci95: tuple[float, float] = Field(description="95% paired-bootstrap interval of delta_pts, points")
+    n: int = Field(description="items scored by both")
+    b01: int = Field(description="items the base got right and the candidate wrong")
+    b10: int = Field(description="items the base got wrong and the candidate right")
+    mcnemar_p: float = Field(description="exact McNemar p-value on the discordant pairs (1.0 when none)")
+
+
+def paired_delta(
+    base: Sequence[bool], cand: Sequence[bool], *, resamples: int = 10000, seed: int = 0
+) -> PairedDelta:
+    """Paired accuracy delta (cand - base) with a bootstrap-over-items 95% interval and exact McNemar.
+
+    ``base[i]`` and ``cand[i]`` must be the same item.
+    """
+    if len(base) != len(cand):
+        raise ValueError(f"paired vectors differ in length: base {len(base)}, candidate {len(cand)}")
+    n = len(base)
+    if n == 0:
+        raise ValueError("no items to compare")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    b = np.asarray(base, dtype=bool)
+    c = np.asarray(cand, dtype=bool)
+    b01 = int(np.sum(b & ~c))
+    b10 = int(np.sum(~b & c))
+    delta = (b10 - b01) / n * 100.0
+    # Per-item differences take only the values -1, 0, +1, so resampling n items with replacement
+    # is a multinomial draw over those three counts: the same bootstrap without an n x resamples
+    # index matrix.
+    rng = np.random.default_rng(seed)
+    probs = np.array([b01, n - b01 - b10, b10], dtype=float) / n
+    counts = rng.multinomial(n, probs, size=resamples)
+    deltas = (counts[:, 2] - counts[:, 0]) / n * 100.0
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    discordant = b01 + b10
+    p = 1.0 if discordant == 0 else float(binomtest(b10, discordant, 0.5).pvalue)
+    return PairedDelta(
+        delta_pts=float(delta),
+        ci95=(float(lo), float(hi)),
+        n=n,
+        b01=b01,
+        b10=b10,
+        mcnemar_p=min(1.0, p),
+    )
+
+
+def decide(delta: PairedDelta, tolerance_pts: float) -> Decision:
+    """The gate rule, on the 95% interval of the paired delta and a tolerated loss ``tolerance_pts``.
+
+    - "pass": the lower bound is >= -tolerance (any plausible loss is within tolerance);
+    - "fail": the upper bound is < -tolerance (the loss exceeds tolerance even at best);
+    - "inconclusive": otherwise - the interval straddles -tolerance. The gate treats this as not
+      passed; the remedy is more items (a narrower interval), see ``decision_reason``.
+    """
+    if tolerance_pts < 0:
+        raise ValueError(f"tolerance must be >= 0 points, got {tolerance_pts}")
+    lo, hi = delta.ci95
+    if lo >= -tolerance_pts:
+        return "pass"
+    if hi < -tolerance_pts:
+        return "fail"
+    return "inconclusive"
+
+
+def decision_reason(delta: PairedDelta, tolerance_pts: float, decision: Decision) -> str:
+    """One line explaining ``decision`` for a report or a gate message."""
+    lo, hi = delta.ci95
+    where = f"delta {delta.delta_pts:+.1f} pts, 95% CI [{lo:+.1f}, {hi:+.1f}] on {delta.n} items"
+    if decision == "pass":
+        return f"{where}: lower bound >= -{tolerance_pts:g} pts tolerance"
+    if decision == "fail":
+        return f"{where}: upper bound < -{tolerance_pts:g} pts tolerance"
+    return (
+        f"{where}: interval straddles -{tolerance_pts:g} pts tolerance, not passed; "
+        "raise the item count to narrow the interval"
+    )

@@ -1,0 +1,82 @@
+"""The champion's accuracy gate reads phase 5's evidence (phase5/accuracy.json), not a flag: a green
+phase 5 without evidence, or a cell served with weights phase 5 did not pass, keeps the champion DRAFT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from perftune.campaign.champion import production_gates
+from perftune.campaign.quantize import accuracy_evidence, judge
+
+from .test_grounding import cell
+
+ACC = "accuracy (phase 5)"
+
+
+def acc_gate(gates: dict[str, bool]) -> tuple[str, bool]:
+    (hit,) = [(k, v) for k, v in gates.items() if k.startswith(ACC)]
+    return hit
+
+
+def test_the_accuracy_gate_passes_only_with_evidence_for_every_served_weights() -> None:
+    cells = [cell(), cell().model_copy(update={"weights": "gguf-q8_0", "config": "baseline+gguf-q8_0"})]
+    assert acc_gate(production_gates(cells, {"5": "green"}, {"base": True, "gguf-q8_0": True})) == (ACC, True)
+    name, ok = acc_gate(production_gates(cells, {"5": "green"}, {"base": True}))
+    assert not ok and name == f"{ACC}: no passing accuracy evidence for weights gguf-q8_0"
+    name, ok = acc_gate(production_gates(cells, {"5": "green"}, {"base": True, "gguf-q8_0": False}))
+    assert not ok and "gguf-q8_0" in name
+    name, ok = acc_gate(production_gates(cells, {"5": "green"}, None))
+    assert not ok and "left no accuracy evidence" in name
+    # evidence on file does not rescue a phase that is not green
+    name, ok = acc_gate(production_gates(cells, {"5": "skipped"}, {"base": True, "gguf-q8_0": True}))
+    assert not ok and name == f"{ACC}: phase 5 is skipped"
+
+
+def test_accuracy_evidence_is_read_from_the_bundle(tmp_path: Path) -> None:
+    assert accuracy_evidence(tmp_path) is None
+    (tmp_path / "phase5").mkdir()
+    (tmp_path / "phase5" / "accuracy.json").write_text("{torn")
+    assert accuracy_evidence(tmp_path) is None  # a torn file is no evidence
+    rep = {
+        "reference": "base-f16",
+        "weights": {
+            "base-f16": {"accuracy_pass": True},
+            "base": {"accuracy_pass": True},
+            "gguf-q4_k_m": {"accuracy_pass": False},
+        },
+    }
+    (tmp_path / "phase5" / "accuracy.json").write_text(json.dumps(rep))
+    assert accuracy_evidence(tmp_path) == {"base-f16": True, "base": True, "gguf-q4_k_m": False}
+
+
+def _eval(sanity: tuple[int, int], mmlu: list[bool]) -> dict[str, object]:
+    items = {f"q{i}": ok for i, ok in enumerate(mmlu)}
+    n, k = len(mmlu), sum(mmlu)
+    return {
+        "sanity": {"passed": sanity[0], "total": sanity[1], "replies": []},
+        "tasks": {
+            "mmlu": {
+                "task": "mmlu",
+                "n": n,
+                "correct": k,
+                "score_pct": 100.0 * k / n,
+                "ci95": [0.0, 100.0],
+                "items": items,
+            }
+        },
+    }
+
+
+def test_judge_passes_an_identical_candidate_and_fails_a_worse_one() -> None:
+    ref = _eval((5, 5), [True] * 60 + [False] * 40)
+    ok, why, tasks = judge(ref, _eval((5, 5), [True] * 60 + [False] * 40), 1.0)
+    assert ok and why == [] and tasks["mmlu"]["decision"] == "pass" and tasks["mmlu"]["delta_pts"] == 0
+    ok, why, tasks = judge(ref, _eval((5, 5), [False] * 30 + [True] * 30 + [False] * 40), 1.0)
+    assert not ok and tasks["mmlu"]["decision"] == "fail" and why[0].startswith("mmlu fail: delta -30.0 pts")
+    ok, why, _ = judge(ref, _eval((3, 5), [True] * 60 + [False] * 40), 1.0)
+    assert not ok and why == ["known-answer sanity 3/5"]
+    # a few flips either way: not provably within 1 point at n=100, so not a pass
+    mixed = [True] * 58 + [False, False] + [False] * 38 + [True, True]
+    ok, why, tasks = judge(ref, _eval((5, 5), mixed), 1.0)
+    assert not ok and tasks["mmlu"]["decision"] == "inconclusive" and "raise the item count" in why[0]

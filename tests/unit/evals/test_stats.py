@@ -1,0 +1,86 @@
+"""Pure statistics: Wilson, paired bootstrap + McNemar, and the gate decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from perftune.evals.stats import PairedDelta, decide, decision_reason, paired_delta, wilson
+
+
+def test_wilson_matches_hand_computed_value() -> None:
+    # k=8, n=10, z=1.96: p=0.8, denom=1+3.8416/10=1.38416, centre=(0.8+0.19208)/1.38416=0.716745,
+    # half=1.96*sqrt(0.016+0.009604)/1.38416=0.226583 -> (49.016, 94.333) points.
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(49.016, abs=0.01)
+    assert hi == pytest.approx(94.333, abs=0.01)
+
+
+def test_wilson_edges() -> None:
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0
+    assert 25 < hi < 35
+    lo, hi = wilson(10, 10)
+    assert hi == pytest.approx(100.0)
+    assert 65 < lo < 75
+    assert wilson(0, 0) == (0.0, 100.0)
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+def test_paired_delta_identical_vectors() -> None:
+    v = [True] * 60 + [False] * 40
+    d = paired_delta(v, list(v))
+    assert d.delta_pts == 0.0
+    assert d.ci95 == (0.0, 0.0)
+    assert d.mcnemar_p == 1.0
+    assert (d.n, d.b01, d.b10) == (100, 0, 0)
+
+
+def test_paired_delta_candidate_loses_ten_of_hundred() -> None:
+    base = [True] * 100
+    cand = [True] * 90 + [False] * 10
+    d = paired_delta(base, cand)
+    assert d.delta_pts == pytest.approx(-10.0)
+    assert (d.b01, d.b10, d.n) == (10, 0, 100)
+    assert d.mcnemar_p < 0.01
+    assert d.mcnemar_p == pytest.approx(2 * 0.5**10)
+    lo, hi = d.ci95
+    assert lo < -10 < hi < 0
+    assert paired_delta(base, cand) == d  # seeded: reproducible
+
+
+def test_paired_delta_gain_and_balanced_discordance() -> None:
+    base = [False] * 5 + [True] * 5 + [True] * 10
+    cand = [True] * 5 + [False] * 5 + [True] * 10
+    d = paired_delta(base, cand)
+    assert d.delta_pts == 0.0
+    assert (d.b01, d.b10) == (5, 5)
+    assert d.mcnemar_p == pytest.approx(1.0)
+    lo, hi = d.ci95
+    assert lo < 0 < hi
+
+
+def test_paired_delta_length_mismatch() -> None:
+    with pytest.raises(ValueError, match="length"):
+        paired_delta([True, False], [True])
+    with pytest.raises(ValueError):
+        paired_delta([], [])
+
+
+def _delta(lo: float, hi: float) -> PairedDelta:
+    return PairedDelta(delta_pts=(lo + hi) / 2, ci95=(lo, hi), n=100, b01=0, b10=0, mcnemar_p=1.0)
+
+
+def test_decide_three_outcomes() -> None:
+    assert decide(_delta(-0.9, 1.5), tolerance_pts=1.0) == "pass"
+    assert decide(_delta(-1.0, 0.0), tolerance_pts=1.0) == "pass"  # lower bound == -tolerance
+    assert decide(_delta(-6.0, -2.0), tolerance_pts=1.0) == "fail"
+    assert decide(_delta(-3.0, 0.5), tolerance_pts=1.0) == "inconclusive"
+    assert decide(_delta(-3.0, -1.0), tolerance_pts=1.0) == "inconclusive"  # upper == -tol
+
+
+def test_inconclusive_reason_says_raise_item_count() -> None:
+    d = _delta(-3.0, 0.5)
+    reason = decision_reason(d, 1.0, decide(d, 1.0))
+    assert "raise the item count" in reason
+    assert "not passed" in reason
