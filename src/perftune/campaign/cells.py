@@ -56,8 +56,15 @@ def model_to_serve(ctx: Ctx, engine: str, weights: str = "base") -> str:
                 hint="phase 4 (perftune quantize) writes the variants; known: "
                 + (", ".join(ctx.state.facts.weights) or "none"),
             )
-        return w.path
+        return i.model.ref if w.simulated else w.path
     return i.model.ref if engine in ("sim", "mock") else (i.model.path or i.model.ref)
+
+
+def synthetic_workload(engine: str) -> str:
+    """The workload a single-workload measurement (a profile window, phase 5's perf A/B) uses on an
+    engine: random token ids, except on llama-cpp-python's server, which takes text prompts only
+    (HumanEval's short code prompts there)."""
+    return "code" if engine == "llamacpp" else "random"
 
 
 def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
@@ -237,12 +244,16 @@ def live_server(
     `extra_args`, `env` and `launch_prefix` are phase 2's profiler hooks (trace folder, ncu)."""
     i = ctx.intent
     model = model_to_serve(ctx, engine, weights)
+    variant = ctx.state.facts.weights.get(weights)
     spec = ServeSpec(
         engine=engine,
         model=model,
         served_name=Path(i.model.ref.rstrip("/")).name,
         tp=ctx.state.facts.tp,
-        levers=dict(i.serving.levers.get(engine, {}) if levers is None else levers),
+        levers={
+            **(i.serving.levers.get(engine, {}) if levers is None else levers),
+            **(variant.levers if variant is not None else {}),
+        },
         extra_args=[*i.serving.engine_args.get(engine, []), *(extra_args or [])],
         env=dict(env or {}),
         launch_prefix=list(launch_prefix or []),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from perftune.campaign.base import Ctx, Gate
-from perftune.campaign.cells import card_of, live_server
+from perftune.campaign.cells import card_of, live_server, synthetic_workload
 from perftune.errors import PerftuneError
 from perftune.hardware.ceilings import gpu
 from perftune.hardware.roofline import roofline
@@ -80,8 +80,7 @@ def phase2(ctx: Ctx) -> Gate:
                     kernel_profiler=kp,
                     trace_dir=tdir,
                     requests=i.profiling.requests_per_window,
-                    # llama-cpp-python's server takes text prompts only: HumanEval's short ones
-                    workload="code" if engine == "llamacpp" else "random",
+                    workload=synthetic_workload(engine),
                 )
                 caps += [ground(ctx, x) for x in run_window(w, _rel(ctx), ctx.observe)]
         if "l4" in layers:

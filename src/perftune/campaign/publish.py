@@ -177,7 +177,7 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
 
 def eval_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, Any]]:
     """Phase 5's scores: one row per weight variant and task, with its 95% interval and, for a variant,
-    the delta to the reference paired on the same items (paired bootstrap interval, McNemar p)."""
+    the delta to the reference paired on the same items (Tango paired score interval, McNemar p)."""
     path = run_dir / "phase5" / "accuracy.json"
     if not path.exists():
         return []
@@ -206,7 +206,7 @@ def eval_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, A
                     "delta_pts": p.get("delta_pts"),
                     "delta_ci_lo": dci[0],
                     "delta_ci_hi": dci[1],
-                    "paired_test": "paired bootstrap + exact McNemar" if p else None,
+                    "paired_test": "Tango paired score interval + exact McNemar" if p else None,
                     "mcnemar_p": p.get("mcnemar_p"),
                     "decision": p.get("decision", "reference" if name == rep.get("reference") else None),
                     "accuracy_pass": bool(e.get("accuracy_pass")),

@@ -173,8 +173,13 @@ class QuantIntent(BaseModel):
 
     @field_validator("schemes")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(v))
+    def _known_unique(cls, v: list[str]) -> list[str]:
+        from perftune.quant.schemes import scheme_for  # the scheme table, aliases resolved
+
+        try:
+            return list(dict.fromkeys(scheme_for(s).name for s in v))
+        except ConfigError as e:
+            raise ValueError(f"{e}; {e.hint}") from None
 
 
 # The flat form (campaign.json before the split, and the keyword form callers use): key -> (part, field).
@@ -405,6 +410,10 @@ class Weights(BaseModel):
     backend: str | None
     engines: list[str] = Field(description="engines that load this format")
     coverage: dict[str, Any] = Field(default_factory=dict, description="the coverage guard's counts")
+    levers: dict[str, Any] = Field(
+        default_factory=dict, description="serving levers the variant implies (the simulator's quantization)"
+    )
+    simulated: bool = Field(False, description="a modelled variant (the simulator): no checkpoint exists")
 
 
 class Facts(BaseModel):

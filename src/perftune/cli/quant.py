@@ -55,6 +55,9 @@ def validate(
         None, help="largest accuracy drop allowed, absolute points (default 1.0)"
     ),
     tasks: str | None = typer.Option(None, help="comma-separated: mmlu, humaneval (default both)"),
+    limit: int | None = typer.Option(
+        None, min=1, help="items per task (both tasks; HumanEval has 164): --mmlu-n/--humaneval-n win"
+    ),
     mmlu_n: int | None = typer.Option(None, help="MMLU items (default 200)"),
     humaneval_n: int | None = typer.Option(None, help="HumanEval problems (default 40)"),
     eval_api: str | None = typer.Option(
@@ -73,8 +76,8 @@ def validate(
             runs_dir=runs_dir,
             accuracy_tolerance_pts=accuracy_tolerance,
             tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
-            mmlu_n=mmlu_n,
-            humaneval_n=humaneval_n,
+            mmlu_n=mmlu_n or limit,
+            humaneval_n=humaneval_n or limit,
             eval_api=eval_api,
             observe=renderer,
             lake=lake,

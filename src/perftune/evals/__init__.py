@@ -3,7 +3,7 @@
 Runs against any OpenAI-compatible server (llama.cpp, vLLM, SGLang) and compares two weight
 variants (base vs quantized) paired on the same items. ``data`` loads items, ``client`` asks the
 server, ``score`` grades replies (HumanEval in a sandboxed subprocess), ``stats`` holds the pure
-maths (Wilson interval, paired bootstrap, McNemar) and ``suite`` wires them together.
+maths (Wilson interval, Tango paired interval, McNemar) and ``suite`` wires them together.
 """
 
 from __future__ import annotations

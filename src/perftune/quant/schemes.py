@@ -125,10 +125,14 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
+# Short names users type: `--quant-target fp8` is llm-compressor's FP8 dynamic (no calibration).
+ALIASES = {"fp8": "fp8-dynamic", "q8_0": "gguf-q8_0", "q4_k_m": "gguf-q4_k_m"}
+
+
 def scheme_for(name: str) -> Scheme:
-    """The scheme called `name`; an unknown name is a ConfigError listing the valid ones."""
+    """The scheme called `name` (or an alias); an unknown name is a ConfigError listing the valid ones."""
     try:
-        return SCHEMES[name]
+        return SCHEMES[ALIASES.get(name, name)]
     except KeyError:
         raise ConfigError(
             f"unknown quantization scheme '{name}'", hint=f"valid schemes: {', '.join(SCHEMES)}"

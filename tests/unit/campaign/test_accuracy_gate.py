@@ -69,12 +69,18 @@ def _eval(sanity: tuple[int, int], mmlu: list[bool]) -> dict[str, object]:
 
 
 def test_judge_passes_an_identical_candidate_and_fails_a_worse_one() -> None:
-    ref = _eval((5, 5), [True] * 60 + [False] * 40)
-    ok, why, tasks = judge(ref, _eval((5, 5), [True] * 60 + [False] * 40), 1.0)
+    ref = _eval((5, 5), [True] * 600 + [False] * 400)
+    ok, why, tasks = judge(ref, _eval((5, 5), [True] * 600 + [False] * 400), 1.0)
     assert ok and why == [] and tasks["mmlu"]["decision"] == "pass" and tasks["mmlu"]["delta_pts"] == 0
+    # the same agreement on 100 items bounds a loss at 3.7 points only: not a pass at 1 point
+    small = _eval((5, 5), [True] * 60 + [False] * 40)
+    ok, why, tasks = judge(small, small, 1.0)
+    assert not ok and tasks["mmlu"]["decision"] == "inconclusive"
+    ref = _eval((5, 5), [True] * 60 + [False] * 40)
     ok, why, tasks = judge(ref, _eval((5, 5), [False] * 30 + [True] * 30 + [False] * 40), 1.0)
     assert not ok and tasks["mmlu"]["decision"] == "fail" and why[0].startswith("mmlu fail: delta -30.0 pts")
-    ok, why, _ = judge(ref, _eval((3, 5), [True] * 60 + [False] * 40), 1.0)
+    big = _eval((5, 5), [True] * 600 + [False] * 400)
+    ok, why, _ = judge(big, _eval((3, 5), [True] * 600 + [False] * 400), 1.0)
     assert not ok and why == ["known-answer sanity 3/5"]
     # a few flips either way: not provably within 1 point at n=100, so not a pass
     mixed = [True] * 58 + [False, False] + [False] * 38 + [True, True]

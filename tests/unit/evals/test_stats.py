@@ -1,4 +1,4 @@
-"""Pure statistics: Wilson, paired bootstrap + McNemar, and the gate decision."""
+"""Pure statistics: Wilson, the paired delta (Tango score interval) + McNemar, and the gate decision."""
 
 from __future__ import annotations
 
@@ -31,9 +31,18 @@ def test_paired_delta_identical_vectors() -> None:
     v = [True] * 60 + [False] * 40
     d = paired_delta(v, list(v))
     assert d.delta_pts == 0.0
-    assert d.ci95 == (0.0, 0.0)
+    # no discordant pair: Z(d) = -n d / sqrt(n (-d - d^2)) = z at d = -z^2 / (n + z^2), by hand
+    # -3.8416 / 103.8416 = -3.70 points (and +3.70): agreement on 100 items bounds a loss, no more
+    assert d.ci95 == pytest.approx((-3.6995, 3.6995), abs=1e-3)
     assert d.mcnemar_p == 1.0
     assert (d.n, d.b01, d.b10) == (100, 0, 0)
+
+
+def test_identical_answers_on_few_items_prove_nothing_many_items_do() -> None:
+    few = paired_delta([True, False] * 3, [True, False] * 3)
+    assert decide(few, 1.0) == "inconclusive" and few.ci95[0] < -20
+    many = paired_delta([True, False] * 2500, [True, False] * 2500)
+    assert decide(many, 1.0) == "pass" and -0.1 < many.ci95[0] < 0
 
 
 def test_paired_delta_candidate_loses_ten_of_hundred() -> None:
@@ -45,8 +54,8 @@ def test_paired_delta_candidate_loses_ten_of_hundred() -> None:
     assert d.mcnemar_p < 0.01
     assert d.mcnemar_p == pytest.approx(2 * 0.5**10)
     lo, hi = d.ci95
-    assert lo < -10 < hi < 0
-    assert paired_delta(base, cand) == d  # seeded: reproducible
+    assert -20 < lo < -10 < hi < 0
+    assert paired_delta(base, cand) == d  # deterministic
 
 
 def test_paired_delta_gain_and_balanced_discordance() -> None:

@@ -131,10 +131,10 @@ def test_compare_pairs_on_common_ids_only() -> None:
 
 
 def test_compare_identical_passes_and_disjoint_raises() -> None:
-    items = {f"q{i}": i % 3 != 0 for i in range(60)}
+    items = {f"q{i}": i % 3 != 0 for i in range(6000)}
     same = compare(task_score("mmlu", items), task_score("mmlu", dict(items)), tolerance_pts=1.0)
     assert same["decision"] == "pass"
-    assert same["ci95"] == (0.0, 0.0)
+    assert -0.1 < same["ci95"][0] < 0 < same["ci95"][1] < 0.1
     with pytest.raises(ValueError, match="no item ids"):
         compare(task_score("mmlu", {"a": True}), task_score("mmlu", {"b": True}), 1.0)
     with pytest.raises(ValueError, match="different tasks"):
