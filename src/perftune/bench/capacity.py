@@ -494,6 +494,7 @@ class CapacityConfig(SearchSpec):
     api_key: str | None = Field(None, description="bearer token, if the server wants one")
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     reset_cache: str = Field("auto", description="prefix-cache reset before every trial (see BenchConfig)")
+    text_vocab: str | None = Field(None, description="decode token-id prompts to text (see BenchConfig)")
 
 
 def requests_for(cfg: CapacityConfig, load: float) -> int:
@@ -534,6 +535,7 @@ def bench_config(cfg: CapacityConfig, load: float) -> BenchConfig:
         engine=cfg.engine,
         baseline=cfg.baseline,
         reset_cache=cfg.reset_cache,
+        text_vocab=cfg.text_vocab,
     )
 
 

@@ -154,6 +154,11 @@ class BenchConfig(BaseModel):
     engine_poll_s: float = Field(
         1.0, ge=0, description="poll the engine's /metrics queue gauges this often during a trial (0: off)"
     )
+    text_vocab: str | None = Field(
+        None,
+        description="a GGUF whose vocabulary turns token-id prompts into text, for a server that takes "
+        "text prompts only (llama-cpp-python's); the engine re-tokenizes, so input lengths are approximate",
+    )
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     slo: dict[str, float] = Field(default_factory=dict, description="per-request SLO upper bounds, ms")
     api_key: str | None = Field(None, description="bearer token, if the server wants one")
@@ -404,13 +409,15 @@ def _count_out_tokens_estimate(cap: RawCapture) -> int:
 
 
 def resolve_workload(cfg: BenchConfig) -> Workload:
-    from perftune.bench.workloads import load_workload
+    from perftune.bench.workloads import as_text, load_workload
 
     if cfg.workload_file:
         wl = load_workload(cfg.workload_file)
     else:
         assert cfg.workload is not None
         wl = build_workload(cfg.workload)
+    if cfg.text_vocab is not None:
+        wl = as_text(wl, cfg.text_vocab)
     if cfg.rate is not None and wl.arrival_offsets_s is None:
         offs = arrival_offsets(
             len(wl.items), cfg.rate, cfg.arrival, burstiness=cfg.burstiness, seed=wl.spec.seed

@@ -11,8 +11,10 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import orjson
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from perftune.errors import ConfigError
 from perftune.util.atomic import write_bytes
+
+T = TypeVar("T")
 
 WorkloadKind = Literal["random", "prefix", "chat", "code", "long"]
 Api = Literal["completions", "chat"]
@@ -274,6 +278,48 @@ def build_workload(spec: WorkloadSpec, arrival_offsets_s: list[float] | None = N
     else:
         items, source = _code(spec)
     return Workload(spec=spec, source=source, items=items, arrival_offsets_s=arrival_offsets_s).sealed()
+
+
+def _quiet(make: Callable[[], T]) -> T:
+    """Run `make` with file descriptor 2 pointed at /dev/null: llama.cpp's C library logs a context
+    warning for a vocabulary-only load that `verbose=False` does not silence."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            return make()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def as_text(wl: Workload, gguf: str | Path) -> Workload:
+    """The workload with every token-id prompt decoded to text by the model's own vocabulary (llama.cpp
+    loads only the GGUF's vocabulary): what a server that takes text prompts only can be sent. Its
+    source says so; the engine re-tokenizes, so the input lengths become approximate."""
+    if all(i.prompt_ids is None for i in wl.items):
+        return wl
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise ConfigError(
+            "token-id prompts for a text-only server need llama-cpp-python to decode them",
+            hint="pip install 'llama-cpp-python[server]', or use a text workload (chat, code)",
+        ) from e
+    if not Path(gguf).is_file():
+        raise ConfigError(f"no GGUF at {gguf} to decode token-id prompts with", hint="check the model path")
+    vocab = _quiet(lambda: Llama(model_path=str(gguf), vocab_only=True, verbose=False, n_ctx=8))
+    n_vocab = vocab.n_vocab()
+    items = []
+    for it in wl.items:
+        if it.prompt_ids is None:
+            items.append(it)
+            continue
+        ids = [t % n_vocab for t in it.prompt_ids]
+        text = vocab.detokenize(ids).decode("utf-8", errors="replace")
+        items.append(it.model_copy(update={"prompt_ids": None, "prompt": text}))
+    src = f"{wl.source}, decoded to text by {Path(gguf).name}'s vocabulary (input lengths approximate)"
+    return wl.model_copy(update={"items": items, "source": src}).sealed()
 
 
 def save_workload(wl: Workload, path: str | Path) -> None:

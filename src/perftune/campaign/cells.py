@@ -57,6 +57,8 @@ def model_to_serve(ctx: Ctx, engine: str, weights: str = "base") -> str:
                 + (", ".join(ctx.state.facts.weights) or "none"),
             )
         return i.model.ref if w.simulated else w.path
+    if engine == "llamacpp" and ctx.state.facts.gguf:  # phase 0 converted the HF folder for it
+        return ctx.state.facts.gguf
     return i.model.ref if engine in ("sim", "mock") else (i.model.path or i.model.ref)
 
 
@@ -373,6 +375,7 @@ def bench_cell(
         # the deployed levers (a baseline cell's are the intent's): the %SoL dtypes and the token
         # accounting (a speculative lever asks for per-chunk usage) read them
         sol_levers=dict(i.serving.levers.get(engine, {}) if levers is None else levers),
+        text_vocab=rec.plan.text_prompts_only,
     )
     run, _ = bench_to_dir(
         cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)

@@ -60,6 +60,7 @@ class LiveEvaluator:
                         server_log=rec.log_path,
                         claim=i.slo.focus,
                         baseline=baseline_name(self.ctx, arm.engine),
+                        text_vocab=rec.plan.text_prompts_only,
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
                     try:

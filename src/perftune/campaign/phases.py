@@ -21,11 +21,12 @@ from perftune.campaign.cells import (
 from perftune.campaign.champion import production_gates, select_champion
 from perftune.campaign.learnt import Learnt, learnt_flags
 from perftune.campaign.profiling import cell_grounding, load_captures, phase2, phase25, runnable
-from perftune.campaign.quantize import accuracy_evidence, phase4, phase5
+from perftune.campaign.quantize import accuracy_evidence, llamacpp_gguf, phase4, phase5
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
-from perftune.campaign.state import ChampionFact
+from perftune.campaign.state import SUITE, ChampionFact, Intent
 from perftune.campaign.tuning import run_phase3
+from perftune.engines.adapters import llamacpp_launcher
 from perftune.errors import ConfigError, PerftuneError
 from perftune.hardware.ceilings import gpu
 from perftune.profile.synthesis import Evidence, synthesize
@@ -56,6 +57,50 @@ NEXT_LEVERS: list[tuple[str, str, str]] = [
 # ------------------------------------------------------------------ phase 0
 
 
+def serial_engines_only(i: Intent) -> bool:
+    """Every engine is llama-cpp-python's one-request-at-a-time server and the user chose neither the
+    ladder nor the baseline concurrency."""
+    return (
+        set(i.serving.engines) == {"llamacpp"}
+        and llamacpp_launcher() == "llama-cpp-python"
+        and not i.suite.ladder
+        and "baseline_concurrency" not in i.suite.model_fields_set
+    )
+
+
+def serial_suite(i: Intent, max_context: int, decisions: list[tuple[str, str]]) -> Intent:
+    """The suite a one-request-at-a-time CPU server can run in minutes, where the user left it to
+    perftune: ladder [1] (more concurrency only queues), no long-context workload (minutes of prefill
+    per request), and the model's own context window instead of llama-cpp-python's 2,048 (the chat
+    corpus has longer prompts). Each change is a SOURCE.md decision; the flags override it."""
+    suite = {"ladder": [1], "baseline_concurrency": 1}
+    decisions.append(
+        (
+            "concurrency ladder [1], baseline c=1",
+            "llama-cpp-python's server runs one request at a time: more concurrency only queues "
+            "(--ladder overrides; llama-server on PATH batches)",
+        )
+    )
+    if i.suite.workloads == SUITE:
+        suite["workloads"] = [w for w in SUITE if w != "long"]
+        decisions.append(("workloads without long", "minutes of CPU prefill per request (--workloads long)"))
+    levers = dict(i.serving.levers)
+    if "max-model-len" not in levers.get("llamacpp", {}):
+        levers["llamacpp"] = {**levers.get("llamacpp", {}), "max-model-len": min(max_context, 8192)}
+        decisions.append(
+            (
+                f"llama.cpp context {levers['llamacpp']['max-model-len']} tokens",
+                "the model's window (at most 8,192), not llama-cpp-python's default 2,048",
+            )
+        )
+    return i.model_copy(
+        update={
+            "suite": i.suite.model_copy(update=suite),
+            "serving": i.serving.model_copy(update={"levers": levers}),
+        }
+    )
+
+
 def phase0(ctx: Ctx) -> Gate:
 
     i = ctx.intent
@@ -75,6 +120,9 @@ def phase0(ctx: Ctx) -> Gate:
             + "; or leave the workload out with --workloads",
             artifacts=["SOURCE.md"],
         )
+    decisions: list[tuple[str, str]] = []
+    if serial_engines_only(i):
+        i = ctx.state.intent = serial_suite(i, card.max_context, decisions)
     ladder = i.resolved_ladder()
     tp = advise_tp(card, g, concurrency=max(ladder), context=i.suite.isl + i.suite.osl)
     loader = advise_loader(
@@ -83,7 +131,6 @@ def phase0(ctx: Ctx) -> Gate:
     write_text(d / "model_card.json", card.model_dump_json(indent=2) + "\n")
     write_text(d / "tp_advice.json", tp.model_dump_json(indent=2) + "\n")
     write_text(d / "loader_advice.json", loader.model_dump_json(indent=2) + "\n")
-    decisions: list[tuple[str, str]] = []
     # Registry and ledger: explicit paths, created here, so every deploy is checked against one file.
     # One resolution order everywhere (--registry, $PERFTUNE_KNOWN_GOOD_REGISTRY, configs/ walking up,
     # the per-user file); the entries shipped with perftune are consulted on top of it by every check.
@@ -148,16 +195,23 @@ def phase0(ctx: Ctx) -> Gate:
         + "; ".join(tp.rationale[:2]),
         "loader": f"{loader.recommended}",
     }
+    gguf = llamacpp_gguf(ctx)  # llama.cpp serves GGUF: an HF folder is converted once, here
+    if gguf:
+        decisions.append(
+            (f"llama.cpp serves `{gguf}`", "converted from the HF folder by llama.cpp's converter")
+        )
     write_text(ctx.run_dir / "SOURCE.md", source_md(ctx.state, decisions, advice))
     return Gate(
         "green",
-        f"{i.model.ref} fits at TP={use_tp} on {g.key}",
+        f"{i.model.ref} fits at TP={use_tp} on {g.key}"
+        + ("; converted to an F16 GGUF for llama.cpp" if gguf else ""),
         headline=f"TP={use_tp}, {card.total_params / 1e9:.1f} B params",
         artifacts=[
             "SOURCE.md",
             "phase0/model_card.json",
             "phase0/tp_advice.json",
             "phase0/loader_advice.json",
+            *([str(Path(gguf).relative_to(ctx.run_dir.resolve()))] if gguf else []),
         ],
     )
 

@@ -28,7 +28,7 @@ from perftune.errors import ConfigError, GateError, PerftuneError
 from perftune.evals import data as evdata
 from perftune.evals import stats as evstats
 from perftune.evals import suite as evsuite
-from perftune.quant import coverage, families, gguf_tools, schemes
+from perftune.quant import convert, coverage, families, gguf_tools, schemes
 from perftune.quant.backends import QuantJob, backend_for
 from perftune.quant.job import QuantResult
 from perftune.tune.arms import Arm
@@ -58,8 +58,14 @@ class PlannedJob:
         return f"{self.scheme.backend} {self.name} on {self.source.name}"
 
 
+def weights_on_disk(ctx: Ctx) -> str | None:
+    """The model's folder or GGUF file: --model-path, or the model argument when it is a local path."""
+    m = ctx.intent.model
+    return m.path or (m.ref if Path(m.ref).exists() else None)
+
+
 def _source(ctx: Ctx) -> Path:
-    p = ctx.intent.model.path
+    p = weights_on_disk(ctx)
     if not p or not Path(p).exists():
         raise ConfigError(
             "phase 4 needs the model's weights on disk and this campaign has none"
@@ -91,21 +97,42 @@ def gguf_meta(
     return out
 
 
+def llamacpp_gguf(ctx: Ctx) -> str | None:
+    """Phase 0: llama.cpp serves GGUF only, so a campaign on it from a Hugging Face folder converts the
+    folder once to an F16 GGUF (llama.cpp's own converter) in the bundle; later phases serve that file
+    and phase 4 quantizes it. None when nothing needed converting."""
+    p = weights_on_disk(ctx)
+    if "llamacpp" not in ctx.intent.serving.engines or not p or not Path(p).is_dir():
+        return None
+    f = ctx.state.facts
+    if f.gguf and Path(f.gguf).is_file():
+        return f.gguf
+    out = ctx.run_dir / "phase0" / f"{Path(p).name}-f16.gguf"
+    ctx.observe(f"phase 0: converting {Path(p).name} to an F16 GGUF for llama.cpp (llama.cpp's converter)")
+    convert.hf_to_gguf(Path(p), out)
+    f.gguf = str(out.resolve())
+    ctx.save()
+    return f.gguf
+
+
 def plan(ctx: Ctx) -> list[PlannedJob]:
     """Every job phase 4 would run, validated as a whole before the first one starts: a known scheme,
     a registered model family, a format the scheme takes (GGUF schemes need a GGUF, the others a
     Hugging Face folder) and an installed backend. Raises ConfigError on the first problem."""
     q = ctx.intent.quant
     src = _source(ctx)
+    folder = src
     fam = families.family_for(card_of(ctx).model_type)
     d = ctx.run_dir / "phase4"
     jobs: list[PlannedJob] = []
     for name in q.schemes:
         sc = schemes.scheme_for(name)
+        src = Path(ctx.state.facts.gguf) if sc.gguf_file_type is not None and ctx.state.facts.gguf else folder
         if sc.gguf_file_type is not None and not is_gguf(src):
             raise ConfigError(
                 f"scheme {name} writes GGUF and needs a GGUF model, got the folder {src}",
-                hint="point --model-path at a .gguf file, or pick an llm-compressor/ModelOpt scheme",
+                hint="serve it on llama.cpp (phase 0 converts the folder to GGUF), point --model-path at "
+                "a .gguf file, or pick an llm-compressor/ModelOpt scheme",
             )
         if sc.gguf_file_type is None and is_gguf(src):
             raise ConfigError(
@@ -334,7 +361,7 @@ def eval_api(ctx: Ctx) -> Api:
     q = ctx.intent.quant
     if q.eval_api != "auto":
         return q.eval_api
-    return "chat" if has_chat_template(ctx.intent.model.path or "") else "completions"
+    return "chat" if has_chat_template(weights_on_disk(ctx) or "") else "completions"
 
 
 def reference_name(ctx: Ctx) -> str:

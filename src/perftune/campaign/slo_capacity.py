@@ -147,6 +147,7 @@ def phase83(ctx: Ctx) -> Gate:
                         hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
                         server_log=rec.log_path,
                         baseline=None if name == "baseline" else baseline_name(ctx, engine),
+                        text_vocab=rec.plan.text_prompts_only,
                     )
                     res = run_capacity(cfg, out, observer=progress)
                 fact = fact_of(engine, name, levers, res, out, ctx.rel(out))

