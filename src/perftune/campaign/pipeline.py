@@ -19,6 +19,7 @@ from perftune.bench.slo import resolve_slo
 from perftune.campaign.base import Confirm, Ctx, Gate, Observer, PhaseFn, PhaseStart, event_line
 from perftune.campaign.phases import PHASE_IDS, PHASES
 from perftune.campaign.publish import publish
+from perftune.campaign.quantize import preflight
 from perftune.campaign.report import summary_md
 from perftune.campaign.state import CampaignState, Intent, PhaseRecord, new_run_id
 from perftune.context import now_iso
@@ -273,6 +274,8 @@ def run_campaign(
     else:
         assert intent is not None
         _validate_new(intent)
+        if "4" not in skip and (until is None or PHASE_IDS.index(until) >= PHASE_IDS.index("4")):
+            preflight(intent)
         run_dir, state = new_campaign(intent, runs_dir)
         lock = run_lock(run_dir)
     ctx = Ctx(run_dir, state, observe or (lambda _m: None))

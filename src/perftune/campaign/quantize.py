@@ -23,7 +23,7 @@ from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import card_of, live_server, synthetic_workload
 from perftune.campaign.live_eval import LiveEvaluator
-from perftune.campaign.state import Weights
+from perftune.campaign.state import Intent, Weights
 from perftune.errors import ConfigError, GateError, PerftuneError
 from perftune.evals import data as evdata
 from perftune.evals import stats as evstats
@@ -219,10 +219,35 @@ def run_job(job: PlannedJob, calib: list[str]) -> QuantResult:
 SIM_FP8 = ("fp8-dynamic", "w8a8-fp8", "modelopt-fp8")
 
 
+def preflight(intent: Intent) -> None:
+    """`optimize --quant-target` refuses, before a run folder exists, what phase 4 would refuse hours
+    later: a scheme the simulator does not model, a backend not installed, no compute acknowledgement."""
+    q = intent.quant
+    if not q.schemes:
+        return
+    if not any(e in REAL for e in intent.serving.engines):
+        _sim_names(intent)
+        return
+    for name in q.schemes:
+        why = backend_for(schemes.scheme_for(name)).available()
+        if why is not None:
+            raise ConfigError(f"--quant-target {name}: {why}", hint="install the backend, or drop the scheme")
+    if not q.ack_compute:
+        raise ConfigError(
+            f"refused: --quant-target would run {len(q.schemes)} quantization job(s) in phase 4 "
+            f"({', '.join(q.schemes)}); nothing was run",
+            hint="pass --ack-compute to let perftune run them",
+        )
+
+
 def sim_schemes(ctx: Ctx) -> list[str]:
     """The campaign's schemes as the simulator models them; one it does not model is a ConfigError."""
-    names = [schemes.scheme_for(s).name for s in ctx.intent.quant.schemes]
-    if "sim" not in ctx.intent.serving.engines:
+    return _sim_names(ctx.intent)
+
+
+def _sim_names(intent: Intent) -> list[str]:
+    names = [schemes.scheme_for(s).name for s in intent.quant.schemes]
+    if "sim" not in intent.serving.engines:
         raise ConfigError("phase 4 needs a real engine or the simulator", hint="--engines sim, vllm, ...")
     bad = [n for n in names if n not in SIM_FP8]
     if bad:

@@ -86,3 +86,29 @@ def test_judge_passes_an_identical_candidate_and_fails_a_worse_one() -> None:
     mixed = [True] * 58 + [False, False] + [False] * 38 + [True, True]
     ok, why, tasks = judge(ref, _eval((5, 5), mixed), 1.0)
     assert not ok and tasks["mmlu"]["decision"] == "inconclusive" and "raise the item count" in why[0]
+
+
+def test_optimize_refuses_a_quant_target_before_any_folder_exists(tmp_path: Path) -> None:
+    import pytest
+
+    from perftune.campaign.pipeline import run_campaign
+    from perftune.campaign.state import Intent
+    from perftune.errors import ConfigError
+
+    def intent(engines: list[str], schemes: list[str], ack: bool = False) -> Intent:
+        return Intent.model_validate(
+            {"model": "llama-3.1-8b", "engines": engines, "quant_schemes": schemes, "ack_compute": ack}
+        )
+
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match="simulator models FP8 weights only, not nvfp4"):
+        run_campaign(runs_dir=runs, intent=intent(["sim"], ["nvfp4"]), lake=tmp_path / "l.duckdb")
+    pytest.importorskip("llama_cpp")
+    with pytest.raises(ConfigError, match=r"refused: --quant-target would run 1 quantization job\(s\)") as e:
+        run_campaign(runs_dir=runs, intent=intent(["llamacpp"], ["gguf-q8_0"]), lake=tmp_path / "l.duckdb")
+    assert "--ack-compute" in e.value.hint
+    assert not runs.exists() and not (tmp_path / "l.duckdb").exists()
+    from perftune.campaign.quantize import preflight
+
+    preflight(intent(["sim"], ["fp8"]))  # modelled on the simulator: no job runs, no ack needed
+    preflight(intent(["llamacpp"], ["gguf-q8_0"], ack=True))
