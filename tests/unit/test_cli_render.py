@@ -17,3 +17,21 @@ def test_a_piped_console_is_wide() -> None:
     # under pytest stdout is not a terminal: the console must not fall back to 80 columns
     assert not Console().is_terminal
     assert out_console.width >= 160
+
+
+def test_an_error_hint_keeps_its_brackets(capsys: object) -> None:
+    # pip's extras look like rich markup: "pip install 'perftune[quant]'" must reach the user whole
+    import pytest
+
+    from perftune.cli.common import handle_errors
+    from perftune.errors import ConfigError
+
+    @handle_errors
+    def fail() -> None:
+        raise ConfigError("llm-compressor [not installed]", hint="pip install 'perftune[quant]'")
+
+    with pytest.raises(SystemExit) as e:
+        fail()
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert e.value.code == 2
+    assert "llm-compressor [not installed]" in err and "pip install 'perftune[quant]'" in err

@@ -161,7 +161,7 @@ class QuantIntent(BaseModel):
     tasks: list[EvalTask] = Field(
         default_factory=lambda: list(EVAL_TASKS), description="phase 5 accuracy tasks"
     )
-    mmlu_n: int = Field(200, ge=1, description="MMLU items (a fixed, topic-stratified subset)")
+    mmlu_n: int = Field(1000, ge=1, description="MMLU items (a fixed, topic-stratified subset)")
     humaneval_n: int = Field(40, ge=1, description="HumanEval problems (the first N)")
     eval_api: Literal["auto", "chat", "completions"] = Field(
         "auto",

@@ -72,7 +72,7 @@ def optimize(
         1.0, help="phase 5: largest accuracy drop a quantized variant may have, absolute points"
     ),
     eval_tasks: str = typer.Option("mmlu,humaneval", help="phase 5 accuracy tasks"),
-    mmlu_n: int = typer.Option(200, help="phase 5 MMLU items"),
+    mmlu_n: int = typer.Option(1000, help="phase 5 MMLU items"),
     humaneval_n: int = typer.Option(40, help="phase 5 HumanEval problems"),
     eval_api: str = typer.Option("auto", help="phase 5: auto, chat or completions"),
     engine_arg: list[str] = typer.Option([], help="ENGINE=FLAG passed to that engine, repeatable"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import orjson
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from perftune.errors import ConfigError, PerftuneError
 
@@ -58,18 +59,21 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"]) or "input"
             err_console.print(
-                f"[bold red]error:[/] invalid {where}: {first['msg']}", highlight=False, soft_wrap=True
+                f"[bold red]error:[/] invalid {where}: {escape(first['msg'])}",
+                highlight=False,
+                soft_wrap=True,
             )
             err_console.print("[yellow]hint:[/] see --help for allowed values", highlight=False)
             raise SystemExit(2) from None
         except PerftuneError as e:
             if DEBUG["on"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            # escaped: a message or hint holds text like pip's 'perftune[quant]', not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
             if e.hint:
-                err_console.print(f"[yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+                err_console.print(f"[yellow]hint:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
             if e.log_path:
-                err_console.print(f"log: {e.log_path}", highlight=False, soft_wrap=True)
+                err_console.print(f"log: {escape(e.log_path)}", highlight=False, soft_wrap=True)
             raise SystemExit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

@@ -58,7 +58,7 @@ def validate(
     limit: int | None = typer.Option(
         None, min=1, help="items per task (both tasks; HumanEval has 164): --mmlu-n/--humaneval-n win"
     ),
-    mmlu_n: int | None = typer.Option(None, help="MMLU items (default 200)"),
+    mmlu_n: int | None = typer.Option(None, help="MMLU items (default 1000)"),
     humaneval_n: int | None = typer.Option(None, help="HumanEval problems (default 40)"),
     eval_api: str | None = typer.Option(
         None, help="auto (chat when the model has a chat template), chat or completions"

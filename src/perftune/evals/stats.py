@@ -109,6 +109,35 @@ def paired_delta(base: Sequence[bool], cand: Sequence[bool]) -> PairedDelta:
     )
 
 
+def items_to_pass(delta: PairedDelta, tolerance_pts: float, cap: int = 10_000_000) -> int | None:
+    """About how many items the same discordance rates would need for the interval's lower bound to
+    clear -tolerance (None: the point estimate itself is beyond it, more items cannot pass it).
+    Zero discordance on n items counts as less than one in n+1, so the estimate stays finite."""
+    n0 = delta.n
+    if delta.delta_pts <= -tolerance_pts:
+        return None
+
+    def lower(n: int) -> float:
+        b01 = max(delta.b01 * n / n0, 0.0)
+        b10 = delta.b10 * n / n0
+        if delta.b01 + delta.b10 == 0:
+            b01 = b10 = n / (2 * (n0 + 1))  # at most about one discordant pair per n0 + 1 items
+        return tango_interval(round(b10), round(b01), n)[0] * 100.0
+
+    lo, hi = n0, n0
+    while lower(hi) < -tolerance_pts:
+        lo, hi = hi, hi * 2
+        if hi > cap:
+            return None
+    while hi - lo > max(1, lo // 100):
+        mid = (lo + hi) // 2
+        if lower(mid) < -tolerance_pts:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def decide(delta: PairedDelta, tolerance_pts: float) -> Decision:
     """The gate rule, on the 95% interval of the paired delta and a tolerated loss ``tolerance_pts``.
 

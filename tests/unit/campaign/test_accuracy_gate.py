@@ -112,3 +112,47 @@ def test_optimize_refuses_a_quant_target_before_any_folder_exists(tmp_path: Path
 
     preflight(intent(["sim"], ["fp8"]))  # modelled on the simulator: no job runs, no ack needed
     preflight(intent(["llamacpp"], ["gguf-q8_0"], ack=True))
+
+
+def test_the_control_blames_the_gate_only_when_the_reference_fails_it_too(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    from perftune.campaign import quantize
+
+    ref = _eval((5, 5), [True] * 60 + [False] * 40)
+    reruns: list[dict[str, object]] = []
+    monkeypatch.setattr(quantize, "evaluate", lambda *a, **k: reruns[-1])  # type: ignore[attr-defined]
+    items = {"mmlu": []}
+    reruns.append(ref)  # the reference reproduces itself: the quantized weights failed
+    c = quantize.control(None, "llamacpp", "base", "chat", items, ref, ["mmlu"], False, 1.0)  # type: ignore[arg-type]
+    assert c["attributed_to"] == "model"
+    reruns.append(_eval((5, 5), [False] * 30 + [True] * 30 + [False] * 40))  # it fails its own re-run
+    c = quantize.control(None, "llamacpp", "base", "chat", items, ref, ["mmlu"], False, 1.0)  # type: ignore[arg-type]
+    assert c["attributed_to"] == "gate" and "fails against its own re-run" in c["evidence"][0]
+    broken = _eval((1, 5), [True] * 60 + [False] * 40)  # raw completions: the reference fails sanity too
+    c = quantize.control(None, "llamacpp", "base", "completions", items, broken, [], True, 1.0)  # type: ignore[arg-type]
+    assert c["attributed_to"] == "gate" and "also fails known-answer sanity (1/5)" in c["evidence"][0]
+
+
+def test_a_task_too_small_to_bound_the_tolerance_gates_as_fail_only() -> None:
+    def with_he(mmlu: list[bool], he: list[bool]) -> dict[str, object]:
+        e = _eval((5, 5), mmlu)
+        e["tasks"]["humaneval"] = {  # type: ignore[index]
+            "task": "humaneval",
+            "n": len(he),
+            "correct": sum(he),
+            "score_pct": 100.0 * sum(he) / len(he),
+            "ci95": [0.0, 100.0],
+            "items": {f"HumanEval/{i}": ok for i, ok in enumerate(he)},
+        }
+        return e
+
+    mmlu = [True] * 600 + [False] * 400
+    ref = with_he(mmlu, [True] * 20 + [False] * 20)
+    # identical HumanEval answers on 40 problems: even all 164 could not bound a 1-point drop
+    ok, why, tasks = judge(ref, with_he(mmlu, [True] * 20 + [False] * 20), 1.0)
+    assert ok and why == [] and tasks["humaneval"]["decision"] == "underpowered"
+    assert "cannot bound a 1-point drop" in tasks["humaneval"]["reason"]
+    # but it still fails a real drop: 10 of 20 solved problems lost
+    ok, why, tasks = judge(ref, with_he(mmlu, [True] * 10 + [False] * 30), 1.0)
+    assert not ok and tasks["humaneval"]["decision"] == "fail" and why[0].startswith("humaneval fail")

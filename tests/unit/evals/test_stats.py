@@ -93,3 +93,21 @@ def test_inconclusive_reason_says_raise_item_count() -> None:
     reason = decision_reason(d, 1.0, decide(d, 1.0))
     assert "raise the item count" in reason
     assert "not passed" in reason
+
+
+def test_items_to_pass_says_how_many_items_would_decide() -> None:
+    from perftune.evals.stats import items_to_pass, tango_interval
+
+    same = paired_delta([True, False] * 50, [True, False] * 50)
+    n = items_to_pass(same, 1.0)
+    assert n is not None and 380 < n < 2000  # zero discordance still needs a few hundred items
+    # 149 flips each way on 3,000 items (a guessing model under FP8): a few thousand more would decide
+    flips = paired_delta(
+        [True] * 150 + [False] * 2850, [False] * 149 + [True] + [True] * 149 + [False] * 2701
+    )
+    k = items_to_pass(flips, 1.0)
+    assert k is not None and 3000 < k < 5000
+    lo, _ = tango_interval(round(flips.b10 * k / 3000), round(flips.b01 * k / 3000), k)
+    assert lo * 100 >= -1.0  # at the number it names, the same rates do clear the tolerance
+    worse = paired_delta([True] * 100, [True] * 95 + [False] * 5)  # -5 points: more items cannot pass
+    assert items_to_pass(worse, 1.0) is None
