@@ -44,13 +44,18 @@ def main(src: str, out: str) -> None:
     tok.save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
     n = sum(t.numel() for t in model.parameters())
-    print(json.dumps({
-        "params": n,
-        "model_type": cfg.get("model_type"),
-        "dtype": str(next(model.parameters()).dtype),
-        "chat_template": bool(getattr(tok, "chat_template", None)),
-        "files": sorted(x.name for x in d.iterdir()),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "params": n,
+                "model_type": cfg.get("model_type"),
+                "dtype": str(next(model.parameters()).dtype),
+                "chat_template": bool(getattr(tok, "chat_template", None)),
+                "files": sorted(x.name for x in d.iterdir()),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":
