@@ -123,7 +123,6 @@ def test_quantize_refuses_without_the_ack_then_quantizes_and_validates_on_llamac
     assert perf["workload"] == "code" and perf["tok_s_ratio_ci95"][0] <= perf["tok_s_ratio"]
     # inconclusive is not a failure: nothing to attribute, and the reason says how many items would do
     assert "control" not in q8 and "raise the item count to decide" in " ".join(q8["why"])
-    assert q8["paired"]["humaneval"]["decision"] in ("underpowered", "fail")  # 164 problems cannot pass
     st = CampaignState.load(run_dir)
     assert st.facts.shipped == []  # a no-ship variant never reaches phase 8
     assert "gguf-q8_0" in (run_dir / "phase5" / "ACCURACY.md").read_text()
