@@ -115,7 +115,7 @@ def test_quantize_refuses_without_the_ack_then_quantizes_and_validates_on_llamac
     for task in ("mmlu", "humaneval"):
         p = q8["paired"][task]
         assert p["n"] == ref["scores"][task]["n"] and p["ci95"][0] <= p["delta_pts"] <= p["ci95"][1]
-        assert p["decision"] in ("pass", "fail", "inconclusive")
+        assert p["decision"] in ("pass", "fail", "inconclusive", "underpowered")
     # six items cannot show a 1-point drop is absent: the gate says inconclusive, so no ship
     assert q8["paired"]["mmlu"]["decision"] != "pass" and q8["decision"] == "no-ship"
     perf = q8["perf"]
