@@ -59,6 +59,9 @@ class MeasurementContext(BaseModel):
     hardware: str = Field(description="GPU model and count, or 'unknown'")
     parallelism: dict[str, int] = Field(default_factory=dict, description="tp/dp/pp/ep when known")
     quantization: str | None = Field(None, description="weight quantization, when known")
+    weights: str | None = Field(
+        None, description="the weight variant served: base, or a phase-4 one as 'name (scheme, backend)'"
+    )
     kv_cache_dtype: str | None = Field(None, description="KV-cache dtype, when known")
     levers: dict[str, Any] = Field(default_factory=dict, description="serving levers, when known")
     stack: StackInfo

@@ -46,11 +46,13 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
     status = {k: p.status for k, p in state.phases.items()}
     assert all(status[p] == "green" for p in BUILT), status
     assert status["3"] == "skipped" and "opt-in" in state.phases["3"].reason
-    assert {status[p] for p in status if p not in (*BUILT, "3")} == {"not-available"}
+    # no quantization target: phases 4 and 5 skip (and say how to ask); 6 and 7 are not built yet
+    assert status["4"] == status["5"] == "skipped" and "--quant-target" in state.phases["4"].reason
+    assert {status[p] for p in status if p not in (*BUILT, "3", "4", "5")} == {"not-available"}
     champion = (run_dir / "CHAMPION.md").read_text()
     assert "DRAFT" in champion and "RECOMMENDED FOR PRODUCTION" not in champion
     failing = champion.split("Failing gates:")[1].split("Champion:")[0]
-    assert "accuracy (phase 5): phase 5 is not available in this version" in failing
+    assert "accuracy (phase 5): phase 5 is skipped" in failing
     assert "measured on real engines:" in failing and "passed" not in failing
     # byte-grounding: a simulated engine has no DRAM counters, so the gate fails and says why
     assert "byte-grounded %SoL (DRAM-bandwidth counters): " in failing and "analytical only" in failing
