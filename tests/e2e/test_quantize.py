@@ -121,6 +121,9 @@ def test_quantize_refuses_without_the_ack_then_quantizes_and_validates_on_llamac
     perf = q8["perf"]
     assert perf["trials"] == 3 and len(perf["tok_s"]["gguf-q8_0"]) == len(perf["tok_s"]["base-f16"]) == 3
     assert perf["workload"] == "code" and perf["tok_s_ratio_ci95"][0] <= perf["tok_s_ratio"]
+    # a CPU engine's numbers say they ran on the CPU, not on the campaign's default GPU
+    trial = json.loads(next((run_dir / "phase5" / "perf").rglob("summary.json")).read_text())
+    assert trial["context"]["hardware"].startswith("cpu (")
     # inconclusive is not a failure: nothing to attribute, and the reason says how many items would do
     assert "control" not in q8 and "raise the item count to decide" in " ".join(q8["why"])
     st = CampaignState.load(run_dir)

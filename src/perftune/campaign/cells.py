@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 import shutil
 import time
 from collections.abc import Iterator
@@ -62,6 +64,19 @@ def model_to_serve(ctx: Ctx, engine: str, weights: str = "base") -> str:
     return i.model.ref if engine in ("sim", "mock") else (i.model.path or i.model.ref)
 
 
+def on_cpu(ctx: Ctx, engine: str, levers: dict[str, Any] | None = None) -> bool:
+    """A llama.cpp deploy without GPU layers computes on this host's CPU: no GPU roofline bounds it."""
+    lv = ctx.intent.serving.levers.get(engine, {}) if levers is None else levers
+    return engine == "llamacpp" and not lv.get("gpu-layers")
+
+
+def hardware_label(ctx: Ctx, engine: str, levers: dict[str, Any] | None = None) -> str:
+    """What a measurement ran on, for its context: the GPUs, or this host's CPU for a CPU engine."""
+    if on_cpu(ctx, engine, levers):
+        return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
+    return f"{ctx.intent.hardware.gpus}x{ctx.intent.hardware.gpu}"
+
+
 def synthetic_workload(engine: str) -> str:
     """The workload a single-workload measurement (a profile window, phase 5's perf A/B) uses on an
     engine: random token ids, except on llama-cpp-python's server, which takes text prompts only
@@ -92,12 +107,13 @@ def speed_of_light(
     context: int,
     levers: dict[str, Any] | None = None,
     weights: str = "base",
+    engine: str | None = None,
 ) -> tuple[float | None, str | None]:
     """(decode roofline floor / measured median TPOT in %, the binding ceiling) for a cell. The floor
     counts the bytes really read: the checkpoint's weight dtype, a quantization lever and the KV-cache
     dtype lever of the cell's config (hardware.roofline.effective_dtypes)."""
-    if not tpot_ms:
-        return None, None
+    if not tpot_ms or (engine is not None and on_cpu(ctx, engine, levers)):
+        return None, None  # no TPOT, or a CPU engine: the GPU's roofline does not bound it
     tp = ctx.state.facts.tp
     rf = roofline(
         card_of(ctx, weights),
@@ -158,7 +174,7 @@ def make_cell(
     conc = r.context.workload.concurrency or 1
     tp = ctx.state.facts.tp
     levers = dict(ctx.intent.serving.levers.get(engine, {}) if levers is None else levers)
-    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len, levers, weights)
+    sol, key = speed_of_light(ctx, med.mean, conc, ctx_len, levers, weights, engine)
     grounded = byte_grounded(r, gpu(ctx.intent.hardware.gpu).hbm_tb_s)
     prefix = levers.get("prefix-cache", engine_info(engine).prefix_cache_default)
     return Cell(
@@ -367,7 +383,7 @@ def bench_cell(
         concurrency=concurrency,
         trials=i.suite.trials,
         warmup_requests=min(4, concurrency),
-        hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
+        hardware=hardware_label(ctx, engine, levers),
         engine=None,
         server_log=rec.log_path,  # compilation logged during a trial flags it
         claim=i.slo.focus,

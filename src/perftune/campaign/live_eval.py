@@ -10,7 +10,7 @@ from pathlib import Path
 from perftune.bench.runner import BenchConfig
 from perftune.bench.session import bench_to_dir
 from perftune.campaign.base import Ctx
-from perftune.campaign.cells import baseline_name, live_server, trial_observer, workload_spec
+from perftune.campaign.cells import baseline_name, hardware_label, live_server, trial_observer, workload_spec
 from perftune.errors import BenchError, PerftuneError
 from perftune.targets.local import group_alive
 from perftune.tune.arms import Arm
@@ -56,7 +56,7 @@ class LiveEvaluator:
                         trials=1,
                         warmup_requests=min(2, c),
                         request_timeout_s=self.wedge_s,
-                        hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
+                        hardware=hardware_label(ctx, arm.engine, arm.levers),
                         server_log=rec.log_path,
                         claim=i.slo.focus,
                         baseline=baseline_name(self.ctx, arm.engine),

@@ -14,6 +14,7 @@ from perftune.campaign.cells import (
     bench_cell,
     card_of,
     failed_share,
+    hardware_label,
     live_server,
     suite_configs,
     suite_weights,
@@ -589,7 +590,7 @@ def phase85(ctx: Ctx) -> Gate:
             required_flags=learnt.required_flags,
             grind_frontier=f"{fpath}#{i.model.ref}",
             engine_versions=str(ctx.state.facts.engine_versions.get(ch.engine) or ""),
-            hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
+            hardware=hardware_label(ctx, ch.engine, ch.levers),
             arch_note=arch_note(ch.levers, learnt),
             champion={
                 "config_ref": str(ctx.run_dir / "CHAMPION.md"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from perftune.campaign.base import Ctx, Gate
-from perftune.campaign.cells import card_of, live_server, synthetic_workload
+from perftune.campaign.cells import card_of, hardware_label, live_server, synthetic_workload
 from perftune.errors import PerftuneError
 from perftune.hardware.ceilings import gpu
 from perftune.hardware.roofline import roofline
@@ -75,7 +75,7 @@ def phase2(ctx: Ctx) -> Gate:
                     layers=layers,
                     isl=i.suite.isl,
                     osl=i.suite.osl,
-                    hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
+                    hardware=hardware_label(ctx, engine),
                     simulated=info.simulated,
                     kernel_profiler=kp,
                     trace_dir=tdir,
@@ -210,7 +210,7 @@ def l4(ctx: Ctx, engine: str, caps: list[Capture]) -> Capture:
                 layers=(),
                 isl=i.suite.isl,
                 osl=i.suite.osl,
-                hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
+                hardware=hardware_label(ctx, engine),
                 requests=8,
             )
             run_window(w, _rel(ctx), ctx.observe)

@@ -29,7 +29,14 @@ from perftune.bench.capacity import (
 from perftune.bench.runner import BenchResult
 from perftune.bench.slo import Slo, resolve_slo
 from perftune.campaign.base import Ctx, Gate
-from perftune.campaign.cells import baseline_name, card_of, live_server, suite_configs, workload_spec
+from perftune.campaign.cells import (
+    baseline_name,
+    card_of,
+    hardware_label,
+    live_server,
+    suite_configs,
+    workload_spec,
+)
 from perftune.campaign.state import CapacityFact
 
 
@@ -144,7 +151,7 @@ def phase83(ctx: Ctx) -> Gate:
                         max_points=i.slo.capacity_max_points,
                         trials=i.suite.trials,
                         requests_per_slot=i.suite.requests_per_slot,
-                        hardware=f"{i.hardware.gpus}x{i.hardware.gpu}",
+                        hardware=hardware_label(ctx, engine, levers),
                         server_log=rec.log_path,
                         baseline=None if name == "baseline" else baseline_name(ctx, engine),
                         text_vocab=rec.plan.text_prompts_only,

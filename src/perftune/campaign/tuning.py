@@ -262,7 +262,12 @@ def tune_cells(ctx: Ctx, res: Any) -> list[Any]:
         in_tok = sum(t["counts"]["input_tokens"] for t in ts)
         levers = dict(res.arm_levers.get(arm_key, {}))
         sol, key = speed_of_light(
-            ctx, med.mean, c, round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else 1, levers
+            ctx,
+            med.mean,
+            c,
+            round(in_tok / ok + ctx.intent.suite.osl / 2) if ok else 1,
+            levers,
+            engine=engine,
         )
         baseline = None if name == "baseline" else f"{engine}/baseline (phase 3, interleaved)"
         claim = ctx.intent.slo.focus
