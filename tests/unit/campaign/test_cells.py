@@ -48,3 +48,25 @@ def test_a_report_line_carries_the_serving_context_of_its_cell() -> None:
     line = cell_line(_cell(engine="vllm", levers={"kv-cache-dtype": "fp8"}, context=ctx, simulated=False))
     assert "(kv-cache-dtype=fp8) on 1xh200 [TP=2, fp8 weights, KV fp8]" in line
     assert "random 1024/128, c=4, 3 trials, DRAFT" in line
+
+
+def test_phase_8_benches_only_the_shipped_variants_an_engine_loads(tmp_path: Path) -> None:
+    from perftune.campaign.cells import hardware_label, model_to_serve, suite_weights
+    from perftune.campaign.state import Weights
+
+    ctx = _ctx(tmp_path)
+    f = ctx.state.facts
+    for name, engines in (
+        ("gguf-q8_0", ["llamacpp"]),
+        ("fp8-dynamic", ["vllm", "sglang"]),
+        ("w4a16", ["vllm"]),
+    ):
+        f.weights[name] = Weights(name=name, path=f"/w/{name}", scheme=name, backend="b", engines=engines)
+    f.shipped = ["fp8-dynamic", "gguf-q8_0"]  # w4a16 was judged no-ship: never benched
+    assert suite_weights(ctx, "vllm") == ["base", "fp8-dynamic"]
+    assert suite_weights(ctx, "llamacpp") == ["base", "gguf-q8_0"]
+    assert model_to_serve(ctx, "vllm", "fp8-dynamic") == "/w/fp8-dynamic"
+    assert model_to_serve(ctx, "sim") == "llama-3.1-8b"
+    # a CPU engine's numbers are labelled with the CPU, a GPU engine's with the campaign's GPUs
+    assert hardware_label(ctx, "llamacpp").startswith("cpu (")
+    assert hardware_label(ctx, "llamacpp", {"gpu-layers": 99}) == hardware_label(ctx, "vllm") == "1xh100"
