@@ -75,6 +75,16 @@ def resume_command(state: CampaignState, runs_dir: Path, lake: Path | None) -> s
     return cmd + (f" --lake {lake}" if lake is not None else "") + " --yes"
 
 
+def _open_existing(run_id: str, runs_dir: Path) -> tuple[Path, CampaignState, IO[str]]:
+    """An existing campaign's folder, its state (every phase listed) and its run lock, held."""
+    run_dir = runs_dir / run_id
+    if not (run_dir / "campaign.json").exists():
+        raise ConfigError(
+            f"no campaign {run_id} in {runs_dir}", hint="perftune campaigns list, or --runs-dir"
+        )
+    return run_dir, with_all_phases(CampaignState.load(run_dir)), run_lock(run_dir)
+
+
 def run_profile(
     run_id: str,
     *,
@@ -85,44 +95,33 @@ def run_profile(
     reparse: bool = False,
 ) -> tuple[Path, CampaignState]:
     """Phases 2 and 2.5 on an existing campaign (`perftune profile`): the options are validated like
-    a fresh intent before any deploy; both phases run again (new captures, a new ledger)."""
-    from pydantic import ValidationError
-
-    run_dir = runs_dir / run_id
-    if not (run_dir / "campaign.json").exists():
-        raise ConfigError(
-            f"no campaign {run_id} in {runs_dir}", hint="perftune campaigns list, or --runs-dir"
+    a fresh intent before any deploy; both phases run again (new captures, a new ledger). With
+    `reparse`, no deploy: the captures' figures again from their raw artifacts, then the ledger."""
+    if not reparse:
+        return run_phases(
+            run_id,
+            runs_dir=runs_dir,
+            update=update,
+            phases=("2", "2.5"),
+            what="profile",
+            observe=observe,
+            lake=lake,
         )
-    state = with_all_phases(CampaignState.load(run_dir))
-    lock = run_lock(run_dir)
+    run_dir, state, lock = _open_existing(run_id, runs_dir)
     try:
-        if reparse:  # no deploy: the captures' figures again from their raw artifacts, then the ledger
-            if not (run_dir / "phase2" / "captures.json").exists():
-                raise ConfigError(
-                    f"campaign {run_id} has no phase-2 captures", hint="run perftune profile RUN_ID first"
-                )
-            from perftune.campaign.profiling import capture_gate
-            from perftune.campaign.profiling import reparse as reparse_captures
+        if not (run_dir / "phase2" / "captures.json").exists():
+            raise ConfigError(
+                f"campaign {run_id} has no phase-2 captures", hint="run perftune profile RUN_ID first"
+            )
+        from perftune.campaign.profiling import capture_gate
+        from perftune.campaign.profiling import reparse as reparse_captures
 
-            caps = reparse_captures(Ctx(run_dir, state, observe or (lambda _m: None)))
-            g = capture_gate(caps)  # phase 2's gate judged again on the figures it now has
-            rec = state.phases["2"]
-            rec.status = "green" if g.status == "green" else "red"
-            rec.reason, rec.hint = g.reason + " (re-parsed from its artifacts)", g.hint
-            state.phases["2.5"].status = "pending"
-        else:
-            if state.phases["0"].status != "green":
-                raise ConfigError(
-                    f"campaign {run_id} has no green phase 0", hint="run perftune optimize first"
-                )
-            try:
-                state.intent = Intent.model_validate({**state.intent.model_dump(), **update})
-            except ValidationError as e:
-                raise config_error_from(
-                    e, "bad profile option ", hint="see perftune profile --help"
-                ) from None
-            for pid in ("2", "2.5"):
-                state.phases[pid].status = "pending"
+        caps = reparse_captures(Ctx(run_dir, state, observe or (lambda _m: None)))
+        g = capture_gate(caps)  # phase 2's gate judged again on the figures it now has
+        rec = state.phases["2"]
+        rec.status = "green" if g.status == "green" else "red"
+        rec.reason, rec.hint = g.reason + " (re-parsed from its artifacts)", g.hint
+        state.phases["2.5"].status = "pending"
         state.save(run_dir)
     except BaseException:
         lock.close()
@@ -130,7 +129,7 @@ def run_profile(
     return run_campaign(
         runs_dir=runs_dir,
         resume=run_id,
-        start_phase="2.5" if reparse else "2",
+        start_phase="2.5",
         until="2.5",
         observe=observe,
         lake=lake,
@@ -149,18 +148,12 @@ def run_phases(
     lake: Path | None = None,
     before: Callable[[Ctx], None] | None = None,
 ) -> tuple[Path, CampaignState]:
-    """Some phases of an existing campaign again (`perftune quantize` runs 4, `perftune validate` 5):
-    the options validated like a fresh intent and `before` (a refusal check) run before anything is
-    written; then those phases run, in order, under the run's lock."""
+    """Some phases of an existing campaign again (`perftune profile` runs 2 and 2.5, `quantize` 4,
+    `validate` 5): the options validated like a fresh intent and `before` (a refusal check) run before
+    anything is written; then those phases run, in order, under the run's lock."""
     from pydantic import ValidationError
 
-    run_dir = runs_dir / run_id
-    if not (run_dir / "campaign.json").exists():
-        raise ConfigError(
-            f"no campaign {run_id} in {runs_dir}", hint="perftune campaigns list, or --runs-dir"
-        )
-    state = with_all_phases(CampaignState.load(run_dir))
-    lock = run_lock(run_dir)
+    run_dir, state, lock = _open_existing(run_id, runs_dir)
     try:
         if state.phases["0"].status != "green":
             raise ConfigError(f"campaign {run_id} has no green phase 0", hint="run perftune optimize first")
