@@ -113,3 +113,53 @@ def test_list_presets_exits_zero_without_an_endpoint() -> None:
     rows = {r["name"]: r for r in json.loads(run.stdout)}
     assert rows["mlperf-server-8b"]["slo"] == "p99 TTFT <= 2 s and p99 TPOT <= 100 ms"
     assert "mlperf.conf" in rows["mlperf-server-8b"]["source"] and rows["mlperf-server"]["kind"] == "family"
+
+
+def test_a_point_whose_client_fell_behind_is_benched_again_not_judged(
+    sim: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy client host is not the server's capacity: the first two attempts at the first load are
+    made invalid (as a client that fell behind its schedule), the third is kept; every attempt keeps
+    its folder, the point says it was re-measured, and a resume reuses all three instead of benching."""
+    from perftune.bench import capacity
+    from perftune.bench.slo import Slo
+    from perftune.bench.workloads import WorkloadSpec
+
+    real = capacity.bench_to_dir
+    calls: list[str] = []
+
+    def behind_twice(bcfg: object, *, out_dir: Path) -> object:
+        run, paths = real(bcfg, out_dir=out_dir)  # type: ignore[arg-type]
+        calls.append(Path(out_dir).name)
+        if len(calls) <= 2:
+            lagging = run.result.summary.model_copy(
+                update={"valid": False, "invalid_reasons": ["client schedule lag p99 12.00 ms > 5.0 ms"]}
+            )
+            run.result = run.result.model_copy(update={"summary": lagging})
+            Path(paths["summary"]).write_text(run.result.model_dump_json())
+        return run, paths
+
+    monkeypatch.setattr(capacity, "bench_to_dir", behind_twice)
+    cfg = capacity.CapacityConfig(
+        endpoint=sim, model="sim", slo=Slo(name="t", ttft_ms=70, tpot_ms=50, percentile=99),
+        workload=WorkloadSpec(kind="random", isl=128, osl=16, num_requests=16),
+        trials=1, ladder=[1, 2], max_points=2,
+    )  # fmt: skip
+    events: list[str] = []
+    res = capacity.run_capacity(cfg, tmp_path / "cap", observer=lambda e: events.append(f"{e.kind}{e.index}"))
+    assert calls[:3] == ["closed-1", "closed-1.retry1", "closed-1.retry2"] and len(calls) == 4
+    first = res.points[0]
+    assert first.folder == "points/closed-1.retry2" and first.passed, first.reasons
+    assert any("fell behind its schedule in points/closed-1, points/closed-1.retry1: re-measured" in n
+               for n in first.notes)  # fmt: skip
+    assert events == ["start0", "done0", "start1", "done1"]
+    for rel in ("closed-1", "closed-1.retry1", "closed-1.retry2", "closed-2"):
+        assert (tmp_path / "cap/points" / rel / "summary.json").is_file()
+
+    calls.clear()
+    events.clear()
+    again = capacity.run_capacity(
+        cfg, tmp_path / "cap", observer=lambda e: events.append(f"{e.kind}{e.index}")
+    )
+    assert calls == [] and events == ["reused0", "reused1"]
+    assert [p.folder for p in again.points] == [p.folder for p in res.points]
