@@ -20,7 +20,7 @@ from perftune.bench.records import RawCapture, RequestRecord, decode
 from perftune.bench.runner import _detect_engine, _reset_path
 from perftune.serving.registry import engine
 from perftune.serving.spec import ServeSpec
-from perftune.telemetry.prom import METRICS, parse_totals, prefix_cache_hit_rate, snapshot
+from perftune.telemetry.prom import METRICS, parse_totals, prefix_cache_hit_rate, snapshot, spec_figures
 
 ROOT = Path(__file__).parent / "transcripts"
 ENGINES = sorted(p.name for p in ROOT.iterdir() if (p / "manifest.yaml").exists())
@@ -133,3 +133,19 @@ def test_metrics_map_into_one_schema(eng: tuple[Path, dict[str, Any]]) -> None:
     assert rate is not None and 0.0 <= rate <= 1.0
     if m.get("prefix_hits_after"):
         assert rate > 0.3  # the capture's prefix-sharing pair hit the cache
+
+
+def test_spec_acceptance_is_absent_when_the_recorded_engine_does_not_speculate(
+    eng: tuple[Path, dict[str, Any]],
+) -> None:
+    """Every transcript was recorded without speculative decoding: no engine's /metrics may read as an
+    acceptance (vLLM exports no spec counters then; SGLang exports its gauges at 0.0)."""
+    d, m = eng
+    if not m["metrics"]:
+        return
+    fig = spec_figures(
+        parse_totals((d / "metrics.prom").read_text()), parse_totals((d / "metrics_after.prom").read_text())
+    )
+    assert fig is None or (fig.accept_length is None and fig.accept_rate is None), fig
+    if m["engine"] == "sglang":
+        assert fig is not None and "speculation is off" in fig.source

@@ -89,7 +89,12 @@ def test_open_loop_poisson_hits_requested_rate(mock1: str, tmp_path: Path) -> No
         warmup_requests=4,
         workload=WorkloadSpec(kind="random", isl=64, osl=8, num_requests=150),
     )
-    run, _ = api.bench(cfg, out_dir=tmp_path)
+    # the client keeping its schedule depends on this host being idle enough: a run it fell behind in
+    # says so (valid false, checked in test_bench_faults) and is run again, as a capacity search does
+    for attempt in range(3):
+        run, _ = api.bench(cfg, out_dir=tmp_path / f"a{attempt}")
+        if run.result.summary.valid:
+            break
     load = run.result.trials[0].load
     assert load.mode == "open" and load.requested_rate == 50.0
     assert load.achieved_rate is not None and abs(load.achieved_rate - 50.0) / 50.0 <= 0.03

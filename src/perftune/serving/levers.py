@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ruamel.yaml import YAML
 
 from perftune.errors import ConfigError
+from perftune.serving.specdec import SPEC_LEVERS, from_levers, translate_spec
 
-Render = Literal["value", "bool_flag", "negated_flag", "bool_pair", "json_key", "copy_tp"]
+Render = Literal["value", "bool_flag", "negated_flag", "bool_pair", "json_key", "copy_tp", "spec"]
 
 
 class EngineLever(BaseModel):
@@ -38,7 +39,7 @@ class Lever(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     aliases: list[str] = Field(default_factory=list, description="engine-native names that mean this lever")
-    type: Literal["int", "float", "bool", "enum", "json"]
+    type: Literal["int", "float", "bool", "enum", "json", "str"]
     description: str
     min: float | None = None
     max: float | None = None
@@ -69,6 +70,11 @@ def parse_value(lever: Lever, raw: Any) -> Any:
             v: Any = int(raw)
         elif lever.type == "float":
             v = float(raw)
+        elif lever.type == "str":
+            v = str(raw).strip()
+            if not v:
+                raise ValueError
+            return v
         elif lever.type == "enum":
             v = str(raw)
             if lever.choices and v not in lever.choices:
@@ -151,16 +157,21 @@ def render(lever: Lever, el: EngineLever, value: Any, *, tp: int = 1) -> list[st
         return [str(el.flag), json.dumps({el.key: value})]
     if el.render == "copy_tp":
         return [str(el.flag), str(tp)] if value else []
-    raise AssertionError(el.render)
+    raise AssertionError(el.render)  # "spec" levers are rendered together, by translate
 
 
 def translate(levers: dict[str, Any], engine: str, version: str | None = None, *, tp: int = 1) -> list[str]:
-    """All levers -> engine argv, validated; json_key levers that share a flag are merged into one JSON."""
+    """All levers -> engine argv, validated; json_key levers that share a flag are merged into one JSON;
+    the spec-* levers make one speculative-decoding config, translated by `serving.specdec`."""
     argv: list[str] = []
     merged: dict[str, dict[str, Any]] = {}
+    spec: dict[str, Any] = {}
     for name, raw in levers.items():
         lever = lookup(name)
         value = parse_value(lever, raw)
+        if lever.name in SPEC_LEVERS:  # checked together below: the method before its knobs
+            spec[lever.name] = value
+            continue
         el = _supported(lever, engine, version)
         if el.render == "json_key":
             merged.setdefault(str(el.flag), {})[str(el.key)] = value
@@ -168,6 +179,11 @@ def translate(levers: dict[str, Any], engine: str, version: str | None = None, *
         argv += render(lever, el, value, tp=tp)
     for flag, obj in merged.items():
         argv += [flag, json.dumps(obj)]
+    if (cfg := from_levers(spec)) is not None:
+        spec_argv = translate_spec(cfg, engine, version)  # an engine that cannot run the method says so
+        for name in spec:
+            _supported(lookup(name), engine, version)  # then a knob this engine lacks
+        argv += spec_argv
     return argv
 
 
@@ -197,6 +213,8 @@ def describe(engine: str | None = None) -> list[dict[str, Any]]:
                 text = f"{el.flag} when true"
             elif el.render == "json_key":
                 text = f"{el.flag} '{{\"{el.key}\": ...}}'"
+            elif el.render == "spec":
+                text = str(el.flag)  # the engine's spelling of this part of one spec config
             elif el.render == "copy_tp":
                 text = f"{el.flag} <tp> when true"
             else:

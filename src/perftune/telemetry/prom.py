@@ -19,6 +19,7 @@ METRICS: dict[str, dict[str, str]] = {
         "prefix_queries": "vllm:prefix_cache_queries_total",
         "prefix_hits": "vllm:prefix_cache_hits_total",
         "preemptions": "vllm:num_preemptions_total",
+        "spec_drafts": "vllm:spec_decode_num_drafts_total",
         "spec_drafted": "vllm:spec_decode_num_draft_tokens_total",
         "spec_accepted": "vllm:spec_decode_num_accepted_tokens_total",
     },
@@ -49,6 +50,7 @@ class EngineTelemetry(BaseModel):
     prefix_computed: float | None = Field(None, description="cumulative prompt tokens computed (SGLang)")
     prefix_hit_rate: float | None = Field(None, description="engine-reported hit rate (SGLang gauge)")
     preemptions: float | None = Field(None, description="cumulative preemptions")
+    spec_drafts: float | None = Field(None, description="cumulative verify steps that carried a draft")
     spec_drafted: float | None = Field(None, description="cumulative drafted speculative tokens")
     spec_accepted: float | None = Field(None, description="cumulative accepted speculative tokens")
     spec_accept_length: float | None = Field(None, description="mean accepted length (SGLang gauge)")
@@ -78,16 +80,20 @@ PREFIX_CACHE_COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+SPLIT_LABELS = ("mode", "position")
+
+
 def parse_totals(text: str) -> dict[str, float]:
     """Sum every sample by name over its labels (engines, models): {sample_name: value}. Samples with a
-    `mode` label are also summed per mode, as `name[mode=VALUE]`."""
+    `mode` or `position` label are also summed per value, as `name[mode=VALUE]`, `name[position=0]`."""
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             out[s.name] = out.get(s.name, 0.0) + float(s.value)
-            if "mode" in s.labels:
-                key = f"{s.name}[mode={s.labels['mode']}]"
-                out[key] = out.get(key, 0.0) + float(s.value)
+            for label in SPLIT_LABELS:
+                if label in s.labels:
+                    key = f"{s.name}[{label}={s.labels[label]}]"
+                    out[key] = out.get(key, 0.0) + float(s.value)
     return out
 
 
@@ -119,6 +125,67 @@ _COUNTERS = {
 _GAUGES = {k: (METRICS["vllm"][k], METRICS["sglang"][k]) for k in ("running", "waiting", "kv_usage")}
 
 
+# ---------------------------------------------------------------- speculative decoding acceptance
+
+# vLLM's spec-decode counters (vllm/v1/spec_decode/metrics.py); SGLang exports only gauges of the most
+# recent window (sglang:spec_accept_length, which counts the bonus token, and sglang:spec_accept_rate).
+SPEC_VLLM = {
+    "drafts": "vllm:spec_decode_num_drafts_total",
+    "draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
+    "accepted": "vllm:spec_decode_num_accepted_tokens_total",
+    "per_pos": "vllm:spec_decode_num_accepted_tokens_per_pos_total",
+}
+SPEC_SGLANG = {"accept_length": "sglang:spec_accept_length", "accept_rate": "sglang:spec_accept_rate"}
+
+
+class SpecFigures(BaseModel):
+    """Speculative decoding over one trial, as the engine counted it."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="where the figures come from: the engine's counters or its gauge")
+    drafts: float | None = Field(None, description="verify steps that carried a draft (vLLM)")
+    draft_tokens: float | None = Field(None, description="tokens drafted (vLLM)")
+    accepted: float | None = Field(None, description="draft tokens accepted (vLLM)")
+    accept_rate: float | None = Field(None, description="accepted / drafted tokens")
+    accept_length: float | None = Field(
+        None, description="mean acceptance length: 1 + accepted per draft (the tokens a verify step yields)"
+    )
+    per_pos: list[float] = Field(
+        default_factory=list, description="share of drafts accepted at each position"
+    )
+
+
+def spec_figures(b: dict[str, float], a: dict[str, float]) -> SpecFigures | None:
+    """Acceptance between two parse_totals scrapes: vLLM's counters as deltas; SGLang's gauges as the
+    value after the trial (its own most recent window). None when the engine exports neither."""
+    if SPEC_VLLM["drafts"] in a:
+        d = {k: a.get(n, 0.0) - b.get(n, 0.0) for k, n in SPEC_VLLM.items() if k != "per_pos"}
+        pos: list[float] = []
+        while (n := f"{SPEC_VLLM['per_pos']}[position={len(pos)}]") in a:
+            pos.append(a[n] - b.get(n, 0.0))
+        drafts = d["drafts"]
+        if drafts <= 0:
+            return SpecFigures(source="vllm counters (no draft in this trial)", drafts=0.0)
+        return SpecFigures(
+            source="vllm counters",
+            drafts=drafts,
+            draft_tokens=d["draft_tokens"],
+            accepted=d["accepted"],
+            accept_rate=d["accepted"] / d["draft_tokens"] if d["draft_tokens"] > 0 else None,
+            accept_length=1.0 + d["accepted"] / drafts,
+            per_pos=[x / drafts for x in pos],
+        )
+    if SPEC_SGLANG["accept_length"] in a:
+        if a[SPEC_SGLANG["accept_length"]] < 1.0:  # SGLang exports 0.0 while it does not speculate
+            return SpecFigures(source="sglang gauge (0: no verify step; speculation is off)")
+        return SpecFigures(
+            source="sglang gauge (most recent window)",
+            accept_length=a[SPEC_SGLANG["accept_length"]],
+            accept_rate=a.get(SPEC_SGLANG["accept_rate"]),
+        )
+    return None
+
+
 class EngineTrialFigures(BaseModel):
     """What the engine itself says about one trial: deltas of its /metrics counters and histograms
     between the scrapes before and after the trial, and its queue gauges polled during it."""
@@ -143,6 +210,9 @@ class EngineTrialFigures(BaseModel):
     waiting_max: float | None = Field(None, description="most requests waiting in the engine's queue")
     running_mean: float | None = Field(None, description="mean requests in the running batch")
     kv_usage_max: float | None = Field(None, description="highest KV-cache usage, 0..1")
+    spec: SpecFigures | None = Field(
+        None, description="speculative decoding acceptance, when the engine exports it"
+    )
 
 
 def _pick(totals: dict[str, float], names: tuple[str, str], suffix: str = "") -> str | None:
@@ -184,7 +254,7 @@ def trial_figures(
         n = _pick(a, names)
         if n is not None:
             vals[key] = a[n] - b.get(n, 0.0)
-    fig = EngineTrialFigures(**vals, polls=len(polled))
+    fig = EngineTrialFigures(**vals, polls=len(polled), spec=spec_figures(b, a))
     if polled:
         run = [p["running"] for p in polled if "running" in p]
         wait = [p["waiting"] for p in polled if "waiting" in p]

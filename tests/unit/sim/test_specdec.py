@@ -1,0 +1,62 @@
+"""The simulator's speculative-decoding model: acceptance 0 gives no gain and a cost; acceptance 0.8 at
+K=4 gives the expected tokens per step and, at c=1 where a step is bound by reading the weights, about
+that speedup; speculation stops paying past a crossover concurrency."""
+
+from __future__ import annotations
+
+import pytest
+
+from perftune.hardware.ceilings import gpu
+from perftune.models.resolve import model_card
+from perftune.serving.specdec import iid_profile, tokens_per_step
+from perftune.sim.calibration import for_gpu
+from perftune.sim.config import SimConfig
+from perftune.sim.specdec import crossover, predict_decode
+from perftune.sim.timing import StepModel
+
+H100 = gpu("h100")
+MODEL = StepModel.build(model_card("llama-3.1-8b"), H100, SimConfig(), for_gpu(H100))
+
+
+def test_acceptance_08_at_k4_gives_the_expected_tokens_per_step() -> None:
+    prof = iid_profile(0.8, 4)
+    assert prof == pytest.approx([0.8, 0.64, 0.512, 0.4096])
+    # (1 - 0.8^5) / (1 - 0.8): the geometric series of a chain draft
+    assert tokens_per_step(prof) == pytest.approx((1 - 0.8**5) / 0.2) == pytest.approx(3.3616)
+    p = predict_decode(MODEL, 1, 1024, 4, prof)
+    assert p.tokens_per_step == pytest.approx(3.3616)
+    # c=1: five tokens cost about what one does (weight-read bound), so TPOT falls almost 3.36x
+    assert p.verify_step_ms == pytest.approx(p.base_step_ms, rel=0.05)
+    assert 2.9 < p.tpot_speedup < 3.3616 and p.tok_s_ratio == pytest.approx(p.tpot_speedup)
+
+
+def test_acceptance_zero_gives_no_gain_and_a_cost() -> None:
+    for c in (1, 16, 256):
+        p = predict_decode(MODEL, c, 1024, 4, iid_profile(0.0, 4))
+        assert p.tokens_per_step == 1.0
+        assert p.spec_tpot_ms > p.base_tpot_ms and p.tpot_speedup < 1.0 and p.draft_ms > 0
+
+
+def test_k0_is_plain_decode() -> None:
+    p = predict_decode(MODEL, 8, 1024, 0, [])
+    assert p.tpot_speedup == pytest.approx(1.0) and p.draft_ms == 0
+
+
+def test_the_gain_shrinks_with_concurrency_and_crosses_over() -> None:
+    prof = iid_profile(0.6, 4)
+    ladder = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    speedups = [predict_decode(MODEL, c, 1024, 4, prof).tpot_speedup for c in ladder]
+    assert speedups == sorted(speedups, reverse=True)  # monotone: more load, less gain
+    x = crossover(MODEL, 1024, 4, prof, ladder)
+    assert x is not None and x > 8
+    assert predict_decode(MODEL, x, 1024, 4, prof).tpot_speedup <= 1.0
+    below = ladder[ladder.index(x) - 1]
+    assert predict_decode(MODEL, below, 1024, 4, prof).tpot_speedup > 1.0
+    # a perfect draft pays longer than a mediocre one
+    x_hi = crossover(MODEL, 1024, 4, iid_profile(0.95, 4), ladder)
+    assert x_hi is None or x_hi >= x
+
+
+def test_profile_length_must_match_k() -> None:
+    with pytest.raises(ValueError, match="3 positions, K is 4"):
+        predict_decode(MODEL, 1, 1024, 4, [0.5, 0.4, 0.3])
