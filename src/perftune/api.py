@@ -553,6 +553,45 @@ def validate(
     )
 
 
+def specdec(
+    run_id: str,
+    *,
+    methods: Sequence[str],
+    ks: Sequence[int] | None = None,
+    workloads: Sequence[str] | None = None,
+    concurrencies: Sequence[int] | None = None,
+    draft_model: str | None = None,
+    runs_dir: str | Path = "runs",
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Phase 7 of an existing campaign: each speculative method, K screened, then A/B'd against the
+    standing config in interleaved trials on the workloads; acceptance read from the engine; gated."""
+    from perftune.campaign.pipeline import run_phases
+    from perftune.campaign.specdec import preflight_ctx
+    from perftune.lake.db import default_lake
+
+    update: dict[str, Any] = {"spec_methods": list(methods)}
+    for k, v in (
+        ("spec_ks", list(ks) if ks else None),
+        ("spec_workloads", list(workloads) if workloads else None),
+        ("spec_concurrencies", list(concurrencies) if concurrencies else None),
+        ("spec_draft_model", draft_model),
+    ):
+        if v is not None:
+            update[k] = v
+    return run_phases(
+        run_id,
+        runs_dir=Path(runs_dir),
+        update=update,
+        phases=("7",),
+        what="specdec",
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+        before=preflight_ctx,
+    )
+
+
 def tune(
     run_id: str,
     *,

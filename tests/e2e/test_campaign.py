@@ -46,9 +46,11 @@ def test_sim_campaign_completes_with_a_draft_champion_and_idempotent_lake(tmp_pa
     status = {k: p.status for k, p in state.phases.items()}
     assert all(status[p] == "green" for p in BUILT), status
     assert status["3"] == "skipped" and "opt-in" in state.phases["3"].reason
-    # no quantization target: phases 4 and 5 skip (and say how to ask); 6 and 7 are not built yet
+    # no quantization target: phases 4 and 5 skip (and say how to ask); no spec method: phase 7 skips;
+    # phase 6 (training a draft) is not built yet
     assert status["4"] == status["5"] == "skipped" and "--quant-target" in state.phases["4"].reason
-    assert {status[p] for p in status if p not in (*BUILT, "3", "4", "5")} == {"not-available"}
+    assert status["7"] == "skipped" and "--spec-method" in state.phases["7"].reason
+    assert {status[p] for p in status if p not in (*BUILT, "3", "4", "5", "7")} == {"not-available"}
     champion = (run_dir / "CHAMPION.md").read_text()
     assert "DRAFT" in champion and "RECOMMENDED FOR PRODUCTION" not in champion
     failing = champion.split("Failing gates:")[1].split("Champion:")[0]

@@ -37,6 +37,7 @@ _SPEC = "speculative decoding emits several accepted tokens per step"
 _OFF_ANY = frozenset({"", "off", "none", "null", "false", "no", "{}"})
 _MULTI_TOKEN_LEVERS: dict[str, tuple[str, frozenset[str]]] = {
     "speculative": (_SPEC, _OFF_ANY),
+    "spec-method": (_SPEC, _OFF_ANY),
     "speculative-config": (_SPEC, _OFF_ANY),
     "speculative-algorithm": (_SPEC, _OFF_ANY),
     "speculative-model": (_SPEC, _OFF_ANY),

@@ -44,6 +44,8 @@ class LiveEvaluator:
         try:
             weights = self.weights.get(arm.name, "base")
             with live_server(ctx, arm.engine, self.dir, arm.levers, weights=weights) as rec:
+                if not ctx.state.facts.engine_versions.get(arm.engine) and rec.engine_version:
+                    ctx.state.facts.engine_versions[arm.engine] = rec.engine_version  # phase 1 not run
                 for kind, c in ((w, c) for w in self.workloads for c in concurrencies):
                     wl = workload_spec(ctx, kind, c)
                     if screening:
@@ -61,6 +63,9 @@ class LiveEvaluator:
                         claim=i.slo.focus,
                         baseline=baseline_name(self.ctx, arm.engine),
                         text_vocab=rec.plan.text_prompts_only,
+                        # the deployed levers: %SoL dtypes, and the token accounting (a speculative
+                        # lever makes a chunk carry several tokens)
+                        sol_levers=dict(arm.levers),
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
                     try:

@@ -25,6 +25,7 @@ from perftune.campaign.profiling import cell_grounding, load_captures, phase2, p
 from perftune.campaign.quantize import accuracy_evidence, llamacpp_gguf, phase4, phase5
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
+from perftune.campaign.specdec import phase7
 from perftune.campaign.state import SUITE, ChampionFact, Intent
 from perftune.campaign.tuning import run_phase3
 from perftune.engines.adapters import llamacpp_launcher
@@ -671,7 +672,13 @@ PHASES: list[Phase] = [
         ("0", "4"),
     ),
     Phase("6", "train a draft", None),
-    Phase("7", "validate the draft", None),
+    Phase(
+        "7",
+        "speculative decoding A/B",
+        phase7,
+        "each asked method measured in the engine against the standing config; the gate's verdict said",
+        ("0",),
+    ),
     Phase("8", "bench the workload suite", phase8, "every cell loses <= 5% of requests", ("0", "1")),
     Phase(
         "8.3",

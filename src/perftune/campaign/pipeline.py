@@ -21,6 +21,7 @@ from perftune.campaign.phases import PHASE_IDS, PHASES
 from perftune.campaign.publish import publish
 from perftune.campaign.quantize import preflight
 from perftune.campaign.report import summary_md
+from perftune.campaign.specdec import preflight as spec_preflight
 from perftune.campaign.state import CampaignState, Intent, PhaseRecord, new_run_id
 from perftune.context import now_iso
 from perftune.errors import ConfigError, Interrupted, PerftuneError, config_error_from
@@ -269,6 +270,8 @@ def run_campaign(
         _validate_new(intent)
         if "4" not in skip and (until is None or PHASE_IDS.index(until) >= PHASE_IDS.index("4")):
             preflight(intent)
+        if "7" not in skip and (until is None or PHASE_IDS.index(until) >= PHASE_IDS.index("7")):
+            spec_preflight(intent)
         run_dir, state = new_campaign(intent, runs_dir)
         lock = run_lock(run_dir)
     ctx = Ctx(run_dir, state, observe or (lambda _m: None))

@@ -182,6 +182,51 @@ class QuantIntent(BaseModel):
             raise ValueError(f"{e}; {e.hint}") from None
 
 
+class SpecIntent(BaseModel):
+    """Phase 7 (and 6): which speculative-decoding methods and K to measure, on which workloads."""
+
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] = Field(default_factory=list, description="ngram, draft-model, eagle, eagle3, mtp")
+    ks: list[int] = Field(default_factory=lambda: [2, 4], description="K (drafted tokens per step) to screen")
+    workloads: list[str] = Field(
+        default_factory=lambda: ["code", "chat", "random"], description="the workloads the gate judges"
+    )
+    concurrencies: list[int] = Field(
+        default_factory=list, description="A/B concurrencies (default [1]); the gate judges the lowest"
+    )
+    draft_model: str | None = Field(None, description="the draft or draft head (draft-model, eagle, eagle3)")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from perftune.serving.specdec import METHODS
+
+        if bad := [m for m in v if m not in METHODS]:
+            raise ValueError(f"unknown spec method(s) {bad}; known: {', '.join(METHODS)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 or k > 16 for k in v):
+            raise ValueError(f"K must be 1..16, got {v}")
+        return sorted(set(v))
+
+    @field_validator("workloads")
+    @classmethod
+    def _workloads(cls, v: list[str]) -> list[str]:
+        if not v or [w for w in v if w not in SUITE]:
+            raise ValueError(f"spec workloads must be some of {', '.join(SUITE)}, got {v}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _concs(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError(f"concurrencies must be >= 1, got {v}")
+        return sorted(set(v))
+
+
 # The flat form (campaign.json before the split, and the keyword form callers use): key -> (part, field).
 FLAT: dict[str, tuple[str, str]] = {
     "model": ("model", "ref"),
@@ -226,6 +271,11 @@ FLAT: dict[str, tuple[str, str]] = {
     "mmlu_n": ("quant", "mmlu_n"),
     "humaneval_n": ("quant", "humaneval_n"),
     "eval_api": ("quant", "eval_api"),
+    "spec_methods": ("spec", "methods"),
+    "spec_ks": ("spec", "ks"),
+    "spec_workloads": ("spec", "workloads"),
+    "spec_concurrencies": ("spec", "concurrencies"),
+    "spec_draft_model": ("spec", "draft_model"),
 }
 
 
@@ -241,6 +291,7 @@ class Intent(BaseModel):
     tuning: TuningIntent = Field(default_factory=TuningIntent)
     profiling: ProfileIntent = Field(default_factory=ProfileIntent)
     quant: QuantIntent = Field(default_factory=QuantIntent)
+    spec: SpecIntent = Field(default_factory=SpecIntent)
     registry: str | None = Field(None, description="known-good registry path")
     findings: str | None = Field(None, description="value-findings ledger path")
 
@@ -447,6 +498,9 @@ class Facts(BaseModel):
     )
     shipped: list[str] = Field(
         default_factory=list, description="phase 5: quantized variants that passed accuracy and perf"
+    )
+    spec: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="phase 7: per engine and method, the gate's verdict and levers"
     )
 
 

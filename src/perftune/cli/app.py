@@ -43,6 +43,7 @@ app.command("tune")(campaign.tune)
 app.command("profile")(campaign.profile)
 app.command("quantize")(quant.quantize)
 app.command("validate")(quant.validate)
+app.command("specdec")(quant.specdec)
 app.command("capacity")(capacity.capacity)
 app.command("report")(report.report)
 

@@ -75,6 +75,13 @@ def optimize(
     mmlu_n: int = typer.Option(1000, help="phase 5 MMLU items"),
     humaneval_n: int = typer.Option(40, help="phase 5 HumanEval problems"),
     eval_api: str = typer.Option("auto", help="phase 5: auto, chat or completions"),
+    spec_method: str | None = typer.Option(
+        None, help="phase 7 speculative methods, e.g. ngram or ngram,eagle3 (default: none)"
+    ),
+    spec_k: str = typer.Option("2,4", help="phase 7: K (drafted tokens per step) to screen"),
+    spec_workloads: str = typer.Option("code,chat,random", help="phase 7: the workloads its gate judges"),
+    spec_concurrency: str | None = typer.Option(None, help="phase 7 A/B concurrencies (default 1)"),
+    draft_model: str | None = typer.Option(None, help="phase 7: the draft or EAGLE head folder"),
     engine_arg: list[str] = typer.Option([], help="ENGINE=FLAG passed to that engine, repeatable"),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles go"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
@@ -150,6 +157,11 @@ def optimize(
                 mmlu_n=mmlu_n,
                 humaneval_n=humaneval_n,
                 eval_api=eval_api,
+                spec_methods=[x.strip() for x in (spec_method or "").split(",") if x.strip()],
+                spec_ks=int_list(spec_k, "--spec-k") or [],
+                spec_workloads=[x.strip() for x in spec_workloads.split(",") if x.strip()],
+                spec_concurrencies=int_list(spec_concurrency, "--spec-concurrency") or [],
+                spec_draft_model=draft_model,
                 registry=str(registry) if registry else None,
                 findings=str(findings) if findings else None,
             )

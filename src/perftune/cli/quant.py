@@ -1,4 +1,5 @@
-"""`perftune quantize` (phase 4) and `perftune validate` (phase 5) on an existing campaign."""
+"""`perftune quantize` (phase 4), `perftune validate` (phase 5) and `perftune specdec` (phase 7) on an
+existing campaign."""
 
 from __future__ import annotations
 
@@ -83,3 +84,45 @@ def validate(
             lake=lake,
         )
     _report(run_dir, state, "5", "phase5/ACCURACY.md")
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+@handle_errors
+def specdec(
+    run: str = typer.Argument(..., help="campaign run id (phase 1 done)"),
+    methods: str = typer.Option(..., help="comma-separated: ngram, draft-model, eagle, eagle3, mtp"),
+    k: str | None = typer.Option(
+        None, "--k", help="comma-separated K (drafted tokens per step) to screen; default 2,4"
+    ),
+    workloads: str | None = typer.Option(None, help="comma-separated, default code,chat,random"),
+    concurrency: str | None = typer.Option(
+        None, help="comma-separated A/B concurrencies (default 1); the gate judges the lowest"
+    ),
+    draft_model: str | None = typer.Option(
+        None, help="the draft or draft head folder (draft-model, eagle, eagle3)"
+    ),
+    runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
+    lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
+) -> None:
+    """Phase 7: speculative decoding measured in the engine. K is screened, then the best K and the
+    standing config run in interleaved trials on each workload; acceptance is read from the engine;
+    a method ships only with an acceptance win and a TPOT win on every workload and the suite."""
+    from perftune.api import specdec as run_specdec
+    from perftune.cli.campaign import int_list
+
+    with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
+        run_dir, state = run_specdec(
+            run,
+            methods=_csv(methods),
+            ks=int_list(k, "--k"),
+            workloads=_csv(workloads) or None,
+            concurrencies=int_list(concurrency, "--concurrency"),
+            draft_model=draft_model,
+            runs_dir=runs_dir,
+            observe=renderer,
+            lake=lake,
+        )
+    _report(run_dir, state, "7", "phase7/SPECDEC.md")

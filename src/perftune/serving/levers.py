@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ruamel.yaml import YAML
 
 from perftune.errors import ConfigError
-from perftune.serving.specdec import SPEC_LEVERS, from_levers, translate_spec
+from perftune.serving.specdec import SPEC_LEVERS, SpecConfig, from_levers, supported, translate_spec
 
 Render = Literal["value", "bool_flag", "negated_flag", "bool_pair", "json_key", "copy_tp", "spec"]
 
@@ -179,6 +179,8 @@ def translate(levers: dict[str, Any], engine: str, version: str | None = None, *
         argv += render(lever, el, value, tp=tp)
     for flag, obj in merged.items():
         argv += [flag, json.dumps(obj)]
+    if (m := spec.get("spec-method")) is not None and m not in supported(engine, version):
+        translate_spec(SpecConfig(method=m, k=1), engine, version)  # raises, naming what the engine runs
     if (cfg := from_levers(spec)) is not None:
         spec_argv = translate_spec(cfg, engine, version)  # an engine that cannot run the method says so
         for name in spec:

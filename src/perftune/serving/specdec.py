@@ -109,8 +109,7 @@ def from_levers(values: Mapping[str, Any]) -> SpecConfig | None:
     if method in NEEDS_DRAFT and not draft:
         raise ConfigError(
             f"spec-method={method} needs a draft: spec-draft-model is not set",
-            hint="give --lever spec-draft-model=<folder of the draft or head>"
-            + ("; `perftune specdec train RUN --method eagle3` trains one" if method == "eagle3" else ""),
+            hint="give --lever spec-draft-model=<folder of the draft model or of the EAGLE head>",
         )
     foreign = {
         "ngram": {"spec-draft-model", "spec-eagle-topk", "spec-draft-tp"},

@@ -1,0 +1,334 @@
+"""Phase 7: speculative decoding, measured in the engine and gated on the user's workloads.
+
+For each real engine of the campaign and each asked method: K is screened (one deploy per K, every
+workload, at the lowest concurrency), then the best K and the standing config (the campaign's levers,
+no speculation) are deployed in interleaved trials (>= 3 each, a fresh deploy and a cache reset per
+trial: the tuner's machinery) on every workload at every asked concurrency. Acceptance is read from
+the engine per trial (vLLM's counters, SGLang's gauge; llama-cpp-python reports none, which is said).
+The gate (perftune.tune.specgate) wants a measured acceptance-length win and a TPOT win on every
+workload and on the suite at the lowest concurrency; otherwise the standing config is kept. The report
+shows the TPOT and tok/s ratios per workload and concurrency and the crossover concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from perftune.campaign.base import Ctx, Gate
+from perftune.campaign.cells import hardware_label
+from perftune.campaign.live_eval import LiveEvaluator
+from perftune.campaign.state import Intent
+from perftune.errors import ConfigError, GateError
+from perftune.serving.levers import translate
+from perftune.serving.specdec import NEEDS_DRAFT, supported
+from perftune.tune.arms import Arm
+from perftune.tune.evaluate import RecordingEvaluator
+from perftune.tune.search import Measure, interleave, ratio_ci
+from perftune.tune.specgate import WorkloadAB, decide
+from perftune.util.atomic import write_text
+
+REAL = ("vllm", "sglang", "llamacpp")
+STANDING = "standing"
+
+
+def candidates(intent: Intent, engine: str, version: str | None) -> tuple[Arm, dict[str, list[Arm]]]:
+    """The standing config and, per method, one candidate per K; every candidate's flags translated
+    here, so an engine or version that cannot run a method fails before anything deploys."""
+    s = intent.spec
+    base = dict(intent.serving.levers.get(engine, {}))
+    out: dict[str, list[Arm]] = {}
+    for method in s.methods:
+        arms = []
+        for k in s.ks:
+            levers = {**base, "spec-method": method, "spec-k": k}
+            if method not in supported(engine, version):
+                translate({"spec-method": method}, engine, version)  # raises, naming what it runs
+            if method in NEEDS_DRAFT:
+                if not s.draft_model:
+                    raise ConfigError(
+                        f"spec method {method} needs a draft and none is given",
+                        hint="pass --draft-model FOLDER (a draft, or an EAGLE head trained for this model)",
+                    )
+                levers["spec-draft-model"] = s.draft_model
+            translate(levers, engine, version)
+            arms.append(Arm(engine=engine, name=f"{method}-k{k}", levers=levers))
+        out[method] = arms
+    return Arm(engine=engine, name=STANDING, levers=base), out
+
+
+def preflight(intent: Intent, versions: dict[str, str | None] | None = None) -> None:
+    """Every asked method translated for every real engine: a ConfigError before anything is written."""
+    for engine in (e for e in intent.serving.engines if e in REAL):
+        candidates(intent, engine, (versions or {}).get(engine))
+
+
+def preflight_ctx(ctx: Ctx) -> None:
+    preflight(ctx.intent, ctx.state.facts.engine_versions)
+
+
+def _accept_len(run_dir: Path, m: Measure) -> float | None:
+    """The engine's mean acceptance length in the trial behind one measure (None: not reported)."""
+    if not m.path:
+        return None
+    p = run_dir / m.path / "summary.json"
+    if not p.is_file():
+        return None
+    trials = json.loads(p.read_text()).get("trials") or []
+    spec = ((trials[0].get("engine") or {}).get("spec") or {}) if trials else {}
+    v = spec.get("accept_length")
+    return float(v) if v is not None else None
+
+
+class _Runner:
+    def __init__(self, ctx: Ctx, engine: str) -> None:
+        i = ctx.intent
+        self.ctx, self.engine = ctx, engine
+        self.dir = ctx.run_dir / "phase7" / engine
+        self.ev = RecordingEvaluator(
+            LiveEvaluator(
+                ctx, self.dir, wedge_s=i.tuning.wedge_s, gpus=ctx.state.facts.tp, workloads=i.spec.workloads
+            ),
+            self.dir / "journal.jsonl",
+            observe=ctx.observe,
+        )
+
+    def run(self, arm: Arm, concurrencies: list[int], trial: int, screening: bool) -> list[Measure]:
+        out = self.ev.run(arm, concurrencies, trial, screening=screening)
+        if out.failure is not None:
+            raise GateError(
+                f"phase 7: {arm.name} on {self.engine} failed ({out.failure.klass})",
+                hint="read the log; an engine that cannot load the method fails at deploy",
+                log_path=out.failure.log_path,
+            )
+        return out.measures
+
+
+def _geo(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs and all(x > 0 for x in xs) else float("nan")
+
+
+def _screen(r: _Runner, cands: list[Arm], c: int) -> tuple[Arm, list[dict[str, Any]]]:
+    """One trial per K at concurrency c on every workload; the K of the lowest geometric-mean TPOT."""
+    rows = []
+    for arm in cands:
+        ms = r.run(arm, [c], 0, screening=False)
+        rows.append(
+            {"arm": arm.name, "k": arm.levers["spec-k"], "tpot_geo_ms": _geo([m.tpot_ms for m in ms])}
+        )
+    best = min(range(len(cands)), key=lambda j: rows[j]["tpot_geo_ms"])
+    return cands[best], rows
+
+
+def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
+    """Interleaved trials of the standing config and the candidate at every concurrency."""
+    s = ctx.intent.spec
+    trials = max(3, ctx.intent.suite.trials)
+    concs = s.concurrencies or [1]
+    data: dict[str, dict[tuple[str, int], dict[str, list[float]]]] = {standing.name: {}, cand.name: {}}
+    for arm, t in interleave([standing, cand], range(1, trials + 1)):
+        for m in r.run(arm, concs, t, screening=False):
+            d = data[arm.name].setdefault((m.workload, m.concurrency), {"tpot": [], "tok": [], "acc": []})
+            d["tpot"].append(m.tpot_ms)
+            d["tok"].append(m.output_tok_s)
+            if (a := _accept_len(r.dir, m)) is not None:
+                d["acc"].append(a)
+    cells = []
+    for (wl, c), cd in sorted(data[cand.name].items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        sd = data[standing.name][(wl, c)]
+        rp = ratio_ci(sd["tpot"], cd["tpot"])  # > 1: the candidate's TPOT is lower
+        rt = ratio_ci(cd["tok"], sd["tok"])
+        cells.append(
+            {
+                "workload": wl,
+                "concurrency": c,
+                "trials": len(cd["tpot"]),
+                "standing_tpot_ms": sd["tpot"],
+                "tpot_ms": cd["tpot"],
+                "standing_tok_s": sd["tok"],
+                "tok_s": cd["tok"],
+                "accept_length": cd["acc"],
+                "tpot_speedup": rp[0] if rp else None,
+                "tpot_speedup_ci95": list(rp[1]) if rp else None,
+                "tok_s_ratio": rt[0] if rt else None,
+                "tok_s_ratio_ci95": list(rt[1]) if rt else None,
+            }
+        )
+    return {"trials": trials, "concurrencies": concs, "cells": cells}
+
+
+def _decide(ab: dict[str, Any], c: int) -> dict[str, Any]:
+    cells = [x for x in ab["cells"] if x["concurrency"] == c]
+    d = decide(
+        [
+            WorkloadAB(
+                x["workload"],
+                x["accept_length"],
+                x["tpot_speedup"],
+                (x["tpot_speedup_ci95"][0], x["tpot_speedup_ci95"][1]) if x["tpot_speedup_ci95"] else None,
+            )
+            for x in cells
+        ]
+    )
+    return {
+        "concurrency": c,
+        "verdict": d.verdict,
+        "reasons": d.reasons,
+        "suite_tpot_speedup": d.suite_ratio,
+        "suite_tpot_speedup_ci95": list(d.suite_ratio_ci95) if d.suite_ratio_ci95 else None,
+        "calls": [
+            {"workload": w.workload, "acceptance": w.acceptance, "latency": w.latency, "why": w.reason}
+            for w in d.calls
+        ],
+    }
+
+
+def crossover(ab: dict[str, Any]) -> int | None:
+    """The lowest measured concurrency at which the suite's geometric-mean TPOT speedup is <= 1."""
+    for c in sorted(ab["concurrencies"]):
+        sp = [x["tpot_speedup"] for x in ab["cells"] if x["concurrency"] == c and x["tpot_speedup"]]
+        if sp and _geo(sp) <= 1.0:
+            return int(c)
+    return None
+
+
+def phase7(ctx: Ctx) -> Gate:
+    i = ctx.intent
+    s = i.spec
+    if not s.methods:
+        return Gate(
+            "skipped", "no speculative method asked (optimize --spec-method, or perftune specdec RUN)"
+        )
+    engines = [e for e in i.serving.engines if e in REAL]
+    if not engines:
+        return Gate(
+            "skipped",
+            "acceptance is only measurable in a real engine: the simulator's live server does not speculate "
+            "(its spec model predicts from a given acceptance profile: perftune.sim.specdec)",
+        )
+    versions = ctx.state.facts.engine_versions
+    plans = {e: candidates(i, e, versions.get(e)) for e in engines}  # checked before any deploy
+    report: dict[str, Any] = {"engines": {}}
+    for engine, (standing, by_method) in plans.items():
+        r = _Runner(ctx, engine)
+        concs = s.concurrencies or [1]
+        eng: dict[str, Any] = {
+            "version": ctx.state.facts.engine_versions.get(engine),
+            "hardware": hardware_label(ctx, engine, standing.levers),
+            "standing_levers": standing.levers,
+            "methods": {},
+        }
+        for method, cands in by_method.items():
+            best, screen = _screen(r, cands, min(concs)) if len(cands) > 1 else (cands[0], [])
+            ab = _ab(ctx, r, standing, best)
+            gate = _decide(ab, min(concs))
+            eng["methods"][method] = {
+                "k_screen": screen,
+                "k": best.levers["spec-k"],
+                "levers": best.levers,
+                "ab": ab,
+                "gate": gate,
+                "crossover_concurrency": crossover(ab),
+                "acceptance_reported": any(x["accept_length"] for x in ab["cells"]),
+            }
+        report["engines"][engine] = eng
+    d = ctx.run_dir / "phase7"
+    write_text(d / "specdec.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text(d / "SPECDEC.md", specdec_md(ctx, report))
+    ctx.state.facts.spec = {
+        e: {m: {"verdict": v["gate"]["verdict"], "levers": v["levers"]} for m, v in x["methods"].items()}
+        for e, x in report["engines"].items()
+    }
+    ctx.save()
+    heads = [
+        f"{e} {m} K={v['k']}: {v['gate']['verdict']}"
+        + (f" (suite TPOT x{v['gate']['suite_tpot_speedup']:.2f})" if v["gate"]["suite_tpot_speedup"] else "")
+        for e, x in report["engines"].items()
+        for m, v in x["methods"].items()
+    ]
+    return Gate(
+        "green",
+        "; ".join(heads),
+        headline="; ".join(heads),
+        tier="DRAFT",
+        artifacts=["phase7/SPECDEC.md", "phase7/specdec.json"],
+    )
+
+
+def _ci(x: float | None, ci: list[float] | None) -> str:
+    return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if x is not None and ci else "n/a"
+
+
+def _pm(xs: list[float]) -> str:
+    """mean +/- std (sample) of the per-trial values."""
+    if not xs:
+        return "n/a"
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return f"{m:.2f} +/- {sd:.2f}"
+
+
+def _acc(xs: list[float]) -> str:
+    if not xs:
+        return "not reported"
+    m = sum(xs) / len(xs)
+    return f"{m:.2f}"
+
+
+def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
+    i = ctx.intent
+    lines = [
+        "# Phase 7: speculative decoding",
+        "",
+        f"Model {i.model.ref}; workloads {', '.join(i.spec.workloads)}; isl/osl {i.suite.isl}/{i.suite.osl}; "
+        "interleaved trials, a fresh deploy and a cache reset per trial. Tier: DRAFT (same node).",
+        "TPOT speedup = standing TPOT / candidate TPOT (> 1: speculation lowers TPOT); tok/s ratio = "
+        "candidate / standing. Intervals are 95%.",
+        "",
+    ]
+    for e, x in rep["engines"].items():
+        lines += [f"## {e} {x['version'] or '(version: see the trial contexts)'} on {x['hardware']}", ""]
+        lines.append(f"Standing config: {x['standing_levers'] or 'engine defaults'} (no speculation).")
+        for m, v in x["methods"].items():
+            g = v["gate"]
+            lines += ["", f"### {m}, K={v['k']}: **{g['verdict']}**", ""]
+            if v["k_screen"]:
+                lines.append(
+                    "K screen (1 trial, lowest concurrency, geometric-mean TPOT over the workloads): "
+                    + ", ".join(f"K={row['k']} {row['tpot_geo_ms']:.2f} ms" for row in v["k_screen"])
+                )
+                lines.append("")
+            if not v["acceptance_reported"]:
+                lines += [f"{e} reports no acceptance counts: acceptance is not measured here.", ""]
+            lines.append(
+                "| workload | c | trials | acceptance length | TPOT speedup [95%] | tok/s ratio [95%] |"
+            )
+            lines.append("| --- | --- | --- | --- | --- | --- |")
+            for c in v["ab"]["cells"]:
+                lines.append(
+                    f"| {c['workload']} | {c['concurrency']} | {c['trials']} | {_acc(c['accept_length'])} | "
+                    f"{_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
+                    f"{_ci(c['tok_s_ratio'], c['tok_s_ratio_ci95'])} |"
+                )
+            lines.append("")
+            lines.append(
+                f"Gate at c={g['concurrency']}: {g['verdict']}; suite TPOT speedup "
+                f"{_ci(g['suite_tpot_speedup'], g['suite_tpot_speedup_ci95'])}."
+            )
+            for reason in g["reasons"]:
+                lines.append(f"- {reason}")
+            x_c = v["crossover_concurrency"]
+            concs = v["ab"]["concurrencies"]
+            if x_c is None:
+                lines.append(
+                    f"Crossover: none; speculation lowers TPOT at every measured concurrency {concs}."
+                )
+            elif x_c == min(concs):
+                lines.append(
+                    f"Crossover: speculation lowers TPOT at none of the measured concurrencies {concs}."
+                )
+            else:
+                lines.append(f"Crossover: speculation stops lowering TPOT at c={x_c} (measured {concs}).")
+    return "\n".join(lines) + "\n"
