@@ -364,6 +364,53 @@ def sim_predict(
     return predict(card, g, cfg, cal, spec, model_dir=model_dir)
 
 
+def sim_spec(
+    model: str,
+    gpu_name: str,
+    *,
+    k: int,
+    acceptance: float | None = None,
+    per_pos: Sequence[float] | None = None,
+    context: int = 1024,
+    concurrencies: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    flags: Sequence[str] = (),
+    calibration: str | Path | None = None,
+) -> dict[str, Any]:
+    """The simulator's steady-state decode with and without speculation (n-gram drafting) per
+    concurrency, from an acceptance profile (given, or i.i.d. at `acceptance`); every figure SIMULATED."""
+    from dataclasses import asdict
+
+    from perftune.serving.specdec import iid_profile
+    from perftune.sim.specdec import NGRAM_LOOKUP_US_PER_SEQ, crossover, predict_decode
+    from perftune.sim.timing import StepModel
+
+    if (acceptance is None) == (per_pos is None):
+        raise ConfigError("give exactly one of --acceptance and --per-pos", hint="e.g. --acceptance 0.6")
+    try:
+        prof = list(per_pos) if per_pos is not None else iid_profile(float(acceptance or 0.0), k)
+    except ValueError as e:
+        raise ConfigError(str(e), hint="acceptance is a probability in [0, 1]") from None
+    if len(prof) != k or any(not 0 <= x <= 1 for x in prof) or prof != sorted(prof, reverse=True):
+        raise ConfigError(
+            f"--per-pos needs {k} shares in [0, 1], non-increasing (position i is reached only through i-1)",
+            hint="e.g. --k 3 --per-pos 0.7,0.5,0.3",
+        )
+    card, g, cfg, cal, _ = sim_setup(model, gpu_name, flags, calibration)
+    m = StepModel.build(card, g, cfg, cal)
+    rows = [predict_decode(m, c, context, k, prof) for c in concurrencies]
+    return {
+        "simulated": True,
+        "model": card.name,
+        "gpu": g.key,
+        "k": k,
+        "per_pos": prof,
+        "context": context,
+        "draft": f"n-gram lookup, {NGRAM_LOOKUP_US_PER_SEQ:g} us per sequence per step (an assumption)",
+        "rows": [{**asdict(r), "tpot_speedup": r.tpot_speedup, "tok_s_ratio": r.tok_s_ratio} for r in rows],
+        "crossover": crossover(m, context, k, prof, concurrencies),
+    }
+
+
 def sim_calibrate(
     measurements: Sequence[str | Path],
     out: str | Path,

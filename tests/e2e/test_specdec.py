@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from perftune import api
@@ -61,6 +62,27 @@ def test_ngram_on_llamacpp_is_measured_and_gated(tmp_path: Path) -> None:
     assert sum("prompt-lookup-decoding" in a for a in argv) == 3
     state = CampaignState.load(run_dir)
     assert state.facts.spec["llamacpp"]["ngram"]["verdict"] == "do-not-ship"
+    # the lake's spec table: one row per engine, method, workload and concurrency
+    with duckdb.connect(str(tmp_path / "lake.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT engine, method, k, workload, concurrency, trials, acceptance_reported, accept_length, "
+            "tpot_speedup, verdict, tier FROM spec"
+        ).fetchall()
+    assert rows == [
+        (
+            "llamacpp",
+            "ngram",
+            4,
+            "code",
+            1,
+            3,
+            False,
+            None,
+            pytest.approx(cell["tpot_speedup"]),
+            "do-not-ship",
+            "DRAFT",
+        )
+    ]
 
 
 def test_optimize_refuses_an_unrunnable_method_before_a_run_folder(tmp_path: Path) -> None:

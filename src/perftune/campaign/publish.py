@@ -172,7 +172,57 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
         "roofline": _grounded(roofline_rows(run_dir), state),
         "ledger": ledger_rows(run_dir, cid, i.model.ref),
         "evals": eval_rows(run_dir, cid, state),
+        "spec": spec_rows(run_dir, cid, state),
     }
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def spec_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, Any]]:
+    """Phase 7's A/B: one row per engine, method, workload and concurrency, with the engine's acceptance
+    (None where it reports none), the TPOT and tok/s ratios with their 95% intervals and the verdict."""
+    path = run_dir / "phase7" / "specdec.json"
+    if not path.exists():
+        return []
+    rep = json.loads(path.read_text())
+    out = []
+    for engine, e in rep.get("engines", {}).items():
+        for method, m in e.get("methods", {}).items():
+            for c in m["ab"]["cells"]:
+                sp, tr = c.get("tpot_speedup_ci95") or [None, None], c.get("tok_s_ratio_ci95") or [None, None]
+                out.append(
+                    {
+                        "campaign_id": cid,
+                        "model": state.intent.model.ref,
+                        "engine": engine,
+                        "engine_version": e.get("version"),
+                        "hardware": e.get("hardware"),
+                        "method": method,
+                        "k": m["k"],
+                        "levers_json": dumps(m["levers"]),
+                        "workload": c["workload"],
+                        "concurrency": c["concurrency"],
+                        "trials": c["trials"],
+                        "acceptance_reported": bool(c["accept_length"]),
+                        "accept_length": _mean(c["accept_length"]),
+                        "accept_rate": _mean(c.get("accept_rate") or []),
+                        "accept_per_pos_json": dumps(c.get("accept_per_pos") or []),
+                        "standing_tpot_ms": _mean(c["standing_tpot_ms"]),
+                        "tpot_ms": _mean(c["tpot_ms"]),
+                        "tpot_speedup": c["tpot_speedup"],
+                        "tpot_speedup_ci_lo": sp[0],
+                        "tpot_speedup_ci_hi": sp[1],
+                        "tok_s_ratio": c["tok_s_ratio"],
+                        "tok_s_ratio_ci_lo": tr[0],
+                        "tok_s_ratio_ci_hi": tr[1],
+                        "verdict": m["gate"]["verdict"],
+                        "crossover_concurrency": m.get("crossover_concurrency"),
+                        "tier": "DRAFT",
+                    }
+                )
+    return out
 
 
 def eval_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, Any]]:

@@ -69,8 +69,8 @@ def preflight_ctx(ctx: Ctx) -> None:
     preflight(ctx.intent, ctx.state.facts.engine_versions)
 
 
-def _accept_len(run_dir: Path, m: Measure) -> float | None:
-    """The engine's mean acceptance length in the trial behind one measure (None: not reported)."""
+def _spec_fig(run_dir: Path, m: Measure) -> dict[str, Any] | None:
+    """The engine's acceptance figures in the trial behind one measure (None: not reported)."""
     if not m.path:
         return None
     p = run_dir / m.path / "summary.json"
@@ -78,8 +78,16 @@ def _accept_len(run_dir: Path, m: Measure) -> float | None:
         return None
     trials = json.loads(p.read_text()).get("trials") or []
     spec = ((trials[0].get("engine") or {}).get("spec") or {}) if trials else {}
-    v = spec.get("accept_length")
-    return float(v) if v is not None else None
+    return spec if spec.get("accept_length") is not None else None
+
+
+def _mean_profile(profiles: list[list[float]]) -> list[float]:
+    """Per-position acceptance averaged over trials (positions all trials have)."""
+    have = [x for x in profiles if x]
+    if not have:
+        return []
+    n = min(len(x) for x in have)
+    return [sum(x[i] for x in have) / len(have) for i in range(n)]
 
 
 class _Runner:
@@ -127,14 +135,18 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
     s = ctx.intent.spec
     trials = max(3, ctx.intent.suite.trials)
     concs = s.concurrencies or [1]
-    data: dict[str, dict[tuple[str, int], dict[str, list[float]]]] = {standing.name: {}, cand.name: {}}
+    data: dict[str, dict[tuple[str, int], dict[str, list[Any]]]] = {standing.name: {}, cand.name: {}}
     for arm, t in interleave([standing, cand], range(1, trials + 1)):
         for m in r.run(arm, concs, t, screening=False):
-            d = data[arm.name].setdefault((m.workload, m.concurrency), {"tpot": [], "tok": [], "acc": []})
+            key = (m.workload, m.concurrency)
+            d = data[arm.name].setdefault(key, {"tpot": [], "tok": [], "acc": [], "rate": [], "pos": []})
             d["tpot"].append(m.tpot_ms)
             d["tok"].append(m.output_tok_s)
-            if (a := _accept_len(r.dir, m)) is not None:
-                d["acc"].append(a)
+            if (f := _spec_fig(r.dir, m)) is not None:
+                d["acc"].append(float(f["accept_length"]))
+                if f.get("accept_rate") is not None:
+                    d["rate"].append(float(f["accept_rate"]))
+                d["pos"].append([float(x) for x in f.get("per_pos") or []])
     cells = []
     for (wl, c), cd in sorted(data[cand.name].items(), key=lambda kv: (kv[0][1], kv[0][0])):
         sd = data[standing.name][(wl, c)]
@@ -150,6 +162,8 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
                 "standing_tok_s": sd["tok"],
                 "tok_s": cd["tok"],
                 "accept_length": cd["acc"],
+                "accept_rate": cd["rate"],
+                "accept_per_pos": _mean_profile(cd["pos"]),
                 "tpot_speedup": rp[0] if rp else None,
                 "tpot_speedup_ci95": list(rp[1]) if rp else None,
                 "tok_s_ratio": rt[0] if rt else None,

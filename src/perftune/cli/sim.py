@@ -126,6 +126,65 @@ def predict(
         out_console.print(f"  {key:14s} {a.mean:10.2f} ± {a.std or 0:.2f}  (n={a.n} trials)", highlight=False)
 
 
+@app.command("spec", context_settings=CONTEXT)
+@handle_errors
+def spec(
+    ctx: typer.Context,
+    model: str = typer.Option(..., help="catalog name or model folder"),
+    gpu: str = typer.Option("h100", help="GPU to simulate"),
+    k: int = typer.Option(4, min=1, max=16, help="drafted tokens per step (K)"),
+    acceptance: float | None = typer.Option(None, help="per-token acceptance probability (i.i.d. profile)"),
+    per_pos: str | None = typer.Option(None, help="measured per-position acceptance, e.g. 0.7,0.5,0.3"),
+    context: int = typer.Option(1024, min=1, help="context tokens per sequence"),
+    concurrency: str = typer.Option("1,2,4,8,16,32,64,128,256", help="concurrencies to predict"),
+    calibration: Path | None = typer.Option(None, help="calibration YAML (default: the built-in one)"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """Predict what n-gram speculative decoding does to decode TPOT and throughput per concurrency, and
+    the crossover past which it loses. SIMULATED: acceptance is given, never predicted from content."""
+    from perftune.api import sim_spec
+    from perftune.cli.campaign import int_list
+    from perftune.errors import ConfigError
+
+    try:
+        pp = [float(x) for x in per_pos.split(",")] if per_pos else None
+    except ValueError:
+        raise ConfigError(
+            f"bad --per-pos '{per_pos}'", hint="comma-separated shares, e.g. 0.7,0.5,0.3"
+        ) from None
+    res = sim_spec(
+        model,
+        gpu,
+        k=k,
+        acceptance=acceptance,
+        per_pos=pp,
+        context=context,
+        concurrencies=int_list(concurrency, "--concurrency") or [1],
+        flags=ctx.args,
+        calibration=calibration,
+    )
+    if as_json:
+        print_json(res)
+        return
+    out_console.print(
+        f"[bold]SIMULATED[/] {res['model']} on {res['gpu']}, K={res['k']}, per-position acceptance "
+        f"{', '.join(f'{x:.2f}' for x in res['per_pos'])}, context {res['context']}; draft: {res['draft']}",
+        highlight=False,
+    )
+    out_console.print("     c  tokens/step  TPOT ms base -> spec  speedup  tok/s ratio", highlight=False)
+    for r in res["rows"]:
+        out_console.print(
+            f"  {r['concurrency']:4d}  {r['tokens_per_step']:11.2f}  {r['base_tpot_ms']:8.2f} -> "
+            f"{r['spec_tpot_ms']:6.2f}  {r['tpot_speedup']:7.2f}  {r['tok_s_ratio']:11.2f}",
+            highlight=False,
+        )
+    x = res["crossover"]
+    out_console.print(
+        f"crossover: speculation stops lowering TPOT at c={x}" if x else "crossover: none in this range",
+        highlight=False,
+    )
+
+
 @app.command("calibrate")
 @handle_errors
 def calibrate(

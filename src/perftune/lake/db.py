@@ -107,6 +107,20 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (campaign_id, weights, task));
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE spec (
+            campaign_id VARCHAR, model VARCHAR, engine VARCHAR, engine_version VARCHAR, hardware VARCHAR,
+            method VARCHAR, k INTEGER, levers_json VARCHAR, workload VARCHAR, concurrency INTEGER,
+            trials INTEGER, acceptance_reported BOOLEAN, accept_length DOUBLE, accept_rate DOUBLE,
+            accept_per_pos_json VARCHAR, standing_tpot_ms DOUBLE, tpot_ms DOUBLE, tpot_speedup DOUBLE,
+            tpot_speedup_ci_lo DOUBLE, tpot_speedup_ci_hi DOUBLE, tok_s_ratio DOUBLE,
+            tok_s_ratio_ci_lo DOUBLE, tok_s_ratio_ci_hi DOUBLE, verdict VARCHAR,
+            crossover_concurrency INTEGER, tier VARCHAR,
+            PRIMARY KEY (campaign_id, engine, method, workload, concurrency));
+        """,
+    ),
 ]
 TABLES = (
     "campaigns",
@@ -118,6 +132,7 @@ TABLES = (
     "roofline",
     "ledger",
     "evals",
+    "spec",
 )
 
 

@@ -60,3 +60,16 @@ def test_the_gain_shrinks_with_concurrency_and_crosses_over() -> None:
 def test_profile_length_must_match_k() -> None:
     with pytest.raises(ValueError, match="3 positions, K is 4"):
         predict_decode(MODEL, 1, 1024, 4, [0.5, 0.4, 0.3])
+
+
+def test_sim_spec_labels_itself_and_checks_its_profile() -> None:
+    from perftune import api
+    from perftune.errors import ConfigError
+
+    res = api.sim_spec("llama-3.1-8b", "h100", k=3, per_pos=[0.7, 0.5, 0.3], concurrencies=[1, 64, 512])
+    assert res["simulated"] is True and "assumption" in res["draft"]
+    assert [r["concurrency"] for r in res["rows"]] == [1, 64, 512]
+    assert res["rows"][0]["tokens_per_step"] == pytest.approx(2.5)
+    for bad in ({"per_pos": [0.3, 0.5, 0.2]}, {"per_pos": [0.5, 0.4]}, {"acceptance": 1.5}, {}):
+        with pytest.raises(ConfigError):
+            api.sim_spec("llama-3.1-8b", "h100", k=3, **bad)  # type: ignore[arg-type]
