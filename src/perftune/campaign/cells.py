@@ -413,7 +413,8 @@ def bench_cell(
 def suite_configs(ctx: Ctx, engine: str) -> list[tuple[str, dict[str, Any]]]:
     """The configs phase 8 benches for an engine: its baseline, then the top X tuned configs of phase
     3 in rank order (crowned or not: a config that wins the tune's workloads and loses the suite must
-    be seen losing), each once. A bundle from before the ranking kept only the crowned levers."""
+    be seen losing), then each speculative config phase 7 shipped, each once. A bundle from before the
+    ranking kept only the crowned levers."""
     i = ctx.intent
     base = dict(i.serving.levers.get(engine, {}))
     out: list[tuple[str, dict[str, Any]]] = [("baseline", base)]
@@ -423,6 +424,10 @@ def suite_configs(ctx: Ctx, engine: str) -> list[tuple[str, dict[str, Any]]]:
     for t in (top or [])[: i.suite.top_x]:
         if all(t.levers != lv for _n, lv in out):
             out.append((t.name, dict(t.levers)))
+    # phase 7: a speculative config that passed its gate (acceptance and TPOT wins on every workload)
+    for method, v in ctx.state.facts.spec.get(engine, {}).items():
+        if v.get("verdict") == "ship" and all(v["levers"] != lv for _n, lv in out):
+            out.append((f"spec-{method}", dict(v["levers"])))
     return out
 
 

@@ -233,6 +233,15 @@ def champion_md(state: CampaignState, sel: ChampionSelection, cells: dict[str, C
             f"Evidence cell: {cell_line(cells[ch.cell_id])}",
             "",
         ]
+        if (method := ch.levers.get("spec-method")) is not None:
+            sp = state.facts.spec.get(ch.engine, {}).get(str(method), {})
+            acc = sp.get("accept_length") or {}
+            said = ", ".join(f"{w} {a:.2f}" if a is not None else f"{w} not reported" for w, a in acc.items())
+            lines += [
+                f"Speculative decoding: {method}, K={ch.levers.get('spec-k')}; mean acceptance length "
+                f"(phase 7, c={sp.get('concurrency')}): {said or 'not measured'}.",
+                "",
+            ]
     lines += [
         "## Ranking",
         "",

@@ -252,7 +252,21 @@ def phase7(ctx: Ctx) -> Gate:
     write_text(d / "specdec.json", json.dumps(report, indent=2, default=str) + "\n")
     write_text(d / "SPECDEC.md", specdec_md(ctx, report))
     ctx.state.facts.spec = {
-        e: {m: {"verdict": v["gate"]["verdict"], "levers": v["levers"]} for m, v in x["methods"].items()}
+        e: {
+            m: {
+                "verdict": v["gate"]["verdict"],
+                "levers": v["levers"],
+                "concurrency": v["gate"]["concurrency"],
+                "accept_length": {  # per workload at the gate's concurrency; None: not reported
+                    c["workload"]: (
+                        sum(c["accept_length"]) / len(c["accept_length"]) if c["accept_length"] else None
+                    )
+                    for c in v["ab"]["cells"]
+                    if c["concurrency"] == v["gate"]["concurrency"]
+                },
+            }
+            for m, v in x["methods"].items()
+        }
         for e, x in report["engines"].items()
     }
     ctx.save()

@@ -70,3 +70,18 @@ def test_phase_8_benches_only_the_shipped_variants_an_engine_loads(tmp_path: Pat
     # a CPU engine's numbers are labelled with the CPU, a GPU engine's with the campaign's GPUs
     assert hardware_label(ctx, "llamacpp").startswith("cpu (")
     assert hardware_label(ctx, "llamacpp", {"gpu-layers": 99}) == hardware_label(ctx, "vllm") == "1xh100"
+
+
+def test_phase8_benches_a_shipped_spec_config_and_not_a_rejected_one(tmp_path: Path) -> None:
+    from perftune.campaign.cells import suite_configs
+
+    ctx = _ctx(tmp_path)
+    ship = {"spec-method": "ngram", "spec-k": 4}
+    ctx.state.facts.spec = {
+        "sim": {
+            "ngram": {"verdict": "ship", "levers": ship},
+            "eagle3": {"verdict": "do-not-ship", "levers": {"spec-method": "eagle3", "spec-k": 3}},
+        }
+    }
+    assert suite_configs(ctx, "sim") == [("baseline", {}), ("spec-ngram", ship)]
+    assert suite_configs(ctx, "vllm") == [("baseline", {})]

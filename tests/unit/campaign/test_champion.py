@@ -177,3 +177,25 @@ def test_capacity_missing_for_one_config_compares_everyone_on_the_ladder() -> No
     )
     assert sel.champion is not None and sel.champion.engine == "vllm" and "under the SLO" in sel.metric
     assert any("on the ladder instead" in n for n in sel.notes)
+
+
+def test_a_speculative_champion_names_its_method_and_measured_acceptance() -> None:
+    lv = {"spec-method": "ngram", "spec-k": 4}
+    cells = [cell("vllm", "spec-ngram", 3000, 20, levers=lv), cell("vllm", "baseline", 2000, 20)]
+    sel = select_champion(cells, INTENT, ALL_PASS)
+    state = CampaignState(
+        run_id="r", created_at="t", intent=INTENT, phases={"0": PhaseRecord(id="0", name="x")}
+    )
+    state.facts.spec = {
+        "vllm": {
+            "ngram": {
+                "verdict": "ship",
+                "levers": lv,
+                "concurrency": 1,
+                "accept_length": {"code": 2.61, "chat": 1.83, "random": None},
+            }
+        }
+    }
+    md = champion_md(state, sel, {c.cell_id: c for c in cells})
+    assert "Speculative decoding: ngram, K=4; mean acceptance length (phase 7, c=1): code 2.61" in md
+    assert "random not reported." in md and "code 2.61, chat 1.83" in md
