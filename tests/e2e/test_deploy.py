@@ -78,6 +78,23 @@ def test_deploy_ready_smoke_bench_down(tmp_path: Path, engine: str) -> None:
             "cannot model vLLM flag '--enable-expert-parallel'",
         ),
         (["--engine", "sim", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        # the issue's own spelling: the model as a positional argument, the spec levers translated
+        (
+            ["--engine", "vllm", "{m}", "--lever", "spec-method=ngram", "--lever", "spec-k=4"],
+            "vllm is not installed",
+        ),
+        (
+            ["--engine", "vllm", "{m}", "--lever", "spec-method=eagle3", "--lever", "spec-k=3"],
+            "spec-method=eagle3 needs a draft",
+        ),
+        (
+            ["--engine", "llamacpp", "{m}", "--lever", "spec-method=eagle"],
+            "spec-method=eagle is not supported by llamacpp",
+        ),
+        (
+            ["--engine", "sim", "llama-3.1-8b", "--lever", "spec-method=ngram", "--lever", "spec-k=4"],
+            "the simulator's live server does not speculate",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_launch(tmp_path: Path, args: list[str], message: str) -> None:

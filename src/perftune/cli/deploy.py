@@ -71,9 +71,12 @@ def deploy(
         else:
             out_console.print(f"{extra[1]}: {'stopped' if stopped else 'already gone'}")
         return
+    if model is None and extra and not extra[0].startswith("-"):  # `deploy --engine vllm MODEL ...`
+        model, extra = extra[0], extra[1:]
     if engine is None or model is None:
         raise ConfigError(
-            "deploy needs --engine and --model", hint="e.g. perftune deploy --engine vllm --model ./m"
+            "deploy needs --engine and a model",
+            hint="e.g. perftune deploy --engine vllm ./m (or --model ./m)",
         )
     if engine not in ("vllm", "sglang", "llamacpp", "sim", "mock"):
         raise ConfigError(f"unknown engine '{engine}'", hint="one of vllm, sglang, llamacpp, sim, mock")

@@ -171,6 +171,13 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
     known, unknown = _parser().parse_known_args(argv)
     if unknown:
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        if flag.startswith("--speculative"):
+            raise ConfigError(
+                "the simulator's live server does not speculate: acceptance depends on the text, which it "
+                "does not have",
+                hint="`perftune sim spec --acceptance A --k K` predicts speculation from an acceptance "
+                "profile; measure acceptance on a real engine (perftune specdec)",
+            )
         raise ConfigError(
             f"the simulator cannot model vLLM flag '{flag}'",
             hint="modelled: --max-num-seqs --max-num-batched-tokens --(no-)enable-chunked-prefill "
