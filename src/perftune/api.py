@@ -639,6 +639,46 @@ def specdec(
     )
 
 
+def specdec_train(
+    run_id: str,
+    *,
+    method: str = "eagle3",
+    ack_compute: bool,
+    samples: int | None = None,
+    epochs: int | None = None,
+    runs_dir: str | Path = "runs",
+    observe: Callable[[str], None] | None = None,
+    lake: str | Path | None = None,
+) -> tuple[Path, Any]:
+    """Phase 6 of an existing campaign: submit (or pick up) the job that trains a draft head for the
+    campaign's model. Refused before anything is written without ack_compute."""
+    from perftune.campaign.pipeline import run_phases
+    from perftune.campaign.specdec import preflight_ctx
+    from perftune.lake.db import default_lake
+
+    update: dict[str, Any] = {"spec_ack_compute": ack_compute}
+    if samples is not None:
+        update["spec_train_samples"] = samples
+    if epochs is not None:
+        update["spec_train_epochs"] = epochs
+    run_dir = Path(runs_dir) / run_id
+    if (run_dir / "campaign.json").exists():  # the method joins the campaign's spec methods
+        from perftune.campaign.state import CampaignState
+
+        have = CampaignState.load(run_dir).intent.spec.methods
+        update["spec_methods"] = list(dict.fromkeys([*have, method]))
+    return run_phases(
+        run_id,
+        runs_dir=Path(runs_dir),
+        update=update,
+        phases=("6",),
+        what="specdec train",
+        observe=observe,
+        lake=Path(lake) if lake else default_lake(),
+        before=preflight_ctx,
+    )
+
+
 def tune(
     run_id: str,
     *,

@@ -7,6 +7,7 @@ says so and keeps the standing config, whatever the latency did."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -94,3 +95,67 @@ def test_optimize_refuses_an_unrunnable_method_before_a_run_folder(tmp_path: Pat
     with pytest.raises(ConfigError, match="spec-method=mtp is not supported by llamacpp"):
         api.optimize(runs_dir=tmp_path / "runs", intent=intent, lake=tmp_path / "lake.duckdb")
     assert not (tmp_path / "runs").exists()
+
+
+SMOL_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+    "max_position_embeddings": 8192, "vocab_size": 49152, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "rope_theta": 100000.0, "hidden_act": "silu",
+}  # fmt: skip
+
+
+def test_phase6_is_ack_gated_submits_a_job_that_outlives_the_command_and_is_picked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SmolLM2-135M's config (no weights: the job stops at its first check here) on vLLM: without the
+    ack nothing is written; with it the job is submitted and the phase shows queued; the next command
+    picks the job's result up, here an honest failure naming what is missing (speculators and torch
+    are not on this machine, unless they are), and the one after retries."""
+    model = tmp_path / "smollm2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(SMOL_CONFIG))
+    monkeypatch.setenv("PERFTUNE_DRAFT_PYTHON", str(tmp_path / "no-such-python"))
+    intent = Intent.model_validate(
+        {
+            "model": "smollm2",
+            "model_path": str(model),
+            "engines": ["vllm"],
+            "registry": str(tmp_path / "kg.yaml"),
+            "findings": str(tmp_path / "f.yaml"),
+        }  # fmt: skip
+    )
+    run_dir, state = api.optimize(
+        runs_dir=tmp_path / "runs", intent=intent, until="0", lake=tmp_path / "lake.duckdb"
+    )
+    assert state.phases["0"].status == "green", state.phases["0"].reason
+    common = ["--runs-dir", str(tmp_path / "runs"), "--lake", str(tmp_path / "lake.duckdb")]
+    before = (run_dir / "campaign.json").read_bytes()
+
+    r = _cli("specdec", "train", state.run_id, "--method", "eagle3", *common, cwd=tmp_path)
+    assert r.returncode == 2 and "refused: eagle3 has no draft" in r.stderr and "--ack-compute" in r.stderr
+    assert not (run_dir / "phase6").exists() and (run_dir / "campaign.json").read_bytes() == before
+
+    r = _cli("specdec", "train", state.run_id, "--ack-compute", "--samples", "8", *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "phase 6: queued — submitted the eagle3 training job" in r.stdout
+    job = json.loads((run_dir / "phase6/eagle3/job.json").read_text())
+    assert job["python"] == str(tmp_path / "no-such-python") and job["target"] == str(model.resolve())
+    prompts = (run_dir / "phase6/eagle3/prompts.jsonl").read_text().splitlines()
+    assert len(prompts) == 8 and all(json.loads(p)["conversations"][0]["role"] == "user" for p in prompts)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "phase6/eagle3/result.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert CampaignState.load(run_dir).phases["6"].status == "queued"
+
+    r = _cli("specdec", "train", state.run_id, "--ack-compute", *common, cwd=tmp_path)
+    assert r.returncode == 4 and "phase 6: red — training the eagle3 head failed" in r.stdout
+    assert "cannot run" in r.stdout and "PERFTUNE_DRAFT_PYTHON" in r.stdout
+    # phase 7 cannot run without the draft: it says so instead of deploying
+    r = _cli("specdec", state.run_id, "--methods", "eagle3", *common, cwd=tmp_path)
+    assert r.returncode == 4 and "eagle3 has no draft: phase 6 has not trained one" in r.stdout, r.stdout
+    # a retry after a reported failure submits again (finished steps would be kept)
+    r = _cli("specdec", "train", state.run_id, "--ack-compute", *common, cwd=tmp_path)
+    assert r.returncode == 0 and "phase 6: queued" in r.stdout
+    assert (run_dir / "phase6/eagle3/result.failed-0.json").exists()

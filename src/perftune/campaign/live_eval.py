@@ -77,7 +77,7 @@ class LiveEvaluator:
                     except BenchError as e:  # the engine booted and passed its smoke gate: a bench failure
                         tail = log_tail(rec.log_path)
                         klass = classify("bench", tail, group_alive(rec.pgid), 0, http_errors=1)
-                        why = (e.message + "\n" + tail)[-1500:]
+                        why = e.message[:500] + "\n" + tail[-1000:]  # the error first, then the log
                         return Outcome(out, self._gpu_s(t0), Failure(arm.key, klass, why, rec.log_path))
                     t = run.result.trials[0]
                     if t.counts.ok < t.counts.sent:
@@ -114,7 +114,7 @@ class LiveEvaluator:
                 Failure(
                     arm.key,
                     classify("deploy", tail + e.message, False, 0),
-                    (e.message + "\n" + tail)[-1500:],
+                    e.message[:500] + "\n" + tail[-1000:],
                     e.log_path,
                 ),
             )

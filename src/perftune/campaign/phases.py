@@ -25,7 +25,7 @@ from perftune.campaign.profiling import cell_grounding, load_captures, phase2, p
 from perftune.campaign.quantize import accuracy_evidence, llamacpp_gguf, phase4, phase5
 from perftune.campaign.report import cell_line, champion_md, deploy_command, source_md, with_champion
 from perftune.campaign.slo_capacity import phase83
-from perftune.campaign.specdec import phase7
+from perftune.campaign.specdec import phase6, phase7
 from perftune.campaign.state import SUITE, ChampionFact, Intent
 from perftune.campaign.tuning import run_phase3
 from perftune.engines.adapters import llamacpp_launcher
@@ -671,7 +671,13 @@ PHASES: list[Phase] = [
         "reference passes known-answer sanity; each variant judged (accuracy paired, perf A/B)",
         ("0", "4"),
     ),
-    Phase("6", "train a draft", None),
+    Phase(
+        "6",
+        "train a draft",
+        phase6,
+        "the head's training loss falls and its validation acc_0 is not degenerate",
+        ("0",),
+    ),
     Phase(
         "7",
         "speculative decoding A/B",

@@ -302,6 +302,12 @@ def run_campaign(
                 _run_phase(ctx, rec, fn, PhaseStart(k + 1, len(PHASES), pid, rec.name))
             ctx.save()
             write_text(run_dir / "summary.md", summary_md(state))
+            if rec.status == "queued":  # a submitted job runs on: the campaign waits for it, resumably
+                ctx.observe(
+                    f"phase {pid}: QUEUED — {rec.reason}; the campaign is paused"
+                    + f"\nresume with: {resume_command(state, runs_dir, lake)}"
+                )
+                break
             if rec.status == "red":
                 ctx.observe(
                     f"phase {pid}: RED — {rec.reason}; the campaign is paused"

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import hardware_label
 from perftune.campaign.live_eval import LiveEvaluator
+from perftune.campaign.quantize import weights_on_disk
 from perftune.campaign.state import Intent
+from perftune.draft.gate import judge
+from perftune.draft.job import PID_NAME, PROGRESS_NAME, RESULT_NAME, DraftJob, DraftResult
 from perftune.errors import ConfigError, GateError
 from perftune.serving.levers import translate
 from perftune.serving.specdec import NEEDS_DRAFT, supported
@@ -34,7 +41,18 @@ REAL = ("vllm", "sglang", "llamacpp")
 STANDING = "standing"
 
 
-def candidates(intent: Intent, engine: str, version: str | None) -> tuple[Arm, dict[str, list[Arm]]]:
+TRAINED = ("eagle3",)  # methods phase 6 can train a draft for
+
+
+def to_train(intent: Intent, drafts: dict[str, str] | None = None) -> list[str]:
+    """Trained methods asked without a draft (none given, none trained yet): phase 6's work."""
+    s = intent.spec
+    return [m for m in s.methods if m in TRAINED and not s.draft_model and m not in (drafts or {})]
+
+
+def candidates(
+    intent: Intent, engine: str, version: str | None, drafts: dict[str, str] | None = None
+) -> tuple[Arm, dict[str, list[Arm]]]:
     """The standing config and, per method, one candidate per K; every candidate's flags translated
     here, so an engine or version that cannot run a method fails before anything deploys."""
     s = intent.spec
@@ -47,26 +65,39 @@ def candidates(intent: Intent, engine: str, version: str | None) -> tuple[Arm, d
             if method not in supported(engine, version):
                 translate({"spec-method": method}, engine, version)  # raises, naming what it runs
             if method in NEEDS_DRAFT:
-                if not s.draft_model:
+                draft = s.draft_model or (drafts or {}).get(method)
+                if not draft:
                     raise ConfigError(
                         f"spec method {method} needs a draft and none is given",
-                        hint="pass --draft-model FOLDER (a draft, or an EAGLE head trained for this model)",
+                        hint="pass --draft-model FOLDER (a draft, or an EAGLE head trained for this model)"
+                        + ("; or let phase 6 train one: --ack-compute" if method in TRAINED else ""),
                     )
-                levers["spec-draft-model"] = s.draft_model
+                levers["spec-draft-model"] = draft
             translate(levers, engine, version)
             arms.append(Arm(engine=engine, name=f"{method}-k{k}", levers=levers))
         out[method] = arms
     return Arm(engine=engine, name=STANDING, levers=base), out
 
 
-def preflight(intent: Intent, versions: dict[str, str | None] | None = None) -> None:
-    """Every asked method translated for every real engine: a ConfigError before anything is written."""
+def preflight(
+    intent: Intent, versions: dict[str, str | None] | None = None, drafts: dict[str, str] | None = None
+) -> None:
+    """Every asked method translated for every real engine (a method phase 6 will train counts as
+    having its draft), and phase 6's compute acknowledged: a ConfigError before anything is written."""
+    train = to_train(intent, drafts)
+    if train and not intent.spec.ack_compute:
+        raise ConfigError(
+            f"refused: {', '.join(train)} has no draft, and training one (phase 6) runs a GPU job: the "
+            "target answers the training prompts, its hidden states are stored, an EAGLE-3 head is trained",
+            hint="add --ack-compute to let phase 6 train it, or pass --draft-model FOLDER",
+        )
+    pending = {m: "<trained in phase 6>" for m in train}
     for engine in (e for e in intent.serving.engines if e in REAL):
-        candidates(intent, engine, (versions or {}).get(engine))
+        candidates(intent, engine, (versions or {}).get(engine), {**(drafts or {}), **pending})
 
 
 def preflight_ctx(ctx: Ctx) -> None:
-    preflight(ctx.intent, ctx.state.facts.engine_versions)
+    preflight(ctx.intent, ctx.state.facts.engine_versions, ctx.state.facts.drafts)
 
 
 def _spec_fig(run_dir: Path, m: Measure) -> dict[str, Any] | None:
@@ -222,8 +253,13 @@ def phase7(ctx: Ctx) -> Gate:
             "acceptance is only measurable in a real engine: the simulator's live server does not speculate "
             "(its spec model predicts from a given acceptance profile: perftune.sim.specdec)",
         )
-    versions = ctx.state.facts.engine_versions
-    plans = {e: candidates(i, e, versions.get(e)) for e in engines}  # checked before any deploy
+    versions, drafts = ctx.state.facts.engine_versions, ctx.state.facts.drafts
+    if missing := to_train(i, drafts):
+        raise ConfigError(
+            f"{', '.join(missing)} has no draft: phase 6 has not trained one",
+            hint="run phase 6 first (perftune specdec train RUN --method eagle3 --ack-compute)",
+        )
+    plans = {e: candidates(i, e, versions.get(e), drafts) for e in engines}  # checked before any deploy
     report: dict[str, Any] = {"engines": {}}
     for engine, (standing, by_method) in plans.items():
         r = _Runner(ctx, engine)
@@ -360,3 +396,120 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
             else:
                 lines.append(f"Crossover: speculation stops lowering TPOT at c={x_c} (measured {concs}).")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- phase 6: train a draft
+
+
+def training_prompts(n: int) -> list[dict[str, Any]]:
+    """The offline chat and code sets the bench ships (WritingBench prompts, HumanEval prompts),
+    interleaved: what the head is trained to draft for is the target's answers to them."""
+    chat = build_workload(WorkloadSpec(kind="chat", num_requests=max(1, n - n // 4), osl=16)).items
+    code = build_workload(WorkloadSpec(kind="code", num_requests=max(1, n // 4), osl=16)).items
+    out = []
+    for it in [*chat, *code][:n]:
+        msgs = it.messages or [{"role": "user", "content": str(it.prompt or "")}]
+        out.append({"conversations": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+    return out
+
+
+def _target(ctx: Ctx) -> Path:
+    p = weights_on_disk(ctx)
+    if not p or not (Path(p) / "config.json").is_file():
+        raise ConfigError(
+            "phase 6 trains against the target's Hugging Face folder and this campaign has none"
+            + (f" ({p} is not one)" if p else ""),
+            hint="pass --model-path DIR (a Hugging Face folder with config.json and safetensors)",
+        )
+    return Path(p).resolve()
+
+
+def _alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def phase6(ctx: Ctx) -> Gate:
+    i = ctx.intent
+    f = ctx.state.facts
+    methods = to_train(i, f.drafts)
+    if not methods:
+        return Gate(
+            "skipped",
+            "no draft to train (phase 6 trains an EAGLE-3 head for --spec-method eagle3 without a "
+            "--draft-model)",
+        )
+    preflight(i, f.engine_versions, f.drafts)  # the ack, before anything is written
+    method = methods[0]
+    d = ctx.run_dir / "phase6" / method
+    res_file = d / RESULT_NAME
+    arts = [f"phase6/{method}/train.log", f"phase6/{method}/result.json", f"phase6/{method}/metrics.jsonl"]
+    seen = d / "failure-reported"
+    if res_file.exists() and seen.exists():  # a failure already reported: this run is the retry
+        res_file.rename(d / f"result.failed-{len(list(d.glob('result.failed-*')))}.json")
+        seen.unlink()
+    if res_file.exists():
+        res = DraftResult.model_validate_json(res_file.read_text())
+        if res.status != "ok":
+            seen.touch()
+            return Gate(
+                "red",
+                f"training the {method} head failed: {res.error}",
+                hint=f"read phase6/{method}/train.log; run it again to retry (finished steps are kept)",
+                artifacts=arts,
+            )
+        v = judge(res.losses, res.acc0)
+        if not v.passed:
+            return Gate("red", f"the {method} head is degenerate: " + "; ".join(v.reasons), artifacts=arts)
+        f.drafts[method] = str(res.out_path)
+        ctx.save()
+        head = (
+            f"{method} head trained ({res.trainer}, {res.seconds / 60:.1f} min): loss {v.first_loss:.3f} -> "
+            f"{v.last_loss:.3f}, validation acc_0 {v.acc0:.1%}; draft {ctx.rel(Path(str(res.out_path)))}"
+        )
+        return Gate("green", head, headline=head, tier="DRAFT", artifacts=arts)
+    if (pid := _alive(d / PID_NAME)) is not None:
+        step = (
+            json.loads((d / PROGRESS_NAME).read_text()).get("step")
+            if (d / PROGRESS_NAME).exists()
+            else "start"
+        )
+        return Gate(
+            "queued",
+            f"training the {method} head: step {step} running (pid {pid}); resume picks the result up",
+            artifacts=arts,
+        )
+    target = _target(ctx)
+    d.mkdir(parents=True, exist_ok=True)
+    write_text(
+        d / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in training_prompts(i.spec.train_samples))
+    )
+    job = DraftJob(
+        method="eagle3",
+        target=str(target),
+        data=str(d / "prompts.jsonl"),
+        python=i.spec.draft_python or os.environ.get("PERFTUNE_DRAFT_PYTHON") or sys.executable,
+        out_dir=str(d),
+        epochs=i.spec.train_epochs,
+        max_samples=i.spec.train_samples,
+    )
+    write_text(d / "job.json", job.model_dump_json(indent=2) + "\n")
+    with (d / "submit.log").open("a") as log:  # its own session: the job outlives this campaign process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "perftune.draft.job", str(d / "job.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    write_text(d / PID_NAME, f"{proc.pid}\n")
+    return Gate(
+        "queued",
+        f"submitted the {method} training job (pid {proc.pid}, {job.max_samples} prompts, "
+        f"{job.epochs} epochs); resume picks the result up",
+        artifacts=arts,
+    )

@@ -15,7 +15,7 @@ from perftune.errors import ConfigError
 from perftune.util.atomic import write_text
 
 Focus = Literal["throughput", "latency"]
-PhaseStatus = Literal["pending", "running", "green", "red", "skipped", "not-available"]
+PhaseStatus = Literal["pending", "running", "green", "red", "skipped", "not-available", "queued"]
 SCHEMA = "perftune.campaign/v1"
 
 # Concurrency ladders of the focus tiers (phase 8): throughput pushes the batch, latency stays low.
@@ -195,6 +195,12 @@ class SpecIntent(BaseModel):
         default_factory=list, description="A/B concurrencies (default [1]); the gate judges the lowest"
     )
     draft_model: str | None = Field(None, description="the draft or draft head (draft-model, eagle, eagle3)")
+    ack_compute: bool = Field(False, description="phase 6 may submit a training job (an EAGLE-3 head)")
+    train_samples: int = Field(2000, ge=8, description="phase 6: prompts the target answers to train on")
+    train_epochs: int = Field(3, ge=1, description="phase 6: training epochs")
+    draft_python: str | None = Field(
+        None, description="phase 6: Python with speculators (default $PERFTUNE_DRAFT_PYTHON, else this one)"
+    )
 
     @field_validator("methods")
     @classmethod
@@ -276,6 +282,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "spec_workloads": ("spec", "workloads"),
     "spec_concurrencies": ("spec", "concurrencies"),
     "spec_draft_model": ("spec", "draft_model"),
+    "spec_ack_compute": ("spec", "ack_compute"),
+    "spec_train_samples": ("spec", "train_samples"),
+    "spec_train_epochs": ("spec", "train_epochs"),
 }
 
 
@@ -501,6 +510,9 @@ class Facts(BaseModel):
     )
     spec: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="phase 7: per engine and method, the gate's verdict and levers"
+    )
+    drafts: dict[str, str] = Field(
+        default_factory=dict, description="phase 6: method -> the trained draft folder that passed its gate"
     )
 
 

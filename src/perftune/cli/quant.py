@@ -92,8 +92,11 @@ def _csv(text: str | None) -> list[str]:
 
 @handle_errors
 def specdec(
-    run: str = typer.Argument(..., help="campaign run id (phase 1 done)"),
-    methods: str = typer.Option(..., help="comma-separated: ngram, draft-model, eagle, eagle3, mtp"),
+    run: str = typer.Argument(..., help="campaign run id; or `train`, then the run id (phase 6)"),
+    train_run: str | None = typer.Argument(
+        None, help="with `train`: the campaign run id", show_default=False
+    ),
+    methods: str | None = typer.Option(None, help="comma-separated: ngram, draft-model, eagle, eagle3, mtp"),
     k: str | None = typer.Option(
         None, "--k", help="comma-separated K (drafted tokens per step) to screen; default 2,4"
     ),
@@ -104,15 +107,49 @@ def specdec(
     draft_model: str | None = typer.Option(
         None, help="the draft or draft head folder (draft-model, eagle, eagle3)"
     ),
+    method: str = typer.Option("eagle3", help="train: the method whose draft phase 6 trains"),
+    ack_compute: bool = typer.Option(
+        False, "--ack-compute", help="train: let phase 6 submit the training job"
+    ),
+    samples: int | None = typer.Option(
+        None, help="train: prompts the target answers to train on (default 2000)"
+    ),
+    epochs: int | None = typer.Option(None, help="train: epochs (default 3)"),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles are"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
 ) -> None:
     """Phase 7: speculative decoding measured in the engine. K is screened, then the best K and the
     standing config run in interleaved trials on each workload; acceptance is read from the engine;
-    a method ships only with an acceptance win and a TPOT win on every workload and the suite."""
-    from perftune.api import specdec as run_specdec
-    from perftune.cli.campaign import int_list
+    a method ships only with an acceptance win and a TPOT win on every workload and the suite.
 
+    `perftune specdec train RUN_ID --method eagle3 --ack-compute` is phase 6: it submits the job that
+    trains an EAGLE-3 head for the campaign's model (it runs on after this command returns: the phase
+    shows queued); the same command again, or `optimize --resume`, picks the result up and gates it."""
+    from perftune.api import specdec as run_specdec
+    from perftune.api import specdec_train
+    from perftune.cli.campaign import int_list
+    from perftune.errors import ConfigError
+
+    if run == "train":
+        if train_run is None:
+            raise ConfigError(
+                "specdec train needs the campaign run id", hint="perftune specdec train RUN_ID --ack-compute"
+            )
+        with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
+            run_dir, state = specdec_train(
+                train_run, method=method, ack_compute=ack_compute, samples=samples, epochs=epochs,
+                runs_dir=runs_dir, observe=renderer, lake=lake,
+            )  # fmt: skip
+        _report(run_dir, state, "6", f"phase6/{method}/train.log")
+        return
+    if train_run is not None:
+        raise ConfigError(
+            f"unexpected argument '{train_run}'", hint="perftune specdec RUN_ID --methods ngram"
+        )
+    if not methods:
+        raise ConfigError(
+            "specdec needs --methods", hint="e.g. perftune specdec RUN_ID --methods ngram --k 2,4"
+        )
     with sigterm_as_interrupt(), ProgressRenderer(err_console) as renderer:
         run_dir, state = run_specdec(
             run,

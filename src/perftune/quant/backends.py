@@ -102,7 +102,7 @@ def _fresh(partial: Path) -> Path:
 
 
 def _seed(seed: int) -> None:
-    import torch  # type: ignore[import-not-found]
+    import torch
 
     random.seed(seed)
     torch.manual_seed(seed)
@@ -151,7 +151,7 @@ class LlmCompressorBackend(Backend):
         recipe = modifier(targets="Linear", scheme=scheme.library_scheme, ignore=ignore)
         kwargs: dict[str, Any] = {}
         if scheme.needs_calibration:
-            from datasets import Dataset  # type: ignore[import-not-found]
+            from datasets import Dataset
 
             texts = job.calibration()
             ds = Dataset.from_dict({"text": texts}).map(
