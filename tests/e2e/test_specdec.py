@@ -124,7 +124,7 @@ def test_phase6_is_ack_gated_submits_a_job_that_outlives_the_command_and_is_pick
             "engines": ["vllm"],
             "registry": str(tmp_path / "kg.yaml"),
             "findings": str(tmp_path / "f.yaml"),
-        }  # fmt: skip
+        }
     )
     run_dir, state = api.optimize(
         runs_dir=tmp_path / "runs", intent=intent, until="0", lake=tmp_path / "lake.duckdb"
