@@ -8,6 +8,10 @@
 #     contract suite (tests/contract/transcripts/vllm-0.26.0-spec/).
 #  3. The dummy-weights Llama-3.1-8B with ngram on random tokens: acceptance ~0, the gate must say
 #     do-not-ship.
+#  4. When STAGE/spec/ holds the speculators wheels (speculators, hs-connectors, datasets <= 5.1,
+#     loguru, pydantic-settings): phase 6 trains an EAGLE-3 head for SmolLM2 (PT_SAMPLES prompts,
+#     default 2000, 3 epochs), then phase 7 measures eagle3 K=3 against ngram's A/B on the same
+#     workloads.
 #
 #   scripts/gpu/specdec_vllm.sh STAGE PARTS OUT [WAIT_S]
 #   env: PT_K (1,2,3,4,5), PT_CONC (1,32), PT_WORKLOADS (code,chat,random); PT_RESTART=1 starts a
@@ -100,6 +104,21 @@ pipeline() {
     --workloads "${PT_WORKLOADS:-code,chat,random}" --concurrency "${PT_CONC:-1,32}"
   campaign llama-3.1-8b "$stage/llama-8b"
   specdec llama-3.1-8b --methods ngram --k 4 --workloads random --concurrency 1
+  if ls "$stage"/spec/*.whl >/dev/null 2>&1; then
+    [ -f /tmp/specdeps/.done ] || { python3 -m pip install -q --no-index --no-deps --target /tmp/specdeps \
+      "$stage"/spec/*.whl >> "$r/steps.log" 2>&1 && touch /tmp/specdeps/.done; }
+    local rid; rid=$(cat "$r/smollm2-135m-instruct.run_id")
+    local tr=(--runs-dir "$r/smollm2-135m-instruct" --lake "$r/lake.duckdb")
+    log "phase 6: specdec train $rid"
+    PYTHONPATH="$PYTHONPATH:/tmp/specdeps" python3 -m perftune specdec train "$rid" --method eagle3 \
+      --ack-compute --samples "${PT_SAMPLES:-2000}" --epochs 3 "${tr[@]}" >> "$r/train.out" 2>&1
+    until [ -f "$r/smollm2-135m-instruct/$rid/phase6/eagle3/result.json" ]; do sleep 10; done
+    python3 -m perftune specdec train "$rid" --method eagle3 --ack-compute "${tr[@]}" >> "$r/train.out" 2>&1
+    log "phase 6 rc=$? ($(tail -n 3 "$r/train.out" | head -n 1))"
+    rm -f "$r/smollm2-135m-instruct.specdec.done"
+    specdec smollm2-135m-instruct --methods eagle3 --k 3 \
+      --workloads "${PT_WORKLOADS:-code,chat,random}" --concurrency "${PT_CONC:-1,32}"
+  fi
   log "pipeline end"
 }
 
