@@ -54,11 +54,13 @@ def test_ngram_on_llamacpp_is_measured_and_gated(tmp_path: Path) -> None:
     assert "Tier: DRAFT" in md and "| code | 1 | 3 |" in md
 
     # interleaved: standing and candidate alternate, one deploy per trial, each with its own folder
-    journal = [json.loads(x) for x in (run_dir / "phase7/llamacpp/journal.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(x) for x in (run_dir / "phase7/llamacpp/ngram/journal.jsonl").read_text().splitlines()
+    ]
     names = [json.loads(j["key"])[1] for j in journal]
     assert names == ["standing", "ngram-k4"] * 3
     # the candidate was deployed with prompt lookup on, and its trials counted tokens per chunk
-    deploys = sorted((run_dir / "phase7/llamacpp").glob("servers/*/deploy.json"))
+    deploys = sorted((run_dir / "phase7/llamacpp/ngram").glob("servers/*/deploy.json"))
     argv = [json.loads(p.read_text())["plan"]["argv"] for p in deploys]
     assert sum("prompt-lookup-decoding" in a for a in argv) == 3
     state = CampaignState.load(run_dir)

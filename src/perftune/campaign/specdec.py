@@ -122,10 +122,11 @@ def _mean_profile(profiles: list[list[float]]) -> list[float]:
 
 
 class _Runner:
-    def __init__(self, ctx: Ctx, engine: str) -> None:
+    def __init__(self, ctx: Ctx, engine: str, method: str) -> None:
         i = ctx.intent
         self.ctx, self.engine = ctx, engine
-        self.dir = ctx.run_dir / "phase7" / engine
+        # one journal per method: a later method's A/B re-measures the standing config beside it
+        self.dir = ctx.run_dir / "phase7" / engine / method
         self.ev = RecordingEvaluator(
             LiveEvaluator(
                 ctx, self.dir, wedge_s=i.tuning.wedge_s, gpus=ctx.state.facts.tp, workloads=i.spec.workloads
@@ -260,17 +261,21 @@ def phase7(ctx: Ctx) -> Gate:
             hint="run phase 6 first (perftune specdec train RUN --method eagle3 --ack-compute)",
         )
     plans = {e: candidates(i, e, versions.get(e), drafts) for e in engines}  # checked before any deploy
-    report: dict[str, Any] = {"engines": {}}
+    d = ctx.run_dir / "phase7"
+    # methods measured by an earlier run stay in the report beside this run's
+    report: dict[str, Any] = (
+        json.loads((d / "specdec.json").read_text()) if (d / "specdec.json").exists() else {"engines": {}}
+    )
     for engine, (standing, by_method) in plans.items():
-        r = _Runner(ctx, engine)
         concs = s.concurrencies or [1]
         eng: dict[str, Any] = {
             "version": ctx.state.facts.engine_versions.get(engine),
             "hardware": hardware_label(ctx, engine, standing.levers),
             "standing_levers": standing.levers,
-            "methods": {},
+            "methods": dict(report["engines"].get(engine, {}).get("methods", {})),
         }
         for method, cands in by_method.items():
+            r = _Runner(ctx, engine, method)
             best, screen = _screen(r, cands, min(concs)) if len(cands) > 1 else (cands[0], [])
             ab = _ab(ctx, r, standing, best)
             gate = _decide(ab, min(concs))
@@ -284,7 +289,6 @@ def phase7(ctx: Ctx) -> Gate:
                 "acceptance_reported": any(x["accept_length"] for x in ab["cells"]),
             }
         report["engines"][engine] = eng
-    d = ctx.run_dir / "phase7"
     write_text(d / "specdec.json", json.dumps(report, indent=2, default=str) + "\n")
     write_text(d / "SPECDEC.md", specdec_md(ctx, report))
     ctx.state.facts.spec = {
