@@ -124,8 +124,10 @@ def test_preemption_frees_everything_and_finishes_all() -> None:
 def test_unknown_flags_are_refused_by_name() -> None:
     from perftune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--speculative-config"):
+    with pytest.raises(ConfigError, match="the simulator's live server does not speculate"):
         parse_vllm_flags(["--speculative-config", "{}"])
+    with pytest.raises(ConfigError, match="--enable-expert-parallel"):
+        parse_vllm_flags(["--enable-expert-parallel"])
     with pytest.raises(ConfigError, match="compilation-config key"):
         parse_vllm_flags(["--compilation-config", '{"level": 3}'])
     assert (
