@@ -51,7 +51,7 @@ def test_ngram_on_llamacpp_is_measured_and_gated(tmp_path: Path) -> None:
     assert any("acceptance not measured" in x for x in m["gate"]["reasons"])
     md = (run_dir / "phase7" / "SPECDEC.md").read_text()
     assert "llamacpp reports no acceptance counts: acceptance is not measured here." in md
-    assert "Tier: DRAFT" in md and "| code | 1 | 3 |" in md
+    assert "Tier: DRAFT" in md and "| code | 1 | 3 | " in md and " +/- " in md
 
     # interleaved: standing and candidate alternate, one deploy per trial, each with its own folder
     journal = [

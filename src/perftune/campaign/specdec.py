@@ -371,13 +371,16 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
             if not v["acceptance_reported"]:
                 lines += [f"{e} reports no acceptance counts: acceptance is not measured here.", ""]
             lines.append(
-                "| workload | c | trials | acceptance length | TPOT speedup [95%] | tok/s ratio [95%] |"
+                "| workload | c | trials | standing TPOT ms | spec TPOT ms | standing tok/s | spec tok/s | "
+                "acceptance length | TPOT speedup [95%] | tok/s ratio [95%] |"
             )
-            lines.append("| --- | --- | --- | --- | --- | --- |")
+            lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for c in v["ab"]["cells"]:
                 lines.append(
-                    f"| {c['workload']} | {c['concurrency']} | {c['trials']} | {_acc(c['accept_length'])} | "
-                    f"{_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
+                    f"| {c['workload']} | {c['concurrency']} | {c['trials']} | "
+                    f"{_pm(c['standing_tpot_ms'])} | {_pm(c['tpot_ms'])} | "
+                    f"{_pm(c['standing_tok_s'])} | {_pm(c['tok_s'])} | "
+                    f"{_acc(c['accept_length'])} | {_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
                     f"{_ci(c['tok_s_ratio'], c['tok_s_ratio_ci95'])} |"
                 )
             lines.append("")
