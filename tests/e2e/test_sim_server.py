@@ -126,20 +126,13 @@ def test_metrics_use_vllm_names_and_prefix_cache_counts(sim: str, tmp_path: Path
 
 
 def test_unmodelled_flag_is_refused_with_its_name() -> None:
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perftune",
-            "sim-server",
-            "--model",
-            "llama-3.1-8b",
-            "--speculative-config",
-            "{}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    def serve(*flags: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "perftune", "sim-server", "--model", "llama-3.1-8b", *flags]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    p = serve("--enable-expert-parallel")
     assert p.returncode == 2
-    assert "cannot model vLLM flag '--speculative-config'" in p.stderr
+    assert "cannot model vLLM flag '--enable-expert-parallel'" in p.stderr
+    p = serve("--speculative-config", "{}")  # speculation: refused, pointing at what predicts it
+    assert p.returncode == 2
+    assert "does not speculate" in p.stderr and "perftune sim spec" in p.stderr
