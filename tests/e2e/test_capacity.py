@@ -118,40 +118,57 @@ def test_list_presets_exits_zero_without_an_endpoint() -> None:
 def test_a_point_whose_client_fell_behind_is_benched_again_not_judged(
     sim: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A busy client host is not the server's capacity: the first two attempts at the first load are
-    made invalid (as a client that fell behind its schedule), the third is kept; every attempt keeps
-    its folder, the point says it was re-measured, and a resume reuses all three instead of benching."""
+    """A passing hiccup of the client host is not the server's capacity: at the first load, the first two
+    attempts are made to look as if the client fell behind in one of their two trials; the third is kept.
+    Every attempt keeps its folder, the point says it was re-measured, a resume reuses them all. A load
+    the client falls behind at in every trial is judged at once (this host cannot apply it)."""
     from perftune.bench import capacity
     from perftune.bench.slo import Slo
     from perftune.bench.workloads import WorkloadSpec
 
     real = capacity.bench_to_dir
     calls: list[str] = []
+    lag = "client schedule lag p99 12.00 ms > 5.0 ms"
 
-    def behind_twice(bcfg: object, *, out_dir: Path) -> object:
+    def behind(run: object, paths: dict[str, str], trials: list[int]) -> None:
+        res = run.result  # type: ignore[attr-defined]
+        ts = [
+            t.model_copy(
+                update={"load": t.load.model_copy(update={"valid": False, "invalid_reasons": [lag]})}
+            )
+            if k in trials
+            else t
+            for k, t in enumerate(res.trials)
+        ]
+        summary = res.summary.model_copy(
+            update={"valid": False, "invalid_reasons": [f"trial {trials[0]}: {lag}"]}
+        )
+        run.result = res.model_copy(update={"trials": ts, "summary": summary})  # type: ignore[attr-defined]
+        Path(paths["summary"]).write_text(run.result.model_dump_json())  # type: ignore[attr-defined]
+
+    def double(bcfg: object, *, out_dir: Path) -> object:
         run, paths = real(bcfg, out_dir=out_dir)  # type: ignore[arg-type]
         calls.append(Path(out_dir).name)
         if len(calls) <= 2:
-            lagging = run.result.summary.model_copy(
-                update={"valid": False, "invalid_reasons": ["client schedule lag p99 12.00 ms > 5.0 ms"]}
-            )
-            run.result = run.result.model_copy(update={"summary": lagging})
-            Path(paths["summary"]).write_text(run.result.model_dump_json())
+            behind(run, paths, [1])  # one trial of two: a hiccup
+        elif Path(out_dir).name == "closed-2":
+            behind(run, paths, [0, 1])  # every trial: the client cannot apply this load here
         return run, paths
 
-    monkeypatch.setattr(capacity, "bench_to_dir", behind_twice)
+    monkeypatch.setattr(capacity, "bench_to_dir", double)
     cfg = capacity.CapacityConfig(
         endpoint=sim, model="sim", slo=Slo(name="t", ttft_ms=70, tpot_ms=50, percentile=99),
         workload=WorkloadSpec(kind="random", isl=128, osl=16, num_requests=16),
-        trials=1, ladder=[1, 2], max_points=2,
+        trials=2, ladder=[1, 2], max_points=2,
     )  # fmt: skip
     events: list[str] = []
     res = capacity.run_capacity(cfg, tmp_path / "cap", observer=lambda e: events.append(f"{e.kind}{e.index}"))
-    assert calls[:3] == ["closed-1", "closed-1.retry1", "closed-1.retry2"] and len(calls) == 4
-    first = res.points[0]
+    assert calls == ["closed-1", "closed-1.retry1", "closed-1.retry2", "closed-2"]
+    first, second = res.points
     assert first.folder == "points/closed-1.retry2" and first.passed, first.reasons
     assert any("fell behind its schedule in points/closed-1, points/closed-1.retry1: re-measured" in n
                for n in first.notes)  # fmt: skip
+    assert not second.passed and any("the client fell behind its schedule" in r for r in second.reasons)
     assert events == ["start0", "done0", "start1", "done1"]
     for rel in ("closed-1", "closed-1.retry1", "closed-1.retry2", "closed-2"):
         assert (tmp_path / "cap/points" / rel / "summary.json").is_file()

@@ -47,8 +47,9 @@ OPEN_DOUBLINGS = 10  # open loop without a ladder: start, 2x start, ..., 1024x s
 MAX_LOSS_SHARE = 0.01  # a point that loses more than 1% of its requests fails, whatever its latencies
 RESULT_NAME = "capacity.json"
 REPORT_NAME = "capacity.md"
-# A point whose client fell behind its send schedule is benched again this many times (each attempt in
-# its own folder) before it is judged: a busy client host is not the server's capacity.
+# A point whose client fell behind its send schedule in some of its trials (not all: then the client
+# cannot apply that load on this host) is benched again this many times, each attempt in its own
+# folder, before it is judged: a passing hiccup of the client host is not the server's capacity.
 BEHIND_RETRIES = 2
 
 
@@ -500,6 +501,12 @@ class CapacityConfig(SearchSpec):
     text_vocab: str | None = Field(None, description="decode token-id prompts to text (see BenchConfig)")
 
 
+def _hiccup(result: BenchResult) -> bool:
+    """The client fell behind in some trials and kept up in others (see run_capacity)."""
+    ok = [t.load.valid for t in result.trials]
+    return not result.summary.valid and any(ok) and not all(ok)
+
+
 def requests_for(cfg: CapacityConfig, load: float) -> int:
     """Requests per trial at a load: closed max(min, per_slot x c); open max(min, ceil(rate x duration))."""
     if cfg.mode == "closed":
@@ -672,17 +679,19 @@ def run_capacity(
     count = 0
 
     def attempt(load: float, rel: str, bcfg: BenchConfig) -> tuple[CapacityPoint, bool, bool]:
-        """One bench of a point into rel, or the one already there: (point, client kept up, reused)."""
+        """One bench of a point into rel, or the one already there: (point, worth measuring again,
+        reused). Worth it when the client fell behind in some trials but kept up in others: a passing
+        hiccup of the client host. Behind in every trial, the client cannot apply this load here."""
         prior = _reusable(out / rel, bcfg)
         if prior is not None:
-            return point_from_result(load, prior, cfg.slo, rel), prior.summary.valid, True
+            return point_from_result(load, prior, cfg.slo, rel), _hiccup(prior), True
         run, paths = bench_to_dir(bcfg, out_dir=out / rel)
         if "fallback" in paths:
             point = point_from_result(load, run.result, cfg.slo, str(Path(paths["summary"]).parent))
             point.notes.append(paths["fallback"])
         else:
             point = point_from_result(load, run.result, cfg.slo, rel)
-        return point, run.result.summary.valid, False
+        return point, _hiccup(run.result), False
 
     def measure(load: float) -> CapacityPoint:
         nonlocal count
@@ -696,12 +705,12 @@ def run_capacity(
             rel = base if k == 0 else f"{base}.retry{k}"
             if not benched and observer is not None and _reusable(out / rel, bcfg) is None:
                 observer(CapacityEvent("start", index, load, n, None))
-            point, kept_up, reused = attempt(load, rel, bcfg)
+            point, again, reused = attempt(load, rel, bcfg)
             benched = benched or not reused
-            if kept_up:
+            if not again:
                 break
-            # the client, not the server, fell behind: the load was never applied, so the point is no
-            # evidence either way and is benched again (each attempt keeps its own folder)
+            # the client, not the server, fell behind in a trial: that load was never applied, so the
+            # point is no evidence either way and is benched again (each attempt keeps its folder)
             behind.append(rel)
         if behind:
             again = len(behind) <= BEHIND_RETRIES
