@@ -678,20 +678,24 @@ def run_capacity(
     )
     count = 0
 
-    def attempt(load: float, rel: str, bcfg: BenchConfig) -> tuple[CapacityPoint, bool, bool]:
-        """One bench of a point into rel, or the one already there: (point, worth measuring again,
-        reused). Worth it when the client fell behind in some trials but kept up in others: a passing
-        hiccup of the client host. Behind in every trial, the client cannot apply this load here."""
+    def attempt(
+        load: float, rel: str, bcfg: BenchConfig, before_bench: Callable[[], None]
+    ) -> tuple[CapacityPoint, bool]:
+        """One bench of a point into rel (before_bench called first), or the one already there:
+        (point, worth measuring again). Worth it when the client fell behind in some trials but kept up
+        in others: a passing hiccup of the client host. Behind in every trial, the client cannot apply
+        this load here."""
         prior = _reusable(out / rel, bcfg)
         if prior is not None:
-            return point_from_result(load, prior, cfg.slo, rel), _hiccup(prior), True
+            return point_from_result(load, prior, cfg.slo, rel), _hiccup(prior)
+        before_bench()
         run, paths = bench_to_dir(bcfg, out_dir=out / rel)
         if "fallback" in paths:
             point = point_from_result(load, run.result, cfg.slo, str(Path(paths["summary"]).parent))
             point.notes.append(paths["fallback"])
         else:
             point = point_from_result(load, run.result, cfg.slo, rel)
-        return point, _hiccup(run.result), False
+        return point, _hiccup(run.result)
 
     def measure(load: float) -> CapacityPoint:
         nonlocal count
@@ -700,13 +704,16 @@ def run_capacity(
         n = bcfg.workload.num_requests if bcfg.workload else 0
         base = point_dir(cfg.mode, load)
         behind: list[str] = []
-        benched = False
+        benched: list[bool] = []  # non-empty once this point benched (the start event is sent once)
+
+        def starting() -> None:
+            if not benched and observer is not None:
+                observer(CapacityEvent("start", index, load, n, None))
+            benched.append(True)
+
         for k in range(1 + BEHIND_RETRIES):
             rel = base if k == 0 else f"{base}.retry{k}"
-            if not benched and observer is not None and _reusable(out / rel, bcfg) is None:
-                observer(CapacityEvent("start", index, load, n, None))
-            point, again, reused = attempt(load, rel, bcfg)
-            benched = benched or not reused
+            point, again = attempt(load, rel, bcfg, starting)
             if not again:
                 break
             # the client, not the server, fell behind in a trial: that load was never applied, so the

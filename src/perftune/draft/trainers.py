@@ -6,7 +6,6 @@ trains from stored hidden states without a running engine, and it resumes from i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -141,10 +140,6 @@ class Speculators:
             if "full_acc_0_epoch" in v:
                 acc0 = float(v["full_acc_0_epoch"])
         return losses, acc0, str(path)
-
-
-def installed_here() -> bool:
-    return importlib.util.find_spec("speculators") is not None
 
 
 TRAINERS: dict[str, Trainer] = {"speculators": Speculators()}

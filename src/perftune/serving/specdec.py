@@ -196,7 +196,7 @@ def translate_spec(c: SpecConfig, engine: str, version: str | None = None) -> li
             + (f" (needs {engine} {need})" if need else ""),
             hint=f"{engine}{ver} runs: {', '.join(can) or 'no speculative decoding'}",
         )
-    if engine in ("vllm", "sim"):
+    if engine == "vllm":
         return _vllm(c)
     if engine == "sglang":
         return _sglang(c)
@@ -218,28 +218,3 @@ def tokens_per_step(per_pos: Sequence[float]) -> float:
     """Expected tokens a sequence gains per verify step: the target's own token plus each accepted
     draft position (1 + sum of the per-position acceptance)."""
     return 1.0 + float(sum(per_pos))
-
-
-@dataclass(frozen=True, slots=True)
-class Acceptance:
-    """Acceptance over a window (a trial), from an engine's counters."""
-
-    drafts: float  # verify steps that carried a draft (per sequence)
-    draft_tokens: float  # tokens drafted
-    accepted: float  # draft tokens accepted
-    per_pos: tuple[float, ...] = ()  # accepted count at each position (empty: not exported)
-
-    @property
-    def rate(self) -> float | None:
-        """Accepted over drafted tokens."""
-        return self.accepted / self.draft_tokens if self.draft_tokens > 0 else None
-
-    @property
-    def mean_length(self) -> float | None:
-        """1 + accepted per draft: the tokens a verify step yields on average."""
-        return 1.0 + self.accepted / self.drafts if self.drafts > 0 else None
-
-    @property
-    def per_pos_rate(self) -> list[float]:
-        """Share of drafts accepted at each position."""
-        return [a / self.drafts for a in self.per_pos] if self.drafts > 0 else []

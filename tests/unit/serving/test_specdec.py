@@ -9,7 +9,7 @@ import pytest
 
 from perftune.errors import ConfigError
 from perftune.serving.levers import describe, translate
-from perftune.serving.specdec import METHODS, SUPPORT, Acceptance, iid_profile, tokens_per_step
+from perftune.serving.specdec import METHODS, SUPPORT, iid_profile, tokens_per_step
 from perftune.telemetry.prom import parse_totals, spec_figures
 
 VERSIONS = {"vllm": "0.26.0", "sglang": "0.5.16", "llamacpp": "0.3.36"}
@@ -163,9 +163,6 @@ def test_vllm_acceptance_is_the_counters_delta_over_the_trial() -> None:
     assert f.accept_rate == pytest.approx(0.5) and f.accept_length == pytest.approx(2.5)
     assert f.per_pos == pytest.approx([0.7, 0.5, 0.3])
     assert tokens_per_step(f.per_pos) == pytest.approx(f.accept_length)  # the same figure two ways
-    acc = Acceptance(drafts=100, draft_tokens=300, accepted=150, per_pos=(70, 50, 30))
-    assert acc.mean_length == pytest.approx(2.5) and acc.rate == pytest.approx(0.5)
-    assert acc.per_pos_rate == pytest.approx([0.7, 0.5, 0.3])
 
 
 def test_a_trial_without_a_draft_says_so() -> None:
