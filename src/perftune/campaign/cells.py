@@ -97,7 +97,9 @@ def workload_spec(ctx: Ctx, kind: str, concurrency: int) -> WorkloadSpec:
             osl=i.suite.osl,
             num_requests=n,
         )
-    return WorkloadSpec(kind=kind, osl=i.suite.osl, num_requests=n)
+    return WorkloadSpec(
+        kind=kind, osl=i.suite.osl, num_requests=n, max_context=card_of(ctx).max_context or None
+    )
 
 
 def speed_of_light(

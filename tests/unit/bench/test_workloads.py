@@ -127,3 +127,27 @@ def test_token_id_prompts_become_text_in_the_models_own_vocabulary(tmp_path: Pat
     assert as_text(chat, gguf) is chat  # nothing to decode: untouched
     with pytest.raises(ConfigError, match="no GGUF at"):
         as_text(wl, tmp_path / "missing.gguf")
+
+
+def test_prompts_that_could_exceed_the_context_are_left_out(tmp_path: Path) -> None:
+    # The byte count bounds a byte-level BPE prompt's tokens: with a 400-token context and 100 output
+    # tokens, 400 - 100 - 64 = 236 bytes is the most a prompt may have. A CJK character is 3 bytes.
+    jl = tmp_path / "c.jsonl"
+    rows = [
+        {"prompt": "a" * 236},
+        {"prompt": "b" * 237},
+        {"prompt": "\u4e2d" * 79},
+        {"prompt": "\u4e2d" * 78},
+    ]
+    jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    wl = build_workload(WorkloadSpec(kind="chat", num_requests=8, osl=100, dataset=str(jl), max_context=400))
+    assert {i.messages[0]["content"] for i in wl.items if i.messages} == {"a" * 236, "\u4e2d" * 78}
+    assert "2 conversations, 2 left out that could exceed the 400-token context" in wl.source
+    with pytest.raises(ConfigError, match="no prompt fits a 300-token context"):
+        build_workload(WorkloadSpec(kind="chat", num_requests=1, osl=100, dataset=str(jl), max_context=300))
+    # The default corpus against SmolLM2's 8192-token context: the longest WritingBench prompts go.
+    wb = build_workload(WorkloadSpec(kind="chat", num_requests=4, osl=256, max_context=8192))
+    kept = int(wb.source.rsplit("(", 1)[1].split(" conversations")[0])
+    assert 500 < kept < 1000 and "left out" in wb.source
+    he = build_workload(WorkloadSpec(kind="code", num_requests=4, osl=256, max_context=8192))
+    assert "164 prompts)" in he.source  # HumanEval's prompts all fit
