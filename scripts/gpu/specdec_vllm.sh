@@ -29,13 +29,14 @@ models="$root/models"
 mkdir -p "$r" "$models"
 log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
 
-campaign() {  # NAME MODEL_PATH -> run id in $r/NAME.run_id
+campaign() {  # NAME MODEL_PATH [OPTIMIZE ARGS...] -> run id in $r/NAME.run_id
   local name=$1 path=$2 common=(--runs-dir "$r/$1" --lake "$r/lake.duckdb")
+  shift 2
   if ! ls "$r/$name"/*/campaign.json >/dev/null 2>&1; then
     log "$name: optimize --until 0"
     python3 -m perftune optimize "$name" --model-path "$path" --engines vllm --gpu h200 \
       --workloads random --until 0 --yes "${common[@]}" --registry "$r/kg.yaml" \
-      --findings "$r/findings.yaml" > "$r/$name.optimize.out" 2>&1
+      --findings "$r/findings.yaml" "$@" > "$r/$name.optimize.out" 2>&1
     log "$name: optimize rc=$?"
   fi
   ls "$r/$name" | head -1 > "$r/$name.run_id"
@@ -63,9 +64,9 @@ transcript() {  # vLLM with ngram K=4: /metrics before and after 8 chat requests
   local rid; rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$t/deploy.json")
   curl -s localhost:8123/metrics > "$t/metrics.prom"
   for i in 1 2 3 4 5 6 7 8; do
-    curl -s localhost:8123/v1/chat/completions -H 'content-type: application/json' -d '{"model":
-      "smollm2-135m-instruct-bf16","max_tokens":128,"messages":[{"role":"user","content":"Repeat this list
-      exactly, twice: alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"}]}' > /dev/null
+    # one line of JSON: a raw newline inside a JSON string is refused (400) and drafts nothing
+    curl -s localhost:8123/v1/chat/completions -H 'content-type: application/json' -d '{"model": "smollm2-135m-instruct-bf16", "max_tokens": 128, "messages": [{"role": "user", "content": "Repeat this list exactly, twice: alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"}]}' \
+      -o "$t/chat_$i.json" -w '%{http_code}\n' >> "$t/status.txt"
   done
   curl -s localhost:8123/metrics > "$t/metrics_after.prom"
   python3 -m perftune deploy down "$rid" --runs-dir "$r/deploys" >> "$t/deploy.err" 2>&1
@@ -104,7 +105,7 @@ pipeline() {
   campaign smollm2-135m-instruct "$hf"
   specdec smollm2-135m-instruct --methods ngram --k "${PT_K:-1,2,3,4,5}" \
     --workloads "${PT_WORKLOADS:-code,chat,random}" --concurrency "${PT_CONC:-1,32}"
-  campaign llama-3.1-8b "$stage/llama-8b"
+  campaign llama-3.1-8b "$stage/llama-8b" --engine-arg vllm=--load-format=dummy
   specdec llama-3.1-8b --methods ngram --k 4 --workloads random --concurrency 1
   if ls "$stage"/spec/*.whl >/dev/null 2>&1; then
     [ -f /tmp/specdeps/.done ] || { python3 -m pip install -q --no-index --no-deps --target /tmp/specdeps \

@@ -149,3 +149,25 @@ def test_spec_acceptance_is_absent_when_the_recorded_engine_does_not_speculate(
     assert fig is None or (fig.accept_length is None and fig.accept_rate is None), fig
     if m["engine"] == "sglang":
         assert fig is not None and "speculation is off" in fig.source
+
+
+def test_vllm_exports_its_spec_counters_when_speculating() -> None:
+    """vLLM 0.26.0 serving with ngram K=4 (recorded on the GPU host, before any request): the counters
+    perftune reads exist under the names it reads, one accepted-per-position series per drafted
+    position, and a window without a draft reads as 'no draft', never as an acceptance."""
+    from perftune.telemetry.prom import SPEC_VLLM
+
+    t = parse_totals((ROOT / "vllm-0.26.0-spec" / "metrics.prom").read_text())
+    for key in ("drafts", "draft_tokens", "accepted"):
+        assert SPEC_VLLM[key] in t, SPEC_VLLM[key]
+    assert [n for n in t if n.startswith(SPEC_VLLM["per_pos"] + "[")] == [
+        f"{SPEC_VLLM['per_pos']}[position={i}]" for i in range(4)
+    ]
+    fig = spec_figures(t, t)
+    assert fig is not None and fig.drafts == 0.0 and fig.accept_length is None
+    assert "no draft" in fig.source
+    # the same scrape with counters advanced as one trial of the GPU run read them (chat, c=1)
+    after = {**t, SPEC_VLLM["drafts"]: 251.0, SPEC_VLLM["draft_tokens"]: 1004.0, SPEC_VLLM["accepted"]: 684.0}
+    got = spec_figures(t, after)
+    assert got is not None and got.accept_length == pytest.approx(1 + 684 / 251)
+    assert got.accept_rate == pytest.approx(684 / 1004)

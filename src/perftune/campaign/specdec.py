@@ -34,7 +34,7 @@ from perftune.serving.specdec import NEEDS_DRAFT, supported
 from perftune.tune.arms import Arm
 from perftune.tune.evaluate import RecordingEvaluator
 from perftune.tune.search import Measure, interleave, ratio_ci
-from perftune.tune.specgate import WorkloadAB, decide
+from perftune.tune.specgate import LOOP_SHARE, WorkloadAB, decide, loop_share
 from perftune.util.atomic import write_text
 
 REAL = ("vllm", "sglang", "llamacpp")
@@ -112,6 +112,38 @@ def _spec_fig(run_dir: Path, m: Measure) -> dict[str, Any] | None:
     return spec if spec.get("accept_length") is not None else None
 
 
+def _trial_extras(run_dir: Path, m: Measure, spec: dict[str, Any] | None) -> dict[str, float | None]:
+    """From the trial's own records: the share of outputs that loop, and the tokens each request's decode
+    step yielded (decode tokens / (decode tokens - accepted): 1.0 without speculation)."""
+    out: dict[str, float | None] = {"loop_share": None, "tokens_per_step": None}
+    if not m.path:
+        return out
+    recs = run_dir / m.path / "records.jsonl"
+    if recs.is_file():
+        texts = [json.loads(line).get("text", "") for line in recs.read_text().splitlines() if line.strip()]
+        out["loop_share"] = loop_share(texts)
+    summ = run_dir / m.path / "summary.json"
+    if spec and spec.get("accepted") is not None and summ.is_file():
+        trials = json.loads(summ.read_text()).get("trials") or []
+        counts = trials[0].get("counts") or {} if trials else {}
+        decode = int(counts.get("output_tokens") or 0) - int(counts.get("ok") or 0)
+        accepted = float(spec["accepted"])
+        # counters that span more than this trial's requests would overstate it: then not reported
+        if decode > 0 and 0 <= accepted < decode:
+            out["tokens_per_step"] = decode / (decode - accepted)
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def dummy_weights(ctx: Ctx, engine: str) -> bool:
+    """Whether the engine serves random weights (`--load-format dummy`): its outputs are not a model's."""
+    args = " ".join(ctx.intent.serving.engine_args.get(engine, []))
+    return "load-format dummy" in args.replace("=", " ") or "load_format dummy" in args.replace("=", " ")
+
+
 def _mean_profile(profiles: list[list[float]]) -> list[float]:
     """Per-position acceptance averaged over trials (positions all trials have)."""
     have = [x for x in profiles if x]
@@ -155,8 +187,23 @@ def _screen(r: _Runner, cands: list[Arm], c: int) -> tuple[Arm, list[dict[str, A
     rows = []
     for arm in cands:
         ms = r.run(arm, [c], 0, screening=False)
+        per: dict[str, Any] = {}
+        for m in ms:
+            f = _spec_fig(r.dir, m)
+            per[m.workload] = {
+                "tpot_ms": m.tpot_ms,
+                "output_tok_s": m.output_tok_s,
+                "accept_length": f["accept_length"] if f else None,
+                "accept_rate": f.get("accept_rate") if f else None,
+                **_trial_extras(r.dir, m, f),
+            }
         rows.append(
-            {"arm": arm.name, "k": arm.levers["spec-k"], "tpot_geo_ms": _geo([m.tpot_ms for m in ms])}
+            {
+                "arm": arm.name,
+                "k": arm.levers["spec-k"],
+                "tpot_geo_ms": _geo([m.tpot_ms for m in ms]),
+                "workloads": per,
+            }
         )
     best = min(range(len(cands)), key=lambda j: rows[j]["tpot_geo_ms"])
     return cands[best], rows
@@ -171,10 +218,18 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
     for arm, t in interleave([standing, cand], range(1, trials + 1)):
         for m in r.run(arm, concs, t, screening=False):
             key = (m.workload, m.concurrency)
-            d = data[arm.name].setdefault(key, {"tpot": [], "tok": [], "acc": [], "rate": [], "pos": []})
+            d = data[arm.name].setdefault(
+                key, {"tpot": [], "tok": [], "acc": [], "rate": [], "pos": [], "loop": [], "tps": []}
+            )
             d["tpot"].append(m.tpot_ms)
             d["tok"].append(m.output_tok_s)
-            if (f := _spec_fig(r.dir, m)) is not None:
+            f = _spec_fig(r.dir, m)
+            x = _trial_extras(r.dir, m, f)
+            if x["loop_share"] is not None:
+                d["loop"].append(x["loop_share"])
+            if x["tokens_per_step"] is not None:
+                d["tps"].append(x["tokens_per_step"])
+            if f is not None:
                 d["acc"].append(float(f["accept_length"]))
                 if f.get("accept_rate") is not None:
                     d["rate"].append(float(f["accept_rate"]))
@@ -196,6 +251,9 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
                 "accept_length": cd["acc"],
                 "accept_rate": cd["rate"],
                 "accept_per_pos": _mean_profile(cd["pos"]),
+                "tokens_per_step": cd["tps"],
+                "loop_share": _mean(cd["loop"]),
+                "standing_loop_share": _mean(sd["loop"]),
                 "tpot_speedup": rp[0] if rp else None,
                 "tpot_speedup_ci95": list(rp[1]) if rp else None,
                 "tok_s_ratio": rt[0] if rt else None,
@@ -205,7 +263,20 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
     return {"trials": trials, "concurrencies": concs, "cells": cells}
 
 
-def _decide(ab: dict[str, Any], c: int) -> dict[str, Any]:
+def degenerate(cell: dict[str, Any], dummy: bool) -> str | None:
+    """Why a workload's A/B is no evidence about speculation, or None."""
+    if dummy:
+        return "dummy weights (--load-format dummy): the outputs are not a model's, acceptance is an artifact"
+    shares = [x for x in (cell.get("loop_share"), cell.get("standing_loop_share")) if x is not None]
+    if shares and max(shares) >= LOOP_SHARE:
+        return (
+            f"{max(shares):.0%} of its outputs loop (a repeating span drafts itself: "
+            "acceptance and speedup say nothing about real traffic)"
+        )
+    return None
+
+
+def _decide(ab: dict[str, Any], c: int, dummy: bool = False) -> dict[str, Any]:
     cells = [x for x in ab["cells"] if x["concurrency"] == c]
     d = decide(
         [
@@ -214,6 +285,7 @@ def _decide(ab: dict[str, Any], c: int) -> dict[str, Any]:
                 x["accept_length"],
                 x["tpot_speedup"],
                 (x["tpot_speedup_ci95"][0], x["tpot_speedup_ci95"][1]) if x["tpot_speedup_ci95"] else None,
+                degenerate=degenerate(x, dummy),
             )
             for x in cells
         ]
@@ -231,10 +303,15 @@ def _decide(ab: dict[str, Any], c: int) -> dict[str, Any]:
     }
 
 
-def crossover(ab: dict[str, Any]) -> int | None:
-    """The lowest measured concurrency at which the suite's geometric-mean TPOT speedup is <= 1."""
+def crossover(ab: dict[str, Any], workload: str | None = None) -> int | None:
+    """The lowest measured concurrency at which the TPOT speedup is <= 1: one workload's, or the suite's
+    geometric mean (workload None)."""
     for c in sorted(ab["concurrencies"]):
-        sp = [x["tpot_speedup"] for x in ab["cells"] if x["concurrency"] == c and x["tpot_speedup"]]
+        sp = [
+            x["tpot_speedup"]
+            for x in ab["cells"]
+            if x["concurrency"] == c and x["tpot_speedup"] and workload in (None, x["workload"])
+        ]
         if sp and _geo(sp) <= 1.0:
             return int(c)
     return None
@@ -278,7 +355,7 @@ def phase7(ctx: Ctx) -> Gate:
             r = _Runner(ctx, engine, method)
             best, screen = _screen(r, cands, min(concs)) if len(cands) > 1 else (cands[0], [])
             ab = _ab(ctx, r, standing, best)
-            gate = _decide(ab, min(concs))
+            gate = _decide(ab, min(concs), dummy_weights(ctx, engine))
             eng["methods"][method] = {
                 "k_screen": screen,
                 "k": best.levers["spec-k"],
@@ -286,6 +363,9 @@ def phase7(ctx: Ctx) -> Gate:
                 "ab": ab,
                 "gate": gate,
                 "crossover_concurrency": crossover(ab),
+                "crossover_by_workload": {
+                    w: crossover(ab, w) for w in sorted({c["workload"] for c in ab["cells"]})
+                },
                 "acceptance_reported": any(x["accept_length"] for x in ab["cells"]),
             }
         report["engines"][engine] = eng
@@ -345,6 +425,48 @@ def _acc(xs: list[float]) -> str:
     return f"{m:.2f}"
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def _cross(x_c: int | None, concs: list[int]) -> str:
+    if x_c is None:
+        return "speculation lowers TPOT at every measured concurrency"
+    if x_c == min(concs):
+        return "speculation lowers TPOT at none of the measured concurrencies"
+    below = max(c for c in concs if c < x_c)
+    return f"speculation lowers TPOT at c={below} and stops by c={x_c}"
+
+
+def _f2(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _screen_md(rows: list[dict[str, Any]]) -> list[str]:
+    """The K screen: one trial per K at the lowest concurrency, per workload."""
+    wls = sorted({w for r in rows for w in r.get("workloads", {})})
+    out = [
+        "K screen (1 trial per K at the lowest concurrency; the K with the lowest geometric-mean TPOT "
+        "goes to the A/B). Per workload: TPOT ms / acceptance length / acceptance rate / tokens per step.",
+        "",
+        "| K | geo-mean TPOT ms | " + " | ".join(wls) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in wls) + " |",
+    ]
+    for r in rows:
+        cells = []
+        for w in wls:
+            x = r.get("workloads", {}).get(w)
+            if not x:
+                cells.append("n/a")
+                continue
+            cells.append(
+                f"{x['tpot_ms']:.2f} / {_f2(x['accept_length'])} / {_f2(x['accept_rate'])} / "
+                f"{_f2(x.get('tokens_per_step'))}"
+            )
+        out.append(f"| {r['k']} | {r['tpot_geo_ms']:.2f} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
     i = ctx.intent
     lines = [
@@ -363,26 +485,43 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
             g = v["gate"]
             lines += ["", f"### {m}, K={v['k']}: **{g['verdict']}**", ""]
             if v["k_screen"]:
-                lines.append(
-                    "K screen (1 trial, lowest concurrency, geometric-mean TPOT over the workloads): "
-                    + ", ".join(f"K={row['k']} {row['tpot_geo_ms']:.2f} ms" for row in v["k_screen"])
-                )
-                lines.append("")
+                lines += _screen_md(v["k_screen"])
             if not v["acceptance_reported"]:
                 lines += [f"{e} reports no acceptance counts: acceptance is not measured here.", ""]
             lines.append(
-                "| workload | c | trials | standing TPOT ms | spec TPOT ms | standing tok/s | spec tok/s | "
-                "acceptance length | TPOT speedup [95%] | tok/s ratio [95%] |"
+                f"A/B: {v['ab']['trials']} interleaved trials per arm. Acceptance length = 1 + accepted / "
+                "drafts (per draft); tokens/step = decode tokens / request decode steps (what the drafts "
+                "bought, drafted or not); loops = share of outputs that end in a repeating span "
+                "(standing / spec)."
             )
-            lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            lines.append("")
+            lines.append(
+                "| workload | c | trials | standing TPOT ms | spec TPOT ms | standing tok/s | spec tok/s | "
+                "acceptance length | acceptance rate | tokens/step | loops | TPOT speedup [95%] | "
+                "tok/s ratio [95%] |"
+            )
+            lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for c in v["ab"]["cells"]:
                 lines.append(
                     f"| {c['workload']} | {c['concurrency']} | {c['trials']} | "
                     f"{_pm(c['standing_tpot_ms'])} | {_pm(c['tpot_ms'])} | "
                     f"{_pm(c['standing_tok_s'])} | {_pm(c['tok_s'])} | "
-                    f"{_acc(c['accept_length'])} | {_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
+                    f"{_acc(c['accept_length'])} | {_acc(c['accept_rate'])} | "
+                    f"{_acc(c.get('tokens_per_step') or [])} | {_share(c.get('standing_loop_share'))} / "
+                    f"{_share(c.get('loop_share'))} | {_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
                     f"{_ci(c['tok_s_ratio'], c['tok_s_ratio_ci95'])} |"
                 )
+            prof = [c for c in v["ab"]["cells"] if c["accept_per_pos"]]
+            if prof:
+                lines += [
+                    "",
+                    "Acceptance per draft position (share of drafts whose token there was accepted):",
+                ]
+                lines += [
+                    f"- {c['workload']} c={c['concurrency']}: "
+                    + ", ".join(f"{x:.2f}" for x in c["accept_per_pos"])
+                    for c in prof
+                ]
             lines.append("")
             lines.append(
                 f"Gate at c={g['concurrency']}: {g['verdict']}; suite TPOT speedup "
@@ -390,18 +529,11 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
             )
             for reason in g["reasons"]:
                 lines.append(f"- {reason}")
-            x_c = v["crossover_concurrency"]
             concs = v["ab"]["concurrencies"]
-            if x_c is None:
-                lines.append(
-                    f"Crossover: none; speculation lowers TPOT at every measured concurrency {concs}."
-                )
-            elif x_c == min(concs):
-                lines.append(
-                    f"Crossover: speculation lowers TPOT at none of the measured concurrencies {concs}."
-                )
-            else:
-                lines.append(f"Crossover: speculation stops lowering TPOT at c={x_c} (measured {concs}).")
+            lines.append(f"Crossover (measured at c={concs}):")
+            lines.append(f"- suite (geometric mean): {_cross(v['crossover_concurrency'], concs)}")
+            for w, x_c in (v.get("crossover_by_workload") or {}).items():
+                lines.append(f"- {w}: {_cross(x_c, concs)}")
     return "\n".join(lines) + "\n"
 
 

@@ -135,6 +135,11 @@ def spec(
     k: int = typer.Option(4, min=1, max=16, help="drafted tokens per step (K)"),
     acceptance: float | None = typer.Option(None, help="per-token acceptance probability (i.i.d. profile)"),
     per_pos: str | None = typer.Option(None, help="measured per-position acceptance, e.g. 0.7,0.5,0.3"),
+    coverage: float = typer.Option(
+        1.0,
+        help="share of decode steps that carry a draft (prompt lookup drafts only where the context "
+        "matches: 0.2-0.3 on chat and code, measured)",
+    ),
     context: int = typer.Option(1024, min=1, help="context tokens per sequence"),
     concurrency: str = typer.Option("1,2,4,8,16,32,64,128,256", help="concurrencies to predict"),
     calibration: Path | None = typer.Option(None, help="calibration YAML (default: the built-in one)"),
@@ -158,6 +163,7 @@ def spec(
         k=k,
         acceptance=acceptance,
         per_pos=pp,
+        coverage=coverage,
         context=context,
         concurrencies=int_list(concurrency, "--concurrency") or [1],
         flags=ctx.args,
@@ -168,7 +174,8 @@ def spec(
         return
     out_console.print(
         f"[bold]SIMULATED[/] {res['model']} on {res['gpu']}, K={res['k']}, per-position acceptance "
-        f"{', '.join(f'{x:.2f}' for x in res['per_pos'])}, context {res['context']}; draft: {res['draft']}",
+        f"{', '.join(f'{x:.2f}' for x in res['per_pos'])}, coverage {res['coverage']:.2f}, context "
+        f"{res['context']}; draft: {res['draft']}",
         highlight=False,
     )
     out_console.print("     c  tokens/step  TPOT ms base -> spec  speedup  tok/s ratio", highlight=False)

@@ -2,11 +2,14 @@
 
 One verify step runs every sequence's K drafted tokens plus its own through the target: K + 1 tokens
 per sequence through the GEMMs (free while the step is bound by reading the weights, paid once the
-batch's tokens make it compute-bound), and each sequence's KV read once. Drafting costs per step: an
-n-gram lookup on the host per sequence, or K passes of a draft network (given as seconds). A step
-yields 1 + sum(per-position acceptance) tokens per sequence. So speculation wins at low concurrency,
-where a step costs about the same whatever its token count, and loses past the concurrency where the
-verify step turns compute-bound: the crossover the tuner prunes with.
+batch's tokens make it compute-bound), and each sequence's KV read once. A speculating step also costs
+the engine time a plain step does not: drafting (an n-gram lookup on the host, or K passes of a draft
+network, given as seconds) and the engine's own bookkeeping around a verify step (for vLLM 0.26.0's
+n-gram method, measured: see NGRAM_STEP_OVERHEAD_MS). A step yields 1 + coverage x sum(per-position
+acceptance) tokens per sequence, where coverage is the share of steps that carry a draft at all (prompt
+lookup drafts only where the context holds a match). So speculation wins at low concurrency when a step
+costs about the same whatever its token count and the drafts cover enough steps, and loses past the
+concurrency where the verify step turns compute-bound: the crossover the tuner prunes with.
 """
 
 from __future__ import annotations
@@ -17,10 +20,19 @@ from dataclasses import dataclass
 from perftune.serving.specdec import tokens_per_step
 from perftune.sim.timing import StepModel
 
-# Host cost of one sequence's n-gram lookup per step (prompt lookup over its context on the CPU). An
-# assumption of the model, of the order vLLM's numba proposer takes on a 1-2 k token context; it is
-# reported with every prediction until a GPU run calibrates it.
-NGRAM_LOOKUP_US_PER_SEQ = 15.0
+# What a vLLM 0.26.0 n-gram speculating step costs beyond a plain step, per step: a + b x concurrency.
+# Fitted (least squares) to the 34 spec trials of one GPU run: 1x H200, SmolLM2-135M-Instruct and the
+# dummy Llama-3.1-8B, ngram K=1..5, chat/code/random, c=1 and 32, where the cost is (spec TPOT x tokens
+# per step) - standing TPOT (benchmarks/results/2026-12-03-h200-vllm-0.26.0-specdec). Held out one
+# arm-workload-concurrency group at a time, the spec TPOT it predicts is off by 21% on average
+# (`python benchmarks/spec_sim_vs_gpu.py`). It replaces an assumed 15 us per sequence of host lookup,
+# two orders of magnitude short (76% off on the same trials).
+NGRAM_STEP_OVERHEAD_MS = 2.95
+NGRAM_STEP_OVERHEAD_MS_PER_SEQ = 0.095
+
+
+def ngram_overhead_s(concurrency: int) -> float:
+    return (NGRAM_STEP_OVERHEAD_MS + NGRAM_STEP_OVERHEAD_MS_PER_SEQ * concurrency) * 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +41,7 @@ class SpecPrediction:
 
     concurrency: int
     k: int
-    tokens_per_step: float  # expected tokens a sequence gains per verify step
+    tokens_per_step: float  # expected tokens a sequence gains per step (1 + coverage x sum(per_pos))
     base_step_ms: float  # a plain decode step
     verify_step_ms: float  # the verify step (K + 1 tokens per sequence)
     draft_ms: float  # drafting, per step
@@ -56,9 +68,13 @@ def predict_decode(
     per_pos: Sequence[float],
     *,
     draft_s: float | None = None,
+    coverage: float = 1.0,
 ) -> SpecPrediction:
     """Steady-state decode of `concurrency` sequences at `context` tokens each. `per_pos` is the
-    acceptance profile (len K); `draft_s` the draft network's time per step (None: n-gram lookup)."""
+    acceptance profile per draft (len K); `coverage` the share of steps that carry a draft; `draft_s`
+    the draft network's time per step (None: n-gram, its measured step overhead)."""
+    if not 0.0 <= coverage <= 1.0:
+        raise ValueError(f"coverage {coverage} is not a share in [0, 1]")
     if len(per_pos) != k:
         raise ValueError(f"acceptance profile has {len(per_pos)} positions, K is {k}")
     c = concurrency
@@ -67,10 +83,10 @@ def predict_decode(
     # the K + 1 query positions of a sequence attend over its context once (KV read once), plus the
     # few (query, key) pairs among the drafted positions themselves
     verify = model.step_s(c, c * (k + 1), kv, c * k * (k + 1) / 2, True)
-    draft = draft_s if draft_s is not None else c * NGRAM_LOOKUP_US_PER_SEQ * 1e-6
+    draft = draft_s if draft_s is not None else ngram_overhead_s(c)
     if k == 0:
         verify, draft = base, 0.0
-    e = tokens_per_step(per_pos)
+    e = 1.0 + coverage * (tokens_per_step(per_pos) - 1.0)
     spec_step = verify + draft
     return SpecPrediction(
         concurrency=c,
@@ -94,11 +110,12 @@ def crossover(
     concurrencies: Sequence[int],
     *,
     draft_s_per_seq: float | None = None,
+    coverage: float = 1.0,
 ) -> int | None:
     """The lowest concurrency of the ladder at which speculation no longer lowers TPOT (None: it wins
     at every one)."""
     for c in sorted(concurrencies):
         d = None if draft_s_per_seq is None else draft_s_per_seq * c
-        if predict_decode(model, c, context, k, per_pos, draft_s=d).tpot_speedup <= 1.0:
+        if predict_decode(model, c, context, k, per_pos, draft_s=d, coverage=coverage).tpot_speedup <= 1.0:
             return c
     return None

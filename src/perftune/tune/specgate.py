@@ -10,6 +10,11 @@ The suite: the geometric mean of the per-workload focus ratios, its interval fro
 log-ratio intervals. It ships only when every workload shows an acceptance win and a latency win and
 the suite wins: a method that loses any workload, or wins one and loses the suite, is do-not-ship and
 the standing config is kept. Anything short of a proven win is do-not-ship too, saying what was short.
+
+A workload whose outputs loop (the model repeats a short span: a small model on random token ids, any
+model on dummy weights) drafts itself: prompt lookup then accepts nearly every token, and the speedup
+says nothing about real traffic. Such a workload is reported but left out of the decision; when no
+workload is left, the method is do-not-ship for that reason.
 """
 
 from __future__ import annotations
@@ -23,7 +28,32 @@ import numpy as np
 from scipy import stats
 
 Verdict = Literal["ship", "do-not-ship"]
-Call = Literal["win", "loss", "inconclusive", "not measured"]
+Call = Literal["win", "loss", "inconclusive", "not measured", "degenerate"]
+
+# A text loops when its second half repeats with a period of at most LOOP_MAX_PERIOD characters in at
+# least LOOP_MATCH of its positions; a workload is degenerate when LOOP_SHARE of its outputs loop.
+LOOP_MAX_PERIOD = 64
+LOOP_MIN_CHARS = 48
+LOOP_MATCH = 0.95
+LOOP_SHARE = 0.5
+
+
+def loops(text: str) -> bool:
+    """Whether an output ends in a short repeating span ("ab ab ab ...", "1111", a looping phrase).
+    Natural text and code repeat words, not a fixed period across half the output."""
+    tail = text[len(text) // 2 :]
+    if len(tail) < LOOP_MIN_CHARS:
+        return False
+    for p in range(1, min(LOOP_MAX_PERIOD, len(tail) // 3) + 1):
+        same = sum(1 for i in range(len(tail) - p) if tail[i] == tail[i + p])
+        if same >= LOOP_MATCH * (len(tail) - p):
+            return True
+    return False
+
+
+def loop_share(texts: Sequence[str]) -> float | None:
+    """The share of outputs that loop (None: no outputs)."""
+    return sum(1 for t in texts if loops(t)) / len(texts) if texts else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +65,7 @@ class WorkloadAB:
     ratio: float | None  # focus ratio, > 1 = the candidate is better
     ratio_ci95: tuple[float, float] | None
     standing_accept_len: float = 1.0  # 1.0: the standing config does not speculate
+    degenerate: str | None = None  # why this workload's outputs are no evidence (they loop), or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +108,8 @@ def _interval_call(ci: tuple[float, float] | None, ref: float) -> Call:
 
 
 def call_workload(ab: WorkloadAB) -> WorkloadCall:
+    if ab.degenerate:
+        return WorkloadCall(ab.workload, "degenerate", "degenerate", None, None, ab.degenerate)
     acc = mean_ci(ab.accept_len)
     acc_call = _interval_call(acc[1] if acc else None, ab.standing_accept_len)
     lat_call = _interval_call(ab.ratio_ci95, 1.0)
@@ -114,10 +147,18 @@ def suite_ratio(abs_: Sequence[WorkloadAB]) -> tuple[float, tuple[float, float]]
 def decide(abs_: Sequence[WorkloadAB]) -> SpecDecision:
     """The gate over a suite of workloads (see the module docstring)."""
     calls = [call_workload(a) for a in abs_]
-    suite = suite_ratio(abs_)
-    reasons: list[str] = []
     if not calls:
         return SpecDecision("do-not-ship", [], None, None, ["no workload was measured"])
+    left_out = [c for c in calls if c.acceptance == "degenerate"]
+    out_reasons = [f"{c.workload}: left out, {c.reason}" for c in left_out]
+    if len(left_out) == len(calls):
+        return SpecDecision(
+            "do-not-ship", calls, None, None, ["no workload with non-degenerate outputs", *out_reasons]
+        )
+    kept = [a for a in abs_ if not a.degenerate]
+    calls = [c for c in calls if c.acceptance != "degenerate"]
+    suite = suite_ratio(kept)
+    reasons: list[str] = []
     lost = [c.workload for c in calls if c.latency == "loss"]
     if lost:
         reasons.append(f"loses latency on {', '.join(lost)}")
@@ -136,8 +177,8 @@ def decide(abs_: Sequence[WorkloadAB]) -> SpecDecision:
             reasons.append(f"{c.workload}: latency {c.latency} ({c.reason})")
     return SpecDecision(
         "do-not-ship" if reasons else "ship",
-        calls,
+        [*calls, *left_out],
         suite[0] if suite else None,
         suite[1] if suite else None,
-        reasons,
+        reasons + out_reasons,
     )

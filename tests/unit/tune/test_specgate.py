@@ -3,9 +3,19 @@ above the standing config's, or an engine that reports no acceptance does not.""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from perftune.tune.specgate import WorkloadAB, call_workload, decide, mean_ci, suite_ratio
+from perftune.tune.specgate import (
+    WorkloadAB,
+    call_workload,
+    decide,
+    loop_share,
+    loops,
+    mean_ci,
+    suite_ratio,
+)
 
 WIN = dict(accept_len=[2.9, 3.0, 3.1], ratio=1.8, ratio_ci95=(1.6, 2.0))
 
@@ -72,3 +82,56 @@ def test_helpers() -> None:
     assert m == 2.0 and lo < 2.0 < hi
     assert suite_ratio([WorkloadAB("a", [], None, None)]) is None
     assert decide([]).verdict == "do-not-ship"
+
+
+# Outputs recorded in the GPU run (benchmarks/results/2026-12-03-h200-vllm-0.26.0-specdec/loops.tsv):
+# the dummy 8B and SmolLM2 on random token ids loop; SmolLM2 on chat and code does not.
+LOOPING = [
+    "|\\\\ Jsonnet 1160 " + "Jsonnet 1160 " * 14,
+    "pklsubsequence" * 14,
+    " " + "1" * 127,
+    "onassmatsunce" + "vatsunce" * 25,
+]
+NATURAL = [
+    "The piggy bank market has seen steady growth in recent years, with a focus on personal savings and "
+    "innovative products. The report highlights several key points, including the growing market size, "
+    "competitive landscape, and market trends.",
+    '\ndef special_factorial(n):\n    """The special_factorial function is defined as:\n'
+    "    special_factorial(n) = n! * (n-1)! * (n-2)! * (n-3)! * (n-4)! * (n-5)! * (n-6)! * (n-7)! "
+    "* (n-8)! * (n-9)! * (n-10)!",
+    "\ndef get_odd_collatz(n):\n    if n == 1:\n        return [1]\n    elif n % 2 == 0:\n        return [n]"
+    " + get_odd_collatz(n // 2)\n    else:\n        return [n] + get_odd_collatz(n % 2)\n",
+    "short",  # too short to judge: not a loop
+]
+
+
+def test_loops_tells_a_repeating_span_from_text_and_code() -> None:
+    assert all(loops(t) for t in LOOPING)
+    assert not any(loops(t) for t in NATURAL)
+    assert loop_share(LOOPING + NATURAL) == pytest.approx(0.5)
+    assert loop_share([]) is None
+
+
+def test_a_workload_whose_outputs_loop_is_left_out_of_the_decision() -> None:
+    chat = WorkloadAB("chat", [3.2, 3.3, 3.25], 1.6, (1.4, 1.8))
+    code = WorkloadAB("code", [3.0, 3.1, 3.05], 1.5, (1.3, 1.7))
+    # random loops: its huge measured loss would sink the suite if it counted
+    rnd = WorkloadAB("random", [4.9, 4.9, 4.9], 0.5, (0.4, 0.6), degenerate="98% of its outputs loop")
+    d = decide([chat, code, rnd])
+    assert d.verdict == "ship", d.reasons
+    assert d.suite_ratio == pytest.approx(math.sqrt(1.6 * 1.5))
+    assert [c.workload for c in d.calls] == ["chat", "code", "random"]
+    assert d.calls[-1].acceptance == d.calls[-1].latency == "degenerate"
+    assert d.reasons == ["random: left out, 98% of its outputs loop"]
+    # a degenerate win is no win either
+    lose = WorkloadAB("chat", [3.2, 3.3, 3.25], 0.5, (0.4, 0.6))
+    win = WorkloadAB("random", [4.9, 4.9, 4.9], 1.5, (1.2, 1.9), degenerate="loops")
+    assert decide([lose, win]).verdict == "do-not-ship"
+
+
+def test_when_every_workload_is_degenerate_nothing_ships() -> None:
+    # the dummy 8B on random: acceptance 1.0 and a 3.2x TPOT win, both artifacts of looping output
+    d = decide([WorkloadAB("random", [4.92, 4.9, 4.91], 3.2, (2.9, 3.5), degenerate="dummy weights")])
+    assert d.verdict == "do-not-ship" and d.suite_ratio is None
+    assert d.reasons[0] == "no workload with non-degenerate outputs"
+    assert "random: left out, dummy weights" in d.reasons
