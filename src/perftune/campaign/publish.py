@@ -190,8 +190,11 @@ def spec_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, A
     out = []
     for engine, e in rep.get("engines", {}).items():
         for method, m in e.get("methods", {}).items():
+            g = m["gate"]
+            calls = {x["workload"]: x for x in g.get("calls", [])}
             for c in m["ab"]["cells"]:
                 sp, tr = c.get("tpot_speedup_ci95") or [None, None], c.get("tok_s_ratio_ci95") or [None, None]
+                call = calls.get(c["workload"]) if c["concurrency"] == g.get("concurrency") else None
                 out.append(
                     {
                         "campaign_id": cid,
@@ -220,6 +223,19 @@ def spec_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, A
                         "verdict": m["gate"]["verdict"],
                         "crossover_concurrency": m.get("crossover_concurrency"),
                         "tier": "DRAFT",
+                        "tokens_per_step": _mean(c.get("tokens_per_step") or []),
+                        "loop_share": c.get("loop_share"),
+                        "standing_loop_share": c.get("standing_loop_share"),
+                        # the gate's call on this workload (its concurrency only): win, loss,
+                        # inconclusive, not measured, or degenerate (left out: its outputs loop)
+                        "gate_call": (
+                            call["acceptance"]
+                            if call and call["acceptance"] == "degenerate"
+                            else (call["latency"] if call else None)
+                        ),
+                        "workload_crossover_concurrency": (m.get("crossover_by_workload") or {}).get(
+                            c["workload"]
+                        ),
                     }
                 )
     return out

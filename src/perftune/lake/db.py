@@ -121,6 +121,16 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (campaign_id, engine, method, workload, concurrency));
         """,
     ),
+    (
+        6,
+        """
+        ALTER TABLE spec ADD COLUMN tokens_per_step DOUBLE;
+        ALTER TABLE spec ADD COLUMN loop_share DOUBLE;
+        ALTER TABLE spec ADD COLUMN standing_loop_share DOUBLE;
+        ALTER TABLE spec ADD COLUMN gate_call VARCHAR;
+        ALTER TABLE spec ADD COLUMN workload_crossover_concurrency INTEGER;
+        """,
+    ),
 ]
 TABLES = (
     "campaigns",

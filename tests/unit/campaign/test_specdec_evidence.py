@@ -74,3 +74,31 @@ def _geo(xs: list[float]) -> float:
     for x in xs:
         p *= x
     return float(p ** (1 / len(xs)))
+
+
+def test_the_lake_keeps_tokens_per_step_loops_and_the_gate_call_per_row(tmp_path: Path) -> None:
+    import duckdb
+
+    from perftune.campaign.publish import spec_rows
+    from perftune.lake.db import publish_rows
+
+    run = tmp_path / "run"
+    (run / "phase7").mkdir(parents=True)
+    (run / "phase7" / "specdec.json").write_text((EV / "specdec.json").read_text())
+    state = SimpleNamespace(intent=SimpleNamespace(model=SimpleNamespace(ref="smollm2-135m-instruct")))
+    rows = spec_rows(run, "cid", state)  # type: ignore[arg-type]
+    assert len(rows) == 6
+    publish_rows(tmp_path / "lake.duckdb", "cid", {"spec": rows})
+    with duckdb.connect(str(tmp_path / "lake.duckdb"), read_only=True) as con:
+        got = con.execute(
+            "SELECT workload, concurrency, round(tokens_per_step, 2), loop_share > 0.5, gate_call, "
+            "workload_crossover_concurrency, verdict FROM spec ORDER BY concurrency, workload"
+        ).fetchall()
+    assert got == [
+        ("chat", 1, 1.57, False, "loss", 1, "do-not-ship"),
+        ("code", 1, 1.71, False, "inconclusive", 1, "do-not-ship"),
+        ("random", 1, 3.72, True, "degenerate", 32, "do-not-ship"),
+        ("chat", 32, 1.71, False, None, 1, "do-not-ship"),
+        ("code", 32, 1.72, False, None, 1, "do-not-ship"),
+        ("random", 32, 3.78, True, None, 32, "do-not-ship"),
+    ]
