@@ -15,7 +15,8 @@
 #
 #   scripts/gpu/specdec_vllm.sh STAGE PARTS OUT [WAIT_S]
 #   env: PT_K (1,2,3,4,5), PT_CONC (1,32), PT_WORKLOADS (code,chat,random); PT_RESTART=1 starts a
-#        finished pipeline again
+#        finished pipeline again; PT_STEPS (transcript,smol,llama,train) picks the steps (a session
+#        that measured SmolLM2's ngram A/B already: PT_STEPS=llama,train)
 #
 # STAGE holds wheels/ (perftune's deps), duck/ (duckdb), evw/ (gguf: the GGUF reader for the export),
 # install-offline-bundle.sh, smol.gguf and llama-8b/ (the dummy-weights folder); PARTS holds vllm.pNN +
@@ -101,13 +102,16 @@ pipeline() {
   export PYTHONPATH="$PYTHONPATH:$src:/tmp/ptdeps"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$r/gpu.txt"
   python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" > "$r/versions.txt" 2>&1
-  transcript
+  local steps=",${PT_STEPS:-transcript,smol,llama,train},"
+  [[ $steps == *,transcript,* ]] && transcript
   campaign smollm2-135m-instruct "$hf"
-  specdec smollm2-135m-instruct --methods ngram --k "${PT_K:-1,2,3,4,5}" \
+  [[ $steps == *,smol,* ]] && specdec smollm2-135m-instruct --methods ngram --k "${PT_K:-1,2,3,4,5}" \
     --workloads "${PT_WORKLOADS:-code,chat,random}" --concurrency "${PT_CONC:-1,32}"
-  campaign llama-3.1-8b "$stage/llama-8b" --engine-arg vllm=--load-format=dummy
-  specdec llama-3.1-8b --methods ngram --k 4 --workloads random --concurrency 1
-  if ls "$stage"/spec/*.whl >/dev/null 2>&1; then
+  if [[ $steps == *,llama,* ]]; then
+    campaign llama-3.1-8b "$stage/llama-8b" --engine-arg vllm=--load-format=dummy
+    specdec llama-3.1-8b --methods ngram --k 4 --workloads random --concurrency 1
+  fi
+  if [[ $steps == *,train,* ]] && ls "$stage"/spec/*.whl >/dev/null 2>&1; then
     [ -f /tmp/specdeps/.done ] || { python3 -m pip install -q --no-index --no-deps --target /tmp/specdeps \
       "$stage"/spec/*.whl >> "$r/steps.log" 2>&1 && touch /tmp/specdeps/.done; }
     local rid; rid=$(cat "$r/smollm2-135m-instruct.run_id")
