@@ -407,7 +407,7 @@ class EngineCore:
         b.kv_usage_sum += u
         b.kv_usage_max = max(b.kv_usage_max, u)
         t = self.timing
-        b.bytes += t.weight_bytes + dec_kv * t.kv_bytes_per_token
+        b.bytes += t.weight_bytes_at(tokens) + dec_kv * t.kv_bytes_per_token
         b.preemptions = self.counters.preemptions - self._preempt_base
 
     def reset_breakdown(self) -> None:

@@ -6,6 +6,12 @@ is compute-bound and quadratic in the chunk's context, TP adds two all-reduces p
 step pays a fixed cost plus a cost per sequence. Without CUDA graphs every kernel is launched from the
 CPU (eager_launch_ms); vLLM's FULL_AND_PIECEWISE graphs a decode-only batch whole and a mixed batch
 in pieces around attention.
+
+A MoE layer's routed experts are read only where the step's tokens were routed: with T tokens each
+picking top_k of E experts (uniform routing), an expert is untouched with probability (1 - top_k/E)^T,
+so a step reads E x (1 - (1 - top_k/E)^T) experts per MoE layer. At one token that is the active
+parameters; a batch of 64 tokens on an 8-expert top-2 model reads every expert. The FLOPs stay per
+token (each token runs its own top_k experts).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from perftune.sim.config import SimConfig
 
 @dataclass(frozen=True, slots=True)
 class StepModel:
-    weight_read_s: float  # weights one GPU reads per step, at calibrated bandwidth
+    weight_read_s: float  # non-routed weights one GPU reads per step, at calibrated bandwidth
     flop_s_per_token: float  # GEMM time per token, at calibrated FLOPS
     kv_read_s_per_token: float  # decode attention: time to read one token of KV
     attn_s_per_pair: float  # prefill attention: time per (query, key) pair
@@ -35,6 +41,9 @@ class StepModel:
     graph_max_bs: int
     weight_bytes: float  # one GPU's weight bytes read per step (the profile's modelled bytes)
     kv_bytes_per_token: float  # one GPU's KV bytes per context token
+    routed_read_s: float = 0.0  # reading every routed expert of every MoE layer once (0: dense)
+    routed_bytes: float = 0.0  # one GPU's bytes of every routed expert
+    route_share: float = 0.0  # top_k / experts: the share of experts one token touches
 
     @classmethod
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
@@ -48,8 +57,10 @@ class StepModel:
         pair_flops = 4.0 * card.attention_layers * card.heads * card.head_dim / tp
         link = g.interconnect_gb_s / 2 * 1e9
         n_ar = 2 * card.layers
+        routed = card.params.routed_experts * bpp / tp if card.moe else 0.0
+        routed_active = card.params.routed_experts_active * bpp / tp if card.moe else 0.0
         return cls(
-            weight_read_s=card.active_params * bpp / tp / bw,
+            weight_read_s=(card.active_params * bpp / tp - routed_active) / bw,
             flop_s_per_token=2.0 * card.active_params / tp / flops,
             kv_read_s_per_token=kv_tok / bw,
             attn_s_per_pair=pair_flops / attn_flops,
@@ -63,9 +74,22 @@ class StepModel:
             piecewise_s=cal.piecewise_launch_ms * 1e-3,
             mode=cfg.cudagraph_mode,
             graph_max_bs=cfg.max_cudagraph_capture_size,
-            weight_bytes=card.active_params * bpp / tp,
+            weight_bytes=card.active_params * bpp / tp - routed_active,
             kv_bytes_per_token=kv_tok,
+            routed_read_s=routed / bw,
+            routed_bytes=routed,
+            route_share=card.moe.top_k / card.moe.experts if card.moe and card.moe.experts else 0.0,
         )
+
+    def experts_touched(self, tokens: int) -> float:
+        """Expected share of a MoE layer's routed experts a step of `tokens` tokens reads."""
+        if self.route_share <= 0.0 or tokens <= 0:
+            return 0.0
+        return 1.0 - (1.0 - self.route_share) ** tokens
+
+    def weight_bytes_at(self, tokens: int) -> float:
+        """One GPU's weight bytes read by a step of `tokens` tokens (MoE: the routed experts touched)."""
+        return self.weight_bytes + self.routed_bytes * self.experts_touched(tokens)
 
     def launch_s(self, decode_only: bool, tokens: int) -> float:
         """CPU launch cost not hidden by CUDA graphs, per vLLM cudagraph_mode."""
@@ -85,7 +109,8 @@ class StepModel:
         self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool
     ) -> tuple[float, float, float, float]:
         """(GEMM, attention, communication, host overhead) seconds of one step; see `step_s`."""
-        gemm = max(self.weight_read_s, self.flop_s_per_token * tokens)
+        read = self.weight_read_s + self.routed_read_s * self.experts_touched(tokens)
+        gemm = max(read, self.flop_s_per_token * tokens)
         attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
         comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
         host = self.fixed_s + self.per_seq_s * n_seqs + self.launch_s(decode_only, tokens)

@@ -1,0 +1,60 @@
+"""MoE weight traffic as it really runs: a step reads the routed experts its tokens were routed to,
+E x (1 - (1 - top_k/E)^T) per MoE layer for T tokens, so expert traffic grows with the batch. Hand-computed
+against the catalog's Mixtral-8x7B (8 experts, top-2) and DeepSeek-V2-Lite (64 routed, top-6, MLA)."""
+
+from __future__ import annotations
+
+import pytest
+
+from perftune.hardware.ceilings import gpu
+from perftune.models.card import WEIGHT_BYTES
+from perftune.models.resolve import model_card
+from perftune.sim.calibration import for_gpu
+from perftune.sim.config import SimConfig
+from perftune.sim.timing import StepModel
+
+H100 = gpu("h100")
+
+
+def _model(name: str) -> tuple[StepModel, object]:
+    card = model_card(name)
+    return StepModel.build(card, H100, SimConfig(), for_gpu(H100)), card
+
+
+def test_one_token_reads_the_active_parameters_and_a_batch_reads_every_expert() -> None:
+    m, card = _model("mixtral-8x7b")
+    bpp = WEIGHT_BYTES["bf16"]
+    assert m.route_share == pytest.approx(2 / 8)
+    # T=1: the routed share touched is top_k/E, i.e. exactly the active parameters
+    assert m.weight_bytes_at(1) == pytest.approx(card.active_params * bpp)  # type: ignore[attr-defined]
+    # T=4: 1 - 0.75^4 = 0.68359375 of the experts
+    assert m.experts_touched(4) == pytest.approx(1 - 0.75**4) == pytest.approx(0.68359375)
+    # T=64: every expert, to 1e-7
+    routed = card.params.routed_experts * bpp  # type: ignore[attr-defined]
+    assert m.weight_bytes_at(64) == pytest.approx(m.weight_bytes + routed, rel=1e-7)
+    assert m.weight_bytes_at(64) / m.weight_bytes_at(1) > 3.3  # 46.7 GB against 12.9 GB of bf16 weights
+
+
+def test_many_small_experts_fill_in_slowly() -> None:
+    m, _ = _model("deepseek-v2-lite")
+    assert m.route_share == pytest.approx(6 / 64)
+    assert m.experts_touched(16) == pytest.approx(1 - (58 / 64) ** 16)  # 0.793...
+    touched = [m.experts_touched(t) for t in (1, 2, 4, 8, 16, 32, 64)]
+    assert touched == sorted(touched) and touched[-1] < 1.0
+
+
+def test_a_dense_model_reads_the_same_weights_whatever_the_batch() -> None:
+    m, card = _model("llama-3.1-8b")
+    assert m.routed_bytes == 0.0 and m.experts_touched(256) == 0.0
+    assert m.weight_bytes_at(1) == m.weight_bytes_at(256) == pytest.approx(card.active_params * 2)  # type: ignore[attr-defined]
+
+
+def test_a_moe_decode_step_grows_with_concurrency_where_a_dense_one_barely_does() -> None:
+    moe, _ = _model("mixtral-8x7b")
+    dense, _ = _model("llama-3.1-8b")
+
+    def step_ms(m: StepModel, c: int) -> float:
+        return m.step_s(c, c, c * 1024, 0.0, True) * 1e3
+
+    assert step_ms(moe, 16) / step_ms(moe, 1) > 2.5  # the experts read go from 2 to ~8 of 8
+    assert step_ms(dense, 16) / step_ms(dense, 1) < 1.3  # only KV and per-sequence costs grow
