@@ -364,6 +364,25 @@ def sim_predict(
     return predict(card, g, cfg, cal, spec, model_dir=model_dir)
 
 
+def sim_intervals(
+    model: str,
+    gpu_name: str,
+    result: Any,
+    workload: str,
+    concurrency: int | None,
+    *,
+    flags: Sequence[str] = (),
+    calibration: str | Path | None = None,
+) -> list[Any]:
+    """The interval each predicted metric (TPOT, TTFT, output tok/s) carries: the calibration's residuals
+    in the prediction's regime, or the nearest calibrated one (flagged extrapolated), or none (said)."""
+    from perftune.sim.errorbars import METRICS, interval, regime
+
+    _, _, cfg, cal, _ = sim_setup(model, gpu_name, flags, calibration)
+    reg = regime(concurrency or 1, cfg.weight_dtype, cfg.kv_dtype, workload)
+    return [interval(k, result.metric(k).mean, reg, cal.residuals) for k in METRICS]
+
+
 def sim_spec(
     model: str,
     gpu_name: str,
@@ -431,19 +450,31 @@ def sim_calibrate(
     measurements: Sequence[str | Path],
     out: str | Path,
     *,
+    bundles: Sequence[str | Path] = (),
     model: str = "llama-3.1-8b",
     gpu_name: str | None = None,
     device_memory_mib: float | None = None,
     kv_tokens: int | None = None,
     maxiter: int = 200,
+    skipped: dict[str, int] | None = None,
 ) -> Any:
-    """Fit the simulator's efficiency factors to measured points; writes and returns the Calibration."""
+    """Fit the simulator's efficiency factors to measured points (files, and every calibrating cell under
+    `bundles`); writes and returns the Calibration, with per-regime residuals. `skipped` (when given)
+    receives what the bundles held that cannot calibrate, counted by reason."""
     from perftune.hardware.ceilings import gpu
     from perftune.models.resolve import model_card
-    from perftune.sim.calibrate import base_calibration, fit, load_measurements
+    from perftune.sim.calibrate import base_calibration, fit, from_bundles, load_measurements
     from perftune.sim.calibration import save_calibration
 
-    points = load_measurements(measurements, gpu_override=gpu(gpu_name).key if gpu_name else None)
+    if not measurements and not bundles:
+        raise ConfigError("nothing to calibrate from", hint="pass summary.json files or --from BUNDLE")
+    override = gpu(gpu_name).key if gpu_name else None
+    points = load_measurements(measurements, gpu_override=override) if measurements else []
+    if bundles:
+        found, why = from_bundles(bundles, gpu_override=override)
+        points += found
+        if skipped is not None:
+            skipped.update(why)
     keys = {m.gpu for m in points}
     if len(keys) > 1:
         raise ConfigError(

@@ -121,9 +121,20 @@ def predict(
         f"{res.context.stack.engine_version}",
         highlight=False,
     )
+    from perftune.api import sim_intervals
+
+    bars = {
+        b.metric: b
+        for b in sim_intervals(
+            model, gpu, res, spec.kind, concurrency, flags=ctx.args, calibration=calibration
+        )
+    }
     for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tok_s", "req_s"):
         a = res.metric(key)
-        out_console.print(f"  {key:14s} {a.mean:10.2f} ± {a.std or 0:.2f}  (n={a.n} trials)", highlight=False)
+        bar = f"  {bars[key].describe()}" if key in bars else ""
+        out_console.print(
+            f"  {key:14s} {a.mean:10.2f} ± {a.std or 0:.2f}  (n={a.n} trials){bar}", highlight=False
+        )
 
 
 @app.command("spec", context_settings=CONTEXT)
@@ -196,7 +207,12 @@ def spec(
 @handle_errors
 def calibrate(
     measurements: list[Path] = typer.Argument(
-        ..., help="perftune bench summary.json / points.jsonl / points.yaml"
+        None, help="perftune bench summary.json / points.jsonl / points.yaml"
+    ),
+    bundles: list[Path] = typer.Option(
+        None,
+        "--from",
+        help="campaign or tune folders: every real closed-loop random-workload cell in them calibrates",
     ),
     out: Path = typer.Option(..., help="calibration YAML to write"),
     model: str = typer.Option("llama-3.1-8b", help="the model the measurements were taken on"),
@@ -208,12 +224,16 @@ def calibrate(
     maxiter: int = typer.Option(200, help="optimizer iterations"),
     as_json: bool = typer.Option(False, "--json", help="print the calibration as JSON"),
 ) -> None:
-    """Fit the simulator's efficiency factors to real measurements."""
+    """Fit the simulator's efficiency factors to real measurements; the calibration keeps its residuals
+    per regime (concurrency band/dtype/workload), which give every later prediction its interval."""
     from perftune.api import sim_calibrate
 
+    skipped: dict[str, int] = {}
     cal = sim_calibrate(
-        measurements,
+        measurements or [],
         out,
+        bundles=bundles or [],
+        skipped=skipped,
         model=model,
         gpu_name=gpu,
         device_memory_mib=device_memory_mib,
@@ -224,5 +244,14 @@ def calibrate(
         print_json(cal.model_dump(mode="json"))
         return
     out_console.print(
-        f"wrote {out}: fit error on the training points (MAPE %) {cal.train_mape_pct}", highlight=False
+        f"wrote {out}: fit error on the training points (MAPE %) {cal.train_mape_pct}; "
+        f"{len(cal.sources)} source file(s)",
+        highlight=False,
     )
+    for why, n in sorted(skipped.items()):
+        out_console.print(f"  skipped {n}: {why}", highlight=False)
+    out_console.print("  residuals per regime, log(predicted/measured) mean +/- sd (n):", highlight=False)
+    for reg, ms in sorted(cal.residuals.items()):
+        cells = ", ".join(f"{k} {r.mean:+.3f} +/- {r.sd:.3f}" for k, r in ms.items())
+        n = max(r.n for r in ms.values())
+        out_console.print(f"    {reg:24s} (n={n}) {cells}", highlight=False)

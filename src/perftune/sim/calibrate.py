@@ -25,6 +25,7 @@ from perftune.serving.levers import translate
 from perftune.sim.calibration import FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
+from perftune.sim.errorbars import residuals
 from perftune.sim.predict import replay_random
 
 
@@ -89,6 +90,47 @@ def _from_summary(d: dict[str, Any], src: str, gpu_override: str | None) -> Meas
         ttft_ms=s["ttft_ms"]["mean"],
         output_tok_s=s["output_tok_s"]["mean"],
     )
+
+
+def from_bundles(
+    paths: Sequence[str | Path], gpu_override: str | None = None
+) -> tuple[list[Measurement], dict[str, int]]:
+    """Every bench result (`summary.json`) under the given campaign or tune folders that can calibrate:
+    real (not simulated), closed loop, random workload. What it skips is counted by reason, so a bundle
+    that gave nothing says why."""
+    out: list[Measurement] = []
+    skipped: dict[str, int] = {}
+    for root in map(Path, paths):
+        if not root.exists():
+            raise ConfigError(
+                f"bundle not found: {root}", hint="pass a campaign run folder or a results folder"
+            )
+        files = [root] if root.is_file() else sorted(root.rglob("summary.json"))
+        for f in files:
+            try:
+                d = json.loads(f.read_text())
+                if "context" not in d or "summary" not in d:
+                    raise KeyError("context")
+                out.append(_from_summary(d, str(f), gpu_override))
+            except ConfigError as e:
+                reason = e.message.split(": ", 1)[-1]
+                skipped[reason] = skipped.get(reason, 0) + 1
+            except (KeyError, TypeError, ValueError, ValidationError):
+                skipped["not a bench result"] = skipped.get("not a bench result", 0) + 1
+    if not out:
+        raise ConfigError(
+            f"no calibrating measurement in {', '.join(map(str, paths))} "
+            f"(skipped: {skipped or 'nothing found'})",
+            hint="calibration needs real closed-loop random-workload cells (phases 1, 3 and 8 have them)",
+        )
+    return out, skipped
+
+
+def regime_of(m: Measurement) -> str:
+    from perftune.sim.errorbars import regime
+
+    cfg = parse_vllm_flags(m.flags, SimConfig())
+    return regime(m.concurrency, cfg.weight_dtype, cfg.kv_dtype, m.kind)
 
 
 def load_measurements(paths: Sequence[str | Path], gpu_override: str | None = None) -> list[Measurement]:
@@ -181,7 +223,12 @@ def fit(
 
     res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6})
     cal = make(res.x)
-    errs = [ape(predict_point(card, g, cal, m), m) for m in points]
+    preds = [predict_point(card, g, cal, m) for m in points]
+    errs = [ape(p, m) for p, m in zip(preds, points, strict=True)]
+    table = residuals(
+        (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
+        for p, m in zip(preds, points, strict=True)
+    )
     return cal.model_copy(
         update={
             "fitted": list(FITTABLE),
@@ -192,6 +239,7 @@ def fit(
             "engine": points[0].engine,
             "engine_version": points[0].engine_version,
             "train_mape_pct": {k: round(float(np.mean([e[k] for e in errs])), 2) for k in WEIGHTS},
+            "residuals": table,
         }
     )
 

@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 
 from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu
+from perftune.sim.errorbars import Residual
 from perftune.util.atomic import write_text
 
 FITTABLE = (
@@ -62,6 +63,11 @@ class Calibration(BaseModel):
     sources: list[str] = Field(default_factory=list, description="measurement files it was fitted on")
     train_mape_pct: dict[str, float] = Field(
         default_factory=dict, description="fit error on its training set"
+    )
+    residuals: dict[str, dict[str, Residual]] = Field(
+        default_factory=dict,
+        description="per regime (concurrency band/dtype/workload), per metric: log(predicted/measured) "
+        "of the training points; every prediction's interval comes from here",
     )
     note: str = ""
 
