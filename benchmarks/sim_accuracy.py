@@ -1,12 +1,20 @@
-"""Simulator accuracy against real vLLM 0.26.0 on one H100: calibrate on part, test on the rest.
+"""Simulator accuracy against real vLLM 0.26.0, leave one regime out.
 
-The split is fixed in advance (not chosen by results): the calibration set is the table of
-../shared/gpu/README.md (3 points), perftune's own c=1/16/64 run (3 points) and the even-indexed rows
-of the 12-point sweep; the held-out set is the sweep's odd-indexed rows (6 points, never seen by the
-fit). Each held-out point is replayed in virtual time with its measured request count, concurrency and
-3 trials, and compared to the measured mean (the reference, measured on the GPU host the same day).
+Real points (all committed under benchmarks/results, every one a closed-loop random-workload bench of the
+dense Llama-3.1-8B with dummy weights, 3 trials each):
+- H100 (run 1, 2026-11-23): the shared README table (3 points), perftune's c=1/16/64 run (3), the
+  12-point ISL/OSL/concurrency sweep, and the phase 1 and 3 cells of the tune campaign (`--from`);
+- H200 (run 2, 2026-12-02): the SLO capacity search's closed-loop points, engine defaults (7) and FP8 KV
+  cache (7; the bundle's README says `--kv-cache-dtype fp8`: its cells' context does not, so it is set
+  here).
+Regimes (perftune.sim.errorbars): concurrency band (c1-4, c5-48, c49+) x dtype x workload, per GPU.
+Each regime is held out in turn: the simulator is calibrated on that GPU's other points and predicts the
+held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
+regime. The held-out point's interval (from the fit's residuals, flagged as extrapolated: its regime is
+by construction not calibrated) is checked too. The MoE cell (DeepSeek-V2-Lite, H200, c=16) is
+predicted by the H200 dense fit and shown apart: one point is a check, not a regime.
 
-Prints one row per held-out point (predicted / measured ratio per metric) and ends with:
+Prints the per-regime table and ends with
     held-out MAPE: tpot=X% output_tok_s=Y% ttft=Z% (n=N points)
 """
 
@@ -20,45 +28,100 @@ import numpy as np
 
 from perftune.hardware.ceilings import gpu
 from perftune.models.resolve import model_card
-from perftune.sim.calibrate import ape, base_calibration, fit, load_measurements, predict_point
+from perftune.sim.calibrate import (
+    Measurement,
+    ape,
+    base_calibration,
+    fit,
+    from_bundles,
+    load_measurements,
+    predict_point,
+    regime_of,
+)
+from perftune.sim.errorbars import interval
 
 R = Path(__file__).resolve().parent / "results"
-DEVICE_MIB = (
-    81559  # nvidia-smi memory.total on the measuring H100 (results/2026-11-23-h100-vllm-0.26.0/gpu.txt)
-)
-KV_TOKENS = 464_816  # "GPU KV cache size" vLLM 0.26.0 logged at its defaults (sim-points/vllm-excerpt.log)
+H100_MIB, H100_KV = 81559, 464_816  # the H100 run's nvidia-smi and vLLM's logged KV tokens
+MAXITER = 60
+METRICS = ("tpot_ms", "output_tok_s", "ttft_ms")
 
 
-def main() -> int:
-    card, g = model_card("llama-3.1-8b"), gpu("h100")
+def h100_points() -> list[Measurement]:
     shared = load_measurements([R / "2026-11-23-h100-vllm-0.26.0-shared-readme/points.yaml"])
-    main_run = load_measurements(
+    main = load_measurements(
         sorted((R / "2026-11-23-h100-vllm-0.26.0").glob("perftune-c*.summary.json")), "h100-sxm"
     )
     sweep = load_measurements([R / "2026-11-23-h100-vllm-0.26.0-sim-points/points.jsonl"], "h100-sxm")
-    train, test = shared + main_run + sweep[0::2], sweep[1::2]
-    base = base_calibration(card, g, DEVICE_MIB, KV_TOKENS)
-    t0 = time.perf_counter()
-    cal = fit(card, g, train, base)
-    took = time.perf_counter() - t0
-    print(f"calibrated on {len(train)} points in {took:.0f} s; train MAPE % {cal.train_mape_pct}")
-    print("factors: " + ", ".join(f"{k}={getattr(cal, k):.4g}" for k in cal.fitted))
-    head = f"{'c':>4} {'ISL':>5} {'OSL':>4} | {'TPOT ms sim/real':>17} | {'tok/s sim/real':>17} | "
-    print(head + f"{'TTFT ms sim/real':>17} | ratio tpot tok/s ttft")
-    errs = []
-    for m in test:
-        p = predict_point(card, g, cal, m, trials=3)
-        errs.append(ape(p, m))
+    tune, _ = from_bundles([R / "2026-11-23-h100-vllm-0.26.0-tune/campaign"], "h100-sxm")
+    return shared + main + sweep + tune
+
+
+def h200_points() -> list[Measurement]:
+    cap = R / "2026-12-02-h200-vllm-0.26.0-slo-capacity"
+    base, _ = from_bundles([cap / "baseline-closed"], "h200")
+    fp8, _ = from_bundles([cap / "fp8kv-closed"], "h200")
+    return base + [m.model_copy(update={"flags": [*m.flags, "--kv-cache-dtype", "fp8"]}) for m in fp8]
+
+
+def held_out(
+    name: str, points: list[Measurement], base_kw: dict[str, float]
+) -> tuple[list[dict[str, float]], int]:
+    card, g = model_card("llama-3.1-8b"), gpu(points[0].gpu)
+    regimes = sorted({regime_of(m) for m in points})
+    errs: list[dict[str, float]] = []
+    inside = 0
+    for reg in regimes:
+        train = [m for m in points if regime_of(m) != reg]
+        test = [m for m in points if regime_of(m) == reg]
+        if not train:
+            print(f"{name} {reg}: the only regime, nothing to fit on; not held out")
+            continue
+        t0 = time.perf_counter()
+        cal = fit(card, g, train, base_calibration(card, g, **base_kw), maxiter=MAXITER)  # type: ignore[arg-type]
+        e = []
+        for m in test:
+            p = predict_point(card, g, cal, m, trials=3)
+            e.append(ape(p, m))
+            bars = [interval(k, getattr(p, k), reg, cal.residuals) for k in METRICS]
+            inside += sum(b.contains(getattr(m, k)) for b, k in zip(bars, METRICS, strict=True))
+        errs += e
+        mape = {k: float(np.mean([x[k] for x in e])) for k in METRICS}
+        took = time.perf_counter() - t0
         print(
-            f"{m.concurrency:>4} {m.isl:>5} {m.osl:>4} | {p.tpot_ms:7.2f} / {m.tpot_ms:7.2f} | "
-            f"{p.output_tok_s:7.0f} / {m.output_tok_s:7.0f} | {p.ttft_ms:7.0f} / {m.ttft_ms:7.0f} | "
-            f"{p.tpot_ms / m.tpot_ms:.3f} {p.output_tok_s / m.output_tok_s:.3f} {p.ttft_ms / m.ttft_ms:.3f}"
+            f"{name:5s} {reg:22s} n={len(test):2d} (fit on {len(train):2d}, {took:4.0f} s) | "
+            + " ".join(f"{k}={mape[k]:5.1f}%" for k in METRICS)
         )
-    mape = {k: float(np.mean([e[k] for e in errs])) for k in ("tpot_ms", "output_tok_s", "ttft_ms")}
-    print("all numbers are simulated predictions vs real vLLM 0.26.0 measurements (DRAFT, 1xH100)")
+    return errs, inside
+
+
+def main() -> int:
+    h100, h200 = h100_points(), h200_points()
+    print(f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (run 2026-12-02)")
+    print("GPU   held-out regime          points                       | held-out APE per metric (mean)")
+    e1, in1 = held_out("H100", h100, {"device_memory_mib": H100_MIB, "kv_tokens": H100_KV})
+    e2, in2 = held_out("H200", h200, {})
+    errs = e1 + e2
+    # the MoE check: DeepSeek-V2-Lite on the H200, predicted by the H200 dense fit (all 14 points)
+    moe, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
+    card, g = model_card("deepseek-v2-lite"), gpu("h200")
+    cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)
+    for m in moe:
+        p = predict_point(card, g, cal, m, trials=3)
+        a = ape(p, m)
+        print(
+            f"MoE check (not in the MAPE): DeepSeek-V2-Lite c={m.concurrency} H200 | TPOT {p.tpot_ms:.2f} / "
+            f"{m.tpot_ms:.2f} ms, tok/s {p.output_tok_s:.0f} / {m.output_tok_s:.0f}, TTFT {p.ttft_ms:.0f} / "
+            f"{m.ttft_ms:.0f} ms (sim / real) | " + " ".join(f"{k}={a[k]:.1f}%" for k in METRICS)
+        )
+    mape = {k: float(np.mean([e[k] for e in errs])) for k in METRICS}
+    n = len(errs)
+    print(
+        f"held-out values inside the extrapolated interval: {in1 + in2} of {3 * n} "
+        "(simulated predictions vs real vLLM 0.26.0, DRAFT)"
+    )
     print(
         f"held-out MAPE: tpot={mape['tpot_ms']:.1f}% output_tok_s={mape['output_tok_s']:.1f}% "
-        f"ttft={mape['ttft_ms']:.1f}% (n={len(test)} points)"
+        f"ttft={mape['ttft_ms']:.1f}% (n={n} points)"
     )
     return 0
 

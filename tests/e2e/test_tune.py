@@ -77,6 +77,14 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
         assert c.tier == "DRAFT" and "simulated server" in c.context["tier_reasons"]  # never a VERDICT
     assert base.trials == 3 and len(set(base.trial_paths)) == 3 and "full.t2" in base.trial_paths[2]
     assert any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())  # kept apart
+    # each trial's own summary.json names its config too (what `sim calibrate --from` reads)
+    for d in (run_dir / "phase3" / "trials").iterdir():
+        tctx = json.loads((d / "summary.json").read_text())["context"]
+        want = {"kv-cache-dtype": "fp8"} if ".kv-cache-dtype=fp8." in d.name else None
+        if want or ".baseline." in d.name:
+            assert tctx["levers"] == (want or {}), d.name
+            assert tctx["kv_cache_dtype"].startswith("fp8" if want else "bf16"), d.name
+            assert tctx["parallelism"] == {"tp": 1} and tctx["weights"] == "base"
     rows = api.lake_query(
         "select c.engine, count(distinct t.cell_id) n, count(*) t from trials t join cells c "
         "using (campaign_id, cell_id) where c.phase = '3' group by 1",

@@ -133,6 +133,11 @@ class BenchConfig(BaseModel):
         None, description="model (catalog name, folder or config.json) for the decode %SoL"
     )
     tp: int = Field(1, ge=1, description="tensor parallel size of the server (for the decode %SoL only)")
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the deploy knew and the client cannot (model_path, weights, parallelism, "
+        "quantization, kv_cache_dtype, levers): written into the result's context as given",
+    )
     sol_levers: dict[str, Any] = Field(
         default_factory=dict,
         description="the server's levers: those that change the bytes a decode step reads "
@@ -1033,6 +1038,8 @@ def assemble(
         tier_reasons=reasons,
         started_at=started,
     )
+    if cfg.serving:
+        ctx = MeasurementContext.model_validate({**ctx.model_dump(), **cfg.serving})
     invalid = [f"trial {t.trial}: {r}" for t in trials for r in t.load.invalid_reasons]
     reset = facts.get("cache_reset") or {}
     statuses = reset.get("statuses") or []

@@ -394,6 +394,10 @@ def bench_cell(
         # accounting (a speculative lever asks for per-chunk usage) read them
         sol_levers=dict(i.serving.levers.get(engine, {}) if levers is None else levers),
         text_vocab=rec.plan.text_prompts_only,
+        # the cell's summary.json names its config itself (levers, dtypes, weights, TP)
+        serving=serving_context(
+            ctx, dict(i.serving.levers.get(engine, {}) if levers is None else levers), weights
+        ),
     )
     run, _ = bench_to_dir(
         cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)

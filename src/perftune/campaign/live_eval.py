@@ -10,7 +10,14 @@ from pathlib import Path
 from perftune.bench.runner import BenchConfig
 from perftune.bench.session import bench_to_dir
 from perftune.campaign.base import Ctx
-from perftune.campaign.cells import baseline_name, hardware_label, live_server, trial_observer, workload_spec
+from perftune.campaign.cells import (
+    baseline_name,
+    hardware_label,
+    live_server,
+    serving_context,
+    trial_observer,
+    workload_spec,
+)
 from perftune.errors import BenchError, PerftuneError
 from perftune.targets.local import group_alive
 from perftune.tune.arms import Arm
@@ -66,6 +73,8 @@ class LiveEvaluator:
                         # the deployed levers: %SoL dtypes, and the token accounting (a speculative
                         # lever makes a chunk carry several tokens)
                         sol_levers=dict(arm.levers),
+                        # the cell's own context names its config: levers, dtypes, weights, TP
+                        serving=serving_context(ctx, arm.levers, weights),
                     )
                     rel = f"trials/{trial_folder(arm, 'screen' if screening else 'full', trial, kind, c)}"
                     try:

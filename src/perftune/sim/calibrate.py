@@ -62,6 +62,19 @@ def gpu_key_from_label(label: str) -> str | None:
     return best[1] if best else None
 
 
+def _flags(ctx: dict[str, Any]) -> list[str]:
+    """The engine flags a measurement ran with: its levers, plus the KV dtype and FP8 weights its context
+    records when they were set outside the levers."""
+    flags = translate(ctx.get("levers") or {}, "vllm")
+    # a campaign writes "fp8 (lever kv-cache-dtype=fp8)", "fp8 weights (checkpoint ...)"; a bare bench "fp8"
+    kv = str(ctx.get("kv_cache_dtype") or "").split(" ")[0]
+    if kv.startswith("fp8") and "--kv-cache-dtype" not in flags:
+        flags += ["--kv-cache-dtype", "fp8"]
+    if str(ctx.get("quantization") or "").split(" ")[0] == "fp8" and "--quantization" not in flags:
+        flags += ["--quantization", "fp8"]
+    return flags
+
+
 def _from_summary(d: dict[str, Any], src: str, gpu_override: str | None) -> Measurement:
     ctx, s = d["context"], d["summary"]
     w = ctx["workload"]
@@ -80,7 +93,7 @@ def _from_summary(d: dict[str, Any], src: str, gpu_override: str | None) -> Meas
         gpu=key,
         engine=stack["engine"],
         engine_version=stack.get("engine_version"),
-        flags=translate(ctx.get("levers") or {}, "vllm"),
+        flags=_flags(ctx),
         isl=w["isl"],
         osl=w["osl"],
         concurrency=w["concurrency"],

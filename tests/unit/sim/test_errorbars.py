@@ -78,3 +78,19 @@ def test_calibrate_from_a_committed_gpu_bundle_keeps_residuals(tmp_path: Path) -
         api.sim_calibrate([], tmp_path / "x.yaml", bundles=[ROOT / "docs"], gpu_name="h100")
     with pytest.raises(ConfigError, match="nothing to calibrate from"):
         api.sim_calibrate([], tmp_path / "x.yaml")
+
+
+def test_a_cells_context_gives_its_regime() -> None:
+    from perftune.sim.calibrate import _flags
+
+    campaign = {
+        "levers": {},
+        "kv_cache_dtype": "fp8 (lever kv-cache-dtype=fp8)",
+        "quantization": "fp8 weights (x)",
+    }
+    assert _flags(campaign) == ["--kv-cache-dtype", "fp8", "--quantization", "fp8"]
+    assert (
+        _flags({"levers": {"kv-cache-dtype": "fp8"}, "kv_cache_dtype": "fp8"}).count("--kv-cache-dtype") == 1
+    )
+    assert _flags({"levers": {}, "kv_cache_dtype": "bf16 (auto)", "quantization": "bf16 weights (c)"}) == []
+    assert _flags({"levers": {}, "kv_cache_dtype": None}) == []
