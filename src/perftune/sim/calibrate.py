@@ -22,7 +22,7 @@ from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu, all_gpus
 from perftune.models.card import WEIGHT_BYTES, ModelCard
 from perftune.serving.levers import translate
-from perftune.sim.calibration import FITTABLE, Calibration
+from perftune.sim.calibration import DTYPE_FITTABLE, FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
 from perftune.sim.errorbars import residuals
@@ -219,11 +219,19 @@ def fit(
     from scipy.optimize import minimize
 
     base = base or Calibration(gpu=g.key)
-    x0 = np.log([getattr(base, k) or 1e-3 for k in FITTABLE])
-    upper = {"hbm_efficiency": 1.0, "gemm_efficiency": 1.0, "attn_efficiency": 1.0}
+    seen = {part for m in points for part in regime_of(m).split("/")[1].split("+")}
+    keys = [*FITTABLE, *(f for d, f in DTYPE_FITTABLE.items() if d in seen)]
+    x0 = np.log([getattr(base, k) or 1e-3 for k in keys])
+    upper = {
+        "hbm_efficiency": 1.0,
+        "gemm_efficiency": 1.0,
+        "attn_efficiency": 1.0,
+        "fp8_weight_efficiency": 2.0,
+        "fp8_kv_efficiency": 2.0,
+    }
 
     def make(x: np.ndarray) -> Calibration:
-        vals = {k: min(float(math.exp(v)), upper.get(k, math.inf)) for k, v in zip(FITTABLE, x, strict=True)}
+        vals = {k: min(float(math.exp(v)), upper.get(k, math.inf)) for k, v in zip(keys, x, strict=True)}
         return base.model_copy(update=vals)
 
     def loss(x: np.ndarray) -> float:
@@ -244,9 +252,11 @@ def fit(
     )
     return cal.model_copy(
         update={
-            "fitted": list(FITTABLE),
+            "fitted": keys,
             "priors": [
-                k for k in ("eager_launch_ms", "piecewise_launch_ms", "jitter_cv") if k not in FITTABLE
+                k
+                for k in ("eager_launch_ms", "piecewise_launch_ms", "jitter_cv", *DTYPE_FITTABLE.values())
+                if k not in keys
             ],
             "sources": sorted({m.source.split("#")[0] for m in points}),
             "engine": points[0].engine,

@@ -19,6 +19,8 @@ from perftune.hardware.ceilings import Gpu
 from perftune.sim.errorbars import Residual
 from perftune.util.atomic import write_text
 
+# fitted only when the measurements hold that dtype (a factor no point constrains stays a prior)
+DTYPE_FITTABLE = {"fp8w": "fp8_weight_efficiency", "fp8kv": "fp8_kv_efficiency"}
 FITTABLE = (
     "hbm_efficiency",
     "gemm_efficiency",
@@ -54,6 +56,20 @@ class Calibration(BaseModel):
         0.3, ge=0, description="extra per step when only the non-attention parts are graphed (mixed batches)"
     )
     jitter_cv: float = Field(0.01, ge=0, le=0.5, description="lognormal step-time noise (seeded)")
+    fp8_weight_efficiency: float = Field(
+        1.0,
+        gt=0,
+        le=2,
+        description="FP8 weights: achieved / bf16-achieved bandwidth and FLOP efficiency of the FP8 "
+        "kernels (1.0: the roofline ratio, a prior; fitted when the measurements include FP8 weights)",
+    )
+    fp8_kv_efficiency: float = Field(
+        1.0,
+        gt=0,
+        le=2,
+        description="FP8 KV cache: achieved / bf16-achieved efficiency of reading it (dequantizing in "
+        "attention; 1.0 a prior, fitted when the measurements include FP8 KV)",
+    )
     memory_bytes: float | None = Field(None, gt=0, description="device memory as the engine sees it")
     non_kv_reserve_bytes: float = Field(
         1.0e9, description="memory besides weights and KV (activations, graphs), per GPU"
@@ -105,7 +121,7 @@ def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
         return cal
     return builtin(g.key) or Calibration(
         gpu=g.key,
-        priors=[*FITTABLE, "eager_launch_ms", "piecewise_launch_ms", "jitter_cv"],
+        priors=[*FITTABLE, "eager_launch_ms", "piecewise_launch_ms", "jitter_cv", *DTYPE_FITTABLE.values()],
         note="no calibration for this GPU: every factor is a prior",
     )
 

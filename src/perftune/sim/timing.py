@@ -49,10 +49,14 @@ class StepModel:
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
         tp = cfg.tensor_parallel_size
         bpp = WEIGHT_BYTES[cfg.weight_dtype]
-        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency
-        flops = g.peak_tflops(cfg.weight_dtype) * 1e12 * cal.gemm_efficiency
+        fp8w = cal.fp8_weight_efficiency if cfg.weight_dtype == "fp8" else 1.0
+        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency * fp8w
+        flops = g.peak_tflops(cfg.weight_dtype) * 1e12 * cal.gemm_efficiency * fp8w
         attn_flops = g.peak_tflops("bf16") * 1e12 * cal.attn_efficiency
         kv_tok = card.kv_bytes_per_token[cfg.kv_dtype] / tp
+        kv_bw = (
+            g.hbm_tb_s * 1e12 * cal.hbm_efficiency * (cal.fp8_kv_efficiency if cfg.kv_dtype == "fp8" else 1.0)
+        )
         # 2 matmuls (QK^T, PV) x 2 FLOPs x heads x head_dim per (query, key) pair, per attention layer.
         pair_flops = 4.0 * card.attention_layers * card.heads * card.head_dim / tp
         link = g.interconnect_gb_s / 2 * 1e9
@@ -62,7 +66,7 @@ class StepModel:
         return cls(
             weight_read_s=(card.active_params * bpp / tp - routed_active) / bw,
             flop_s_per_token=2.0 * card.active_params / tp / flops,
-            kv_read_s_per_token=kv_tok / bw,
+            kv_read_s_per_token=kv_tok / kv_bw,
             attn_s_per_pair=pair_flops / attn_flops,
             allreduce_s_per_token=(2 * (tp - 1) / tp * n_ar * card.hidden_size * 2.0 / link)
             if tp > 1

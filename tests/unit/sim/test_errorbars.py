@@ -94,3 +94,32 @@ def test_a_cells_context_gives_its_regime() -> None:
     )
     assert _flags({"levers": {}, "kv_cache_dtype": "bf16 (auto)", "quantization": "bf16 weights (c)"}) == []
     assert _flags({"levers": {}, "kv_cache_dtype": None}) == []
+
+
+def test_fp8_kernel_factors_are_fitted_only_where_measured(tmp_path: Path) -> None:
+    """Kernels by dtype: on the H200 capacity points (engine defaults and FP8 KV, 7 each), the FP8-KV
+    factor is fitted and the FP8-weight one stays a prior (no point has FP8 weights); a model read
+    with FP8 KV at a factor below 1 reads its KV slower than the roofline ratio says."""
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+    from perftune.sim.calibrate import fit, from_bundles
+    from perftune.sim.calibration import Calibration
+    from perftune.sim.config import SimConfig
+    from perftune.sim.timing import StepModel
+
+    cap = ROOT / "benchmarks/results/2026-12-02-h200-vllm-0.26.0-slo-capacity"
+    base, _ = from_bundles([cap / "baseline-closed"], "h200")
+    fp8, _ = from_bundles([cap / "fp8kv-closed"], "h200")
+    fp8 = [m.model_copy(update={"flags": ["--kv-cache-dtype", "fp8"]}) for m in fp8]
+    card, g = model_card("llama-3.1-8b"), gpu("h200")
+    cal = fit(card, g, base[:2] + fp8[:2], maxiter=2)
+    assert "fp8_kv_efficiency" in cal.fitted and "fp8_weight_efficiency" in cal.priors
+    assert {"c5-48/bf16/random", "c5-48/fp8kv/random"} <= set(cal.residuals)
+    slow = Calibration(gpu="h200", fp8_kv_efficiency=0.5)
+    fast = StepModel.build(card, g, SimConfig(kv_cache_dtype="fp8"), Calibration(gpu="h200"))
+    half = StepModel.build(card, g, SimConfig(kv_cache_dtype="fp8"), slow)
+    assert half.kv_read_s_per_token == pytest.approx(2 * fast.kv_read_s_per_token)
+    bf16 = StepModel.build(card, g, SimConfig(), slow)  # the factor touches FP8 KV only
+    assert bf16.kv_read_s_per_token == pytest.approx(
+        StepModel.build(card, g, SimConfig(), Calibration(gpu="h200")).kv_read_s_per_token
+    )
