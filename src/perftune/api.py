@@ -355,11 +355,16 @@ def sim_predict(
     trials: int = 3,
     flags: Sequence[str] = (),
     calibration: str | Path | None = None,
+    scheduler: str = "vllm",
 ) -> Any:
-    """Bench-identical metrics in virtual time (a BenchResult labelled simulated)."""
+    """Bench-identical metrics in virtual time (a BenchResult labelled simulated); `scheduler` picks
+    whose step composition is simulated (vllm or sglang)."""
     from perftune.sim.predict import PredictSpec, predict
 
+    if scheduler not in ("vllm", "sglang"):
+        raise ConfigError(f"unknown scheduler '{scheduler}'", hint="vllm or sglang")
     card, g, cfg, cal, model_dir = sim_setup(model, gpu_name, flags, calibration)
+    cfg = cfg.model_copy(update={"scheduler": scheduler})
     spec = PredictSpec(workload=workload, concurrency=concurrency, rate=rate, trials=trials)
     return predict(card, g, cfg, cal, spec, model_dir=model_dir)
 

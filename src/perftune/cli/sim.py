@@ -95,6 +95,9 @@ def predict(
     trials: int = typer.Option(3, help="trials (step-time jitter is seeded)"),
     seed: int = typer.Option(0, help="workload seed"),
     calibration: Path | None = typer.Option(None, help="calibration YAML (default: the built-in one)"),
+    scheduler: str = typer.Option(
+        "vllm", help="whose step composition: vllm (V1 token budget, decodes first) or sglang (prefill first)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
 ) -> None:
     """Predict the bench metrics of a configuration in virtual time (ms). Extra args are vLLM flags."""
@@ -112,6 +115,7 @@ def predict(
         trials=trials,
         flags=ctx.args,
         calibration=calibration,
+        scheduler=scheduler,
     )
     if as_json:
         print_json(res.model_dump(mode="json"))

@@ -183,7 +183,7 @@ def predict_point(
     card: ModelCard, g: Gpu, cal: Calibration, m: Measurement, trials: int = 1
 ) -> PointPrediction:
     """Replay one measured point in virtual time (same requests, concurrency, trials) and average."""
-    cfg = parse_vllm_flags(m.flags, SimConfig())
+    cfg = parse_vllm_flags(m.flags, SimConfig(scheduler="sglang" if m.engine == "sglang" else "vllm"))
     core = EngineCore(card, g, cfg, cal)
     tpots, ttfts, rates = [], [], []
     t = 0.0

@@ -66,6 +66,12 @@ class SimConfig(BaseModel):
     max_cudagraph_capture_size: int = Field(512, ge=1, description="largest batch captured as a graph")
     tensor_parallel_size: int = Field(1, ge=1, description="tensor parallelism")
     max_model_len: int | None = Field(None, ge=1, description="context limit (default: the model's)")
+    scheduler: Literal["vllm", "sglang"] = Field(
+        "vllm",
+        description="whose step composition: vllm (V1: one token budget shared by running decodes first, "
+        "then chunked prefills) or sglang (a step is a prefill batch while requests wait, else a decode "
+        "batch of every running request; max_num_batched_tokens is its chunked-prefill size)",
+    )
     seed: int = Field(0, description="seed for sampled tokens and step-time jitter")
     fault: SimFault | None = Field(None, description="test engine: an injected failure (None: healthy)")
 

@@ -1,4 +1,5 @@
-"""The simulated engine core: vLLM V1-style continuous batching over a paged KV cache. Pure.
+"""The simulated engine core: continuous batching over a paged KV cache, scheduled like vLLM V1 or
+like SGLang (SimConfig.scheduler). Pure.
 
 Each step schedules running requests first (a decode token each, or the rest of a chunked prefill),
 then admits waiting requests while the token budget (`max_num_batched_tokens`) and `max_num_seqs`
@@ -292,6 +293,53 @@ class EngineCore:
         return True
 
     def schedule(self) -> list[tuple[SimRequest, int]]:
+        if self.cfg.scheduler == "sglang":
+            return self._schedule_sglang()
+        return self._schedule_vllm()
+
+    def _schedule_sglang(self) -> list[tuple[SimRequest, int]]:
+        """SGLang's default (no mixed chunk): prefill first. While a prompt is unfinished or a request
+        waits (and a slot and KV are free), the step is a prefill batch alone: the unfinished chunked
+        prompt first, then waiting requests FCFS, up to the chunk size in tokens; running decodes wait.
+        Otherwise the step decodes every running request, retracting the newest when KV runs out."""
+        cfg = self.cfg
+        budget = cfg.max_num_batched_tokens
+        out: list[tuple[SimRequest, int]] = []
+        for r in self.running:  # a chunked prompt in progress continues before anything new
+            if budget > 0 and r.computed < r.prompt_len:
+                n = min(r.prompt_len - r.computed, budget)
+                if not self._grow(r, n):
+                    break
+                out.append((r, n))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            r = self.waiting[0]
+            self._match_prefix(r)
+            need = r.num_tokens - r.computed
+            n = min(need, budget)
+            if (n < need and not cfg.enable_chunked_prefill) or not self._grow(r, n):
+                self._release(r)
+                break
+            self.waiting.popleft()
+            self.running.append(r)
+            out.append((r, n))
+            budget -= n
+        if out:
+            return out
+        decode: list[tuple[SimRequest, int]] = []
+        i = 0
+        while i < len(self.running):
+            r = self.running[i]
+            victim = None
+            while victim is not r and not self._grow(r, 1):
+                victim = self._preempt()  # SGLang retracts the newest decode and re-queues it
+            if victim is r:
+                break
+            decode.append((r, 1))
+            i += 1
+        return decode
+
+    def _schedule_vllm(self) -> list[tuple[SimRequest, int]]:
         cfg = self.cfg
         budget = cfg.max_num_batched_tokens
         out: list[tuple[SimRequest, int]] = []
