@@ -74,8 +74,8 @@ def test_deploy_ready_smoke_bench_down(tmp_path: Path, engine: str) -> None:
         (["--engine", "vllm", "--model", "./no/such/folder"], "model folder not found"),
         (["--engine", "vllm", "--model", "{m}"], "vllm is not installed"),
         (
-            ["--engine", "sim", "--model", "llama-3.1-8b", "--lever", "expert-parallel=true"],
-            "cannot model vLLM flag '--enable-expert-parallel'",
+            ["--engine", "sim", "--model", "llama-3.1-8b", "--lever", "attention-backend=triton"],
+            "cannot model vLLM flag '--attention-backend'",
         ),
         (["--engine", "sim", "--model", "no-such-model"], "unknown model 'no-such-model'"),
         # the issue's own spelling: the model as a positional argument, the spec levers translated

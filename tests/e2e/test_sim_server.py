@@ -130,9 +130,9 @@ def test_unmodelled_flag_is_refused_with_its_name() -> None:
         argv = [sys.executable, "-m", "perftune", "sim-server", "--model", "llama-3.1-8b", *flags]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
-    p = serve("--enable-expert-parallel")
+    p = serve("--attention-backend", "FLASHINFER")
     assert p.returncode == 2
-    assert "cannot model vLLM flag '--enable-expert-parallel'" in p.stderr
+    assert "cannot model vLLM flag '--attention-backend'" in p.stderr
     p = serve("--speculative-config", "{}")  # speculation: refused, pointing at what predicts it
     assert p.returncode == 2
     assert "does not speculate" in p.stderr and "perftune sim spec" in p.stderr

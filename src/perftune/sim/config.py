@@ -65,6 +65,11 @@ class SimConfig(BaseModel):
     cudagraph_mode: CudagraphMode = Field("FULL_AND_PIECEWISE", description="vLLM cudagraph_mode")
     max_cudagraph_capture_size: int = Field(512, ge=1, description="largest batch captured as a graph")
     tensor_parallel_size: int = Field(1, ge=1, description="tensor parallelism")
+    enable_expert_parallel: bool = Field(
+        False,
+        description="MoE experts sharded whole across the TP ranks: each MoE layer's tokens travel by "
+        "all-to-all (dispatch and combine) instead of the MLP's all-reduce",
+    )
     max_model_len: int | None = Field(None, ge=1, description="context limit (default: the model's)")
     scheduler: Literal["vllm", "sglang"] = Field(
         "vllm",
@@ -118,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compilation-config", "-O")
     p.add_argument("--max-cudagraph-capture-size", type=int)
     p.add_argument("--tensor-parallel-size", "-tp", type=int)
+    p.add_argument("--enable-expert-parallel", action="store_true", default=None)
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--seed", type=int)
     for flag in _NEUTRAL:
@@ -189,7 +195,8 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
             hint="modelled: --max-num-seqs --max-num-batched-tokens --(no-)enable-chunked-prefill "
             "--gpu-memory-utilization --kv-cache-dtype --quantization fp8 --(no-)enable-prefix-caching "
             "--block-size --enforce-eager --compilation-config '{\"cudagraph_mode\": ...}' "
-            "--max-cudagraph-capture-size --tensor-parallel-size --max-model-len --seed "
+            "--max-cudagraph-capture-size --tensor-parallel-size --enable-expert-parallel --max-model-len "
+            "--seed "
             "(test faults: --fault --fault-after --fault-stall-s --fault-drop-tokens --fault-when)",
         )
     d = (base or SimConfig()).model_dump()
@@ -204,6 +211,7 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
         "block_size",
         "max_cudagraph_capture_size",
         "tensor_parallel_size",
+        "enable_expert_parallel",
         "max_model_len",
         "seed",
     ):

@@ -11,7 +11,9 @@ A MoE layer's routed experts are read only where the step's tokens were routed: 
 picking top_k of E experts (uniform routing), an expert is untouched with probability (1 - top_k/E)^T,
 so a step reads E x (1 - (1 - top_k/E)^T) experts per MoE layer. At one token that is the active
 parameters; a batch of 64 tokens on an 8-expert top-2 model reads every expert. The FLOPs stay per
-token (each token runs its own top_k experts).
+token (each token runs its own top_k experts). With expert parallel (experts sharded whole across the
+TP ranks) a MoE layer's MLP all-reduce is replaced by an all-to-all that sends each token's top_k
+hidden vectors to the experts' ranks and back.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ class StepModel:
         pair_flops = 4.0 * card.attention_layers * card.heads * card.head_dim / tp
         link = g.interconnect_gb_s / 2 * 1e9
         n_ar = 2 * card.layers
+        # expert parallel: a MoE layer's MLP all-reduce becomes an all-to-all out to the experts' ranks
+        # and back, top_k hidden vectors per token each way
+        ep_layers = card.moe.moe_layers if card.moe and cfg.enable_expert_parallel and tp > 1 else 0
+        a2a_per_token = (
+            2 * (tp - 1) / tp * ep_layers * (card.moe.top_k if card.moe else 0) * card.hidden_size * 2.0
+        )
         routed = card.params.routed_experts * bpp / tp if card.moe else 0.0
         routed_active = card.params.routed_experts_active * bpp / tp if card.moe else 0.0
         return cls(
@@ -68,10 +76,12 @@ class StepModel:
             flop_s_per_token=2.0 * card.active_params / tp / flops,
             kv_read_s_per_token=kv_tok / kv_bw,
             attn_s_per_pair=pair_flops / attn_flops,
-            allreduce_s_per_token=(2 * (tp - 1) / tp * n_ar * card.hidden_size * 2.0 / link)
+            allreduce_s_per_token=(
+                (2 * (tp - 1) / tp * (n_ar - ep_layers) * card.hidden_size * 2.0 + a2a_per_token) / link
+            )
             if tp > 1
             else 0.0,
-            allreduce_fixed_s=n_ar * ALLREDUCE_LATENCY_US * 1e-6 if tp > 1 else 0.0,
+            allreduce_fixed_s=(n_ar + ep_layers) * ALLREDUCE_LATENCY_US * 1e-6 if tp > 1 else 0.0,
             fixed_s=cal.step_overhead_ms * 1e-3,
             per_seq_s=cal.per_seq_overhead_us * 1e-6,
             eager_s=cal.eager_launch_ms * 1e-3,

@@ -58,3 +58,26 @@ def test_a_moe_decode_step_grows_with_concurrency_where_a_dense_one_barely_does(
 
     assert step_ms(moe, 16) / step_ms(moe, 1) > 2.5  # the experts read go from 2 to ~8 of 8
     assert step_ms(dense, 16) / step_ms(dense, 1) < 1.3  # only KV and per-sequence costs grow
+
+
+def test_expert_parallel_trades_the_moe_all_reduce_for_an_all_to_all() -> None:
+    from perftune.sim.config import parse_vllm_flags
+
+    card = model_card("mixtral-8x7b")  # 32 layers, all MoE, top-2, hidden 4096
+    h = gpu("h100")
+    tp = StepModel.build(card, h, parse_vllm_flags(["-tp", "4"]), for_gpu(h))
+    ep = StepModel.build(card, h, parse_vllm_flags(["-tp", "4", "--enable-expert-parallel"]), for_gpu(h))
+    link = h.interconnect_gb_s / 2 * 1e9
+    # per token: TP all-reduces 2 x 32 of 4096 x 2 bytes at 2(tp-1)/tp; EP keeps 32 of them and adds a
+    # dispatch+combine of top-2 vectors per MoE layer
+    ring = 2 * 3 / 4
+    assert tp.allreduce_s_per_token == pytest.approx(ring * 64 * 4096 * 2 / link)
+    assert ep.allreduce_s_per_token == pytest.approx((ring * 32 * 4096 * 2 + ring * 32 * 2 * 4096 * 2) / link)
+    dense = StepModel.build(
+        model_card("llama-3.1-8b"), h, parse_vllm_flags(["-tp", "4", "--enable-expert-parallel"]), for_gpu(h)
+    )
+    assert dense.allreduce_s_per_token == pytest.approx(
+        StepModel.build(
+            model_card("llama-3.1-8b"), h, parse_vllm_flags(["-tp", "4"]), for_gpu(h)
+        ).allreduce_s_per_token
+    )
