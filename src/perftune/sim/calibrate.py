@@ -221,6 +221,8 @@ def fit(
     base = base or Calibration(gpu=g.key)
     seen = {part for m in points for part in regime_of(m).split("/")[1].split("+")}
     keys = [*FITTABLE, *(f for d, f in DTYPE_FITTABLE.items() if d in seen)]
+    if card.moe is not None:
+        keys.append("moe_routing_spread")
     x0 = np.log([getattr(base, k) or 1e-3 for k in keys])
     upper = {
         "hbm_efficiency": 1.0,
@@ -228,6 +230,7 @@ def fit(
         "attn_efficiency": 1.0,
         "fp8_weight_efficiency": 2.0,
         "fp8_kv_efficiency": 2.0,
+        "moe_routing_spread": 1.0,
     }
 
     def make(x: np.ndarray) -> Calibration:
@@ -255,7 +258,13 @@ def fit(
             "fitted": keys,
             "priors": [
                 k
-                for k in ("eager_launch_ms", "piecewise_launch_ms", "jitter_cv", *DTYPE_FITTABLE.values())
+                for k in (
+                    "eager_launch_ms",
+                    "piecewise_launch_ms",
+                    "jitter_cv",
+                    *DTYPE_FITTABLE.values(),
+                    "moe_routing_spread",
+                )
                 if k not in keys
             ],
             "sources": sorted({m.source.split("#")[0] for m in points}),

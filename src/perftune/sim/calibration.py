@@ -63,6 +63,16 @@ class Calibration(BaseModel):
         description="FP8 weights: achieved / bf16-achieved bandwidth and FLOP efficiency of the FP8 "
         "kernels (1.0: the roofline ratio, a prior; fitted when the measurements include FP8 weights)",
     )
+    moe_routing_spread: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="MoE: how independently a step's tokens pick their experts. A step of T tokens "
+        "reads experts as 1 + spread x (T - 1) independent tokens would (1.0: uniform, independent "
+        "routing, a prior; 0: every token shares one set of experts). Fitted when the measurements are "
+        "of a MoE model; dummy weights route correlated tokens, so a fit on them understates a trained "
+        "router's spread",
+    )
     fp8_kv_efficiency: float = Field(
         1.0,
         gt=0,
@@ -121,7 +131,14 @@ def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
         return cal
     return builtin(g.key) or Calibration(
         gpu=g.key,
-        priors=[*FITTABLE, "eager_launch_ms", "piecewise_launch_ms", "jitter_cv", *DTYPE_FITTABLE.values()],
+        priors=[
+            *FITTABLE,
+            "eager_launch_ms",
+            "piecewise_launch_ms",
+            "jitter_cv",
+            *DTYPE_FITTABLE.values(),
+            "moe_routing_spread",
+        ],
         note="no calibration for this GPU: every factor is a prior",
     )
 

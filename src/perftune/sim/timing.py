@@ -46,6 +46,7 @@ class StepModel:
     routed_read_s: float = 0.0  # reading every routed expert of every MoE layer once (0: dense)
     routed_bytes: float = 0.0  # one GPU's bytes of every routed expert
     route_share: float = 0.0  # top_k / experts: the share of experts one token touches
+    route_spread: float = 1.0  # tokens routing independently (1) or together (0): Calibration
 
     @classmethod
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
@@ -93,13 +94,15 @@ class StepModel:
             routed_read_s=routed / bw,
             routed_bytes=routed,
             route_share=card.moe.top_k / card.moe.experts if card.moe and card.moe.experts else 0.0,
+            route_spread=cal.moe_routing_spread,
         )
 
     def experts_touched(self, tokens: int) -> float:
         """Expected share of a MoE layer's routed experts a step of `tokens` tokens reads."""
         if self.route_share <= 0.0 or tokens <= 0:
             return 0.0
-        return 1.0 - (1.0 - self.route_share) ** tokens
+        independent = 1.0 + self.route_spread * (tokens - 1)
+        return float(1.0 - (1.0 - self.route_share) ** independent)
 
     def weight_bytes_at(self, tokens: int) -> float:
         """One GPU's weight bytes read by a step of `tokens` tokens (MoE: the routed experts touched)."""

@@ -81,3 +81,16 @@ def test_expert_parallel_trades_the_moe_all_reduce_for_an_all_to_all() -> None:
             model_card("llama-3.1-8b"), h, parse_vllm_flags(["-tp", "4"]), for_gpu(h)
         ).allreduce_s_per_token
     )
+
+
+def test_routing_spread_interpolates_between_shared_and_independent_experts() -> None:
+    card = model_card("deepseek-v2-lite")
+    shared = StepModel.build(
+        card, H100, SimConfig(), for_gpu(H100).model_copy(update={"moe_routing_spread": 0.0})
+    )
+    half = StepModel.build(
+        card, H100, SimConfig(), for_gpu(H100).model_copy(update={"moe_routing_spread": 0.5})
+    )
+    # spread 0: 16 tokens read what one does; spread 0.5: what 1 + 0.5 x 15 = 8.5 independent tokens do
+    assert shared.experts_touched(16) == pytest.approx(6 / 64)
+    assert half.experts_touched(16) == pytest.approx(1 - (58 / 64) ** 8.5)
