@@ -297,13 +297,39 @@ class EngineCore:
             return self._schedule_sglang()
         return self._schedule_vllm()
 
+    def _grow_or_preempt(self, r: SimRequest, n: int) -> tuple[bool, bool]:
+        """Give r the blocks for n more tokens, preempting the newest running requests until they can be
+        had. Returns (r is scheduled, anything was preempted); r itself may be the one preempted."""
+        preempted = False
+        victim = None
+        while victim is not r and not self._grow(r, n):
+            preempted = True
+            victim = self._preempt()
+        return victim is not r, preempted
+
+    def _admit(self, out: list[tuple[SimRequest, int]], budget: int) -> int:
+        """Admit waiting requests FCFS into `out` while the budget, a slot and KV allow (a prompt longer
+        than the budget is chunked, or waits without chunked prefill); returns the budget left."""
+        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            r = self.waiting[0]
+            self._match_prefix(r)
+            need = r.num_tokens - r.computed
+            n = min(need, budget)
+            if (n < need and not self.cfg.enable_chunked_prefill) or not self._grow(r, n):
+                self._release(r)
+                break
+            self.waiting.popleft()
+            self.running.append(r)
+            out.append((r, n))
+            budget -= n
+        return budget
+
     def _schedule_sglang(self) -> list[tuple[SimRequest, int]]:
         """SGLang's default (no mixed chunk): prefill first. While a prompt is unfinished or a request
         waits (and a slot and KV are free), the step is a prefill batch alone: the unfinished chunked
         prompt first, then waiting requests FCFS, up to the chunk size in tokens; running decodes wait.
         Otherwise the step decodes every running request, retracting the newest when KV runs out."""
-        cfg = self.cfg
-        budget = cfg.max_num_batched_tokens
+        budget = self.cfg.max_num_batched_tokens
         out: list[tuple[SimRequest, int]] = []
         for r in self.running:  # a chunked prompt in progress continues before anything new
             if budget > 0 and r.computed < r.prompt_len:
@@ -312,32 +338,17 @@ class EngineCore:
                     break
                 out.append((r, n))
                 budget -= n
-        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
-            r = self.waiting[0]
-            self._match_prefix(r)
-            need = r.num_tokens - r.computed
-            n = min(need, budget)
-            if (n < need and not cfg.enable_chunked_prefill) or not self._grow(r, n):
-                self._release(r)
-                break
-            self.waiting.popleft()
-            self.running.append(r)
-            out.append((r, n))
-            budget -= n
+        self._admit(out, budget)
         if out:
             return out
-        decode: list[tuple[SimRequest, int]] = []
         i = 0
         while i < len(self.running):
             r = self.running[i]
-            victim = None
-            while victim is not r and not self._grow(r, 1):
-                victim = self._preempt()  # SGLang retracts the newest decode and re-queues it
-            if victim is r:
+            if not self._grow_or_preempt(r, 1)[0]:  # SGLang retracts the newest decode and re-queues it
                 break
-            decode.append((r, 1))
+            out.append((r, 1))
             i += 1
-        return decode
+        return out
 
     def _schedule_vllm(self) -> list[tuple[SimRequest, int]]:
         cfg = self.cfg
@@ -359,30 +370,15 @@ class EngineCore:
             if n < need and not cfg.enable_chunked_prefill:
                 i += 1
                 continue
-            victim = None
-            while victim is not r and not self._grow(r, n):
-                preempted = True
-                victim = self._preempt()
-            if victim is r:
+            ok, any_preempted = self._grow_or_preempt(r, n)
+            preempted = preempted or any_preempted
+            if not ok:
                 break  # r itself was preempted: nothing after it can run either
             out.append((r, n))
             budget -= n
             i += 1
-        while self.waiting and not preempted and budget > 0 and len(self.running) < cfg.max_num_seqs:
-            r = self.waiting[0]
-            self._match_prefix(r)
-            need = r.num_tokens - r.computed
-            n = min(need, budget)
-            if n < need and not cfg.enable_chunked_prefill:
-                self._release(r)
-                break
-            if not self._grow(r, n):
-                self._release(r)
-                break
-            self.waiting.popleft()
-            self.running.append(r)
-            out.append((r, n))
-            budget -= n
+        if not preempted:  # a step that preempted admits nothing new
+            self._admit(out, budget)
         return out
 
     def step(self) -> StepResult:
