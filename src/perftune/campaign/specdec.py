@@ -100,38 +100,32 @@ def preflight_ctx(ctx: Ctx) -> None:
     preflight(ctx.intent, ctx.state.facts.engine_versions, ctx.state.facts.drafts)
 
 
-def _spec_fig(run_dir: Path, m: Measure) -> dict[str, Any] | None:
-    """The engine's acceptance figures in the trial behind one measure (None: not reported)."""
-    if not m.path:
-        return None
-    p = run_dir / m.path / "summary.json"
-    if not p.is_file():
-        return None
-    trials = json.loads(p.read_text()).get("trials") or []
-    spec = ((trials[0].get("engine") or {}).get("spec") or {}) if trials else {}
-    return spec if spec.get("accept_length") is not None else None
-
-
-def _trial_extras(run_dir: Path, m: Measure, spec: dict[str, Any] | None) -> dict[str, float | None]:
-    """From the trial's own records: the share of outputs that loop, and the tokens each request's decode
+def _trial_figs(run_dir: Path, m: Measure) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
+    """What the trial behind one measure says, its summary and records read once: the engine's acceptance
+    figures (None: not reported), the share of outputs that loop, and the tokens each request's decode
     step yielded (decode tokens / (decode tokens - accepted): 1.0 without speculation)."""
-    out: dict[str, float | None] = {"loop_share": None, "tokens_per_step": None}
+    extras: dict[str, float | None] = {"loop_share": None, "tokens_per_step": None}
     if not m.path:
-        return out
+        return None, extras
     recs = run_dir / m.path / "records.jsonl"
     if recs.is_file():
         texts = [json.loads(line).get("text", "") for line in recs.read_text().splitlines() if line.strip()]
-        out["loop_share"] = loop_share(texts)
-    summ = run_dir / m.path / "summary.json"
-    if spec and spec.get("accepted") is not None and summ.is_file():
-        trials = json.loads(summ.read_text()).get("trials") or []
-        counts = trials[0].get("counts") or {} if trials else {}
+        extras["loop_share"] = loop_share(texts)
+    p = run_dir / m.path / "summary.json"
+    if not p.is_file():
+        return None, extras
+    trials = json.loads(p.read_text()).get("trials") or []
+    spec = ((trials[0].get("engine") or {}).get("spec") or {}) if trials else {}
+    if spec.get("accept_length") is None:
+        return None, extras
+    if spec.get("accepted") is not None:
+        counts = trials[0].get("counts") or {}
         decode = int(counts.get("output_tokens") or 0) - int(counts.get("ok") or 0)
         accepted = float(spec["accepted"])
         # counters that span more than this trial's requests would overstate it: then not reported
         if decode > 0 and 0 <= accepted < decode:
-            out["tokens_per_step"] = decode / (decode - accepted)
-    return out
+            extras["tokens_per_step"] = decode / (decode - accepted)
+    return spec, extras
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -189,13 +183,13 @@ def _screen(r: _Runner, cands: list[Arm], c: int) -> tuple[Arm, list[dict[str, A
         ms = r.run(arm, [c], 0, screening=False)
         per: dict[str, Any] = {}
         for m in ms:
-            f = _spec_fig(r.dir, m)
+            f, extras = _trial_figs(r.dir, m)
             per[m.workload] = {
                 "tpot_ms": m.tpot_ms,
                 "output_tok_s": m.output_tok_s,
                 "accept_length": f["accept_length"] if f else None,
                 "accept_rate": f.get("accept_rate") if f else None,
-                **_trial_extras(r.dir, m, f),
+                **extras,
             }
         rows.append(
             {
@@ -223,8 +217,7 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
             )
             d["tpot"].append(m.tpot_ms)
             d["tok"].append(m.output_tok_s)
-            f = _spec_fig(r.dir, m)
-            x = _trial_extras(r.dir, m, f)
+            f, x = _trial_figs(r.dir, m)
             if x["loop_share"] is not None:
                 d["loop"].append(x["loop_share"])
             if x["tokens_per_step"] is not None:
