@@ -176,7 +176,7 @@ def bundle_rows(run_dir: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     }
 
 
-def _mean(xs: list[float]) -> float | None:
+def mean_or_none(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
@@ -209,11 +209,11 @@ def spec_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, A
                         "concurrency": c["concurrency"],
                         "trials": c["trials"],
                         "acceptance_reported": bool(c["accept_length"]),
-                        "accept_length": _mean(c["accept_length"]),
-                        "accept_rate": _mean(c.get("accept_rate") or []),
+                        "accept_length": mean_or_none(c["accept_length"]),
+                        "accept_rate": mean_or_none(c.get("accept_rate") or []),
                         "accept_per_pos_json": dumps(c.get("accept_per_pos") or []),
-                        "standing_tpot_ms": _mean(c["standing_tpot_ms"]),
-                        "tpot_ms": _mean(c["tpot_ms"]),
+                        "standing_tpot_ms": mean_or_none(c["standing_tpot_ms"]),
+                        "tpot_ms": mean_or_none(c["tpot_ms"]),
                         "tpot_speedup": c["tpot_speedup"],
                         "tpot_speedup_ci_lo": sp[0],
                         "tpot_speedup_ci_hi": sp[1],
@@ -223,7 +223,7 @@ def spec_rows(run_dir: Path, cid: str, state: CampaignState) -> list[dict[str, A
                         "verdict": m["gate"]["verdict"],
                         "crossover_concurrency": m.get("crossover_concurrency"),
                         "tier": "DRAFT",
-                        "tokens_per_step": _mean(c.get("tokens_per_step") or []),
+                        "tokens_per_step": mean_or_none(c.get("tokens_per_step") or []),
                         "loop_share": c.get("loop_share"),
                         "standing_loop_share": c.get("standing_loop_share"),
                         # the gate's call on this workload (its concurrency only): win, loss,

@@ -24,6 +24,7 @@ from perftune.bench.workloads import WorkloadSpec, build_workload
 from perftune.campaign.base import Ctx, Gate
 from perftune.campaign.cells import hardware_label
 from perftune.campaign.live_eval import LiveEvaluator
+from perftune.campaign.publish import mean_or_none
 from perftune.campaign.quantize import weights_on_disk
 from perftune.campaign.state import Intent
 from perftune.draft.gate import judge
@@ -126,10 +127,6 @@ def _trial_figs(run_dir: Path, m: Measure) -> tuple[dict[str, Any] | None, dict[
         if decode > 0 and 0 <= accepted < decode:
             extras["tokens_per_step"] = decode / (decode - accepted)
     return spec, extras
-
-
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
 
 
 def dummy_weights(ctx: Ctx, engine: str) -> bool:
@@ -245,8 +242,8 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
                 "accept_rate": cd["rate"],
                 "accept_per_pos": _mean_profile(cd["pos"]),
                 "tokens_per_step": cd["tps"],
-                "loop_share": _mean(cd["loop"]),
-                "standing_loop_share": _mean(sd["loop"]),
+                "loop_share": mean_or_none(cd["loop"]),
+                "standing_loop_share": mean_or_none(sd["loop"]),
                 "tpot_speedup": rp[0] if rp else None,
                 "tpot_speedup_ci95": list(rp[1]) if rp else None,
                 "tok_s_ratio": rt[0] if rt else None,
@@ -371,9 +368,7 @@ def phase7(ctx: Ctx) -> Gate:
                 "levers": v["levers"],
                 "concurrency": v["gate"]["concurrency"],
                 "accept_length": {  # per workload at the gate's concurrency; None: not reported
-                    c["workload"]: (
-                        sum(c["accept_length"]) / len(c["accept_length"]) if c["accept_length"] else None
-                    )
+                    c["workload"]: mean_or_none(c["accept_length"])
                     for c in v["ab"]["cells"]
                     if c["concurrency"] == v["gate"]["concurrency"]
                 },

@@ -25,7 +25,7 @@ from perftune.serving.levers import translate
 from perftune.sim.calibration import DTYPE_FITTABLE, FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
-from perftune.sim.errorbars import residuals
+from perftune.sim.errorbars import regime, residuals
 from perftune.sim.predict import replay_random
 
 
@@ -140,8 +140,6 @@ def from_bundles(
 
 
 def regime_of(m: Measurement) -> str:
-    from perftune.sim.errorbars import regime
-
     cfg = parse_vllm_flags(m.flags, SimConfig())
     return regime(m.concurrency, cfg.weight_dtype, cfg.kv_dtype, m.kind)
 
