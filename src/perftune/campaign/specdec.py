@@ -131,8 +131,8 @@ def _trial_figs(run_dir: Path, m: Measure) -> tuple[dict[str, Any] | None, dict[
 
 def dummy_weights(ctx: Ctx, engine: str) -> bool:
     """Whether the engine serves random weights (`--load-format dummy`): its outputs are not a model's."""
-    args = " ".join(ctx.intent.serving.engine_args.get(engine, []))
-    return "load-format dummy" in args.replace("=", " ") or "load_format dummy" in args.replace("=", " ")
+    args = " ".join(ctx.intent.serving.engine_args.get(engine, [])).replace("=", " ").replace("_", "-")
+    return "load-format dummy" in args
 
 
 def _mean_profile(profiles: list[list[float]]) -> list[float]:
