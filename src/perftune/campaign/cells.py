@@ -378,6 +378,8 @@ def bench_cell(
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(cell_dir, ignore_errors=True)
     wl = workload_spec(ctx, workload, concurrency)
+    # the deployed levers (a baseline cell's are the intent's)
+    served = dict(i.serving.levers.get(engine, {}) if levers is None else levers)
     cfg = BenchConfig(
         endpoint=rec.endpoint,
         model=rec.served_name,
@@ -390,14 +392,12 @@ def bench_cell(
         server_log=rec.log_path,  # compilation logged during a trial flags it
         claim=i.slo.focus,
         baseline=None if config == "baseline" else baseline_name(ctx, engine),  # not compared to itself
-        # the deployed levers (a baseline cell's are the intent's): the %SoL dtypes and the token
-        # accounting (a speculative lever asks for per-chunk usage) read them
-        sol_levers=dict(i.serving.levers.get(engine, {}) if levers is None else levers),
+        # the %SoL dtypes and the token accounting (a speculative lever asks for per-chunk usage) read
+        # the deployed levers
+        sol_levers=served,
         text_vocab=rec.plan.text_prompts_only,
         # the cell's summary.json names its config itself (levers, dtypes, weights, TP)
-        serving=serving_context(
-            ctx, dict(i.serving.levers.get(engine, {}) if levers is None else levers), weights
-        ),
+        serving=serving_context(ctx, served, weights),
     )
     run, _ = bench_to_dir(
         cfg, out_dir=tmp, observer=trial_observer(ctx, cell_dir.name, i.suite.trials, wl.osl)
