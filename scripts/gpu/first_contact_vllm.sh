@@ -8,10 +8,13 @@
 #   optimize: `perftune optimize` phases 0-1 on the same folder (smoke gate judged on generated tokens).
 #
 #   scripts/gpu/first_contact_vllm.sh STAGE PARTS OUT cold|optimize
+# LADDER (optimize; default 16) and NAME (the run folder) from the environment. Issue 21's MoE points
+# (2026-12-03): LADDER=1,16,64 NAME=moe-ladder ... optimize
 set -uo pipefail
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; step=${4:?cold or optimize}
+ladder=${LADDER:-16}
 source "$(dirname "$0")/common.sh"
-gpu_run_setup vllm "first-contact-$step" "$stage" "$parts" "$out"
+gpu_run_setup vllm "${NAME:-first-contact-$step}" "$stage" "$parts" "$out"
 model="$stage/dsv2-lite"
 common=(--model "dsv2-lite" --workload random --isl 1024 --osl 128 --concurrency 16 --num-requests 64
         --trials 3 --hardware 1xH200 --gpu h200 --model-card "$model")
@@ -37,7 +40,7 @@ if [ "$step" = cold ]; then
 else
   log "optimize phases 0-1"
   pt optimize "$model" --engines vllm --gpu h200 --engine-arg vllm=--load-format=dummy \
-    --engine-arg vllm=--max-model-len=4096 --workloads random --ladder 16 --trials 3 --until 1 --yes \
+    --engine-arg vllm=--max-model-len=4096 --workloads random --ladder "$ladder" --trials 3 --until 1 --yes \
     --runs-dir "$r/campaign" --lake "$r/lake.duckdb" --registry "$r/kg.yaml" --findings "$r/findings.yaml" \
     > "$r/optimize.out" 2> "$r/optimize.err"
   log "optimize rc=$?"

@@ -117,6 +117,13 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
     vLLM's crowned arm changed is inside that grid at all."""
     mine = [(stage, s) for engine, stage, s in res.outcomes if engine == "vllm"]
     screens = [s for stage, s in mine if stage == "screen"]
+    priced = (
+        "mean screening deploy"
+        if screens
+        else "mean full-treatment deploy (no screening ran; a full deploy runs the whole ladder, so this "
+        "over-prices a point)"
+    )
+    screens = screens or [s for stage, s in mine if stage == "full"]
     per_point = sum(screens) / len(screens) if screens else 0.0
     if per_point <= 0:
         return ""
@@ -133,8 +140,8 @@ def autotune_equivalent(res: Any, workloads: int) -> str:
         else f"{n} of the {points} points of its default grid ({grid})"
     )
     line = (
-        f"vLLM auto_tune in the same {spent / 60:.1f} GPU-min: priced at this run's mean screening "
-        f"deploy ({per_point:.0f} s: one server start plus one short run of each of {workloads} "
+        f"vLLM auto_tune in the same {spent / 60:.1f} GPU-min: priced at this run's {priced} "
+        f"({per_point:.0f} s: one server start plus one run of each of {workloads} "
         f"workload(s)), {cover}; one run per point (no repeat trials, no interval), over 2 levers."
     )
 

@@ -1,5 +1,7 @@
 """The tuner: prune, screen, successive halving, full interleaved treatment, compose, crown. Pure
-except for the evaluator it drives (a live engine, or the simulator in virtual time).
+except for the evaluator it drives (a live engine, or the simulator in virtual time). Screening exists
+to choose finalists: when every arm would be one (no more challengers than top_k, e.g. a two-arm A/B)
+it is skipped and the full treatment starts at once. An arm whose deploy failed is not deployed again.
 
 Order is interleaved: every pass visits each surviving arm once (A B C A B C), so drift of the node
 (thermals, clocks, a noisy neighbour) spreads over all arms instead of biasing the ones measured last.
@@ -329,10 +331,18 @@ def run_tuner(
         mine = [a for a in arms if a.engine == engine]
         base = mine[0]
         live = run.prune(mine, base)
-        screen = run.screen(live)  # 1
-        finalists, per_full = run.plan_and_halve(engine, live, base, screen)  # 2
+        if len(live) - (base in live) <= cfg.top_k:  # every arm is a finalist: nothing to screen for
+            finalists, per_full = live, 0.0
+            run.res.notes.append(
+                f"{engine}: screening skipped: {len(live)} arm(s), all finalists (top {cfg.top_k}); "
+                "the full treatment runs at once"
+            )
+        else:
+            screen = run.screen(live)  # 1
+            finalists, per_full = run.plan_and_halve(engine, live, base, screen)  # 2
         for a, t in interleave(finalists, range(cfg.trials)):  # 3
-            run.spend("full", a, t, cfg.ladder, False)
+            if a.key not in run.failed:  # a deploy that failed is not paid for again
+                run.spend("full", a, t, cfg.ladder, False)
         run.compose_round(engine, base, finalists, per_full)  # 4
         run.res.engines.append(run.crown(engine, base, finalists))  # 5
     return run.res

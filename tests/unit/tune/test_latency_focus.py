@@ -104,8 +104,9 @@ def test_latency_focus_crowns_the_lower_tpot_arm_even_with_lower_tok_s() -> None
         "baseline": (100.0, 20.0, 300.0),
         "snappy": (60.0, 15.0, 300.0),  # lower TPOT, lower tok/s
         "bulky": (150.0, 25.0, 300.0),  # higher tok/s, higher TPOT
+        "meh": (90.0, 22.0, 300.0),  # a third challenger: more than top_k, so screening runs
     }
-    lat = run_tuner(_arms("baseline", "snappy", "bulky"), node := Node(arms), LATENCY)
+    lat = run_tuner(_arms("baseline", "snappy", "bulky", "meh"), node := Node(arms), LATENCY)
     e = lat.engines[0]
     assert e.crowned is not None and e.crowned.name == "snappy", e.verdict
     assert e.focus == "latency" and e.concurrency == 16 and "median TPOT" in e.metric

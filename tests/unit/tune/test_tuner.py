@@ -192,10 +192,12 @@ def test_no_halving_rung_when_every_survivor_reaches_the_final() -> None:
 def test_autotune_equivalent_is_priced_from_this_runs_screening_deploys() -> None:
     from perftune.campaign.tuning import autotune_equivalent
 
-    node = FakeNode({"baseline": 10, "x": 12, "y": 11})
-    res = run_tuner(_arms(["baseline", "x", "y"], "vllm"), node, CFG)
+    node = FakeNode({"baseline": 10, "x": 12, "y": 11, "z": 9})
+    arms = ["baseline", "x", "y", "z"]  # 3 challengers, top_k 2: screening runs
+    res = run_tuner(_arms(arms, "vllm"), node, CFG)
     per_screen = 60.0 + 10.0  # FakeNode: 60 s deploy + 10 s per concurrency, screening runs one
     line = autotune_equivalent(res, 1)
+    assert "mean screening deploy" in line
     n = int(res.gpu_s // per_screen)
     assert (
         f"({per_screen:.0f} s:" in line
@@ -203,19 +205,39 @@ def test_autotune_equivalent_is_priced_from_this_runs_screening_deploys() -> Non
         and f"{n - 8} more runs" in line
     )
     short = run_tuner(
-        _arms(["baseline", "x", "y"], "vllm"),
+        _arms(arms, "vllm"),
         FakeNode(node.quality),
         TuneConfig(**{**CFG.__dict__, "budget_gpu_s": 300}),
     )
     assert f"{int(short.gpu_s // per_screen)} of the 8 points" in autotune_equivalent(short, 1)
     # two engines tuned: auto_tune is priced in vLLM's own share of the GPU time, not the total
     both = run_tuner(
-        _arms(["baseline", "x", "y"], "vllm") + _arms(["baseline", "x", "y"], "sim"),
+        _arms(arms, "vllm") + _arms(arms, "sim"),
         FakeNode(node.quality),
         CFG,
     )
     vllm_s = sum(s for engine, _stage, s in both.outcomes if engine == "vllm")
     assert vllm_s < both.gpu_s and f"in the same {vllm_s / 60:.1f} GPU-min" in autotune_equivalent(both, 1)
+    # a two-arm A/B skips screening: priced from its full deploys (60 s + 2 concurrencies x 10 s), and says so
+    ab = run_tuner(_arms(["baseline", "x"], "vllm"), FakeNode(node.quality), CFG)
+    assert "(80 s:" in (ab_line := autotune_equivalent(ab, 1)) and "no screening ran" in ab_line
+
+
+def test_a_two_arm_ab_skips_screening_and_a_failed_arm_is_not_redeployed() -> None:
+    node = FakeNode({"baseline": 10, "x": 12})
+    res = run_tuner(_arms(["baseline", "x"]), node, CFG)
+    assert [stage for *_x, stage in res.order] == ["full"] * 6  # 2 arms x 3 trials, nothing screened
+    assert [(a, t) for a, t, _s in node.calls] == [(n, t) for t in range(3) for n in ("baseline", "x")]
+    assert any("screening skipped" in n for n in res.notes)
+    assert res.engines[0].crowned is not None and res.engines[0].crowned.name == "x"
+    # more challengers than top_k (2): screening runs, one short deploy each
+    res = run_tuner(_arms(["baseline", "x", "y", "z"]), FakeNode({"baseline": 10, "x": 12, "y": 11}), CFG)
+    assert sum(1 for *_x, stage in res.order if stage == "screen") == 4
+    # a finalist whose deploy crashes is deployed once, not once per trial
+    node = FakeNode({"baseline": 10, "x": 12}, failing={"x": "crash"})
+    res = run_tuner(_arms(["baseline", "x"]), node, CFG)
+    assert [a for a, _t, _s in node.calls].count("x") == 1 and len(res.failures) == 1
+    assert res.engines[0].crowned is None or res.engines[0].crowned.name == "baseline"
 
 
 def test_a_time_box_stops_between_deploys_and_the_rerun_resumes(tmp_path) -> None:  # type: ignore[no-untyped-def]
