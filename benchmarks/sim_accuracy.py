@@ -6,7 +6,10 @@ dense Llama-3.1-8B with dummy weights, 3 trials each):
   12-point ISL/OSL/concurrency sweep, and the phase 1 and 3 cells of the tune campaign (`--from`);
 - H200 (run 2, 2026-12-02): the SLO capacity search's closed-loop points, engine defaults (7) and FP8 KV
   cache (7; the bundle's README says `--kv-cache-dtype fp8`: its cells' context does not, so it is set
-  here).
+  here);
+- H200 (run 3, 2026-12-03): `perftune tune` bf16 vs FP8 weights (`--quantization fp8`) at c=1 and c=24,
+  3 deploys each (averaged into one 3-trial point), and its phase 1 bf16 c=16 cell (5 points). With
+  FP8 weights at two concurrencies, holding one out leaves the other to fit the FP8-weight factor.
 Regimes (perftune.sim.errorbars): concurrency band (c1-4, c5-48, c49+) x dtype x workload, per GPU.
 Each regime is held out in turn: the simulator is calibrated on that GPU's other points and predicts the
 held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
@@ -57,11 +60,31 @@ def h100_points() -> list[Measurement]:
     return shared + main + sweep + tune
 
 
-def h200_points() -> list[Measurement]:
+def merged(ms: list[Measurement]) -> list[Measurement]:
+    """The per-deploy trials of one (flags, concurrency) point (a tune's full treatment: one trial per
+    fresh deploy), averaged into one point of that many trials."""
+    groups: dict[tuple[tuple[str, ...], int], list[Measurement]] = {}
+    for m in ms:
+        groups.setdefault((tuple(m.flags), m.concurrency), []).append(m)
+    out = []
+    for g in groups.values():
+        avg = {k: float(np.mean([getattr(m, k) for m in g])) for k in METRICS}
+        src = g[0].source if len(g) == 1 else f"{len(g)} deploys: {g[0].source.rsplit('/', 2)[0]}"
+        out.append(g[0].model_copy(update={"source": src, "trials": sum(m.trials for m in g), **avg}))
+    return sorted(out, key=lambda m: (m.flags, m.concurrency))
+
+
+def h200_points(fresh: bool = True) -> list[Measurement]:
+    """Run 2's 14 closed-loop points, and (fresh) run 3's 5: the 2026-12-03 tune of bf16 vs FP8 weights
+    at c=1 and c=24 (3 deploys each) and its phase 1 bf16 c=16 cell."""
     cap = R / "2026-12-02-h200-vllm-0.26.0-slo-capacity"
     base, _ = from_bundles([cap / "baseline-closed"], "h200")
     fp8, _ = from_bundles([cap / "fp8kv-closed"], "h200")
-    return base + [m.model_copy(update={"flags": [*m.flags, "--kv-cache-dtype", "fp8"]}) for m in fp8]
+    run2 = base + [m.model_copy(update={"flags": [*m.flags, "--kv-cache-dtype", "fp8"]}) for m in fp8]
+    if not fresh:
+        return run2
+    run3, _ = from_bundles([R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/fp8-ab/campaign"], "h200")
+    return run2 + merged(run3)
 
 
 def held_out(
@@ -97,13 +120,13 @@ def held_out(
 
 def main() -> int:
     h100, h200 = h100_points(), h200_points()
-    print(f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (run 2026-12-02)")
+    print(f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02/03)")
     print("GPU   held-out regime          points                       | held-out APE per metric (mean)")
     e1, in1 = held_out("H100", h100, {"device_memory_mib": H100_MIB, "kv_tokens": H100_KV})
     e2, in2 = held_out("H200", h200, {})
     errs = e1 + e2
     # the MoE check: DeepSeek-V2-Lite on the H200 (dummy weights), predicted by the H200 dense fit (all
-    # 14 points) at the routing-spread prior (independent uniform routing) and at the spread that
+    # its points) at the routing-spread prior (independent uniform routing) and at the spread that
     # matches its TPOT (bisection: fitted to this one point, so not a held-out figure)
     moe, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
     card, g = model_card("deepseek-v2-lite"), gpu("h200")

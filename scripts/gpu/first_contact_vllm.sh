@@ -7,19 +7,36 @@
 #             warmup-until-stable, for contrast.
 #   optimize: `perftune optimize` phases 0-1 on the same folder (smoke gate judged on generated tokens).
 #
-#   scripts/gpu/first_contact_vllm.sh STAGE PARTS OUT cold|optimize
-# LADDER (optimize; default 16) and NAME (the run folder) from the environment. Issue 21's MoE points
-# (2026-12-03): LADDER=1,16,64 NAME=moe-ladder ... optimize
+#   ladder:   one `perftune deploy`, then `perftune bench run` at every concurrency of LADDER (default
+#             1,16,64), 3 trials each, cache reset per trial (issue 21's MoE points; phase 1 of
+#             optimize measures the baseline concurrency only, so it cannot give a ladder).
+#
+#   scripts/gpu/first_contact_vllm.sh STAGE PARTS OUT cold|optimize|ladder
+# LADDER and NAME (the run folder) from the environment.
 set -uo pipefail
 stage=${1:?stage dir}; parts=${2:?parts dir}; out=${3:?out dir}; step=${4:?cold or optimize}
-ladder=${LADDER:-16}
+ladder=${LADDER:-1,16,64}
 source "$(dirname "$0")/common.sh"
 gpu_run_setup vllm "${NAME:-first-contact-$step}" "$stage" "$parts" "$out"
 model="$stage/dsv2-lite"
 common=(--model "dsv2-lite" --workload random --isl 1024 --osl 128 --concurrency 16 --num-requests 64
         --trials 3 --hardware 1xH200 --gpu h200 --model-card "$model")
 
-if [ "$step" = cold ]; then
+if [ "$step" = ladder ]; then
+  log "deploy vllm (dsv2-lite dummy)"
+  pt deploy --engine vllm --model "$model" --served-name dsv2-lite --ready-timeout-s 500 --detach --json \
+    --runs-dir "$r/deploy" -- --load-format dummy --max-model-len 4096 > "$r/deploy.json" 2> "$r/deploy.err" \
+    || { log "deploy failed"; exit 1; }
+  ep=$(python3 -c "import json; print(json.load(open('$r/deploy.json'))['endpoint'])")
+  rid=$(python3 -c "import json; print(json.load(open('$r/deploy.json'))['run_id'])")
+  for c in ${ladder//,/ }; do
+    log "bench c=$c"
+    pt bench run --endpoint "$ep" --model dsv2-lite --workload random --isl 1024 --osl 128 --concurrency "$c" \
+      --num-requests $(( c * 2 > 32 ? c * 2 : 32 )) --trials 3 --hardware 1xH200 --gpu h200 \
+      --model-card "$model" --out "$r/bench-c$c" > "$r/bench-c$c.txt" 2>&1; log "c=$c rc=$?"
+  done
+  pt deploy down "$rid" --runs-dir "$r/deploy" >> "$r/steps.log" 2>&1
+elif [ "$step" = cold ]; then
   log "deploy vllm (dsv2-lite dummy)"
   pt deploy --engine vllm --model "$model" --served-name dsv2-lite --ready-timeout-s 500 --detach --json \
     --runs-dir "$r/deploy" -- --load-format dummy --max-model-len 4096 > "$r/deploy.json" 2> "$r/deploy.err"
@@ -40,7 +57,7 @@ if [ "$step" = cold ]; then
 else
   log "optimize phases 0-1"
   pt optimize "$model" --engines vllm --gpu h200 --engine-arg vllm=--load-format=dummy \
-    --engine-arg vllm=--max-model-len=4096 --workloads random --ladder "$ladder" --trials 3 --until 1 --yes \
+    --engine-arg vllm=--max-model-len=4096 --workloads random --ladder 16 --trials 3 --until 1 --yes \
     --runs-dir "$r/campaign" --lake "$r/lake.duckdb" --registry "$r/kg.yaml" --findings "$r/findings.yaml" \
     > "$r/optimize.out" 2> "$r/optimize.err"
   log "optimize rc=$?"
