@@ -76,7 +76,9 @@ def test_tune_crowns_an_arm_with_three_interleaved_trials(tmp_path: Path) -> Non
         assert c.context["claim"] == "throughput" and c.context["metric_isolated"] is True
         assert c.tier == "DRAFT" and "simulated server" in c.context["tier_reasons"]  # never a VERDICT
     assert base.trials == 3 and len(set(base.trial_paths)) == 3 and "full.t2" in base.trial_paths[2]
-    assert any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())  # kept apart
+    # 2 challengers, top_k 3: both are finalists, so nothing is screened and TUNE.md says so
+    assert not any(".screen." in p.name for p in (run_dir / "phase3" / "trials").iterdir())
+    assert "screening skipped: 3 arm(s), all finalists" in md
     # each trial's own summary.json names its config too (what `sim calibrate --from` reads)
     for d in (run_dir / "phase3" / "trials").iterdir():
         tctx = json.loads((d / "summary.json").read_text())["context"]
