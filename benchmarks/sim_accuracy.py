@@ -15,8 +15,8 @@ Each regime is held out in turn: the simulator is calibrated on that GPU's other
 held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
 regime. The held-out point's interval (from the fit's residuals, flagged as extrapolated: its regime is
 by construction not calibrated) is checked too. The MoE cell (DeepSeek-V2-Lite, H200, c=16, dummy
-weights) is predicted by the H200 dense fit and shown apart, at the routing-spread prior and at the
-spread fitted to it: one point is a check, not a regime.
+weights) is predicted by the H200 dense fit and shown apart, at the MoE priors and with its two MoE
+factors (routing spread, MoE GEMM efficiency) fitted to it: one point is a check, not a regime.
 
 Prints the per-regime table and ends with
     held-out MAPE: tpot=X% output_tok_s=Y% ttft=Z% (n=N points)
@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from perftune.hardware.ceilings import gpu
+from perftune.hardware.ceilings import Gpu, gpu
+from perftune.models.card import ModelCard
 from perftune.models.resolve import model_card
 from perftune.sim.calibrate import (
     Measurement,
@@ -42,6 +44,7 @@ from perftune.sim.calibrate import (
     predict_point,
     regime_of,
 )
+from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
 
 R = Path(__file__).resolve().parent / "results"
@@ -85,6 +88,31 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
         return run2
     run3, _ = from_bundles([R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/fp8-ab/campaign"], "h200")
     return run2 + merged(run3)
+
+
+def bisect(f: Callable[[float], float], target: float, lo: float = 0.0, hi: float = 1.0) -> float:
+    """The x in [lo, hi] where f(x) meets target, f above target meaning x is too small (12 halvings)."""
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > target else (lo, mid)
+    return lo
+
+
+def fit_moe_point(card: ModelCard, g: Gpu, cal: Calibration, m: Measurement) -> Calibration:
+    """The two MoE factors fitted to one measured point, the dense factors held: the routing spread to
+    its TPOT (decode reads the experts its batch touches) and the MoE GEMM efficiency to its TTFT
+    (prefill is FLOP bound), alternated twice since each moves the other metric a little."""
+
+    def tpot_at(spread: float) -> float:  # grows with the spread: negated, so "above" means go right
+        return -predict_point(card, g, cal.model_copy(update={"moe_routing_spread": spread}), m).tpot_ms
+
+    def ttft_at(eff: float) -> float:  # falls as the MoE GEMM rate rises: above the target, go right
+        return predict_point(card, g, cal.model_copy(update={"moe_gemm_efficiency": eff}), m).ttft_ms
+
+    for _ in range(2):
+        cal = cal.model_copy(update={"moe_routing_spread": bisect(tpot_at, -m.tpot_ms)})
+        cal = cal.model_copy(update={"moe_gemm_efficiency": bisect(ttft_at, m.ttft_ms, lo=0.05)})
+    return cal
 
 
 def held_out(
@@ -132,13 +160,16 @@ def main() -> int:
     card, g = model_card("deepseek-v2-lite"), gpu("h200")
     cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)
     for m in moe:
-        lo, hi = 0.0, 1.0
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            p = predict_point(card, g, cal.model_copy(update={"moe_routing_spread": mid}), m)
-            lo, hi = (mid, hi) if p.tpot_ms < m.tpot_ms else (lo, mid)
-        for label, spread in (("prior spread 1.0", 1.0), (f"spread {lo:.3f} (fitted here)", lo)):
-            p = predict_point(card, g, cal.model_copy(update={"moe_routing_spread": spread}), m, trials=3)
+        fitted = fit_moe_point(card, g, cal, m)
+        for label, c in (
+            ("priors (uniform routing, dense GEMM rate)", cal),
+            (
+                f"spread {fitted.moe_routing_spread:.3f}, MoE GEMM {fitted.moe_gemm_efficiency:.3f} "
+                "(fitted here)",
+                fitted,
+            ),
+        ):
+            p = predict_point(card, g, c, m, trials=3)
             a = ape(p, m)
             print(
                 f"MoE check (not in the MAPE): DeepSeek-V2-Lite c={m.concurrency} H200, {label} | TPOT "

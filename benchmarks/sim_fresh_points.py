@@ -8,8 +8,8 @@ The H200 fit is the one `benchmarks/sim_accuracy.py` uses (the 14 committed clos
   trial a fresh deploy with a cache reset (the three deploys of a point are averaged here);
 - phase 1: bf16 at c=16, 3 trials in one deploy;
 - the MoE: DeepSeek-V2-Lite (MLA + MoE, dummy weights), phase 1 at c=16, 3 trials, predicted with the
-  routing spread fitted to the 2026-12-02 run's c=16 point (the same regime measured again on another
-  machine: a repeat check, not a new regime).
+  two MoE factors (routing spread, MoE GEMM efficiency) fitted to the 2026-12-02 run's c=16 point (the
+  same regime measured again on another machine: a repeat check, not a new regime).
 No committed point has FP8 weights, so the FP8-weight kernel factor stays at its prior (the roofline
 ratio): the FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds these points to its H200
 set, where the two FP8 concurrencies fit the factor for each other.
@@ -36,7 +36,7 @@ from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_accuracy import MAXITER, R, h200_points, merged
+from sim_accuracy import MAXITER, R, fit_moe_point, h200_points, merged
 
 RUN = R / "2026-12-03-h200-vllm-0.26.0-fp8-moe"
 METRICS = ("tpot_ms", "output_tok_s", "ttft_ms")
@@ -80,15 +80,10 @@ def main() -> int:
     old, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
     moe_card = model_card("deepseek-v2-lite")
     mcal = fit(dense, g, h200_points(fresh=False), base_calibration(moe_card, g), maxiter=MAXITER)
-    lo, hi = 0.0, 1.0
-    for _ in range(12):  # the spread that matches the 2026-12-02 c=16 TPOT (bisection)
-        mid = (lo + hi) / 2
-        p = predict_point(moe_card, g, mcal.model_copy(update={"moe_routing_spread": mid}), old[0])
-        lo, hi = (mid, hi) if p.tpot_ms < old[0].tpot_ms else (lo, mid)
-    mcal = mcal.model_copy(update={"moe_routing_spread": lo})
+    mcal = fit_moe_point(moe_card, g, mcal, old[0])  # the 2026-12-02 c=16 point
     moe, _ = from_bundles([RUN / "moe-ladder/campaign"], "h200")
     for m in moe:
-        i, n = show(f"DeepSeek-V2-Lite, spread {lo:.3f}", m, "deepseek-v2-lite", mcal)
+        i, n = show("DeepSeek-V2-Lite (MoE fit 12-02)", m, "deepseek-v2-lite", mcal)
         tot[0] += i
         tot[1] += n
     print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu, all_gpus
 from perftune.models.card import WEIGHT_BYTES, ModelCard
 from perftune.serving.levers import translate
-from perftune.sim.calibration import DTYPE_FITTABLE, FITTABLE, Calibration
+from perftune.sim.calibration import DTYPE_FITTABLE, FITTABLE, MOE_FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
 from perftune.sim.errorbars import regime, residuals
@@ -144,6 +144,11 @@ def regime_of(m: Measurement) -> str:
     return regime(m.concurrency, cfg.weight_dtype, cfg.kv_dtype, m.kind)
 
 
+def _dtypes(m: Measurement) -> set[str]:
+    """The dtype parts of a point's regime: {'bf16'}, {'fp8w'}, {'fp8w', 'fp8kv'}..."""
+    return set(regime_of(m).split("/")[1].split("+"))
+
+
 def load_measurements(paths: Sequence[str | Path], gpu_override: str | None = None) -> list[Measurement]:
     out: list[Measurement] = []
     for p in map(Path, paths):
@@ -217,10 +222,10 @@ def fit(
     from scipy.optimize import minimize
 
     base = base or Calibration(gpu=g.key)
-    seen = {part for m in points for part in regime_of(m).split("/")[1].split("+")}
+    seen = {part for m in points for part in _dtypes(m)}
     keys = [*FITTABLE, *(f for d, f in DTYPE_FITTABLE.items() if d in seen)]
     if card.moe is not None:
-        keys.append("moe_routing_spread")
+        keys += MOE_FITTABLE
     x0 = np.log([getattr(base, k) or 1e-3 for k in keys])
     upper = {
         "hbm_efficiency": 1.0,
@@ -229,6 +234,7 @@ def fit(
         "fp8_weight_efficiency": 2.0,
         "fp8_kv_efficiency": 2.0,
         "moe_routing_spread": 1.0,
+        "moe_gemm_efficiency": 1.0,
     }
 
     def make(x: np.ndarray) -> Calibration:
@@ -236,15 +242,24 @@ def fit(
         return base.model_copy(update=vals)
 
     def loss(x: np.ndarray) -> float:
-        cal = make(x)
-        total = 0.0
-        for m in points:
-            p = predict_point(card, g, cal, m)
-            total += sum(w * math.log(getattr(p, k) / getattr(m, k)) ** 2 for k, w in WEIGHTS.items())
-        return total / len(points)
+        return _points_loss(card, g, make(x), points)
 
     res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6})
-    cal = make(res.x)
+    x = np.array(res.x)
+    # A dtype's factor is a ratio to the bf16 kernels, seen only in that dtype's points (often one or two
+    # among many): the joint simplex barely moves it from its prior. So each is then refitted alone (1-D,
+    # bounded) on its own points, the shared factors held at their joint fit.
+    for i, k in enumerate(keys):
+        dtype = next((d for d, f in DTYPE_FITTABLE.items() if f == k), None)
+        if mine := [m for m in points if dtype in _dtypes(m)]:
+
+            def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
+                y = x.copy()
+                y[i] = v
+                return _points_loss(card, g, make(y), pts)
+
+            x[i] = _fit_one(own, upper[k])
+    cal = make(x)
     preds = [predict_point(card, g, cal, m) for m in points]
     errs = [ape(p, m) for p, m in zip(preds, points, strict=True)]
     table = residuals(
@@ -261,7 +276,7 @@ def fit(
                     "piecewise_launch_ms",
                     "jitter_cv",
                     *DTYPE_FITTABLE.values(),
-                    "moe_routing_spread",
+                    *MOE_FITTABLE,
                 )
                 if k not in keys
             ],
@@ -272,6 +287,23 @@ def fit(
             "residuals": table,
         }
     )
+
+
+def _points_loss(card: ModelCard, g: Gpu, cal: Calibration, points: Sequence[Measurement]) -> float:
+    """The fit's loss: the weighted mean squared log ratio of predicted to measured, over the points."""
+    total = 0.0
+    for m in points:
+        p = predict_point(card, g, cal, m)
+        total += sum(w * math.log(getattr(p, k) / getattr(m, k)) ** 2 for k, w in WEIGHTS.items())
+    return total / len(points)
+
+
+def _fit_one(f: Callable[[float], float], upper: float) -> float:
+    """The log-scale value in [log 0.1, log upper] minimising f (bounded Brent)."""
+    from scipy.optimize import minimize_scalar
+
+    r = minimize_scalar(f, bounds=(math.log(0.1), math.log(upper)), method="bounded", options={"xatol": 1e-3})
+    return float(r.x)
 
 
 def base_calibration(

@@ -21,6 +21,7 @@ from perftune.util.atomic import write_text
 
 # fitted only when the measurements hold that dtype (a factor no point constrains stays a prior)
 DTYPE_FITTABLE = {"fp8w": "fp8_weight_efficiency", "fp8kv": "fp8_kv_efficiency"}
+MOE_FITTABLE = ("moe_routing_spread", "moe_gemm_efficiency")  # fitted when the model is a MoE
 FITTABLE = (
     "hbm_efficiency",
     "gemm_efficiency",
@@ -72,6 +73,14 @@ class Calibration(BaseModel):
         "routing, a prior; 0: every token shares one set of experts). Fitted when the measurements are "
         "of a MoE model; dummy weights route correlated tokens, so a fit on them understates a trained "
         "router's spread",
+    )
+    moe_gemm_efficiency: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="MoE: the routed experts' GEMM FLOP rate relative to the dense GEMMs' (fused MoE "
+        "kernels over uneven expert loads: prefill-heavy steps feel it, weight-read-bound decode does "
+        "not). 1.0 is a prior; fitted when the measurements are of a MoE model",
     )
     fp8_kv_efficiency: float = Field(
         1.0,
@@ -137,7 +146,7 @@ def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
             "piecewise_launch_ms",
             "jitter_cv",
             *DTYPE_FITTABLE.values(),
-            "moe_routing_spread",
+            *MOE_FITTABLE,
         ],
         note="no calibration for this GPU: every factor is a prior",
     )

@@ -70,11 +70,13 @@ class StepModel:
         a2a_per_token = (
             2 * (tp - 1) / tp * ep_layers * (card.moe.top_k if card.moe else 0) * card.hidden_size * 2.0
         )
+        routed_params = card.params.routed_experts_active if card.moe else 0  # per token
         routed = card.params.routed_experts * bpp / tp if card.moe else 0.0
         routed_active = card.params.routed_experts_active * bpp / tp if card.moe else 0.0
         return cls(
             weight_read_s=(card.active_params * bpp / tp - routed_active) / bw,
-            flop_s_per_token=2.0 * card.active_params / tp / flops,
+            flop_s_per_token=2.0 * (card.active_params - routed_params) / tp / flops
+            + 2.0 * routed_params / tp / (flops * cal.moe_gemm_efficiency),
             kv_read_s_per_token=kv_tok / kv_bw,
             attn_s_per_pair=pair_flops / attn_flops,
             allreduce_s_per_token=(

@@ -123,3 +123,34 @@ def test_fp8_kernel_factors_are_fitted_only_where_measured(tmp_path: Path) -> No
     assert bf16.kv_read_s_per_token == pytest.approx(
         StepModel.build(card, g, SimConfig(), Calibration(gpu="h200")).kv_read_s_per_token
     )
+
+
+def test_a_dtype_factor_seen_in_one_point_is_recovered_by_its_own_refit() -> None:
+    """One FP8-weight point among bf16 ones, made by the simulator itself at a factor of 0.75: the joint
+    simplex alone (2 iterations here) leaves the factor near its prior of 1.0; the 1-D refit on the
+    dtype's own points recovers 0.75, and the point is then predicted to within a few percent."""
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+    from perftune.sim.calibrate import Measurement, fit, predict_point
+    from perftune.sim.calibration import Calibration
+
+    card, g = model_card("llama-3.1-8b"), gpu("h200")
+    truth = Calibration(gpu="h200", fp8_weight_efficiency=0.75)
+
+    def point(c: int, flags: list[str]) -> Measurement:
+        m = Measurement(
+            source=f"synthetic c={c} {flags}", gpu="h200", engine="vllm", engine_version="0.26.0",
+            flags=flags, isl=1024, osl=128, concurrency=c, num_requests=2 * c, trials=1,
+            tpot_ms=1.0, tpot_stat="median", ttft_ms=1.0, output_tok_s=1.0,
+        )  # fmt: skip
+        p = predict_point(card, g, truth, m)
+        return m.model_copy(
+            update={"tpot_ms": p.tpot_ms, "ttft_ms": p.ttft_ms, "output_tok_s": p.output_tok_s}
+        )
+
+    pts = [point(1, []), point(8, []), point(16, []), point(8, ["--quantization", "fp8"])]
+    cal = fit(card, g, pts, Calibration(gpu="h200"), maxiter=2)
+    assert "fp8_weight_efficiency" in cal.fitted
+    assert cal.fp8_weight_efficiency == pytest.approx(0.75, rel=0.05)
+    fp8 = predict_point(card, g, cal, pts[-1])
+    assert fp8.tpot_ms == pytest.approx(pts[-1].tpot_ms, rel=0.05)

@@ -94,3 +94,23 @@ def test_routing_spread_interpolates_between_shared_and_independent_experts() ->
     # spread 0: 16 tokens read what one does; spread 0.5: what 1 + 0.5 x 15 = 8.5 independent tokens do
     assert shared.experts_touched(16) == pytest.approx(6 / 64)
     assert half.experts_touched(16) == pytest.approx(1 - (58 / 64) ** 8.5)
+
+
+def test_the_moe_gemm_rate_slows_prefill_not_a_small_decode_and_leaves_dense_models_alone() -> None:
+    """moe_gemm_efficiency divides the routed experts' FLOP rate: a prefill-sized step (FLOP bound) slows
+    by the routed share of its FLOPs; a 16-token decode step (weight-read bound) does not move; a dense
+    model has no routed FLOPs to slow."""
+    card = model_card("deepseek-v2-lite")
+    cal = for_gpu(H100)
+    fast = StepModel.build(card, H100, SimConfig(), cal)
+    slow = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_gemm_efficiency": 0.5}))
+    routed = card.params.routed_experts_active / card.active_params
+    assert 0.3 < routed < 1.0
+    assert slow.flop_s_per_token == pytest.approx(fast.flop_s_per_token * (1 + routed))
+    assert slow.step_s(16, 16384, 0, 0.0, False) > 1.2 * fast.step_s(16, 16384, 0, 0.0, False)
+    decode = (16, 16, 16 * 1024, 0.0, True)  # 16 sequences, one token each, 1,024 of context each
+    assert slow.step_s(*decode) == pytest.approx(fast.step_s(*decode))
+    dense = model_card("llama-3.1-8b")
+    a = StepModel.build(dense, H100, SimConfig(), cal)
+    b = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_gemm_efficiency": 0.5}))
+    assert a.flop_s_per_token == b.flop_s_per_token
