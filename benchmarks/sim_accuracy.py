@@ -154,8 +154,8 @@ def main() -> int:
     e2, in2 = held_out("H200", h200, {})
     errs = e1 + e2
     # the MoE check: DeepSeek-V2-Lite on the H200 (dummy weights), predicted by the H200 dense fit (all
-    # its points) at the routing-spread prior (independent uniform routing) and at the spread that
-    # matches its TPOT (bisection: fitted to this one point, so not a held-out figure)
+    # its points) at the MoE priors (independent uniform routing, the dense GEMM rate) and with the two
+    # MoE factors fitted to it (bisection: fitted to this one point, so not a held-out figure)
     moe, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
     card, g = model_card("deepseek-v2-lite"), gpu("h200")
     cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)

@@ -36,10 +36,9 @@ from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_accuracy import MAXITER, R, fit_moe_point, h200_points, merged
+from sim_accuracy import MAXITER, METRICS, R, fit_moe_point, h200_points, merged
 
 RUN = R / "2026-12-03-h200-vllm-0.26.0-fp8-moe"
-METRICS = ("tpot_ms", "output_tok_s", "ttft_ms")
 
 
 def show(label: str, m: Measurement, card_name: str, cal: Calibration) -> tuple[int, int]:
@@ -47,15 +46,16 @@ def show(label: str, m: Measurement, card_name: str, cal: Calibration) -> tuple[
     p = predict_point(card, g, cal, m, trials=3)
     reg = regime_of(m)
     inside = 0
+    far = False
     cells = []
     for k in METRICS:
         b = interval(k, getattr(p, k), reg, cal.residuals)
         ok = b.contains(getattr(m, k))
         inside += ok
+        far = far or b.extrapolated
         lo = f"{b.lo:.4g}" if b.lo is not None else "?"
         hi = f"{b.hi:.4g}" if b.hi is not None else "?"
         cells.append(f"{k} {getattr(p, k):.4g} [{lo}, {hi}] vs {getattr(m, k):.4g} {'in' if ok else 'OUT'}")
-    far = any(interval(k, 1.0, reg, cal.residuals).extrapolated for k in METRICS)
     flag = " (extrapolated)" if far else ""
     print(f"{label:34s} c={m.concurrency:<3d} {reg}{flag} | " + " | ".join(cells))
     return inside, len(METRICS)
@@ -64,9 +64,10 @@ def show(label: str, m: Measurement, card_name: str, cal: Calibration) -> tuple[
 def main() -> int:
     g = gpu("h200")
     dense = model_card("llama-3.1-8b")
-    cal = fit(dense, g, h200_points(fresh=False), base_calibration(dense, g), maxiter=MAXITER)
+    committed = h200_points(fresh=False)
+    cal = fit(dense, g, committed, base_calibration(dense, g), maxiter=MAXITER)
     print(
-        f"H200 fit on {len(h200_points(fresh=False))} committed points; FP8-weight factor "
+        f"H200 fit on {len(committed)} committed points; FP8-weight factor "
         f"{cal.fp8_weight_efficiency:.3f} (the prior: no committed point has FP8 weights)"
     )
     print("point                              c   regime | predicted [interval] vs real (sim vs vLLM 0.26.0)")
@@ -79,8 +80,7 @@ def main() -> int:
         tot[1] += n
     old, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
     moe_card = model_card("deepseek-v2-lite")
-    mcal = fit(dense, g, h200_points(fresh=False), base_calibration(moe_card, g), maxiter=MAXITER)
-    mcal = fit_moe_point(moe_card, g, mcal, old[0])  # the 2026-12-02 c=16 point
+    mcal = fit_moe_point(moe_card, g, cal, old[0])  # the dense fit, its MoE factors fitted on 12-02's c=16
     moe, _ = from_bundles([RUN / "moe-ladder/campaign"], "h200")
     for m in moe:
         i, n = show("DeepSeek-V2-Lite (MoE fit 12-02)", m, "deepseek-v2-lite", mcal)

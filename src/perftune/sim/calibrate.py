@@ -249,9 +249,9 @@ def fit(
     # A dtype's factor is a ratio to the bf16 kernels, seen only in that dtype's points (often one or two
     # among many): the joint simplex barely moves it from its prior. So each is then refitted alone (1-D,
     # bounded) on its own points, the shared factors held at their joint fit.
-    for i, k in enumerate(keys):
-        dtype = next((d for d, f in DTYPE_FITTABLE.items() if f == k), None)
-        if mine := [m for m in points if dtype in _dtypes(m)]:
+    for dtype, k in DTYPE_FITTABLE.items():
+        if k in keys:  # fitted only where the points hold that dtype, so it has points of its own
+            i, mine = keys.index(k), [m for m in points if dtype in _dtypes(m)]
 
             def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
                 y = x.copy()

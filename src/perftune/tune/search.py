@@ -331,7 +331,7 @@ def run_tuner(
         mine = [a for a in arms if a.engine == engine]
         base = mine[0]
         live = run.prune(mine, base)
-        if len(live) - (base in live) <= cfg.top_k:  # every arm is a finalist: nothing to screen for
+        if len(live) - 1 <= cfg.top_k:  # the baseline always runs; every arm is a finalist: no screen
             finalists, per_full = live, 0.0
             run.res.notes.append(
                 f"{engine}: screening skipped: {len(live)} arm(s), all finalists (top {cfg.top_k}); "
