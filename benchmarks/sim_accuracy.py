@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from perftune.hardware.ceilings import Gpu, gpu
 from perftune.models.card import ModelCard
 from perftune.models.resolve import model_card
 from perftune.sim.calibrate import (
+    WEIGHTS,
     Measurement,
     ape,
     base_calibration,
@@ -43,8 +43,9 @@ from perftune.sim.calibrate import (
     load_measurements,
     predict_point,
     regime_of,
+    residuals,
 )
-from perftune.sim.calibration import Calibration
+from perftune.sim.calibration import MOE_FITTABLE, Calibration
 from perftune.sim.errorbars import interval
 
 R = Path(__file__).resolve().parent / "results"
@@ -90,29 +91,56 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
     return run2 + merged(run3)
 
 
-def bisect(f: Callable[[float], float], target: float, lo: float = 0.0, hi: float = 1.0) -> float:
-    """The x in [lo, hi] where f(x) meets target, f above target meaning x is too small (12 halvings)."""
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) > target else (lo, mid)
-    return lo
-
-
 def fit_moe_point(card: ModelCard, g: Gpu, cal: Calibration, m: Measurement) -> Calibration:
-    """The two MoE factors fitted to one measured point, the dense factors held: the routing spread to
-    its TPOT (decode reads the experts its batch touches) and the MoE GEMM efficiency to its TTFT
-    (prefill is FLOP bound), alternated twice since each moves the other metric a little."""
+    """The MoE factors fitted to one measured point (`fit_moe`)."""
+    return fit_moe(card, g, cal, [m])
 
-    def tpot_at(spread: float) -> float:  # grows with the spread: negated, so "above" means go right
-        return -predict_point(card, g, cal.model_copy(update={"moe_routing_spread": spread}), m).tpot_ms
 
-    def ttft_at(eff: float) -> float:  # falls as the MoE GEMM rate rises: above the target, go right
-        return predict_point(card, g, cal.model_copy(update={"moe_gemm_efficiency": eff}), m).ttft_ms
+def fit_moe(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:
+    """The three MoE factors fitted to measured MoE points, the dense factors held: the routing spread
+    (decode reads the experts its batch touches), the MoE GEMM efficiency (prefill is FLOP bound) and
+    the per-MoE-layer step overhead (a batch-1 step's router and permute kernels). Nelder-Mead on the
+    log factors, from the priors, the same loss as `fit` (weighted squared log ratios)."""
+    from scipy.optimize import minimize
 
-    for _ in range(2):
-        cal = cal.model_copy(update={"moe_routing_spread": bisect(tpot_at, -m.tpot_ms)})
-        cal = cal.model_copy(update={"moe_gemm_efficiency": bisect(ttft_at, m.ttft_ms, lo=0.05)})
-    return cal
+    keys, upper = MOE_FITTABLE, {"moe_routing_spread": 1.0, "moe_gemm_efficiency": 1.0}
+
+    def make(x: np.ndarray) -> Calibration:
+        return cal.model_copy(
+            update={k: min(float(np.exp(v)), upper.get(k, np.inf)) for k, v in zip(keys, x, strict=True)}
+        )
+
+    def loss(x: np.ndarray) -> float:
+        return float(
+            np.mean(
+                [
+                    sum(w * np.log(getattr(p, k) / getattr(m, k)) ** 2 for k, w in WEIGHTS.items())
+                    for m in points
+                    for p in [predict_point(card, g, make(x), m)]
+                ]
+            )
+        )
+
+    # bounded Powell on the logs from mid-range starts: the priors sit on the upper bounds (1.0), where
+    # a simplex's clamped steps see a flat loss
+    bounds = [(np.log(1e-3), 0.0), (np.log(0.02), 0.0), (np.log(0.1), np.log(1000.0))]
+    x0 = np.log([0.3, 0.3, 20.0])
+    res = minimize(loss, x0, method="Powell", bounds=bounds, options={"maxiter": 40, "xtol": 1e-2})
+    return make(np.array(res.x))
+
+
+def moe_points() -> list[Measurement]:
+    """DeepSeek-V2-Lite (MLA + MoE, dummy weights) on the H200: c=16 on 2026-12-02 and on 2026-12-03
+    (phase 1, 3 trials each), and the 2026-12-03 ladder at c=1, 16 and 64 (one deploy, 3 trials each)."""
+    ms, _ = from_bundles(
+        [
+            R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign",
+            R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/moe-ladder/campaign",
+            R / "2026-12-03-h200-vllm-0.26.0-moe-ladder",
+        ],
+        "h200",
+    )
+    return sorted(ms, key=lambda m: m.concurrency)
 
 
 def held_out(
@@ -146,6 +174,39 @@ def held_out(
     return errs, inside
 
 
+def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
+    """DeepSeek-V2-Lite, leave one concurrency band out: the H200 dense fit (all its points) with the
+    three MoE factors fitted to the other bands' MoE points predicts the held-out band (3 trials in
+    virtual time), its interval from the MoE training points' residuals."""
+    moe, card, g = moe_points(), model_card("deepseek-v2-lite"), gpu("h200")
+    cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)
+    errs: list[dict[str, float]] = []
+    inside = 0
+    for reg in sorted({regime_of(m) for m in moe}):
+        t0 = time.perf_counter()
+        train = [m for m in moe if regime_of(m) != reg]
+        mcal = fit_moe(card, g, cal, train)
+        table = residuals(
+            (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
+            for m in train
+            for p in [predict_point(card, g, mcal, m)]
+        )
+        e = []
+        for m in (m for m in moe if regime_of(m) == reg):
+            p = predict_point(card, g, mcal, m, trials=3)
+            e.append(ape(p, m))
+            inside += sum(interval(k, getattr(p, k), reg, table).contains(getattr(m, k)) for k in METRICS)
+        errs += e
+        mape = {k: float(np.mean([x[k] for x in e])) for k in METRICS}
+        print(
+            f"MoE   {reg:22s} n={len(e):2d} (fit on {len(train):2d}, {time.perf_counter() - t0:4.0f} s) | "
+            + " ".join(f"{k}={mape[k]:5.1f}%" for k in METRICS)
+            + f" | spread {mcal.moe_routing_spread:.3f}, MoE GEMM {mcal.moe_gemm_efficiency:.3f}, "
+            f"{mcal.moe_layer_overhead_us:.0f} us/MoE layer"
+        )
+    return errs, inside
+
+
 def main() -> int:
     h100, h200 = h100_points(), h200_points()
     print(f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02/03)")
@@ -153,34 +214,13 @@ def main() -> int:
     e1, in1 = held_out("H100", h100, {"device_memory_mib": H100_MIB, "kv_tokens": H100_KV})
     e2, in2 = held_out("H200", h200, {})
     errs = e1 + e2
-    # the MoE check: DeepSeek-V2-Lite on the H200 (dummy weights), predicted by the H200 dense fit (all
-    # its points) at the MoE priors (independent uniform routing, the dense GEMM rate) and with the two
-    # MoE factors fitted to it (bisection: fitted to this one point, so not a held-out figure)
-    moe, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
-    card, g = model_card("deepseek-v2-lite"), gpu("h200")
-    cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)
-    for m in moe:
-        fitted = fit_moe_point(card, g, cal, m)
-        for label, c in (
-            ("priors (uniform routing, dense GEMM rate)", cal),
-            (
-                f"spread {fitted.moe_routing_spread:.3f}, MoE GEMM {fitted.moe_gemm_efficiency:.3f} "
-                "(fitted here)",
-                fitted,
-            ),
-        ):
-            p = predict_point(card, g, c, m, trials=3)
-            a = ape(p, m)
-            print(
-                f"MoE check (not in the MAPE): DeepSeek-V2-Lite c={m.concurrency} H200, {label} | TPOT "
-                f"{p.tpot_ms:.2f} / {m.tpot_ms:.2f} ms, tok/s {p.output_tok_s:.0f} / {m.output_tok_s:.0f}, "
-                f"TTFT {p.ttft_ms:.0f} / {m.ttft_ms:.0f} ms (sim / real) | "
-                + " ".join(f"{k}={a[k]:.1f}%" for k in METRICS)
-            )
+    e3, in3 = moe_held_out(h200)
+    errs = errs + e3
+    inside = in1 + in2 + in3
     mape = {k: float(np.mean([e[k] for e in errs])) for k in METRICS}
     n = len(errs)
     print(
-        f"held-out values inside the extrapolated interval: {in1 + in2} of {3 * n} "
+        f"held-out values inside the extrapolated interval: {inside} of {3 * n} "
         "(simulated predictions vs real vLLM 0.26.0, DRAFT)"
     )
     print(

@@ -9,7 +9,10 @@ The H200 fit is the one `benchmarks/sim_accuracy.py` uses (the 14 committed clos
 - phase 1: bf16 at c=16, 3 trials in one deploy;
 - the MoE: DeepSeek-V2-Lite (MLA + MoE, dummy weights), phase 1 at c=16, 3 trials, predicted with the
   two MoE factors (routing spread, MoE GEMM efficiency) fitted to the 2026-12-02 run's c=16 point (the
-  same regime measured again on another machine: a repeat check, not a new regime).
+  same regime measured again on another machine: a repeat check, not a new regime);
+- the MoE ladder (`results/2026-12-03-h200-vllm-0.26.0-moe-ladder`, a later machine): the same
+  DeepSeek-V2-Lite folder, one deploy, `perftune bench run` at c=1, 16 and 64, 3 trials each with a cache
+  reset: c=1 and c=64 are MoE concurrencies no fit has seen (the MoE factors come from one c=16 point).
 No committed point has FP8 weights, so the FP8-weight kernel factor stays at its prior (the roofline
 ratio): the FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds these points to its H200
 set, where the two FP8 concurrencies fit the factor for each other.
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_accuracy import MAXITER, METRICS, R, fit_moe_point, h200_points, merged
 
 RUN = R / "2026-12-03-h200-vllm-0.26.0-fp8-moe"
+LADDER = R / "2026-12-03-h200-vllm-0.26.0-moe-ladder"
 
 
 def show(label: str, m: Measurement, card_name: str, cal: Calibration) -> tuple[int, int]:
@@ -82,7 +86,8 @@ def main() -> int:
     moe_card = model_card("deepseek-v2-lite")
     mcal = fit_moe_point(moe_card, g, cal, old[0])  # the dense fit, its MoE factors fitted on 12-02's c=16
     moe, _ = from_bundles([RUN / "moe-ladder/campaign"], "h200")
-    for m in moe:
+    ladder, _ = from_bundles([LADDER], "h200")  # c=1 and c=64: MoE concurrencies never measured before
+    for m in [*moe, *sorted(ladder, key=lambda x: x.concurrency)]:
         i, n = show("DeepSeek-V2-Lite (MoE fit 12-02)", m, "deepseek-v2-lite", mcal)
         tot[0] += i
         tot[1] += n

@@ -79,8 +79,10 @@ pipeline() {
   local hf="$models/smollm2-135m-instruct-bf16"
   log "pipeline start (pid $$)"
   if [ ! -f /tmp/ptdeps/.done ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ptdeps \
-      "$stage"/wheels/*.whl "$stage"/duck/*.whl "$stage"/evw/*.whl >> "$r/steps.log" 2>&1 \
+    # duck/ is absent where wheels/ carries duckdb; --upgrade over a /tmp/ptdeps another driver filled
+    local whl; shopt -s nullglob; whl=("$stage"/wheels/*.whl "$stage"/duck/*.whl "$stage"/evw/*.whl); shopt -u nullglob
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/ptdeps \
+      "${whl[@]}" >> "$r/steps.log" 2>&1 \
       && touch /tmp/ptdeps/.done || { log "deps failed"; return 1; }
   fi
   if [ ! -f "$hf/.done" ]; then
@@ -119,6 +121,9 @@ pipeline() {
     log "phase 6: specdec train $rid"
     PYTHONPATH="$PYTHONPATH:/tmp/specdeps" python3 -m perftune specdec train "$rid" --method eagle3 \
       --ack-compute --samples "${PT_SAMPLES:-2000}" --epochs 3 "${tr[@]}" >> "$r/train.out" 2>&1
+    local trc=$?
+    # a refusal (red gate, missing data) submits no job: nothing to wait for
+    [ $trc -eq 0 ] || { log "phase 6 refused rc=$trc ($(tail -n 2 "$r/train.out" | head -n 1))"; return 1; }
     until [ -f "$r/smollm2-135m-instruct/$rid/phase6/eagle3/result.json" ]; do sleep 10; done
     python3 -m perftune specdec train "$rid" --method eagle3 --ack-compute "${tr[@]}" >> "$r/train.out" 2>&1
     log "phase 6 rc=$? ($(tail -n 3 "$r/train.out" | head -n 1))"

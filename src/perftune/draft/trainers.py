@@ -99,8 +99,11 @@ class Speculators:
             # the classic EAGLE-3 layout (no extra norms, full attention) that engines load
             "--no-norm-output", "--no-norm-before-fc", "--full-attention-indices", "0",
         ]  # fmt: skip
+        # eager loss everywhere: speculators 0.9's fused Triton KL loss fails under torch 2.11's dynamo
+        # (H200, 2026-12-03: "ListVariable ... is already tracked for mutation" in its backward)
+        train += ["--loss-implementation", "eager"]
         if job.device == "cpu":
-            train += ["--num-workers", "0", "--draft-attn-impl", "sdpa", "--loss-implementation", "eager"]
+            train += ["--num-workers", "0", "--draft-attn-impl", "sdpa"]
         prepare = [py, "-m", "speculators", "prepare-data", "--model", str(Path(job.target).resolve())]
         prepare += ["--data", str(out / "pretok.jsonl"), "--output", str(out / "dataset")]
         prepare += ["--seq-length", str(job.seq_len), "--no-skip-token-freq", "--overwrite"]

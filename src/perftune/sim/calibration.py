@@ -21,7 +21,7 @@ from perftune.util.atomic import write_text
 
 # fitted only when the measurements hold that dtype (a factor no point constrains stays a prior)
 DTYPE_FITTABLE = {"fp8w": "fp8_weight_efficiency", "fp8kv": "fp8_kv_efficiency"}
-MOE_FITTABLE = ("moe_routing_spread", "moe_gemm_efficiency")  # fitted when the model is a MoE
+MOE_FITTABLE = ("moe_routing_spread", "moe_gemm_efficiency", "moe_layer_overhead_us")  # fitted on MoE points
 FITTABLE = (
     "hbm_efficiency",
     "gemm_efficiency",
@@ -81,6 +81,13 @@ class Calibration(BaseModel):
         description="MoE: the routed experts' GEMM FLOP rate relative to the dense GEMMs' (fused MoE "
         "kernels over uneven expert loads: prefill-heavy steps feel it, weight-read-bound decode does "
         "not). 1.0 is a prior; fitted when the measurements are of a MoE model",
+    )
+    moe_layer_overhead_us: float = Field(
+        10.0,
+        ge=0,
+        description="MoE: fixed cost per MoE layer per step (the router's top-k, the token permute and "
+        "align kernels, the shared experts' own launches): what makes a batch-1 MoE step slower than its "
+        "bytes say. 10 us is a prior; fitted when the measurements are of a MoE model",
     )
     fp8_kv_efficiency: float = Field(
         1.0,

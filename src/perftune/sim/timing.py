@@ -85,7 +85,8 @@ class StepModel:
             if tp > 1
             else 0.0,
             allreduce_fixed_s=(n_ar + ep_layers) * ALLREDUCE_LATENCY_US * 1e-6 if tp > 1 else 0.0,
-            fixed_s=cal.step_overhead_ms * 1e-3,
+            fixed_s=cal.step_overhead_ms * 1e-3
+            + (card.moe.moe_layers * cal.moe_layer_overhead_us * 1e-6 if card.moe else 0.0),
             per_seq_s=cal.per_seq_overhead_us * 1e-6,
             eager_s=cal.eager_launch_ms * 1e-3,
             piecewise_s=cal.piecewise_launch_ms * 1e-3,

@@ -114,3 +114,17 @@ def test_the_moe_gemm_rate_slows_prefill_not_a_small_decode_and_leaves_dense_mod
     a = StepModel.build(dense, H100, SimConfig(), cal)
     b = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_gemm_efficiency": 0.5}))
     assert a.flop_s_per_token == b.flop_s_per_token
+
+
+def test_the_moe_layer_overhead_is_paid_per_moe_layer_every_step_and_never_by_a_dense_model() -> None:
+    cal = for_gpu(H100)
+    card = model_card("deepseek-v2-lite")  # 26 MoE layers
+    base = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_layer_overhead_us": 0.0}))
+    more = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_layer_overhead_us": 40.0}))
+    for n, tokens in ((1, 1), (64, 64), (4, 2048)):
+        delta = more.step_s(n, tokens, 1024 * n, 0.0, True) - base.step_s(n, tokens, 1024 * n, 0.0, True)
+        assert delta == pytest.approx(26 * 40e-6)  # 1.04 ms whatever the batch
+    dense = model_card("llama-3.1-8b")
+    a = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_layer_overhead_us": 0.0}))
+    b = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_layer_overhead_us": 40.0}))
+    assert a.step_s(8, 8, 8192, 0.0, True) == b.step_s(8, 8, 8192, 0.0, True)
