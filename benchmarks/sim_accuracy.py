@@ -14,9 +14,11 @@ Regimes (perftune.sim.errorbars): concurrency band (c1-4, c5-48, c49+) x dtype x
 Each regime is held out in turn: the simulator is calibrated on that GPU's other points and predicts the
 held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
 regime. The held-out point's interval (from the fit's residuals, flagged as extrapolated: its regime is
-by construction not calibrated) is checked too. The MoE cell (DeepSeek-V2-Lite, H200, c=16, dummy
-weights) is predicted by the H200 dense fit and shown apart, at the MoE priors and with its two MoE
-factors (routing spread, MoE GEMM efficiency) fitted to it: one point is a check, not a regime.
+by construction not calibrated) is checked too. The MoE (DeepSeek-V2-Lite, H200, dummy weights: c=16 on
+2026-12-02 and 2026-12-03, and the 2026-12-03 ladder at c=1, 16, 64) is held out by concurrency band:
+the H200 dense fit (all its points) with the three MoE factors (routing spread, MoE GEMM efficiency,
+per-MoE-layer step overhead) fitted to the other bands' MoE points predicts the held-out band; its
+errors count in the MAPE.
 
 Prints the per-regime table and ends with
     held-out MAPE: tpot=X% output_tok_s=Y% ttft=Z% (n=N points)
