@@ -61,6 +61,8 @@ def test_speculators_steps_run_offline_with_the_classic_layout(tmp_path: Path) -
     assert train[train.index("--draft-vocab-size") + 1] == "49152"  # never above the target's vocab
     assert train[train.index("--on-missing") + 1] == "raise"  # offline: no engine to fill gaps
     assert "--no-norm-output" in train and "--num-workers" not in train  # GPU defaults
+    # the eager loss on a GPU too: speculators 0.9's fused Triton loss fails under torch 2.11's dynamo
+    assert train[train.index("--loss-implementation") + 1] == "eager"
     assert "--num-workers" in Speculators().steps(_job(tmp_path, device="cpu"))[-1].argv
     assert steps[2].argv[1:4] == ["-m", "speculators", "prepare-data"]
 
