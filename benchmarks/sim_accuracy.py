@@ -43,6 +43,7 @@ from perftune.sim.calibrate import (
     fit,
     from_bundles,
     load_measurements,
+    points_loss,
     predict_point,
     regime_of,
     residuals,
@@ -93,41 +94,25 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
     return run2 + merged(run3)
 
 
-def fit_moe_point(card: ModelCard, g: Gpu, cal: Calibration, m: Measurement) -> Calibration:
-    """The MoE factors fitted to one measured point (`fit_moe`)."""
-    return fit_moe(card, g, cal, [m])
-
-
 def fit_moe(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:
     """The three MoE factors fitted to measured MoE points, the dense factors held: the routing spread
     (decode reads the experts its batch touches), the MoE GEMM efficiency (prefill is FLOP bound) and
-    the per-MoE-layer step overhead (a batch-1 step's router and permute kernels). Nelder-Mead on the
-    log factors, from the priors, the same loss as `fit` (weighted squared log ratios)."""
+    the per-MoE-layer step overhead (a batch-1 step's router and permute kernels). Bounded Powell on the
+    log factors, from mid-range starts (the priors sit on the upper bounds, 1.0, where clamped steps see a
+    flat loss), on `fit`'s own loss."""
     from scipy.optimize import minimize
 
-    keys, upper = MOE_FITTABLE, {"moe_routing_spread": 1.0, "moe_gemm_efficiency": 1.0}
-
     def make(x: np.ndarray) -> Calibration:
-        return cal.model_copy(
-            update={k: min(float(np.exp(v)), upper.get(k, np.inf)) for k, v in zip(keys, x, strict=True)}
-        )
+        return cal.model_copy(update={k: float(np.exp(v)) for k, v in zip(MOE_FITTABLE, x, strict=True)})
 
-    def loss(x: np.ndarray) -> float:
-        return float(
-            np.mean(
-                [
-                    sum(w * np.log(getattr(p, k) / getattr(m, k)) ** 2 for k, w in WEIGHTS.items())
-                    for m in points
-                    for p in [predict_point(card, g, make(x), m)]
-                ]
-            )
-        )
-
-    # bounded Powell on the logs from mid-range starts: the priors sit on the upper bounds (1.0), where
-    # a simplex's clamped steps see a flat loss
     bounds = [(np.log(1e-3), 0.0), (np.log(0.02), 0.0), (np.log(0.1), np.log(1000.0))]
-    x0 = np.log([0.3, 0.3, 20.0])
-    res = minimize(loss, x0, method="Powell", bounds=bounds, options={"maxiter": 40, "xtol": 1e-2})
+    res = minimize(
+        lambda x: points_loss(card, g, make(x), points),
+        np.log([0.3, 0.3, 20.0]),
+        method="Powell",
+        bounds=bounds,
+        options={"maxiter": 40, "xtol": 1e-2},
+    )
     return make(np.array(res.x))
 
 

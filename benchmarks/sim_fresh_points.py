@@ -8,8 +8,9 @@ The H200 fit is the one `benchmarks/sim_accuracy.py` uses (the 14 committed clos
   trial a fresh deploy with a cache reset (the three deploys of a point are averaged here);
 - phase 1: bf16 at c=16, 3 trials in one deploy;
 - the MoE: DeepSeek-V2-Lite (MLA + MoE, dummy weights), phase 1 at c=16, 3 trials, predicted with the
-  two MoE factors (routing spread, MoE GEMM efficiency) fitted to the 2026-12-02 run's c=16 point (the
-  same regime measured again on another machine: a repeat check, not a new regime);
+  three MoE factors (routing spread, MoE GEMM efficiency, per-MoE-layer overhead) fitted to the
+  2026-12-02 run's c=16 point (the same regime measured again on another machine: a repeat check, not a
+  new regime);
 - the MoE ladder (`results/2026-12-03-h200-vllm-0.26.0-moe-ladder`, a later machine): the same
   DeepSeek-V2-Lite folder, one deploy, `perftune bench run` at c=1, 16 and 64, 3 trials each with a cache
   reset: c=1 and c=64 are MoE concurrencies no fit has seen (the MoE factors come from one c=16 point).
@@ -39,7 +40,7 @@ from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_accuracy import MAXITER, METRICS, R, fit_moe_point, h200_points, merged
+from sim_accuracy import MAXITER, METRICS, R, fit_moe, h200_points, merged
 
 RUN = R / "2026-12-03-h200-vllm-0.26.0-fp8-moe"
 LADDER = R / "2026-12-03-h200-vllm-0.26.0-moe-ladder"
@@ -84,7 +85,7 @@ def main() -> int:
         tot[1] += n
     old, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
     moe_card = model_card("deepseek-v2-lite")
-    mcal = fit_moe_point(moe_card, g, cal, old[0])  # the dense fit, its MoE factors fitted on 12-02's c=16
+    mcal = fit_moe(moe_card, g, cal, old[:1])  # the dense fit, its MoE factors fitted on 12-02's c=16
     moe, _ = from_bundles([RUN / "moe-ladder/campaign"], "h200")
     ladder, _ = from_bundles([LADDER], "h200")  # c=1 and c=64: MoE concurrencies never measured before
     for m in [*moe, *sorted(ladder, key=lambda x: x.concurrency)]:

@@ -242,7 +242,7 @@ def fit(
         return base.model_copy(update=vals)
 
     def loss(x: np.ndarray) -> float:
-        return _points_loss(card, g, make(x), points)
+        return points_loss(card, g, make(x), points)
 
     res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6})
     x = np.array(res.x)
@@ -256,7 +256,7 @@ def fit(
             def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
                 y = x.copy()
                 y[i] = v
-                return _points_loss(card, g, make(y), pts)
+                return points_loss(card, g, make(y), pts)
 
             x[i] = _fit_one(own, upper[k])
     cal = make(x)
@@ -289,7 +289,7 @@ def fit(
     )
 
 
-def _points_loss(card: ModelCard, g: Gpu, cal: Calibration, points: Sequence[Measurement]) -> float:
+def points_loss(card: ModelCard, g: Gpu, cal: Calibration, points: Sequence[Measurement]) -> float:
     """The fit's loss: the weighted mean squared log ratio of predicted to measured, over the points."""
     total = 0.0
     for m in points:
