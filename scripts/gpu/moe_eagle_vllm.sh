@@ -6,8 +6,8 @@
 #      (scripts/gpu/first_contact_vllm.sh ladder), in the foreground of the call that runs it: nothing
 #      else uses the GPU while it measures;
 #   2. then issue 19's phase 6 and 7 (scripts/gpu/specdec_vllm.sh, PT_STEPS=train: SmolLM2-135M-Instruct
-#      exported from the GGUF, an EAGLE-3 head trained by speculators, then eagle3 K=3 against no
-#      speculation in interleaved 3-trial deploys), started in its own session so it outlives the call;
+#      exported from the GGUF, an EAGLE-3 head trained by speculators, then eagle3 K=3 against ngram K=3
+#      as the standing config in interleaved 3-trial deploys), started in its own session so it outlives the call;
 #      later calls wait for it and pack its folder.
 #
 #   scripts/gpu/moe_eagle_vllm.sh STAGE PARTS OUT [CALL_S]

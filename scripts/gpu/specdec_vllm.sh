@@ -10,8 +10,9 @@
 #     do-not-ship.
 #  4. When STAGE/spec/ holds the speculators wheels (speculators, hs-connectors, datasets <= 5.1,
 #     loguru, pydantic-settings): phase 6 trains an EAGLE-3 head for SmolLM2 (PT_SAMPLES prompts,
-#     default 2000, 3 epochs), then phase 7 measures eagle3 K=3 against ngram's A/B on the same
-#     workloads.
+#     default 2000, 3 epochs), then phase 7 measures eagle3 K=3 against ngram K=3 as the standing
+#     config (PT_AGAINST, default ngram:3: both speculate, same node, interleaved deploys, each arm's
+#     acceptance read per trial) on the same workloads.
 #
 #   scripts/gpu/specdec_vllm.sh STAGE PARTS OUT [WAIT_S]
 #   env: PT_K (1,2,3,4,5), PT_CONC (1,32), PT_WORKLOADS (code,chat,random); PT_RESTART=1 starts a
@@ -128,7 +129,7 @@ pipeline() {
     python3 -m perftune specdec train "$rid" --method eagle3 --ack-compute "${tr[@]}" >> "$r/train.out" 2>&1
     log "phase 6 rc=$? ($(tail -n 3 "$r/train.out" | head -n 1))"
     rm -f "$r/smollm2-135m-instruct.specdec.done"
-    specdec smollm2-135m-instruct --methods eagle3 --k 3 \
+    specdec smollm2-135m-instruct --methods eagle3 --k 3 --against "${PT_AGAINST:-ngram:3}" \
       --workloads "${PT_WORKLOADS:-code,chat,random}" --concurrency "${PT_CONC:-1,32}"
   fi
   log "pipeline end"

@@ -660,12 +660,14 @@ def specdec(
     workloads: Sequence[str] | None = None,
     concurrencies: Sequence[int] | None = None,
     draft_model: str | None = None,
+    against: str | None = None,
     runs_dir: str | Path = "runs",
     observe: Callable[[str], None] | None = None,
     lake: str | Path | None = None,
 ) -> tuple[Path, Any]:
     """Phase 7 of an existing campaign: each speculative method, K screened, then A/B'd against the
-    standing config in interleaved trials on the workloads; acceptance read from the engine; gated."""
+    standing config (the campaign's levers; `against` "METHOD:K" makes it speculate with that) in
+    interleaved trials on the workloads; acceptance read from the engine; gated."""
     from perftune.campaign.pipeline import run_phases
     from perftune.campaign.specdec import preflight_ctx
     from perftune.lake.db import default_lake
@@ -676,6 +678,7 @@ def specdec(
         ("spec_workloads", list(workloads) if workloads else None),
         ("spec_concurrencies", list(concurrencies) if concurrencies else None),
         ("spec_draft_model", draft_model),
+        ("spec_against", against),
     ):
         if v is not None:
             update[k] = v

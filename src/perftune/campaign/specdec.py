@@ -31,7 +31,7 @@ from perftune.draft.gate import judge
 from perftune.draft.job import PID_NAME, PROGRESS_NAME, RESULT_NAME, DraftJob, DraftResult
 from perftune.errors import ConfigError, GateError
 from perftune.serving.levers import translate
-from perftune.serving.specdec import NEEDS_DRAFT, supported
+from perftune.serving.specdec import NEEDS_DRAFT, SPEC_LEVERS, parse_against, supported
 from perftune.tune.arms import Arm
 from perftune.tune.evaluate import RecordingEvaluator
 from perftune.tune.search import Measure, interleave, ratio_ci
@@ -45,39 +45,67 @@ STANDING = "standing"
 TRAINED = ("eagle3",)  # methods phase 6 can train a draft for
 
 
+def _asked(intent: Intent) -> list[str]:
+    """The methods phase 7 deploys: the candidates and the standing config's own (--against)."""
+    s = intent.spec
+    return list(dict.fromkeys([*s.methods, *([parse_against(s.against)[0]] if s.against else [])]))
+
+
 def to_train(intent: Intent, drafts: dict[str, str] | None = None) -> list[str]:
     """Trained methods asked without a draft (none given, none trained yet): phase 6's work."""
     s = intent.spec
-    return [m for m in s.methods if m in TRAINED and not s.draft_model and m not in (drafts or {})]
+    return [m for m in _asked(intent) if m in TRAINED and not s.draft_model and m not in (drafts or {})]
+
+
+def _spec_levers(
+    intent: Intent, engine: str, version: str | None, method: str, k: int, drafts: dict[str, str] | None
+) -> dict[str, Any]:
+    """The campaign's levers for this engine with its own spec levers replaced by (method, K), translated
+    here: an engine or version that cannot run the method fails before anything deploys."""
+    s = intent.spec
+    base = {k: v for k, v in intent.serving.levers.get(engine, {}).items() if k not in SPEC_LEVERS}
+    levers: dict[str, Any] = {**base, "spec-method": method, "spec-k": k}
+    if method not in supported(engine, version):
+        translate({"spec-method": method}, engine, version)  # raises, naming what it runs
+    if method in NEEDS_DRAFT:
+        draft = s.draft_model or (drafts or {}).get(method)
+        if not draft:
+            raise ConfigError(
+                f"spec method {method} needs a draft and none is given",
+                hint="pass --draft-model FOLDER (a draft, or an EAGLE head trained for this model)"
+                + ("; or let phase 6 train one: --ack-compute" if method in TRAINED else ""),
+            )
+        levers["spec-draft-model"] = draft
+    translate(levers, engine, version)
+    return levers
 
 
 def candidates(
     intent: Intent, engine: str, version: str | None, drafts: dict[str, str] | None = None
 ) -> tuple[Arm, dict[str, list[Arm]]]:
-    """The standing config and, per method, one candidate per K; every candidate's flags translated
-    here, so an engine or version that cannot run a method fails before anything deploys."""
+    """The standing config (the campaign's levers; with --against METHOD:K, that speculation instead of
+    the campaign's own) and, per method, one candidate per K, every one translated here. A candidate
+    identical to the standing config is not one."""
     s = intent.spec
     base = dict(intent.serving.levers.get(engine, {}))
+    if s.against:
+        method, k = parse_against(s.against)
+        base = _spec_levers(intent, engine, version, method, k, drafts)
+    standing = Arm(engine=engine, name=STANDING, levers=base)
     out: dict[str, list[Arm]] = {}
     for method in s.methods:
-        arms = []
-        for k in s.ks:
-            levers = {**base, "spec-method": method, "spec-k": k}
-            if method not in supported(engine, version):
-                translate({"spec-method": method}, engine, version)  # raises, naming what it runs
-            if method in NEEDS_DRAFT:
-                draft = s.draft_model or (drafts or {}).get(method)
-                if not draft:
-                    raise ConfigError(
-                        f"spec method {method} needs a draft and none is given",
-                        hint="pass --draft-model FOLDER (a draft, or an EAGLE head trained for this model)"
-                        + ("; or let phase 6 train one: --ack-compute" if method in TRAINED else ""),
-                    )
-                levers["spec-draft-model"] = draft
-            translate(levers, engine, version)
-            arms.append(Arm(engine=engine, name=f"{method}-k{k}", levers=levers))
+        arms = [
+            Arm(engine=engine, name=f"{method}-k{k}", levers=lv)
+            for k in s.ks
+            if (lv := _spec_levers(intent, engine, version, method, k, drafts)) != base
+        ]
+        if not arms:
+            raise ConfigError(
+                f"{method} at K={','.join(map(str, s.ks))} is the standing config itself: nothing to A/B",
+                hint="ask another K or method, or change --against",
+            )
         out[method] = arms
-    return Arm(engine=engine, name=STANDING, levers=base), out
+    return standing, out
 
 
 def preflight(
@@ -241,6 +269,8 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
                 "accept_length": cd["acc"],
                 "accept_rate": cd["rate"],
                 "accept_per_pos": _mean_profile(cd["pos"]),
+                "standing_accept_length": sd["acc"],
+                "standing_accept_per_pos": _mean_profile(sd["pos"]),
                 "tokens_per_step": cd["tps"],
                 "loop_share": mean_or_none(cd["loop"]),
                 "standing_loop_share": mean_or_none(sd["loop"]),
@@ -250,7 +280,12 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
                 "tok_s_ratio_ci95": list(rt[1]) if rt else None,
             }
         )
-    return {"trials": trials, "concurrencies": concs, "cells": cells}
+    return {
+        "trials": trials,
+        "concurrencies": concs,
+        "standing_speculates": "spec-method" in standing.levers,
+        "cells": cells,
+    }
 
 
 def degenerate(cell: dict[str, Any], dummy: bool) -> str | None:
@@ -266,6 +301,14 @@ def degenerate(cell: dict[str, Any], dummy: bool) -> str | None:
     return None
 
 
+def _standing_accept(ab: dict[str, Any], cell: dict[str, Any]) -> float | None:
+    """The length the candidate's acceptance must beat: 1.0 when the standing config does not speculate
+    (every step yields one token), else its own measured mean (None: the engine reported none)."""
+    if not ab.get("standing_speculates"):
+        return 1.0
+    return mean_or_none(cell.get("standing_accept_length") or [])
+
+
 def _decide(ab: dict[str, Any], c: int, dummy: bool = False) -> dict[str, Any]:
     cells = [x for x in ab["cells"] if x["concurrency"] == c]
     d = decide(
@@ -275,6 +318,7 @@ def _decide(ab: dict[str, Any], c: int, dummy: bool = False) -> dict[str, Any]:
                 x["accept_length"],
                 x["tpot_speedup"],
                 (x["tpot_speedup_ci95"][0], x["tpot_speedup_ci95"][1]) if x["tpot_speedup_ci95"] else None,
+                standing_accept_len=_standing_accept(ab, x),
                 degenerate=degenerate(x, dummy),
             )
             for x in cells
@@ -413,6 +457,11 @@ def _acc(xs: list[float]) -> str:
     return f"{m:.2f}"
 
 
+def _vs(standing: list[float] | None, cand: list[float], ab: dict[str, Any]) -> str:
+    """The candidate's acceptance length; 'standing / candidate' when the standing config speculates."""
+    return f"{_acc(standing or [])} / {_acc(cand)}" if ab.get("standing_speculates") else _acc(cand)
+
+
 def _share(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
@@ -468,7 +517,16 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
     ]
     for e, x in rep["engines"].items():
         lines += [f"## {e} {x['version'] or '(version: see the trial contexts)'} on {x['hardware']}", ""]
-        lines.append(f"Standing config: {x['standing_levers'] or 'engine defaults'} (no speculation).")
+        spec = (x["standing_levers"] or {}).get("spec-method")
+        lines.append(
+            f"Standing config: {x['standing_levers'] or 'engine defaults'} "
+            + (
+                f"(it speculates with {spec} K={x['standing_levers'].get('spec-k')}: acceptance columns are "
+                "standing / candidate, and a candidate's acceptance must beat the standing config's)."
+                if spec
+                else "(no speculation)."
+            )
+        )
         for m, v in x["methods"].items():
             g = v["gate"]
             lines += ["", f"### {m}, K={v['k']}: **{g['verdict']}**", ""]
@@ -494,7 +552,8 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
                     f"| {c['workload']} | {c['concurrency']} | {c['trials']} | "
                     f"{_pm(c['standing_tpot_ms'])} | {_pm(c['tpot_ms'])} | "
                     f"{_pm(c['standing_tok_s'])} | {_pm(c['tok_s'])} | "
-                    f"{_acc(c['accept_length'])} | {_acc(c['accept_rate'])} | "
+                    f"{_vs(c.get('standing_accept_length'), c['accept_length'], v['ab'])} | "
+                    f"{_acc(c['accept_rate'])} | "
                     f"{_acc(c.get('tokens_per_step') or [])} | {_share(c.get('standing_loop_share'))} / "
                     f"{_share(c.get('loop_share'))} | {_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
                     f"{_ci(c['tok_s_ratio'], c['tok_s_ratio_ci95'])} |"
@@ -505,11 +564,16 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
                     "",
                     "Acceptance per draft position (share of drafts whose token there was accepted):",
                 ]
-                lines += [
-                    f"- {c['workload']} c={c['concurrency']}: "
-                    + ", ".join(f"{x:.2f}" for x in c["accept_per_pos"])
-                    for c in prof
-                ]
+                for c in prof:
+                    lines.append(
+                        f"- {c['workload']} c={c['concurrency']}: "
+                        + ", ".join(f"{x:.2f}" for x in c["accept_per_pos"])
+                        + (
+                            " (standing: " + ", ".join(f"{x:.2f}" for x in c["standing_accept_per_pos"]) + ")"
+                            if c.get("standing_accept_per_pos")
+                            else ""
+                        )
+                    )
             lines.append("")
             lines.append(
                 f"Gate at c={g['concurrency']}: {g['verdict']}; suite TPOT speedup "

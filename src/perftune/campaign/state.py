@@ -195,6 +195,11 @@ class SpecIntent(BaseModel):
         default_factory=list, description="A/B concurrencies (default [1]); the gate judges the lowest"
     )
     draft_model: str | None = Field(None, description="the draft or draft head (draft-model, eagle, eagle3)")
+    against: str | None = Field(
+        None,
+        description="METHOD:K: the standing config speculates with it (e.g. mtp:3, ngram:3); "
+        "default: the campaign's levers",
+    )
     ack_compute: bool = Field(False, description="phase 6 may submit a training job (an EAGLE-3 head)")
     train_samples: int = Field(2000, ge=8, description="phase 6: prompts the target answers to train on")
     train_epochs: int = Field(3, ge=1, description="phase 6: training epochs")
@@ -210,6 +215,16 @@ class SpecIntent(BaseModel):
         if bad := [m for m in v if m not in METHODS]:
             raise ValueError(f"unknown spec method(s) {bad}; known: {', '.join(METHODS)}")
         return list(dict.fromkeys(v))
+
+    @field_validator("against")
+    @classmethod
+    def _against(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from perftune.serving.specdec import parse_against
+
+        method, k = parse_against(v)
+        return f"{method}:{k}"
 
     @field_validator("ks")
     @classmethod
@@ -282,6 +297,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "spec_workloads": ("spec", "workloads"),
     "spec_concurrencies": ("spec", "concurrencies"),
     "spec_draft_model": ("spec", "draft_model"),
+    "spec_against": ("spec", "against"),
     "spec_ack_compute": ("spec", "ack_compute"),
     "spec_train_samples": ("spec", "train_samples"),
     "spec_train_epochs": ("spec", "train_epochs"),

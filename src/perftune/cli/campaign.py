@@ -82,6 +82,9 @@ def optimize(
     spec_workloads: str = typer.Option("code,chat,random", help="phase 7: the workloads its gate judges"),
     spec_concurrency: str | None = typer.Option(None, help="phase 7 A/B concurrencies (default 1)"),
     draft_model: str | None = typer.Option(None, help="phase 7: the draft or EAGLE head folder"),
+    spec_against: str | None = typer.Option(
+        None, help="phase 7: METHOD:K the standing config speculates with (e.g. mtp:3; default: none)"
+    ),
     engine_arg: list[str] = typer.Option([], help="ENGINE=FLAG passed to that engine, repeatable"),
     runs_dir: Path = typer.Option(Path("runs"), help="where campaign bundles go"),
     lake: Path | None = typer.Option(None, help="DuckDB lake (default: the per-user data folder)"),
@@ -162,6 +165,7 @@ def optimize(
                 spec_workloads=[x.strip() for x in spec_workloads.split(",") if x.strip()],
                 spec_concurrencies=int_list(spec_concurrency, "--spec-concurrency") or [],
                 spec_draft_model=draft_model,
+                spec_against=spec_against,
                 registry=str(registry) if registry else None,
                 findings=str(findings) if findings else None,
             )

@@ -107,6 +107,11 @@ def specdec(
     draft_model: str | None = typer.Option(
         None, help="the draft or draft head folder (draft-model, eagle, eagle3)"
     ),
+    against: str | None = typer.Option(
+        None,
+        help="METHOD:K: the standing config speculates with it (e.g. mtp:3, or ngram:3 to measure a "
+        "trained head against prompt lookup); default: the campaign's levers",
+    ),
     method: str = typer.Option("eagle3", help="train: the method whose draft phase 6 trains"),
     ack_compute: bool = typer.Option(
         False, "--ack-compute", help="train: let phase 6 submit the training job"
@@ -158,6 +163,7 @@ def specdec(
             workloads=_csv(workloads) or None,
             concurrencies=int_list(concurrency, "--concurrency"),
             draft_model=draft_model,
+            against=against,
             runs_dir=runs_dir,
             observe=renderer,
             lake=lake,

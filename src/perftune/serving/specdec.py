@@ -90,6 +90,17 @@ def supported(engine: str, version: str | None) -> list[str]:
     return out
 
 
+def parse_against(text: str) -> tuple[str, int]:
+    """'METHOD:K' (the standing config's own speculation, e.g. 'mtp:3') -> (method, K); a ValueError
+    naming the form otherwise."""
+    method, sep, k = text.strip().partition(":")
+    if method not in METHODS or not sep or not k.strip().isdigit() or not 1 <= int(k) <= 16:
+        raise ValueError(
+            f"--against {text!r} is not METHOD:K (METHOD one of {', '.join(METHODS)}, K 1..16), e.g. ngram:3"
+        )
+    return method, int(k)
+
+
 def from_levers(values: Mapping[str, Any]) -> SpecConfig | None:
     """The spec config named by parsed spec-* lever values, or None when no spec lever is set.
 

@@ -3,7 +3,8 @@
 Per workload, the candidate (a spec config) is compared with the standing config (no speculation, or
 the current method) in the tuner's interleaved trials:
 - acceptance: the mean acceptance length the engine reported, per trial; a win when its 95% interval
-  lies above the standing config's length (1.0 without speculation: every step yields one token);
+  lies above the standing config's length (1.0 without speculation: every step yields one token; a
+  speculating standing config's measured mean, and not measured when the engine reported none);
 - latency: the focus ratio (TPOT speedup = standing / candidate, or tok/s ratio for a throughput focus)
   with its 95% interval; a win when the interval lies above 1, a loss when it lies below 1.
 The suite: the geometric mean of the per-workload focus ratios, its interval from the per-workload
@@ -64,7 +65,8 @@ class WorkloadAB:
     accept_len: Sequence[float]  # candidate, per trial (empty: the engine reports none)
     ratio: float | None  # focus ratio, > 1 = the candidate is better
     ratio_ci95: tuple[float, float] | None
-    standing_accept_len: float = 1.0  # 1.0: the standing config does not speculate
+    # 1.0: the standing config does not speculate; else its measured mean (None: not reported)
+    standing_accept_len: float | None = 1.0
     degenerate: str | None = None  # why this workload's outputs are no evidence (they loop), or None
 
 
@@ -111,14 +113,16 @@ def call_workload(ab: WorkloadAB) -> WorkloadCall:
     if ab.degenerate:
         return WorkloadCall(ab.workload, "degenerate", "degenerate", None, None, ab.degenerate)
     acc = mean_ci(ab.accept_len)
-    acc_call = _interval_call(acc[1] if acc else None, ab.standing_accept_len)
+    ref = ab.standing_accept_len
+    acc_call = _interval_call(acc[1] if acc and ref is not None else None, ref or 1.0)
     lat_call = _interval_call(ab.ratio_ci95, 1.0)
     parts = []
     if acc is None:
         parts.append("acceptance not reported by the engine" if not ab.accept_len else "one trial only")
     else:
         m, (lo, hi) = acc
-        parts.append(f"acceptance length {m:.2f} [{lo:.2f}, {hi:.2f}] vs {ab.standing_accept_len:.2f}")
+        vs = "the standing config's, not reported" if ref is None else f"{ref:.2f}"
+        parts.append(f"acceptance length {m:.2f} [{lo:.2f}, {hi:.2f}] vs {vs}")
     if ab.ratio is not None and ab.ratio_ci95 is not None:
         parts.append(f"focus ratio {ab.ratio:.3f} [{ab.ratio_ci95[0]:.3f}, {ab.ratio_ci95[1]:.3f}]")
     return WorkloadCall(
