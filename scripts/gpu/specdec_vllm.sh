@@ -23,7 +23,7 @@
 # install-offline-bundle.sh, smol.gguf and llama-8b/ (the dummy-weights folder); PARTS holds vllm.pNN +
 # vllm.sha256. Like quant_vllm.sh, the first call starts the pipeline in its own session (setsid) so it
 # outlives the call; later calls copy more parts or wait (WAIT_S, default 540), then pack the run
-# folder (no weights) into OUT/specdec-run.tgz. Each step is skipped when its output exists.
+# folder's small files (no weights, checkpoints, hidden states) into OUT/specdec-run.tgz. Each step is skipped when its output exists.
 set -uo pipefail
 root=${PT_RUN_ROOT:-/root/ptrun}
 r="$root/specdec-run"
@@ -158,8 +158,10 @@ else
   log "pipeline started (pid $!)"
 fi
 while [ $(( $(date +%s) - t0 )) -lt "$wait_s" ] && [ ! -f "$r/pipeline.rc" ]; do sleep 3; done
-tar czf "$out/specdec-run.tgz" -C "$root" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.gguf' \
-  --exclude='lake.duckdb*' specdec-run 2>/dev/null
+# only the small evidence: no weights, checkpoints, captured hidden states or lake (a 16 MiB return limit)
+(cd "$root" && find specdec-run -type f -size -3M ! -path '*/checkpoints/*' ! -path '*hidden*' \
+  ! -name '*.safetensors' ! -name '*.bin' ! -name '*.gguf' ! -name '*.pt' ! -name 'lake.duckdb*' -print0 \
+  | tar czf "$out/specdec-run.tgz" --null -T - 2>/dev/null)
 cp "$r/steps.log" "$out/steps.log" 2>/dev/null
 log "packed; pipeline $([ -f "$r/pipeline.rc" ] && echo "rc $(cat "$r/pipeline.rc")" || echo running)"
 tail -n 25 "$r/steps.log"

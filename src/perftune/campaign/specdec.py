@@ -272,6 +272,7 @@ def _ab(ctx: Ctx, r: _Runner, standing: Arm, cand: Arm) -> dict[str, Any]:
                 "standing_accept_length": sd["acc"],
                 "standing_accept_per_pos": _mean_profile(sd["pos"]),
                 "tokens_per_step": cd["tps"],
+                "standing_tokens_per_step": sd["tps"],
                 "loop_share": mean_or_none(cd["loop"]),
                 "standing_loop_share": mean_or_none(sd["loop"]),
                 "tpot_speedup": rp[0] if rp else None,
@@ -309,21 +310,30 @@ def _standing_accept(ab: dict[str, Any], cell: dict[str, Any]) -> float | None:
     return mean_or_none(cell.get("standing_accept_length") or [])
 
 
+def _workload_ab(ab: dict[str, Any], x: dict[str, Any], dummy: bool) -> WorkloadAB:
+    """One cell for the gate. Against a speculating standing config, acceptance is compared as tokens per
+    decode step where both arms report it: the per-draft length is conditional on a draft being proposed
+    (prompt lookup proposes one on a fraction of the steps only, a draft head on every step), so a longer
+    per-draft length can buy fewer tokens per step."""
+    ci = (x["tpot_speedup_ci95"][0], x["tpot_speedup_ci95"][1]) if x["tpot_speedup_ci95"] else None
+    common = {"ratio": x["tpot_speedup"], "ratio_ci95": ci, "degenerate": degenerate(x, dummy)}
+    stps = x.get("standing_tokens_per_step") or []
+    if ab.get("standing_speculates") and x.get("tokens_per_step") and stps:
+        return WorkloadAB(
+            x["workload"],
+            x["tokens_per_step"],
+            standing_accept_len=mean_or_none(stps),
+            unit="tokens per step",
+            **common,
+        )
+    return WorkloadAB(
+        x["workload"], x["accept_length"], standing_accept_len=_standing_accept(ab, x), **common
+    )
+
+
 def _decide(ab: dict[str, Any], c: int, dummy: bool = False) -> dict[str, Any]:
     cells = [x for x in ab["cells"] if x["concurrency"] == c]
-    d = decide(
-        [
-            WorkloadAB(
-                x["workload"],
-                x["accept_length"],
-                x["tpot_speedup"],
-                (x["tpot_speedup_ci95"][0], x["tpot_speedup_ci95"][1]) if x["tpot_speedup_ci95"] else None,
-                standing_accept_len=_standing_accept(ab, x),
-                degenerate=degenerate(x, dummy),
-            )
-            for x in cells
-        ]
-    )
+    d = decide([_workload_ab(ab, x, dummy) for x in cells])
     return {
         "concurrency": c,
         "verdict": d.verdict,
@@ -521,8 +531,9 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
         lines.append(
             f"Standing config: {x['standing_levers'] or 'engine defaults'} "
             + (
-                f"(it speculates with {spec} K={x['standing_levers'].get('spec-k')}: acceptance columns are "
-                "standing / candidate, and a candidate's acceptance must beat the standing config's)."
+                f"(it speculates with {spec} K={x['standing_levers'].get('spec-k')}: acceptance and "
+                "tokens/step columns are standing / candidate, and a candidate's tokens per step must beat "
+                "the standing config's: a per-draft length is conditional on a draft being proposed)."
                 if spec
                 else "(no speculation)."
             )
@@ -554,7 +565,8 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
                     f"{_pm(c['standing_tok_s'])} | {_pm(c['tok_s'])} | "
                     f"{_vs(c.get('standing_accept_length'), c['accept_length'], v['ab'])} | "
                     f"{_acc(c['accept_rate'])} | "
-                    f"{_acc(c.get('tokens_per_step') or [])} | {_share(c.get('standing_loop_share'))} / "
+                    f"{_vs(c.get('standing_tokens_per_step'), c.get('tokens_per_step') or [], v['ab'])} | "
+                    f"{_share(c.get('standing_loop_share'))} / "
                     f"{_share(c.get('loop_share'))} | {_ci(c['tpot_speedup'], c['tpot_speedup_ci95'])} | "
                     f"{_ci(c['tok_s_ratio'], c['tok_s_ratio_ci95'])} |"
                 )

@@ -4,7 +4,11 @@ Per workload, the candidate (a spec config) is compared with the standing config
 the current method) in the tuner's interleaved trials:
 - acceptance: the mean acceptance length the engine reported, per trial; a win when its 95% interval
   lies above the standing config's length (1.0 without speculation: every step yields one token; a
-  speculating standing config's measured mean, and not measured when the engine reported none);
+  speculating standing config's measured mean, and not measured when the engine reported none). Two
+  speculating configs are compared on the tokens each decode step yielded where both report it: a
+  per-draft length is conditional on a draft being proposed, and prompt lookup proposes one on a
+  fraction of the steps only (on an H200, ngram K=3 drafted on ~1 step in 6 with length 3.4, i.e. 1.6
+  tokens per step; an EAGLE-3 head drafted on every step with length 1.2, i.e. 1.2 tokens per step);
 - latency: the focus ratio (TPOT speedup = standing / candidate, or tok/s ratio for a throughput focus)
   with its 95% interval; a win when the interval lies above 1, a loss when it lies below 1.
 The suite: the geometric mean of the per-workload focus ratios, its interval from the per-workload
@@ -68,6 +72,9 @@ class WorkloadAB:
     # 1.0: the standing config does not speculate; else its measured mean (None: not reported)
     standing_accept_len: float | None = 1.0
     degenerate: str | None = None  # why this workload's outputs are no evidence (they loop), or None
+    # what accept_len measures: the per-draft acceptance length, or the tokens each decode step yielded
+    # (how two speculating configs compare: see _decide in perftune.campaign.specdec)
+    unit: str = "acceptance length"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +129,7 @@ def call_workload(ab: WorkloadAB) -> WorkloadCall:
     else:
         m, (lo, hi) = acc
         vs = "the standing config's, not reported" if ref is None else f"{ref:.2f}"
-        parts.append(f"acceptance length {m:.2f} [{lo:.2f}, {hi:.2f}] vs {vs}")
+        parts.append(f"{ab.unit} {m:.2f} [{lo:.2f}, {hi:.2f}] vs {vs}")
     if ab.ratio is not None and ab.ratio_ci95 is not None:
         parts.append(f"focus ratio {ab.ratio:.3f} [{ab.ratio_ci95[0]:.3f}, {ab.ratio_ci95[1]:.3f}]")
     return WorkloadCall(
