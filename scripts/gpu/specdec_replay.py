@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-from perftune.campaign.specdec import _ab, _decide, crossover, specdec_md
+from perftune.campaign.specdec import _ab, _decide, method_report, specdec_md
 from perftune.tune.arms import Arm
 from perftune.tune.search import Measure
 from perftune.util.atomic import write_text
@@ -40,7 +40,7 @@ class _Replay:
             if screening or e.get("failure"):
                 continue
             self.arms[name] = {k: v for k, v in levers}
-            self.deploys[(name, int(trial))] = [Measure(**{k: m[k] for k in m}) for m in e["measures"]]
+            self.deploys[(name, int(trial))] = [Measure(**m) for m in e["measures"]]
         self.engine = engine
         self.asked: list[tuple[str, int]] = []
 
@@ -88,28 +88,14 @@ def main(argv: list[str] | None = None) -> int:
                 "version": a.version,
                 "hardware": a.hardware,
                 "standing_levers": standing.levers,
-                "methods": {
-                    method: {
-                        "k_screen": [],
-                        "k": cand.levers["spec-k"],
-                        "levers": cand.levers,
-                        "ab": ab,
-                        "gate": gate,
-                        "crossover_concurrency": crossover(ab),
-                        "crossover_by_workload": {w: crossover(ab, w) for w in wls},
-                        "acceptance_reported": any(x["accept_length"] for x in ab["cells"]),
-                    }
-                },
+                "methods": {method: method_report(cand, [], ab, gate)},
             }
         }
     }
     out = a.out or a.method_dir
     write_text(out / "specdec.json", json.dumps(rep, indent=2, default=str) + "\n")
     cut = ", ".join(ab["replayed"]["missing_deploys"]) or "none"
-    note = (
-        f"\nReplayed offline from the journal ({len(r.deploys)} deploys; missing: {cut}): the trials column "
-        "counts the candidate's trials per cell; the standing config's are its TPOT column's.\n"
-    )
+    note = f"\nReplayed offline from the journal ({len(r.deploys)} deploys; missing: {cut}).\n"
     write_text(out / "SPECDEC.md", specdec_md(ctx, rep) + note)
     print(f"{method} K={cand.levers['spec-k']} vs {standing.levers}: {gate['verdict']}")
     for reason in gate["reasons"]:

@@ -361,6 +361,22 @@ def crossover(ab: dict[str, Any], workload: str | None = None) -> int | None:
     return None
 
 
+def method_report(
+    best: Arm, screen: list[dict[str, Any]], ab: dict[str, Any], gate: dict[str, Any]
+) -> dict[str, Any]:
+    """One method's entry in specdec.json: its K screen, the A/B, the gate and the crossovers."""
+    return {
+        "k_screen": screen,
+        "k": best.levers["spec-k"],
+        "levers": best.levers,
+        "ab": ab,
+        "gate": gate,
+        "crossover_concurrency": crossover(ab),
+        "crossover_by_workload": {w: crossover(ab, w) for w in sorted({c["workload"] for c in ab["cells"]})},
+        "acceptance_reported": any(x["accept_length"] for x in ab["cells"]),
+    }
+
+
 def phase7(ctx: Ctx) -> Gate:
     i = ctx.intent
     s = i.spec
@@ -400,18 +416,7 @@ def phase7(ctx: Ctx) -> Gate:
             best, screen = _screen(r, cands, min(concs)) if len(cands) > 1 else (cands[0], [])
             ab = _ab(ctx, r, standing, best)
             gate = _decide(ab, min(concs), dummy_weights(ctx, engine))
-            eng["methods"][method] = {
-                "k_screen": screen,
-                "k": best.levers["spec-k"],
-                "levers": best.levers,
-                "ab": ab,
-                "gate": gate,
-                "crossover_concurrency": crossover(ab),
-                "crossover_by_workload": {
-                    w: crossover(ab, w) for w in sorted({c["workload"] for c in ab["cells"]})
-                },
-                "acceptance_reported": any(x["accept_length"] for x in ab["cells"]),
-            }
+            eng["methods"][method] = method_report(best, screen, ab, gate)
         report["engines"][engine] = eng
     write_text(d / "specdec.json", json.dumps(report, indent=2, default=str) + "\n")
     write_text(d / "SPECDEC.md", specdec_md(ctx, report))
@@ -470,6 +475,12 @@ def _acc(xs: list[float]) -> str:
 def _vs(standing: list[float] | None, cand: list[float], ab: dict[str, Any]) -> str:
     """The candidate's acceptance length; 'standing / candidate' when the standing config speculates."""
     return f"{_acc(standing or [])} / {_acc(cand)}" if ab.get("standing_speculates") else _acc(cand)
+
+
+def _trials(cell: dict[str, Any]) -> str:
+    """A cell's trial count; 'standing / candidate' where an arm has fewer (a deploy that never finished)."""
+    n_s, n_c = len(cell["standing_tpot_ms"]), cell["trials"]
+    return str(n_c) if n_s == n_c else f"{n_s} / {n_c}"
 
 
 def _share(x: float | None) -> str:
@@ -560,7 +571,7 @@ def specdec_md(ctx: Ctx, rep: dict[str, Any]) -> str:
             lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for c in v["ab"]["cells"]:
                 lines.append(
-                    f"| {c['workload']} | {c['concurrency']} | {c['trials']} | "
+                    f"| {c['workload']} | {c['concurrency']} | {_trials(c)} | "
                     f"{_pm(c['standing_tpot_ms'])} | {_pm(c['tpot_ms'])} | "
                     f"{_pm(c['standing_tok_s'])} | {_pm(c['tok_s'])} | "
                     f"{_vs(c.get('standing_accept_length'), c['accept_length'], v['ab'])} | "

@@ -73,7 +73,7 @@ class WorkloadAB:
     standing_accept_len: float | None = 1.0
     degenerate: str | None = None  # why this workload's outputs are no evidence (they loop), or None
     # what accept_len measures: the per-draft acceptance length, or the tokens each decode step yielded
-    # (how two speculating configs compare: see _decide in perftune.campaign.specdec)
+    # (how two speculating configs compare: see _workload_ab in perftune.campaign.specdec)
     unit: str = "acceptance length"
 
 
