@@ -171,3 +171,24 @@ def test_vllm_exports_its_spec_counters_when_speculating() -> None:
     got = spec_figures(t, after)
     assert got is not None and got.accept_length == pytest.approx(1 + 684 / 251)
     assert got.accept_rate == pytest.approx(684 / 1004)
+
+
+def test_sglang_exports_its_spec_counters_when_speculating() -> None:
+    """SGLang 0.5.16 serving with ngram K=3 (recorded on the GPU host, before and after 8 chat requests):
+    perftune reads the window's acceptance from SGLang's per-request counters, not from its gauge of
+    the last log window: (generated - requests) / verify steps."""
+    from perftune.telemetry.prom import SPEC_SGLANG
+
+    d = ROOT / "sglang-0.5.16-spec"
+    b, a = (parse_totals((d / n).read_text()) for n in ("metrics.prom", "metrics_after.prom"))
+    for key in ("verify", "generated", "requests", "draft_tokens", "accept_length"):
+        assert SPEC_SGLANG[key] in a, SPEC_SGLANG[key]
+    fig = spec_figures(b, a)
+    assert fig is not None and fig.source == "sglang counters"
+    assert fig.drafts == 806.0 and fig.accepted == 925 - 8 - 806
+    assert fig.accept_length == pytest.approx((925 - 8) / 806)
+    assert fig.draft_tokens == 806 * 3 and fig.accept_rate == pytest.approx(111 / (806 * 3))
+    assert a[SPEC_SGLANG["accept_length"]] == 1.0  # the gauge: only its last window, not the trial
+    # a scrape pair with no request finished between them: no verify step, never an acceptance
+    same = spec_figures(a, a)
+    assert same is not None and same.accept_length is None and "no verify step" in same.source

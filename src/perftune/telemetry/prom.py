@@ -127,15 +127,26 @@ _GAUGES = {k: (METRICS["vllm"][k], METRICS["sglang"][k]) for k in ("running", "w
 
 # ---------------------------------------------------------------- speculative decoding acceptance
 
-# vLLM's spec-decode counters (vllm/v1/spec_decode/metrics.py); SGLang exports only gauges of the most
-# recent window (sglang:spec_accept_length, which counts the bonus token, and sglang:spec_accept_rate).
+# vLLM's spec-decode counters (vllm/v1/spec_decode/metrics.py). SGLang (0.5.16) has gauges of its most
+# recent log window (sglang:spec_accept_length, which counts the bonus token; sglang:spec_accept_rate)
+# and, per finished request, counters of verify steps, generated tokens and requests: over a trial,
+# (generated - requests) / verify steps is what each verify step yielded (a request's first token comes
+# from its prefill), SGLang's own per-request accept length (completion tokens / verify steps) without
+# that first token. It exports no per-position acceptance.
 SPEC_VLLM = {
     "drafts": "vllm:spec_decode_num_drafts_total",
     "draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
     "accepted": "vllm:spec_decode_num_accepted_tokens_total",
     "per_pos": "vllm:spec_decode_num_accepted_tokens_per_pos_total",
 }
-SPEC_SGLANG = {"accept_length": "sglang:spec_accept_length", "accept_rate": "sglang:spec_accept_rate"}
+SPEC_SGLANG = {
+    "accept_length": "sglang:spec_accept_length",
+    "accept_rate": "sglang:spec_accept_rate",
+    "verify": "sglang:spec_verify_calls_total",
+    "generated": "sglang:generation_tokens_total",
+    "requests": "sglang:num_requests_total",
+    "draft_tokens": "sglang:spec_num_draft_tokens",  # gauge: tokens verified per step, bonus slot included
+}
 
 
 class SpecFigures(BaseModel):
@@ -143,9 +154,13 @@ class SpecFigures(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     source: str = Field(description="where the figures come from: the engine's counters or its gauge")
-    drafts: float | None = Field(None, description="verify steps that carried a draft (vLLM)")
-    draft_tokens: float | None = Field(None, description="tokens drafted (vLLM)")
-    accepted: float | None = Field(None, description="draft tokens accepted (vLLM)")
+    drafts: float | None = Field(
+        None, description="verify steps that carried a draft (vLLM); verify steps (SGLang's counters)"
+    )
+    draft_tokens: float | None = Field(
+        None, description="tokens drafted (vLLM; SGLang: verify steps x its draft tokens per step)"
+    )
+    accepted: float | None = Field(None, description="draft tokens accepted (vLLM; SGLang's counters)")
     accept_rate: float | None = Field(None, description="accepted / drafted tokens")
     accept_length: float | None = Field(
         None, description="mean acceptance length: 1 + accepted per draft (the tokens a verify step yields)"
@@ -156,8 +171,9 @@ class SpecFigures(BaseModel):
 
 
 def spec_figures(b: dict[str, float], a: dict[str, float]) -> SpecFigures | None:
-    """Acceptance between two parse_totals scrapes: vLLM's counters as deltas; SGLang's gauges as the
-    value after the trial (its own most recent window). None when the engine exports neither."""
+    """Acceptance between two parse_totals scrapes: vLLM's counters as deltas; SGLang's per-request
+    counters as deltas, else its gauges as the value after the trial (its own most recent window). None
+    when the engine exports neither."""
     if SPEC_VLLM["drafts"] in a:
         d = {k: a.get(n, 0.0) - b.get(n, 0.0) for k, n in SPEC_VLLM.items() if k != "per_pos"}
         pos: list[float] = []
@@ -175,6 +191,10 @@ def spec_figures(b: dict[str, float], a: dict[str, float]) -> SpecFigures | None
             accept_length=1.0 + d["accepted"] / drafts,
             per_pos=[x / drafts for x in pos],
         )
+    if SPEC_SGLANG["verify"] in a:
+        counted = _sglang_counted(b, a)
+        if counted is not None:
+            return counted
     if SPEC_SGLANG["accept_length"] in a:
         if a[SPEC_SGLANG["accept_length"]] < 1.0:  # SGLang exports 0.0 while it does not speculate
             return SpecFigures(source="sglang gauge (0: no verify step; speculation is off)")
@@ -184,6 +204,32 @@ def spec_figures(b: dict[str, float], a: dict[str, float]) -> SpecFigures | None
             accept_rate=a.get(SPEC_SGLANG["accept_rate"]),
         )
     return None
+
+
+def _sglang_counted(b: dict[str, float], a: dict[str, float]) -> SpecFigures | None:
+    """SGLang's acceptance from its per-request counters over the window: verify steps, and the decode
+    tokens they yielded (generated - finished requests). None when the window's counters do not add up
+    (a request counted on one side only), so that the caller falls back to the gauge."""
+    d = {
+        k: a.get(SPEC_SGLANG[k], 0.0) - b.get(SPEC_SGLANG[k], 0.0)
+        for k in ("verify", "generated", "requests")
+    }
+    if d["verify"] <= 0:
+        return SpecFigures(source="sglang counters (no verify step in this trial)", drafts=0.0)
+    decode = d["generated"] - d["requests"]
+    accepted = decode - d["verify"]  # each verify step yields one token of its own, the rest were drafts
+    if accepted < 0:
+        return None
+    per_step = a.get(SPEC_SGLANG["draft_tokens"], 0.0) - 1.0
+    draft_tokens = d["verify"] * per_step if per_step > 0 else None
+    return SpecFigures(
+        source="sglang counters",
+        drafts=d["verify"],
+        draft_tokens=draft_tokens,
+        accepted=accepted,
+        accept_rate=accepted / draft_tokens if draft_tokens else None,
+        accept_length=decode / d["verify"],
+    )
 
 
 class EngineTrialFigures(BaseModel):

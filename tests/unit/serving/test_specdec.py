@@ -177,6 +177,41 @@ def test_sglang_reports_its_gauge() -> None:
     assert f is not None and f.accept_length == 2.75 and f.accept_rate == 0.58 and "gauge" in f.source
 
 
+def _sglang_scrape(verify: float, generated: float, requests: float, draft_tokens: float = 4.0) -> str:
+    """SGLang 0.5.16's per-request spec counters and its draft-token gauge, in the exposition format."""
+    lab = '{model_name="m",tp_rank="0"}'
+    return (
+        f"# TYPE sglang:spec_verify_calls counter\nsglang:spec_verify_calls_total{lab} {verify}\n"
+        f"# TYPE sglang:generation_tokens counter\nsglang:generation_tokens_total{lab} {generated}\n"
+        f"# TYPE sglang:num_requests counter\nsglang:num_requests_total{lab} {requests}\n"
+        f"# TYPE sglang:spec_num_draft_tokens gauge\nsglang:spec_num_draft_tokens{lab} {draft_tokens}\n"
+        f"# TYPE sglang:spec_accept_length gauge\nsglang:spec_accept_length{lab} 9.0\n"
+    )
+
+
+def test_sglang_counters_give_the_trial_its_own_acceptance() -> None:
+    """8 requests of 128 tokens: 8 first tokens from prefill, 1016 decode tokens in 400 verify steps of
+    K=3 (4 draft tokens a step, the bonus slot included): 2.54 tokens a step, 616 of 1200 drafts taken.
+    The window gauge (9.0) is not what the trial measured and is not read."""
+    f = spec_figures(
+        parse_totals(_sglang_scrape(100, 500, 4)), parse_totals(_sglang_scrape(500, 500 + 1024, 12))
+    )
+    assert f is not None and f.source == "sglang counters"
+    assert (f.drafts, f.accepted, f.draft_tokens) == (400.0, 616.0, 1200.0)
+    assert f.accept_length == pytest.approx(1016 / 400)
+    assert f.accept_rate == pytest.approx(616 / 1200)
+    assert f.per_pos == []  # SGLang exports no per-position acceptance
+
+
+def test_sglang_counters_without_a_verify_step_or_that_do_not_add_up() -> None:
+    same = parse_totals(_sglang_scrape(100, 500, 4))
+    f = spec_figures(same, same)
+    assert f is not None and f.drafts == 0 and f.accept_length is None and "no verify step" in f.source
+    # more verify steps than decode tokens: a request counted on one side only; the gauge is read
+    g = spec_figures(same, parse_totals(_sglang_scrape(300, 510, 5)))
+    assert g is not None and "gauge" in g.source and g.accept_length == 9.0
+
+
 def test_iid_profile_bounds() -> None:
     assert iid_profile(1.0, 3) == [1.0, 1.0, 1.0] and iid_profile(0.0, 2) == [0.0, 0.0]
     with pytest.raises(ValueError):
