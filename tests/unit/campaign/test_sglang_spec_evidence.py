@@ -4,13 +4,14 @@ speculation reports one."""
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 E = Path(__file__).resolve().parents[3] / "benchmarks/results/2026-12-04-h200-sglang-0.5.16-ngram"
 
 
-def _specs(path: Path) -> list[dict | None]:
+def _specs(path: Path) -> list[dict[str, Any] | None]:
     return [(t.get("engine") or {}).get("spec") for t in json.loads(path.read_text())["trials"]]
 
 
