@@ -4,7 +4,7 @@ For each real engine of the campaign and each asked method: K is screened (one d
 workload, at the lowest concurrency), then the best K and the standing config (the campaign's levers,
 no speculation) are deployed in interleaved trials (>= 3 each, a fresh deploy and a cache reset per
 trial: the tuner's machinery) on every workload at every asked concurrency. Acceptance is read from
-the engine per trial (vLLM's counters, SGLang's gauge; llama-cpp-python reports none, which is said).
+the engine per trial (vLLM's and SGLang's counters; llama-cpp-python reports none, which is said).
 The gate (perftune.tune.specgate) wants a measured acceptance-length win and a TPOT win on every
 workload and on the suite at the lowest concurrency; otherwise the standing config is kept. The report
 shows the TPOT and tok/s ratios per workload and concurrency and the crossover concurrency.
