@@ -17,8 +17,8 @@ def _specs(path: Path) -> list[dict[str, Any] | None]:
 
 def test_speculating_trials_carry_counter_acceptance() -> None:
     specs = _specs(E / "bench-spec-code-c1" / "summary.json")
-    specs += [s for p in sorted((E / "phase7-partial").glob("*ngram-k3*/summary.json")) for s in _specs(p)]
-    assert len(specs) == 3 + 4
+    specs += [s for p in sorted((E / "phase7/trials").glob("*ngram-k3*/summary.json")) for s in _specs(p)]
+    assert len(specs) == 3 + 6
     for s in specs:
         assert s is not None and s["source"] == "sglang counters"
         assert s["accept_length"] == pytest.approx(1 + s["accepted"] / s["drafts"])
@@ -27,8 +27,20 @@ def test_speculating_trials_carry_counter_acceptance() -> None:
 
 
 def test_trials_without_speculation_report_no_acceptance() -> None:
-    paths = sorted((E / "phase7-partial").glob("*standing*/summary.json"))
-    assert len(paths) == 4
+    paths = sorted((E / "phase7/trials").glob("*standing*/summary.json"))
+    assert len(paths) == 6
     for p in paths:
         for s in _specs(p):
             assert s is None or s.get("accept_length") is None
+
+
+def test_phase7_on_sglang_says_do_not_ship() -> None:
+    """ngram K=3 on SGLang wins acceptance (read from its counters) but loses TPOT on both workloads."""
+    d = json.loads((E / "phase7" / "specdec.json").read_text())["engines"]["sglang"]["methods"]["ngram"]
+    g = d["gate"]
+    assert d["acceptance_reported"] and g["verdict"] == "do-not-ship"
+    assert {c["workload"]: (c["acceptance"], c["latency"]) for c in g["calls"]} == {
+        "chat": ("win", "loss"),
+        "code": ("win", "loss"),
+    }
+    assert g["suite_tpot_speedup_ci95"][1] < 1.0
