@@ -15,10 +15,12 @@ Each regime is held out in turn: the simulator is calibrated on that GPU's other
 held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
 regime. The held-out point's interval (from the fit's residuals, flagged as extrapolated: its regime is
 by construction not calibrated) is checked too. The MoE (DeepSeek-V2-Lite, H200, dummy weights: c=16 on
-2026-12-02 and 2026-12-03, and the 2026-12-03 ladder at c=1, 16, 64) is held out by concurrency band:
-the H200 dense fit (all its points) with the three MoE factors (routing spread, MoE GEMM efficiency,
-per-MoE-layer step overhead) fitted to the other bands' MoE points predicts the held-out band; its
-errors count in the MAPE.
+2026-12-02 and 2026-12-03, the 2026-12-03 ladder at c=1, 16, 64, and the 2026-12-04 prefill run: c=1 at
+prompts of 256 to 8192 tokens and c=32 on engine defaults, c=1 and c=64 with graphs captured up to 2048
+tokens) is held out by concurrency band: the H200 dense fit (all its points) with the four MoE factors
+(routing spread, MoE GEMM efficiency, per-MoE-layer step overhead, host time per MoE layer of an
+ungraphed step) fitted to the other bands' MoE points predicts the held-out band; its errors count in
+the MAPE.
 
 Prints the per-regime table and ends with
     held-out MAPE: tpot=X% output_tok_s=Y% ttft=Z% (n=N points)
@@ -94,31 +96,51 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
     return run2 + merged(run3)
 
 
-def fit_moe(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:
-    """The three MoE factors fitted to measured MoE points, the dense factors held: the routing spread
-    (decode reads the experts its batch touches), the MoE GEMM efficiency (prefill is FLOP bound) and
-    the per-MoE-layer step overhead (a batch-1 step's router and permute kernels). Bounded Powell on the
-    log factors, from mid-range starts (the priors sit on the upper bounds, 1.0, where clamped steps see a
-    flat loss), on `fit`'s own loss."""
+def fit_moe(
+    card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement], factors: int = len(MOE_FITTABLE)
+) -> Calibration:
+    """The MoE factors fitted to measured MoE points, the dense factors held: the routing spread (decode
+    reads the experts its batch touches), the MoE GEMM efficiency (prefill is FLOP bound), the
+    per-MoE-layer step overhead (a batch-1 step's router and permute kernels) and the host time per MoE
+    layer of a step run without CUDA graphs. `factors` fits the first that many of MOE_FITTABLE, the rest
+    at their priors (3: the model as it was before the ungraphed host term, 2026-12-03). Bounded Powell
+    on the log factors, from mid-range starts (the priors sit on the upper bounds, 1.0, where clamped steps
+    see a flat loss), on `fit`'s own loss."""
     from scipy.optimize import minimize
 
-    def make(x: np.ndarray) -> Calibration:
-        return cal.model_copy(update={k: float(np.exp(v)) for k, v in zip(MOE_FITTABLE, x, strict=True)})
+    keys = MOE_FITTABLE[:factors]
 
-    bounds = [(np.log(1e-3), 0.0), (np.log(0.02), 0.0), (np.log(0.1), np.log(1000.0))]
+    def make(x: np.ndarray) -> Calibration:
+        return cal.model_copy(update={k: float(np.exp(v)) for k, v in zip(keys, x, strict=True)})
+
+    bounds = [(np.log(1e-3), 0.0), (np.log(0.02), 0.0), (np.log(0.1), np.log(1000.0)), (0.0, np.log(1e4))]
     res = minimize(
         lambda x: points_loss(card, g, make(x), points),
-        np.log([0.3, 0.3, 20.0]),
+        np.log([0.3, 0.3, 20.0, 1000.0][:factors]),
         method="Powell",
-        bounds=bounds,
+        bounds=bounds[:factors],
         options={"maxiter": 40, "xtol": 1e-2},
     )
     return make(np.array(res.x))
 
 
-def moe_points() -> list[Measurement]:
+def with_residuals(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:
+    """`cal` with its residual table (the source of every interval) from its own training points."""
+    table = residuals(
+        (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
+        for m in points
+        for p in [predict_point(card, g, cal, m)]
+    )
+    return cal.model_copy(update={"residuals": table})
+
+
+PREFILL = R / "2026-12-04-h200-vllm-0.26.0-moe-prefill"
+
+
+def moe_points(prefill: bool = True) -> list[Measurement]:
     """DeepSeek-V2-Lite (MLA + MoE, dummy weights) on the H200: c=16 on 2026-12-02 and on 2026-12-03
-    (phase 1, 3 trials each), and the 2026-12-03 ladder at c=1, 16 and 64 (one deploy, 3 trials each)."""
+    (phase 1, 3 trials each), the 2026-12-03 ladder at c=1, 16 and 64 (one deploy, 3 trials each), and
+    (prefill) the 2026-12-04 run's points, `prefill_points`."""
     ms, _ = from_bundles(
         [
             R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign",
@@ -127,7 +149,18 @@ def moe_points() -> list[Measurement]:
         ],
         "h200",
     )
-    return sorted(ms, key=lambda m: m.concurrency)
+    return sorted(ms + (prefill_points() if prefill else []), key=lambda m: (m.concurrency, m.flags, m.isl))
+
+
+def prefill_points() -> list[Measurement]:
+    """The 2026-12-04 MoE prefill run (one deploy per arm, 3 trials per point): on engine defaults, c=1
+    with prompts of 256 to 8192 tokens (8 out) and c=32 1024/128; with CUDA graphs captured up to 2048
+    tokens, c=1 around the graph boundary and c=64 1024/128 (its cells' context does not record the
+    deploy's --compilation-config, so the flag is set here)."""
+    defaults, _ = from_bundles([PREFILL / "defaults"], "h200")
+    graphs, _ = from_bundles([PREFILL / "graphs2048"], "h200")
+    size = ["--max-cudagraph-capture-size", "2048"]
+    return defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
 
 
 def held_out(
@@ -172,12 +205,8 @@ def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
     for reg in sorted({regime_of(m) for m in moe}):
         t0 = time.perf_counter()
         train = [m for m in moe if regime_of(m) != reg]
-        mcal = fit_moe(card, g, cal, train)
-        table = residuals(
-            (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
-            for m in train
-            for p in [predict_point(card, g, mcal, m)]
-        )
+        mcal = with_residuals(card, g, fit_moe(card, g, cal, train), train)
+        table = mcal.residuals
         e = []
         for m in (m for m in moe if regime_of(m) == reg):
             p = predict_point(card, g, mcal, m, trials=3)
@@ -189,7 +218,7 @@ def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
             f"MoE   {reg:22s} n={len(e):2d} (fit on {len(train):2d}, {time.perf_counter() - t0:4.0f} s) | "
             + " ".join(f"{k}={mape[k]:5.1f}%" for k in METRICS)
             + f" | spread {mcal.moe_routing_spread:.3f}, MoE GEMM {mcal.moe_gemm_efficiency:.3f}, "
-            f"{mcal.moe_layer_overhead_us:.0f} us/MoE layer"
+            f"{mcal.moe_layer_overhead_us:.0f} us/MoE layer, ungraphed {mcal.moe_ungraphed_layer_us:.0f} us"
         )
     return errs, inside
 

@@ -13,7 +13,13 @@ The H200 fit is the one `benchmarks/sim_accuracy.py` uses (the 14 committed clos
   new regime);
 - the MoE ladder (`results/2026-12-03-h200-vllm-0.26.0-moe-ladder`, a later machine): the same
   DeepSeek-V2-Lite folder, one deploy, `perftune bench run` at c=1, 16 and 64, 3 trials each with a cache
-  reset: c=1 and c=64 are MoE concurrencies no fit has seen (the MoE factors come from one c=16 point).
+  reset: c=1 and c=64 are MoE concurrencies no fit has seen (the MoE factors come from one c=16 point);
+- the MoE prefill run (`results/2026-12-04-h200-vllm-0.26.0-moe-prefill`, a later machine): c=1 at
+  prompts of 256 to 8192 tokens and c=32 1024/128 on engine defaults, c=1 and c=64 with CUDA graphs
+  captured up to 2048 tokens (a lever no committed bundle has), 3 trials each, predicted with the four
+  MoE factors fitted to the five MoE points before it. The model's fourth factor (host time per MoE
+  layer of an ungraphed step) was added after this run showed the cost; its value comes from the
+  earlier points only, so this checks the fit, not the model's form.
 No committed point has FP8 weights, so the FP8-weight kernel factor stays at its prior (the roofline
 ratio): the FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds these points to its H200
 set, where the two FP8 concurrencies fit the factor for each other.
@@ -40,7 +46,17 @@ from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_accuracy import MAXITER, METRICS, R, fit_moe, h200_points, merged
+from sim_accuracy import (
+    MAXITER,
+    METRICS,
+    R,
+    fit_moe,
+    h200_points,
+    merged,
+    moe_points,
+    prefill_points,
+    with_residuals,
+)
 
 RUN = R / "2026-12-03-h200-vllm-0.26.0-fp8-moe"
 LADDER = R / "2026-12-03-h200-vllm-0.26.0-moe-ladder"
@@ -85,11 +101,22 @@ def main() -> int:
         tot[1] += n
     old, _ = from_bundles([R / "2026-12-02-h200-vllm-0.26.0-first-contact/optimize/campaign"], "h200")
     moe_card = model_card("deepseek-v2-lite")
-    mcal = fit_moe(moe_card, g, cal, old[:1])  # the dense fit, its MoE factors fitted on 12-02's c=16
+    # the dense fit, its MoE factors fitted on 12-02's c=16, the model as it was then (three MoE factors)
+    mcal = fit_moe(moe_card, g, cal, old[:1], factors=3)
     moe, _ = from_bundles([RUN / "moe-ladder/campaign"], "h200")
     ladder, _ = from_bundles([LADDER], "h200")  # c=1 and c=64: MoE concurrencies never measured before
     for m in [*moe, *sorted(ladder, key=lambda x: x.concurrency)]:
         i, n = show("DeepSeek-V2-Lite (MoE fit 12-02)", m, "deepseek-v2-lite", mcal)
+        tot[0] += i
+        tot[1] += n
+    # 2026-12-04: the four MoE factors (with the ungraphed step's host time) fitted on every MoE point
+    # before that day (5), the H200 fit on all the dense H200 points; the prefill run's points are new
+    full = fit(dense, g, h200_points(), base_calibration(dense, g), maxiter=MAXITER)
+    before = moe_points(prefill=False)
+    mcal4 = with_residuals(moe_card, g, fit_moe(moe_card, g, full, before), before)  # MoE intervals
+    for m in prefill_points():
+        graphs = "graphs<=2048, " if "--max-cudagraph-capture-size" in m.flags else ""
+        i, n = show(f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to 12-03)", m, "deepseek-v2-lite", mcal4)
         tot[0] += i
         tot[1] += n
     print(

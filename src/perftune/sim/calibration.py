@@ -21,7 +21,12 @@ from perftune.util.atomic import write_text
 
 # fitted only when the measurements hold that dtype (a factor no point constrains stays a prior)
 DTYPE_FITTABLE = {"fp8w": "fp8_weight_efficiency", "fp8kv": "fp8_kv_efficiency"}
-MOE_FITTABLE = ("moe_routing_spread", "moe_gemm_efficiency", "moe_layer_overhead_us")  # fitted on MoE points
+MOE_FITTABLE = (  # fitted on MoE points
+    "moe_routing_spread",
+    "moe_gemm_efficiency",
+    "moe_layer_overhead_us",
+    "moe_ungraphed_layer_us",
+)
 FITTABLE = (
     "hbm_efficiency",
     "gemm_efficiency",
@@ -88,6 +93,15 @@ class Calibration(BaseModel):
         description="MoE: fixed cost per MoE layer per step (the router's top-k, the token permute and "
         "align kernels, the shared experts' own launches): what makes a batch-1 MoE step slower than its "
         "bytes say. 10 us is a prior; fitted when the measurements are of a MoE model",
+    )
+    moe_ungraphed_layer_us: float = Field(
+        0.0,
+        ge=0,
+        description="MoE: host (CPU) time per MoE layer of a step that runs without CUDA graphs (more "
+        "tokens than the largest captured graph, or eager): the router, align, grouped-GEMM and "
+        "shared-expert ops launched one by one. It overlaps the GPU's work, so a step takes the longer "
+        "of the two. 0 is a prior (launches hidden); fitted when the measurements are of a MoE model "
+        "(vLLM 0.26.0, H200, DeepSeek-V2-Lite: a lone 768-token prefill 93 ms ungraphed, 24 ms graphed)",
     )
     fp8_kv_efficiency: float = Field(
         1.0,

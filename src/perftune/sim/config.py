@@ -224,7 +224,9 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
     if v.get("enforce_eager"):
         d["cudagraph_mode"] = "NONE"
     if v.get("compilation_config"):
-        d["cudagraph_mode"] = _cudagraph_mode(v["compilation_config"], d["cudagraph_mode"])
+        d["cudagraph_mode"], size = _compilation(v["compilation_config"], d["cudagraph_mode"])
+        if size is not None and v.get("max_cudagraph_capture_size") is None:
+            d["max_cudagraph_capture_size"] = size
     fault = parse_fault(
         v.get("fault"),
         v.get("fault_after"),
@@ -237,9 +239,10 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
     return SimConfig(**d)
 
 
-def _cudagraph_mode(text: str, current: str) -> str:
+def _compilation(text: str, current: str) -> tuple[str, int | None]:
+    """(cudagraph_mode, max_cudagraph_capture_size or None) of a --compilation-config / -O value."""
     if text.strip().isdigit():  # -O 0..3: optimization level; only 0 (eager) changes graphs
-        return "NONE" if text.strip() == "0" else current
+        return ("NONE" if text.strip() == "0" else current), None
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as e:
@@ -255,9 +258,15 @@ def _cudagraph_mode(text: str, current: str) -> str:
     if extra:
         raise ConfigError(
             f"the simulator cannot model compilation-config key(s) {', '.join(extra)}",
-            hint="modelled keys: cudagraph_mode",
+            hint="modelled keys: cudagraph_mode, max_cudagraph_capture_size",
         )
     mode = str(obj.get("cudagraph_mode", current)).upper()
     if mode not in CUDAGRAPH_MODES:
         raise ConfigError(f"unknown cudagraph_mode '{mode}'", hint="one of " + ", ".join(CUDAGRAPH_MODES))
-    return mode
+    size = obj.get("max_cudagraph_capture_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ConfigError(
+            f"max_cudagraph_capture_size must be a positive integer, got {size!r}",
+            hint="e.g. --compilation-config '{\"max_cudagraph_capture_size\": 2048}'",
+        )
+    return mode, size

@@ -47,6 +47,7 @@ class StepModel:
     routed_bytes: float = 0.0  # one GPU's bytes of every routed expert
     route_share: float = 0.0  # top_k / experts: the share of experts one token touches
     route_spread: float = 1.0  # tokens routing independently (1) or together (0): Calibration
+    ungraphed_host_s: float = 0.0  # MoE: host time of the MoE layers in a step run without CUDA graphs
 
     @classmethod
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
@@ -98,6 +99,7 @@ class StepModel:
             routed_bytes=routed,
             route_share=card.moe.top_k / card.moe.experts if card.moe and card.moe.experts else 0.0,
             route_spread=cal.moe_routing_spread,
+            ungraphed_host_s=card.moe.moe_layers * cal.moe_ungraphed_layer_us * 1e-6 if card.moe else 0.0,
         )
 
     def experts_touched(self, tokens: int) -> float:
@@ -125,6 +127,14 @@ class StepModel:
             return self.piecewise_s
         return self.eager_s  # FULL / FULL_DECODE_ONLY run mixed batches eagerly
 
+    def graphed(self, decode_only: bool, tokens: int) -> bool:
+        """Whether the step's MoE layers run inside captured CUDA graphs (whole, or in the pieces
+        around attention), per vLLM cudagraph_mode and the largest captured size."""
+        if self.mode == "NONE" or tokens > self.graph_max_bs:
+            return False
+        # a decode-only batch is graphed whole or in pieces; FULL / FULL_DECODE_ONLY run mixed ones eagerly
+        return decode_only or self.mode in ("PIECEWISE", "FULL_AND_PIECEWISE")
+
     def parts(
         self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool
     ) -> tuple[float, float, float, float]:
@@ -134,6 +144,9 @@ class StepModel:
         attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
         comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
         host = self.fixed_s + self.per_seq_s * n_seqs + self.launch_s(decode_only, tokens)
+        if self.ungraphed_host_s > 0.0 and not self.graphed(decode_only, tokens):
+            # launched op by op, the MoE layers' host work overlaps the GPU's: only the excess shows
+            host += max(0.0, self.ungraphed_host_s - (gemm + attn + comm))
         return gemm, attn, comm, host
 
     def step_s(

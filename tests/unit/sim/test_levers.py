@@ -137,3 +137,10 @@ def test_unknown_flags_are_refused_by_name() -> None:
     )
     assert parse_vllm_flags(["--enforce-eager"]).cudagraph_mode == "NONE"
     assert parse_vllm_flags(["--load-format", "dummy"]) == SimConfig()
+    # vLLM's largest captured graph, set inside --compilation-config or by its own flag (which wins)
+    size = '{"max_cudagraph_capture_size": 2048}'
+    assert parse_vllm_flags(["--compilation-config", size]).max_cudagraph_capture_size == 2048
+    both = ["--compilation-config", size, "--max-cudagraph-capture-size", "1024"]
+    assert parse_vllm_flags(both).max_cudagraph_capture_size == 1024
+    with pytest.raises(ConfigError, match="max_cudagraph_capture_size must be a positive integer"):
+        parse_vllm_flags(["--compilation-config", '{"max_cudagraph_capture_size": "big"}'])

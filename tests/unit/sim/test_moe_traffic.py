@@ -128,3 +128,43 @@ def test_the_moe_layer_overhead_is_paid_per_moe_layer_every_step_and_never_by_a_
     a = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_layer_overhead_us": 0.0}))
     b = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_layer_overhead_us": 40.0}))
     assert a.step_s(8, 8, 8192, 0.0, True) == b.step_s(8, 8, 8192, 0.0, True)
+
+
+def test_an_ungraphed_moe_step_takes_the_longer_of_its_host_launches_and_its_gpu_work() -> None:
+    """vLLM runs a step of more tokens than its largest captured graph (512 by default) op by op: the MoE
+    layers' host work (26 layers x 2,780 us here: 72.3 ms) overlaps the GPU's, so a short prefill waits
+    for the host and a long one does not; a graphed step never pays it, nor does a dense model."""
+    cal = for_gpu(H100).model_copy(update={"moe_ungraphed_layer_us": 2780.0})
+    card = model_card("deepseek-v2-lite")
+    on = StepModel.build(card, H100, SimConfig(), cal)
+    off = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_ungraphed_layer_us": 0.0}))
+    host = 26 * 2780e-6
+    assert on.ungraphed_host_s == pytest.approx(host)
+
+    def gpu_s(m: StepModel, n: int, tokens: int, pairs: float) -> float:
+        return sum(m.parts(n, tokens, 0, pairs, False)[:3])
+
+    # a 768-token prefill: over the 512-token graphs, GPU work well under the host's 72.3 ms
+    short = (1, 768, 0, 768 * 769 / 2, False)
+    assert not on.graphed(False, 768)
+    assert gpu_s(on, 1, 768, short[3]) < host
+    assert on.step_s(*short) - off.step_s(*short) == pytest.approx(host - gpu_s(off, 1, 768, short[3]))
+    # the same prompt at 512 tokens is graphed in pieces: nothing extra
+    assert on.graphed(False, 512)
+    assert on.step_s(1, 512, 0, 512 * 513 / 2, False) == off.step_s(1, 512, 0, 512 * 513 / 2, False)
+    # a 16,384-token prefill's GPU work outlasts the launches: hidden
+    long = (2, 16384, 0, 2 * 8192 * 8193 / 2, False)
+    assert gpu_s(off, 2, 16384, long[3]) > host
+    assert on.step_s(*long) == off.step_s(*long)
+    # graphs up to 2048 tokens make the 768-token prefill graphed again
+    big = StepModel.build(card, H100, SimConfig(max_cudagraph_capture_size=2048), cal)
+    assert big.graphed(False, 768) and big.step_s(*short) == pytest.approx(off.step_s(*short))
+    # decode-only batches are graphed; eager mode graphs nothing; FULL runs mixed batches eagerly
+    assert on.step_s(64, 64, 64 * 1024, 0.0, True) == off.step_s(64, 64, 64 * 1024, 0.0, True)
+    eager = StepModel.build(card, H100, SimConfig(cudagraph_mode="NONE"), cal)
+    full = StepModel.build(card, H100, SimConfig(cudagraph_mode="FULL"), cal)
+    assert not eager.graphed(True, 1) and not full.graphed(False, 64) and full.graphed(True, 64)
+    dense = model_card("llama-3.1-8b")
+    a = StepModel.build(dense, H100, SimConfig(), cal)
+    b = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_ungraphed_layer_us": 0.0}))
+    assert a.ungraphed_host_s == 0.0 and a.step_s(*short) == b.step_s(*short)

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# On the GPU host (2026-12-04, issue 21): where a lone MoE prefill's time goes on vLLM 0.26.0.
+# DeepSeek-V2-Lite (MLA + MoE, dummy weights from `perftune model synth`) at c=1 takes 60-120 ms to its
+# first token for a 1024-token prompt, while in a batch of 8192 prompt tokens the same 1024 tokens cost
+# about 17 ms, and its decode steps take 3.3 ms. A step of more tokens than the largest captured CUDA
+# graph (512 by default) runs without graphs; this measures whether that, not the GEMMs, is the cost:
+#   A. engine defaults: `perftune bench run` at c=1 with prompts of 256 ... 8192 tokens (8 output
+#      tokens, 3 trials each), then a fresh c=32 1024/128 point (3 trials);
+#   B. graphs captured up to 2048 tokens (--compilation-config max_cudagraph_capture_size=2048): the
+#      same c=1 prompts around the boundary, and c=64 1024/128 (3 trials), against the ladder's c=64.
+#
+#   scripts/gpu/moe_prefill_vllm.sh UP OUT [WAIT_S]
+#
+# UP holds the chunks (uNN) of a tar with stage/ (wheels/, install-offline-bundle.sh, dsv2-lite/) and
+# parts/ (vllm.pNN, vllm.sha256), all copied before this runs. The first call unpacks them and starts
+# the pipeline in its own session (setsid) so that it outlives the call; every call waits (WAIT_S,
+# default 540) and packs the run folder's small files into OUT/moe-prefill.tgz. A step whose done file
+# exists is skipped.
+set -uo pipefail
+root=${PT_RUN_ROOT:-/root/ptrun}
+r="$root/moe-prefill"
+mkdir -p "$r"
+log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
+
+sweep() {  # ARM ISLS [deploy args...]: one deploy, c=1 at each prompt length, then the arm's ladder point
+  local arm=$1 isls=$2; shift 2
+  local d="$r/$arm" model="$root/pay/stage/dsv2-lite"
+  [ -f "$d/done" ] && return 0
+  mkdir -p "$d"
+  log "$arm: deploy vllm (dsv2-lite dummy) $*"
+  python3 -m perftune deploy --engine vllm --model "$model" --served-name dsv2-lite --ready-timeout-s 500 \
+    --detach --json --runs-dir "$d/deploy" -- --load-format dummy --max-model-len 10240 "$@" \
+    > "$d/deploy.json" 2> "$d/deploy.err" || { log "$arm: deploy failed ($(tail -n 1 "$d/deploy.err"))"; return 1; }
+  local ep rid lg
+  ep=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["endpoint"])' "$d/deploy.json")
+  rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$d/deploy.json")
+  lg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["log_path"])' "$d/deploy.json")
+  local common=(--endpoint "$ep" --model dsv2-lite --workload random --trials 3 --hardware 1xH200 --gpu h200
+                --model-card "$model")
+  for isl in ${isls//,/ }; do
+    log "$arm: c=1 isl=$isl osl=8"
+    python3 -m perftune bench run "${common[@]}" --isl "$isl" --osl 8 --concurrency 1 --num-requests 12 \
+      --out "$d/c1-isl$isl" > "$d/c1-isl$isl.txt" 2>&1; log "$arm: rc=$?"
+  done
+  local c=${PT_LADDER_C:-32}
+  [ "$arm" = graphs2048 ] && c=64
+  log "$arm: c=$c isl=1024 osl=128"
+  python3 -m perftune bench run "${common[@]}" --isl 1024 --osl 128 --concurrency "$c" \
+    --num-requests $(( 2 * c )) --out "$d/c$c" > "$d/c$c.txt" 2>&1; log "$arm: rc=$?"
+  tail -c 3000000 "$lg" > "$d/vllm-server.log"
+  python3 -m perftune deploy down "$rid" --runs-dir "$d/deploy" >> "$d/deploy.err" 2>&1
+  touch "$d/done"
+}
+
+pipeline() {
+  local pay=$1
+  log "pipeline start (pid $$)"
+  if [ ! -f /tmp/ptdeps/.done ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/ptdeps \
+      "$pay"/stage/wheels/*.whl >> "$r/steps.log" 2>&1 && touch /tmp/ptdeps/.done || { log "deps failed"; return 1; }
+  fi
+  if [ ! -f /tmp/perftune-offline/vllm/env.sh ]; then
+    log "install the vLLM bundle"
+    bash "$pay/stage/install-offline-bundle.sh" vllm "$pay/parts" >> "$r/vllm-install.log" 2>&1 \
+      || { log "vLLM install failed (vllm-install.log)"; return 1; }
+  fi
+  # shellcheck disable=SC1091
+  source /tmp/perftune-offline/vllm/env.sh
+  export PYTHONPATH="$PYTHONPATH:$root/src:/tmp/ptdeps"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$r/gpu.txt"
+  sweep defaults 256,512,768,1024,2048,4096,8192
+  sweep graphs2048 512,768,1024,2048 --compilation-config '{"max_cudagraph_capture_size": 2048}'
+  log "pipeline end"
+}
+
+if [ "${1:-}" = "--pipeline" ]; then
+  shift
+  pipeline "$@"
+  echo $? > "$r/pipeline.rc"
+  exit 0
+fi
+
+up=${1:?chunks dir}; out=${2:?out dir}; wait_s=${3:-540}
+t0=$(date +%s)
+pidf="$r/pipeline.pid"
+if [ -f "$r/pipeline.rc" ] && [ -z "${PT_RESTART:-}" ]; then
+  log "pipeline already finished (rc $(cat "$r/pipeline.rc"))"
+elif [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+  log "pipeline running (pid $(cat "$pidf"))"
+else
+  rm -f "$r/pipeline.rc"
+  if [ ! -d "$root/pay/parts" ]; then
+    log "unpack $(ls "$up" | wc -l) chunks"
+    mkdir -p "$root/pay" && cat "$up"/u* | tar x -C "$root/pay" || { log "unpack failed"; exit 1; }
+  fi
+  [ -d "$root/src" ] || cp -r "$PWD/src" "$root/src"
+  mkdir -p "$root/bin" && cp "$0" "$root/bin/"
+  setsid nohup bash "$root/bin/$(basename "$0")" --pipeline "$root/pay" >> "$r/pipeline.log" 2>&1 < /dev/null &
+  echo $! > "$pidf"
+  log "pipeline started (pid $!)"
+fi
+while [ $(( $(date +%s) - t0 )) -lt "$wait_s" ] && [ ! -f "$r/pipeline.rc" ]; do sleep 3; done
+(cd "$root" && find moe-prefill -type f -size -4M -print0 | tar czf "$out/moe-prefill.tgz" --null -T - 2>/dev/null)
+cp "$r/steps.log" "$out/steps.log" 2>/dev/null
+log "packed; pipeline $([ -f "$r/pipeline.rc" ] && echo "rc $(cat "$r/pipeline.rc")" || echo running)"
+tail -n 25 "$r/steps.log"
