@@ -43,14 +43,14 @@ from perftune.sim.calibrate import (
     ape,
     base_calibration,
     fit,
+    fit_moe,
     from_bundles,
     load_measurements,
-    points_loss,
     predict_point,
     regime_of,
     residuals,
 )
-from perftune.sim.calibration import MOE_FITTABLE, Calibration
+from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
 
 R = Path(__file__).resolve().parent / "results"
@@ -94,34 +94,6 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
         return run2
     run3, _ = from_bundles([R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/fp8-ab/campaign"], "h200")
     return run2 + merged(run3)
-
-
-def fit_moe(
-    card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement], factors: int = len(MOE_FITTABLE)
-) -> Calibration:
-    """The MoE factors fitted to measured MoE points, the dense factors held: the routing spread (decode
-    reads the experts its batch touches), the MoE GEMM efficiency (prefill is FLOP bound), the
-    per-MoE-layer step overhead (a batch-1 step's router and permute kernels) and the host time per MoE
-    layer of a step run without CUDA graphs. `factors` fits the first that many of MOE_FITTABLE, the rest
-    at their priors (3: the model as it was before the ungraphed host term, 2026-12-03). Bounded Powell
-    on the log factors, from mid-range starts (the priors sit on the upper bounds, 1.0, where clamped steps
-    see a flat loss), on `fit`'s own loss."""
-    from scipy.optimize import minimize
-
-    keys = MOE_FITTABLE[:factors]
-
-    def make(x: np.ndarray) -> Calibration:
-        return cal.model_copy(update={k: float(np.exp(v)) for k, v in zip(keys, x, strict=True)})
-
-    bounds = [(np.log(1e-3), 0.0), (np.log(0.02), 0.0), (np.log(0.1), np.log(1000.0)), (0.0, np.log(1e4))]
-    res = minimize(
-        lambda x: points_loss(card, g, make(x), points),
-        np.log([0.3, 0.3, 20.0, 1000.0][:factors]),
-        method="Powell",
-        bounds=bounds[:factors],
-        options={"maxiter": 40, "xtol": 1e-2},
-    )
-    return make(np.array(res.x))
 
 
 def with_residuals(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:

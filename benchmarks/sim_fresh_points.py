@@ -38,11 +38,12 @@ from perftune.sim.calibrate import (
     Measurement,
     base_calibration,
     fit,
+    fit_moe,
     from_bundles,
     predict_point,
     regime_of,
 )
-from perftune.sim.calibration import Calibration
+from perftune.sim.calibration import MOE_FITTABLE, Calibration, load_calibration, save_calibration
 from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +51,6 @@ from sim_accuracy import (
     MAXITER,
     METRICS,
     R,
-    fit_moe,
     h200_points,
     merged,
     moe_points,
@@ -82,7 +82,46 @@ def show(label: str, m: Measurement, card_name: str, cal: Calibration) -> tuple[
     return inside, len(METRICS)
 
 
+FRESH2 = R / "2026-12-04-h200-vllm-0.26.0-moe-fresh"
+
+
+def fresh2_points() -> list[Measurement]:
+    """The second 2026-12-04 MoE run: engine defaults (`defaults/`) and graphs up to 2048 tokens
+    (`graphs2048/`, the flag set here: the cells' context does not record the deploy's
+    --compilation-config)."""
+    defaults, _ = from_bundles([FRESH2 / "defaults"], "h200")
+    graphs, _ = from_bundles([FRESH2 / "graphs2048"], "h200")
+    size = ["--max-cudagraph-capture-size", "2048"]
+    out = defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
+    return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
+
+
+def moe_calibration(full: Calibration) -> Calibration:
+    """The H200 calibration for DeepSeek-V2-Lite on vLLM 0.26.0: the dense fit `full` with the four MoE
+    factors fitted on all 18 MoE points (through the 2026-12-04 prefill run) and their residuals, which
+    give every interval. Written by --calibration-out before the second 2026-12-04 run; that run's points
+    are predicted with it (`perftune sim predict --calibration` reads the same file)."""
+    card, g, pts = model_card("deepseek-v2-lite"), gpu("h200"), moe_points()
+    cal = with_residuals(card, g, fit_moe(card, g, full, pts), pts)
+    return cal.model_copy(
+        update={
+            "fitted": [*full.fitted, *MOE_FITTABLE],
+            "priors": [k for k in full.priors if k not in MOE_FITTABLE],
+            "sources": [*full.sources, *sorted({m.source.split("#")[0] for m in pts})],
+            "note": "dense factors: the H200 fit on 19 Llama-3.1-8B points; MoE factors: DeepSeek-V2-Lite's "
+            "18 points (benchmarks/sim_fresh_points.py --calibration-out)",
+        }
+    )
+
+
 def main() -> int:
+    if "--calibration-out" in sys.argv:
+        g, dense = gpu("h200"), model_card("llama-3.1-8b")
+        full = fit(dense, g, h200_points(), base_calibration(dense, g), maxiter=MAXITER)
+        out = Path(sys.argv[sys.argv.index("--calibration-out") + 1])
+        save_calibration(moe_calibration(full), out)
+        print(f"wrote {out}")
+        return 0
     g = gpu("h200")
     dense = model_card("llama-3.1-8b")
     committed = h200_points(fresh=False)
@@ -119,6 +158,13 @@ def main() -> int:
         i, n = show(f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to 12-03)", m, "deepseek-v2-lite", mcal4)
         tot[0] += i
         tot[1] += n
+    if (FRESH2 / "defaults").exists():  # predicted before measured, by the calibration committed there
+        cal2 = load_calibration(FRESH2 / "calibration.yaml")
+        for m in fresh2_points():
+            graphs = "graphs<=2048, " if "--max-cudagraph-capture-size" in m.flags else ""
+            i, n = show(f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to 12-04)", m, "deepseek-v2-lite", cal2)
+            tot[0] += i
+            tot[1] += n
     print(
         f"fresh points: {tot[0]} of {tot[1]} values inside the predicted intervals "
         "(simulated predictions vs real vLLM 0.26.0 on 1x H200, DRAFT)"

@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# On the GPU host (2026-12-04, issue 21): where a lone MoE prefill's time goes on vLLM 0.26.0.
-# DeepSeek-V2-Lite (MLA + MoE, dummy weights from `perftune model synth`) at c=1 takes 60-120 ms to its
-# first token for a 1024-token prompt, while in a batch of 8192 prompt tokens the same 1024 tokens cost
-# about 17 ms, and its decode steps take 3.3 ms. A step of more tokens than the largest captured CUDA
-# graph (512 by default) runs without graphs; this measures whether that, not the GEMMs, is the cost:
-#   A. engine defaults: `perftune bench run` at c=1 with prompts of 256 ... 8192 tokens (8 output
-#      tokens, 3 trials each), then a fresh c=32 1024/128 point (3 trials);
+# On the GPU host (2026-12-04, issue 21): where a lone MoE prefill's time goes on vLLM 0.26.0, and the
+# simulator's fresh MoE points. DeepSeek-V2-Lite (MLA + MoE, dummy weights from `perftune model synth`)
+# at c=1 takes 60-120 ms to its first token for a 1024-token prompt, while in a batch of 8192 prompt
+# tokens the same 1024 tokens cost about 17 ms, and its decode steps take 3.3 ms. A step of more tokens
+# than the largest captured CUDA graph (512 by default) runs without graphs; PT_PLAN=prefill (default)
+# measures whether that, not the GEMMs, is the cost:
+#   A. engine defaults: c=1 with prompts of 256 ... 8192 tokens (8 output tokens), then c=32 1024/128;
 #   B. graphs captured up to 2048 tokens (--compilation-config max_cudagraph_capture_size=2048): the
-#      same c=1 prompts around the boundary, and c=64 1024/128 (3 trials), against the ladder's c=64.
+#      same c=1 prompts around the boundary, and c=64 1024/128.
+# PT_PLAN=fresh measures points no committed bundle has, after their predictions were committed
+# (benchmarks/results/2026-12-04-h200-vllm-0.26.0-moe-fresh/predictions.txt):
+#   A. engine defaults: c=4 1024/128, c=8 512/256, c=48 2048/128, c=128 1024/128;
+#   B. graphs up to 2048 tokens: c=1 1536/8, c=16 1024/128.
+# Every point is `perftune bench run`, random workload, 3 trials, cache reset per trial; 12 requests per
+# trial at c=1, else max(2c, 32).
 #
 #   scripts/gpu/moe_prefill_vllm.sh UP OUT [WAIT_S]
 #
 # UP holds the chunks (uNN) of a tar with stage/ (wheels/, install-offline-bundle.sh, dsv2-lite/) and
 # parts/ (vllm.pNN, vllm.sha256), all copied before this runs. The first call unpacks them and starts
 # the pipeline in its own session (setsid) so that it outlives the call; every call waits (WAIT_S,
-# default 540) and packs the run folder's small files into OUT/moe-prefill.tgz. A step whose done file
+# default 540) and packs the run folder's small files into OUT/moe-PLAN.tgz. A step whose done file
 # exists is skipped.
 set -uo pipefail
 root=${PT_RUN_ROOT:-/root/ptrun}
-r="$root/moe-prefill"
+plan=${PT_PLAN:-prefill}
+r="$root/moe-$plan"
 mkdir -p "$r"
 log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
 
-sweep() {  # ARM ISLS [deploy args...]: one deploy, c=1 at each prompt length, then the arm's ladder point
-  local arm=$1 isls=$2; shift 2
+sweep() {  # ARM POINTS [deploy args...]: one deploy, then each point C:ISL:OSL of the comma list
+  local arm=$1 points=$2; shift 2
   local d="$r/$arm" model="$root/pay/stage/dsv2-lite"
   [ -f "$d/done" ] && return 0
   mkdir -p "$d"
@@ -37,16 +44,16 @@ sweep() {  # ARM ISLS [deploy args...]: one deploy, c=1 at each prompt length, t
   lg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["log_path"])' "$d/deploy.json")
   local common=(--endpoint "$ep" --model dsv2-lite --workload random --trials 3 --hardware 1xH200 --gpu h200
                 --model-card "$model")
-  for isl in ${isls//,/ }; do
-    log "$arm: c=1 isl=$isl osl=8"
-    python3 -m perftune bench run "${common[@]}" --isl "$isl" --osl 8 --concurrency 1 --num-requests 12 \
-      --out "$d/c1-isl$isl" > "$d/c1-isl$isl.txt" 2>&1; log "$arm: rc=$?"
+  local p c isl osl n name
+  for p in ${points//,/ }; do
+    IFS=: read -r c isl osl <<< "$p"
+    n=$(( c == 1 ? 12 : (2 * c > 32 ? 2 * c : 32) ))
+    # the 2026-12-04 prefill run named its folders c1-islN (c=1, 8 out) and cC (1024/128)
+    name="c$c"; [ "$c" = 1 ] && name="c1-isl$isl"; [ "$plan" = fresh ] && name="c$c-$isl-$osl"
+    log "$arm: c=$c isl=$isl osl=$osl ($n requests per trial)"
+    python3 -m perftune bench run "${common[@]}" --isl "$isl" --osl "$osl" --concurrency "$c" \
+      --num-requests "$n" --out "$d/$name" > "$d/$name.txt" 2>&1; log "$arm: rc=$?"
   done
-  local c=${PT_LADDER_C:-32}
-  [ "$arm" = graphs2048 ] && c=64
-  log "$arm: c=$c isl=1024 osl=128"
-  python3 -m perftune bench run "${common[@]}" --isl 1024 --osl 128 --concurrency "$c" \
-    --num-requests $(( 2 * c )) --out "$d/c$c" > "$d/c$c.txt" 2>&1; log "$arm: rc=$?"
   tail -c 3000000 "$lg" > "$d/vllm-server.log"
   python3 -m perftune deploy down "$rid" --runs-dir "$d/deploy" >> "$d/deploy.err" 2>&1
   touch "$d/done"
@@ -68,8 +75,14 @@ pipeline() {
   source /tmp/perftune-offline/vllm/env.sh
   export PYTHONPATH="$PYTHONPATH:$root/src:/tmp/ptdeps"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$r/gpu.txt"
-  sweep defaults 256,512,768,1024,2048,4096,8192
-  sweep graphs2048 512,768,1024,2048 --compilation-config '{"max_cudagraph_capture_size": 2048}'
+  local graphs='{"max_cudagraph_capture_size": 2048}'
+  if [ "$plan" = fresh ]; then
+    sweep defaults 4:1024:128,8:512:256,48:2048:128,128:1024:128
+    sweep graphs2048 1:1536:8,16:1024:128 --compilation-config "$graphs"
+  else
+    sweep defaults 1:256:8,1:512:8,1:768:8,1:1024:8,1:2048:8,1:4096:8,1:8192:8,32:1024:128
+    sweep graphs2048 1:512:8,1:768:8,1:1024:8,1:2048:8,64:1024:128 --compilation-config "$graphs"
+  fi
   log "pipeline end"
 }
 
@@ -100,7 +113,7 @@ else
   log "pipeline started (pid $!)"
 fi
 while [ $(( $(date +%s) - t0 )) -lt "$wait_s" ] && [ ! -f "$r/pipeline.rc" ]; do sleep 3; done
-(cd "$root" && find moe-prefill -type f -size -4M -print0 | tar czf "$out/moe-prefill.tgz" --null -T - 2>/dev/null)
+(cd "$root" && find "moe-$plan" -type f -size -4M -print0 | tar czf "$out/moe-$plan.tgz" --null -T - 2>/dev/null)
 cp "$r/steps.log" "$out/steps.log" 2>/dev/null
 log "packed; pipeline $([ -f "$r/pipeline.rc" ] && echo "rc $(cat "$r/pipeline.rc")" || echo running)"
 tail -n 25 "$r/steps.log"

@@ -4,6 +4,8 @@ against the catalog's Mixtral-8x7B (8 experts, top-2) and DeepSeek-V2-Lite (64 r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from perftune.hardware.ceilings import gpu
@@ -168,3 +170,26 @@ def test_an_ungraphed_moe_step_takes_the_longer_of_its_host_launches_and_its_gpu
     a = StepModel.build(dense, H100, SimConfig(), cal)
     b = StepModel.build(dense, H100, SimConfig(), cal.model_copy(update={"moe_ungraphed_layer_us": 0.0}))
     assert a.ungraphed_host_s == 0.0 and a.step_s(*short) == b.step_s(*short)
+
+
+def test_calibrating_from_a_moe_bundle_fits_the_ungraphed_host_time(tmp_path: Path) -> None:
+    """`perftune sim calibrate --model deepseek-v2-lite --from` the 2026-12-04 H200 run's lone prefills
+    (vLLM 0.26.0, graphs up to 512 tokens): 22 ms to the first token at 512 prompt tokens, 93 ms at 768.
+    Only the ungraphed host term can give that jump; the fit finds it, and the calibrated simulator
+    puts the 768-token prefill near its measured TTFT and the 512-token one well below it."""
+    from perftune import api
+    from perftune.sim.calibrate import from_bundles, predict_point
+
+    run = Path(__file__).parents[3] / "benchmarks/results/2026-12-04-h200-vllm-0.26.0-moe-prefill/defaults"
+    cells = [run / f"c1-isl{n}/summary.json" for n in (512, 768, 1024, 4096)]
+    cal = api.sim_calibrate([], tmp_path / "cal.yaml", bundles=cells, model="deepseek-v2-lite", maxiter=40)
+    assert "moe_ungraphed_layer_us" in cal.fitted and (tmp_path / "cal.yaml").exists()
+    assert cal.moe_ungraphed_layer_us > 1000.0  # about 2.5 ms per MoE layer: 26 layers, ~65 ms
+    card, g = model_card("deepseek-v2-lite"), gpu("h200")
+    points = {m.isl: m for m in from_bundles(cells, "h200")[0]}
+    assert points[768].ttft_ms > 3 * points[512].ttft_ms  # the measured jump: 93 vs 22 ms
+    at = {n: predict_point(card, g, cal, points[n]).ttft_ms for n in (512, 768)}
+    assert at[768] == pytest.approx(points[768].ttft_ms, rel=0.25)
+    assert at[768] > 2.5 * at[512]
+    none = cal.model_copy(update={"moe_ungraphed_layer_us": 0.0})
+    assert predict_point(card, g, none, points[768]).ttft_ms < 0.6 * points[768].ttft_ms
