@@ -20,7 +20,8 @@ prompts of 256 to 8192 tokens and c=32 on engine defaults, c=1 and c=64 with gra
 tokens) is held out by concurrency band: the H200 dense fit (all its points) with the four MoE factors
 (routing spread, MoE GEMM efficiency, per-MoE-layer step overhead, host time per MoE layer of an
 ungraphed step) fitted to the other bands' MoE points predicts the held-out band; its errors count in
-the MAPE.
+the MAPE. The second 2026-12-04 run (c=4, 8, 48, 128 on defaults; c=1 1536/8 and c=16 with graphs to
+2048) joins them: predicted before it was measured in `sim_fresh_points.py`, held out by band here.
 
 Prints the per-regime table and ends with
     held-out MAPE: tpot=X% output_tok_s=Y% ttft=Z% (n=N points)
@@ -135,6 +136,20 @@ def prefill_points() -> list[Measurement]:
     return defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
 
 
+FRESH2 = R / "2026-12-04-h200-vllm-0.26.0-moe-fresh"
+
+
+def fresh2_points() -> list[Measurement]:
+    """The second 2026-12-04 MoE run: engine defaults (`defaults/`) and graphs up to 2048 tokens
+    (`graphs2048/`, the flag set here: the cells' context does not record the deploy's
+    --compilation-config)."""
+    defaults, _ = from_bundles([FRESH2 / "defaults"], "h200")
+    graphs, _ = from_bundles([FRESH2 / "graphs2048"], "h200")
+    size = ["--max-cudagraph-capture-size", "2048"]
+    out = defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
+    return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
+
+
 def held_out(
     name: str, points: list[Measurement], base_kw: dict[str, float]
 ) -> tuple[list[dict[str, float]], int]:
@@ -170,7 +185,7 @@ def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
     """DeepSeek-V2-Lite, leave one concurrency band out: the H200 dense fit (all its points) with the
     three MoE factors fitted to the other bands' MoE points predicts the held-out band (3 trials in
     virtual time), its interval from the MoE training points' residuals."""
-    moe, card, g = moe_points(), model_card("deepseek-v2-lite"), gpu("h200")
+    moe, card, g = moe_points() + fresh2_points(), model_card("deepseek-v2-lite"), gpu("h200")
     cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)
     errs: list[dict[str, float]] = []
     inside = 0

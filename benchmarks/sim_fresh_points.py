@@ -48,9 +48,11 @@ from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_accuracy import (
+    FRESH2,
     MAXITER,
     METRICS,
     R,
+    fresh2_points,
     h200_points,
     merged,
     moe_points,
@@ -80,20 +82,6 @@ def show(label: str, m: Measurement, card_name: str, cal: Calibration) -> tuple[
     flag = " (extrapolated)" if far else ""
     print(f"{label:34s} c={m.concurrency:<3d} {reg}{flag} | " + " | ".join(cells))
     return inside, len(METRICS)
-
-
-FRESH2 = R / "2026-12-04-h200-vllm-0.26.0-moe-fresh"
-
-
-def fresh2_points() -> list[Measurement]:
-    """The second 2026-12-04 MoE run: engine defaults (`defaults/`) and graphs up to 2048 tokens
-    (`graphs2048/`, the flag set here: the cells' context does not record the deploy's
-    --compilation-config)."""
-    defaults, _ = from_bundles([FRESH2 / "defaults"], "h200")
-    graphs, _ = from_bundles([FRESH2 / "graphs2048"], "h200")
-    size = ["--max-cudagraph-capture-size", "2048"]
-    out = defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
-    return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
 
 
 def moe_calibration(full: Calibration) -> Calibration:
