@@ -13,7 +13,9 @@ so a step reads E x (1 - (1 - top_k/E)^T) experts per MoE layer. At one token th
 parameters; a batch of 64 tokens on an 8-expert top-2 model reads every expert. The FLOPs stay per
 token (each token runs its own top_k experts). With expert parallel (experts sharded whole across the
 TP ranks) a MoE layer's MLP all-reduce is replaced by an all-to-all that sends each token's top_k
-hidden vectors to the experts' ranks and back.
+hidden vectors to the experts' ranks and back. A step that runs without CUDA graphs (more tokens than
+the largest captured size, eager mode, or a FULL mode's mixed batch) launches its MoE layers op by op:
+that host time overlaps the GPU's work, and only its excess over the GPU's time shows.
 """
 
 from __future__ import annotations
