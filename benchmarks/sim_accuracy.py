@@ -22,6 +22,8 @@ tokens) is held out by concurrency band: the H200 dense fit (all its points) wit
 ungraphed step) fitted to the other bands' MoE points predicts the held-out band; its errors count in
 the MAPE. The second 2026-12-04 run (c=4, 8, 48, 128 on defaults; c=1 1536/8 and c=16 with graphs to
 2048) joins them: predicted before it was measured in `sim_fresh_points.py`, held out by band here.
+SGLang 0.5.16 on the H100 (c=1, 16, 64) is held out as an engine: the fit on every vLLM H100 point
+predicts it with SGLang's scheduler.
 
 Prints the per-regime table and ends with
     held-out MAPE: tpot=X% output_tok_s=Y% ttft=Z% (n=N points)
@@ -210,6 +212,34 @@ def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
     return errs, inside
 
 
+SGLANG = R / "2026-11-23-h100-sglang-0.5.16-perftune-deploy-bench"
+
+
+def sglang_held_out(h100: list[Measurement]) -> tuple[list[dict[str, float]], int]:
+    """SGLang 0.5.16 on the H100 (run 2026-11-23: dummy Llama-3.1-8B, random 1024/128 at c=1, 16, 64, 3
+    trials each), the engine held out: the fit on every vLLM H100 point predicts them with SGLang's
+    scheduler (prefill first), intervals from the vLLM residuals of the same band (the regimes do not
+    split by engine, so these intervals are not widened for it)."""
+    card, g = model_card("llama-3.1-8b"), gpu("h100-sxm")
+    sg, _ = from_bundles([SGLANG], "h100-sxm")
+    t0 = time.perf_counter()
+    cal = fit(card, g, h100, base_calibration(card, g, H100_MIB, H100_KV), maxiter=MAXITER)
+    errs: list[dict[str, float]] = []
+    inside = 0
+    for m in sorted(sg, key=lambda m: m.concurrency):
+        p = predict_point(card, g, cal, m, trials=3)
+        errs.append(ape(p, m))
+        inside += sum(
+            interval(k, getattr(p, k), regime_of(m), cal.residuals).contains(getattr(m, k)) for k in METRICS
+        )
+    mape = {k: float(np.mean([x[k] for x in errs])) for k in METRICS}
+    print(
+        f"SGLang c1,16,64 (engine held out)  n={len(errs):2d} (fit on {len(h100):2d}, "
+        f"{time.perf_counter() - t0:4.0f} s) | " + " ".join(f"{k}={mape[k]:5.1f}%" for k in METRICS)
+    )
+    return errs, inside
+
+
 def main() -> int:
     h100, h200 = h100_points(), h200_points()
     print(f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02/03)")
@@ -218,13 +248,14 @@ def main() -> int:
     e2, in2 = held_out("H200", h200, {})
     errs = e1 + e2
     e3, in3 = moe_held_out(h200)
-    errs = errs + e3
-    inside = in1 + in2 + in3
+    e4, in4 = sglang_held_out(h100)
+    errs = errs + e3 + e4
+    inside = in1 + in2 + in3 + in4
     mape = {k: float(np.mean([e[k] for e in errs])) for k in METRICS}
     n = len(errs)
     print(
         f"held-out values inside the extrapolated interval: {inside} of {3 * n} "
-        "(simulated predictions vs real vLLM 0.26.0, DRAFT)"
+        "(simulated predictions vs real vLLM 0.26.0 and SGLang 0.5.16, DRAFT)"
     )
     print(
         f"held-out MAPE: tpot={mape['tpot_ms']:.1f}% output_tok_s={mape['output_tok_s']:.1f}% "
