@@ -41,7 +41,6 @@ from perftune.hardware.ceilings import Gpu, gpu
 from perftune.models.card import ModelCard
 from perftune.models.resolve import model_card
 from perftune.sim.calibrate import (
-    WEIGHTS,
     Measurement,
     ape,
     base_calibration,
@@ -51,7 +50,7 @@ from perftune.sim.calibrate import (
     load_measurements,
     predict_point,
     regime_of,
-    residuals,
+    residual_table,
 )
 from perftune.sim.calibration import Calibration
 from perftune.sim.errorbars import interval
@@ -101,11 +100,7 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
 
 def with_residuals(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:
     """`cal` with its residual table (the source of every interval) from its own training points."""
-    table = residuals(
-        (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
-        for m in points
-        for p in [predict_point(card, g, cal, m)]
-    )
+    table = residual_table(points, [predict_point(card, g, cal, m) for m in points])
     return cal.model_copy(update={"residuals": table})
 
 
@@ -127,29 +122,30 @@ def moe_points(prefill: bool = True) -> list[Measurement]:
     return sorted(ms + (prefill_points() if prefill else []), key=lambda m: (m.concurrency, m.flags, m.isl))
 
 
-def prefill_points() -> list[Measurement]:
-    """The 2026-12-04 MoE prefill run (one deploy per arm, 3 trials per point): on engine defaults, c=1
-    with prompts of 256 to 8192 tokens (8 out) and c=32 1024/128; with CUDA graphs captured up to 2048
-    tokens, c=1 around the graph boundary and c=64 1024/128 (its cells' context does not record the
-    deploy's --compilation-config, so the flag is set here)."""
-    defaults, _ = from_bundles([PREFILL / "defaults"], "h200")
-    graphs, _ = from_bundles([PREFILL / "graphs2048"], "h200")
+def arms(run: Path) -> list[Measurement]:
+    """A 2026-12-04 MoE run's two arms, one deploy each: engine defaults (`defaults/`), then CUDA graphs
+    captured up to 2048 tokens (`graphs2048/`; its cells' context does not record the deploy's
+    --compilation-config, so the flag is set here)."""
+    defaults, _ = from_bundles([run / "defaults"], "h200")
+    graphs, _ = from_bundles([run / "graphs2048"], "h200")
     size = ["--max-cudagraph-capture-size", "2048"]
     return defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
+
+
+def prefill_points() -> list[Measurement]:
+    """The 2026-12-04 MoE prefill run (3 trials per point): on engine defaults, c=1 with prompts of 256
+    to 8192 tokens (8 out) and c=32 1024/128; with graphs up to 2048 tokens, c=1 around the graph
+    boundary and c=64 1024/128."""
+    return arms(PREFILL)
 
 
 FRESH2 = R / "2026-12-04-h200-vllm-0.26.0-moe-fresh"
 
 
 def fresh2_points() -> list[Measurement]:
-    """The second 2026-12-04 MoE run: engine defaults (`defaults/`) and graphs up to 2048 tokens
-    (`graphs2048/`, the flag set here: the cells' context does not record the deploy's
-    --compilation-config)."""
-    defaults, _ = from_bundles([FRESH2 / "defaults"], "h200")
-    graphs, _ = from_bundles([FRESH2 / "graphs2048"], "h200")
-    size = ["--max-cudagraph-capture-size", "2048"]
-    out = defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
-    return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
+    """The second 2026-12-04 MoE run, predicted before it was measured: c=4, 8, 48, 128 on engine
+    defaults; c=1 1536/8 and c=16 1024/128 with graphs up to 2048 tokens."""
+    return sorted(arms(FRESH2), key=lambda m: (m.flags, m.concurrency, m.isl))
 
 
 def held_out(

@@ -141,16 +141,14 @@ def main() -> int:
     full = fit(dense, g, h200_points(), base_calibration(dense, g), maxiter=MAXITER)
     before = moe_points(prefill=False)
     mcal4 = with_residuals(moe_card, g, fit_moe(moe_card, g, full, before), before)  # MoE intervals
-    for m in prefill_points():
-        graphs = "graphs<=2048, " if "--max-cudagraph-capture-size" in m.flags else ""
-        i, n = show(f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to 12-03)", m, "deepseek-v2-lite", mcal4)
-        tot[0] += i
-        tot[1] += n
+    runs = [(prefill_points(), "12-03", mcal4)]
     if (FRESH2 / "defaults").exists():  # predicted before measured, by the calibration committed there
-        cal2 = load_calibration(FRESH2 / "calibration.yaml")
-        for m in fresh2_points():
+        runs.append((fresh2_points(), "12-04", load_calibration(FRESH2 / "calibration.yaml")))
+    for points, fitted_to, moe_cal in runs:
+        for m in points:
             graphs = "graphs<=2048, " if "--max-cudagraph-capture-size" in m.flags else ""
-            i, n = show(f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to 12-04)", m, "deepseek-v2-lite", cal2)
+            label = f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to {fitted_to})"
+            i, n = show(label, m, "deepseek-v2-lite", moe_cal)
             tot[0] += i
             tot[1] += n
     print(

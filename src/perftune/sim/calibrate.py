@@ -25,7 +25,7 @@ from perftune.serving.levers import translate
 from perftune.sim.calibration import DTYPE_FITTABLE, FITTABLE, MOE_FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
-from perftune.sim.errorbars import regime, residuals
+from perftune.sim.errorbars import Residual, regime, residuals
 from perftune.sim.predict import replay_random
 
 
@@ -278,10 +278,7 @@ def fit(
         cal = fit_moe(card, g, cal, points)
     preds = [predict_point(card, g, cal, m) for m in points]
     errs = [ape(p, m) for p, m in zip(preds, points, strict=True)]
-    table = residuals(
-        (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
-        for p, m in zip(preds, points, strict=True)
-    )
+    table = residual_table(points, preds)
     return cal.model_copy(
         update={
             "fitted": keys,
@@ -330,6 +327,17 @@ def fit_moe(
         options={"maxiter": 40, "xtol": 1e-2},
     )
     return make(np.array(res.x))
+
+
+def residual_table(
+    points: Sequence[Measurement], preds: Sequence[PointPrediction]
+) -> dict[str, dict[str, Residual]]:
+    """Per regime, per metric: the residuals of `preds` against the measured `points` (every interval's
+    source)."""
+    return residuals(
+        (regime_of(m), p.model_dump(), {k: getattr(m, k) for k in WEIGHTS})
+        for p, m in zip(preds, points, strict=True)
+    )
 
 
 def points_loss(card: ModelCard, g: Gpu, cal: Calibration, points: Sequence[Measurement]) -> float:
