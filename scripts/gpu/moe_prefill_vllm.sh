@@ -12,6 +12,11 @@
 # (benchmarks/results/2026-12-04-h200-vllm-0.26.0-moe-fresh/predictions.txt):
 #   A. engine defaults: c=4 1024/128, c=8 512/256, c=48 2048/128, c=128 1024/128;
 #   B. graphs up to 2048 tokens: c=1 1536/8, c=16 1024/128.
+# PT_PLAN=fp8 is the dense model (the dummy Llama-3.1-8B, stage/llama-8b) and FP8 weights per phase,
+# predictions committed first (benchmarks/results/2026-12-04-h200-vllm-0.26.0-fp8-phase/predictions.txt):
+#   A. bf16, engine defaults: c=1 with prompts of 512 ... 4096 tokens (8 out), c=64 1024/128;
+#   B. FP8 weights (--quantization fp8), defaults: the same c=1 prompts, c=64 and c=128 1024/128;
+#   C. FP8 weights, graphs up to 2048 tokens: c=1 1024/8 and 2048/8.
 # Every point is `perftune bench run`, random workload, 3 trials, cache reset per trial; 12 requests per
 # trial at c=1, else max(2c, 32).
 #
@@ -26,30 +31,32 @@ set -uo pipefail
 root=${PT_RUN_ROOT:-/root/ptrun}
 plan=${PT_PLAN:-prefill}
 r="$root/moe-$plan"
+model_dir=dsv2-lite served=dsv2-lite
+[ "$plan" = fp8 ] && model_dir=llama-8b served=llama-8b
 mkdir -p "$r"
 log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
 
 sweep() {  # ARM POINTS [deploy args...]: one deploy, then each point C:ISL:OSL of the comma list
   local arm=$1 points=$2; shift 2
-  local d="$r/$arm" model="$root/pay/stage/dsv2-lite"
+  local d="$r/$arm" model="$root/pay/stage/$model_dir"
   [ -f "$d/done" ] && return 0
   mkdir -p "$d"
-  log "$arm: deploy vllm (dsv2-lite dummy) $*"
-  python3 -m perftune deploy --engine vllm --model "$model" --served-name dsv2-lite --ready-timeout-s 500 \
+  log "$arm: deploy vllm ($served dummy) $*"
+  python3 -m perftune deploy --engine vllm --model "$model" --served-name "$served" --ready-timeout-s 500 \
     --detach --json --runs-dir "$d/deploy" -- --load-format dummy --max-model-len 10240 "$@" \
     > "$d/deploy.json" 2> "$d/deploy.err" || { log "$arm: deploy failed ($(tail -n 1 "$d/deploy.err"))"; return 1; }
   local ep rid lg
   ep=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["endpoint"])' "$d/deploy.json")
   rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$d/deploy.json")
   lg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["log_path"])' "$d/deploy.json")
-  local common=(--endpoint "$ep" --model dsv2-lite --workload random --trials 3 --hardware 1xH200 --gpu h200
+  local common=(--endpoint "$ep" --model "$served" --workload random --trials 3 --hardware 1xH200 --gpu h200
                 --model-card "$model")
   local p c isl osl n name
   for p in ${points//,/ }; do
     IFS=: read -r c isl osl <<< "$p"
     n=$(( c == 1 ? 12 : (2 * c > 32 ? 2 * c : 32) ))
     # the 2026-12-04 prefill run named its folders c1-islN (c=1, 8 out) and cC (1024/128)
-    name="c$c"; [ "$c" = 1 ] && name="c1-isl$isl"; [ "$plan" = fresh ] && name="c$c-$isl-$osl"
+    name="c$c"; [ "$c" = 1 ] && name="c1-isl$isl"; [ "$plan" != prefill ] && name="c$c-$isl-$osl"
     log "$arm: c=$c isl=$isl osl=$osl ($n requests per trial)"
     python3 -m perftune bench run "${common[@]}" --isl "$isl" --osl "$osl" --concurrency "$c" \
       --num-requests "$n" --out "$d/$name" > "$d/$name.txt" 2>&1; log "$arm: rc=$?"
@@ -76,7 +83,11 @@ pipeline() {
   export PYTHONPATH="$PYTHONPATH:$root/src:/tmp/ptdeps"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$r/gpu.txt"
   local graphs='{"max_cudagraph_capture_size": 2048}'
-  if [ "$plan" = fresh ]; then
+  if [ "$plan" = fp8 ]; then
+    sweep bf16 1:512:8,1:1024:8,1:2048:8,1:4096:8,64:1024:128
+    sweep fp8 1:512:8,1:1024:8,1:2048:8,1:4096:8,64:1024:128,128:1024:128 --quantization fp8
+    sweep fp8-graphs2048 1:1024:8,1:2048:8 --quantization fp8 --compilation-config "$graphs"
+  elif [ "$plan" = fresh ]; then
     sweep defaults 4:1024:128,8:512:256,48:2048:128,128:1024:128
     sweep graphs2048 1:1536:8,16:1024:128 --compilation-config "$graphs"
   else
