@@ -8,8 +8,11 @@ dense Llama-3.1-8B with dummy weights, 3 trials each):
   cache (7; the bundle's README says `--kv-cache-dtype fp8`: its cells' context does not, so it is set
   here);
 - H200 (run 3, 2026-12-03): `perftune tune` bf16 vs FP8 weights (`--quantization fp8`) at c=1 and c=24,
-  3 deploys each (averaged into one 3-trial point), and its phase 1 bf16 c=16 cell (5 points). With
-  FP8 weights at two concurrencies, holding one out leaves the other to fit the FP8-weight factor.
+  3 deploys each (averaged into one 3-trial point), and its phase 1 bf16 c=16 cell (5 points);
+- H200 (run 4, 2026-12-04, predicted before it was measured in `sim_fresh_points.py`): bf16 and FP8
+  weights at c=1 with prompts of 512 to 4096 tokens (8 out), c=64 (both) and c=128 (FP8), FP8 with graphs
+  up to 2048 tokens at c=1 (13 points). FP8 weights then hold three regimes (c1-4, c5-48, c49+): each
+  held out leaves the others to fit the three FP8 factors (decode, prefill GEMMs, ungraphed host time).
 Regimes (perftune.sim.errorbars): concurrency band (c1-4, c5-48, c49+) x dtype x workload, per GPU.
 Each regime is held out in turn: the simulator is calibrated on that GPU's other points and predicts the
 held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
@@ -85,9 +88,9 @@ def merged(ms: list[Measurement]) -> list[Measurement]:
     return sorted(out, key=lambda m: (m.flags, m.concurrency))
 
 
-def h200_points(fresh: bool = True) -> list[Measurement]:
-    """Run 2's 14 closed-loop points, and (fresh) run 3's 5: the 2026-12-03 tune of bf16 vs FP8 weights
-    at c=1 and c=24 (3 deploys each) and its phase 1 bf16 c=16 cell."""
+def h200_points(fresh: bool = True, phase: bool = True) -> list[Measurement]:
+    """Run 2's 14 closed-loop points, (fresh) run 3's 5: the 2026-12-03 tune of bf16 vs FP8 weights at
+    c=1 and c=24 (3 deploys each) and its phase 1 bf16 c=16 cell, and (phase) run 4's 13, `fp8_points`."""
     cap = R / "2026-12-02-h200-vllm-0.26.0-slo-capacity"
     base, _ = from_bundles([cap / "baseline-closed"], "h200")
     fp8, _ = from_bundles([cap / "fp8kv-closed"], "h200")
@@ -95,7 +98,24 @@ def h200_points(fresh: bool = True) -> list[Measurement]:
     if not fresh:
         return run2
     run3, _ = from_bundles([R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/fp8-ab/campaign"], "h200")
-    return run2 + merged(run3)
+    return run2 + merged(run3) + (fp8_points() if phase else [])
+
+
+FP8 = R / "2026-12-04-h200-vllm-0.26.0-fp8-phase"
+
+
+def fp8_points() -> list[Measurement]:
+    """The 2026-12-04 FP8 phase run (3 trials per point, one deploy per arm; the cells' context does not
+    record the deploy's flags, so they are set here): bf16 at c=1 with prompts of 512 to 4096 tokens (8
+    out) and c=64 1024/128; FP8 weights (--quantization fp8) at the same c=1 prompts, c=64 and c=128;
+    FP8 weights with graphs up to 2048 tokens at c=1 1024/8 and 2048/8."""
+    fp8 = ["--quantization", "fp8"]
+    arms = {"bf16": [], "fp8": fp8, "fp8-graphs2048": [*fp8, "--max-cudagraph-capture-size", "2048"]}
+    out = []
+    for arm, flags in arms.items():
+        ms, _ = from_bundles([FP8 / arm], "h200")
+        out += [m.model_copy(update={"flags": [*m.flags, *flags]}) for m in ms]
+    return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
 
 
 def with_residuals(card: ModelCard, g: Gpu, cal: Calibration, points: list[Measurement]) -> Calibration:
@@ -238,7 +258,9 @@ def sglang_held_out(h100: list[Measurement]) -> tuple[list[dict[str, float]], in
 
 def main() -> int:
     h100, h200 = h100_points(), h200_points()
-    print(f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02/03)")
+    print(
+        f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02 to 12-04)"
+    )
     print("GPU   held-out regime          points                       | held-out APE per metric (mean)")
     e1, in1 = held_out("H100", h100, {"device_memory_mib": H100_MIB, "kv_tokens": H100_KV})
     e2, in2 = held_out("H200", h200, {})

@@ -19,7 +19,12 @@ The H200 fit is the one `benchmarks/sim_accuracy.py` uses (the 14 committed clos
   captured up to 2048 tokens (a lever no committed bundle has), 3 trials each, predicted with the four
   MoE factors fitted to the five MoE points before it. The model's fourth factor (host time per MoE
   layer of an ungraphed step) was added after this run showed the cost; its value comes from the
-  earlier points only, so this checks the fit, not the model's form.
+  earlier points only, so this checks the fit, not the model's form;
+- the FP8 phase run (`results/2026-12-04-h200-vllm-0.26.0-fp8-phase`, dense, a later machine): bf16 and
+  FP8 weights at c=1 with prompts of 512 to 4096 tokens, c=64 (both) and c=128 (FP8), and FP8 with
+  graphs up to 2048 tokens at c=1, predicted by the calibration committed there before the run (the H200
+  fit on its 19 points at the time, one FP8 factor for both phases: a calibration without
+  `fp8_gemm_efficiency` keeps that meaning).
 No committed point has FP8 weights, so the FP8-weight kernel factor stays at its prior (the roofline
 ratio): the FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds these points to its H200
 set, where the two FP8 concurrencies fit the factor for each other.
@@ -48,10 +53,12 @@ from perftune.sim.errorbars import interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_accuracy import (
+    FP8,
     FRESH2,
     MAXITER,
     METRICS,
     R,
+    fp8_points,
     fresh2_points,
     h200_points,
     merged,
@@ -149,6 +156,14 @@ def main() -> int:
             graphs = "graphs<=2048, " if "--max-cudagraph-capture-size" in m.flags else ""
             label = f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to {fitted_to})"
             i, n = show(label, m, "deepseek-v2-lite", moe_cal)
+            tot[0] += i
+            tot[1] += n
+    if (FP8 / "bf16").exists():  # dense, predicted before measured by the calibration committed there
+        fp8_cal = load_calibration(FP8 / "calibration.yaml")
+        for m in fp8_points():
+            arm = "FP8 weights" if "--quantization" in m.flags else "bf16"
+            graphs = ", graphs<=2048" if "--max-cudagraph-capture-size" in m.flags else ""
+            i, n = show(f"{arm}{graphs} {m.isl}/{m.osl} (fit to 12-03)", m, "llama-3.1-8b", fp8_cal)
             tot[0] += i
             tot[1] += n
     print(

@@ -22,7 +22,7 @@ from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu, all_gpus
 from perftune.models.card import WEIGHT_BYTES, ModelCard
 from perftune.serving.levers import translate
-from perftune.sim.calibration import DTYPE_FITTABLE, FITTABLE, MOE_FITTABLE, Calibration
+from perftune.sim.calibration import DTYPE_FACTORS, DTYPE_FITTABLE, FITTABLE, MOE_FITTABLE, Calibration
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
 from perftune.sim.errorbars import Residual, regime, residuals
@@ -205,18 +205,22 @@ def predict_point(
 
 
 WEIGHTS = {"tpot_ms": 1.0, "output_tok_s": 1.0, "ttft_ms": 0.5}
+# a dtype refit's bounds where they are not (0.1, the factor's upper bound): host times in microseconds
+DTYPE_BOUNDS = {"fp8_ungraphed_layer_us": (1.0, 1e4)}
 # fit_moe's bounds and starting points per MoE factor
 MOE_BOUNDS = {
     "moe_routing_spread": (1e-3, 1.0),
     "moe_gemm_efficiency": (0.02, 1.0),
     "moe_layer_overhead_us": (0.1, 1000.0),
     "moe_ungraphed_layer_us": (1.0, 1e4),
+    "moe_expert_pool": (0.1, 1.0),
 }
 MOE_START = {
     "moe_routing_spread": 0.3,
     "moe_gemm_efficiency": 0.3,
     "moe_layer_overhead_us": 20.0,
     "moe_ungraphed_layer_us": 1000.0,
+    "moe_expert_pool": 0.5,
 }
 
 
@@ -236,18 +240,20 @@ def fit(
 
     base = base or Calibration(gpu=g.key)
     seen = {part for m in points for part in _dtypes(m)}
-    keys = [*FITTABLE, *(f for d, f in DTYPE_FITTABLE.items() if d in seen)]
+    keys = [*FITTABLE, *(f for d, fs in DTYPE_FITTABLE.items() if d in seen for f in fs)]
     if card.moe is not None:
         keys += MOE_FITTABLE
-    x0 = np.log([getattr(base, k) or 1e-3 for k in keys])
+    x0 = np.log([(base.fp8_gemm if k == "fp8_gemm_efficiency" else getattr(base, k)) or 1e-3 for k in keys])
     upper = {
         "hbm_efficiency": 1.0,
         "gemm_efficiency": 1.0,
         "attn_efficiency": 1.0,
         "fp8_weight_efficiency": 2.0,
+        "fp8_gemm_efficiency": 2.0,
         "fp8_kv_efficiency": 2.0,
         "moe_routing_spread": 1.0,
         "moe_gemm_efficiency": 1.0,
+        "moe_expert_pool": 1.0,
     }
 
     def make(x: np.ndarray) -> Calibration:
@@ -259,19 +265,24 @@ def fit(
 
     res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6})
     x = np.array(res.x)
-    # A dtype's factor is a ratio to the bf16 kernels, seen only in that dtype's points (often one or two
-    # among many): the joint simplex barely moves it from its prior. So each is then refitted alone (1-D,
-    # bounded) on its own points, the shared factors held at their joint fit.
-    for dtype, k in DTYPE_FITTABLE.items():
-        if k in keys:  # fitted only where the points hold that dtype, so it has points of its own
-            i, mine = keys.index(k), [m for m in points if dtype in _dtypes(m)]
+    # A dtype's factors are ratios to the bf16 kernels, seen only in that dtype's points (often one or two
+    # among many): the joint simplex barely moves them from their priors. So each is then refitted (1-D,
+    # bounded; a dtype with one factor per phase in two coordinate-descent rounds) on the dtype's own
+    # points, the shared factors held at their joint fit.
+    for dtype, fs in DTYPE_FITTABLE.items():
+        mine = [m for m in points if dtype in _dtypes(m)]
+        for _ in range(2 if len(fs) > 1 else 1):
+            for k in fs:
+                if k not in keys:  # fitted only where the points hold that dtype
+                    continue
+                i = keys.index(k)
 
-            def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
-                y = x.copy()
-                y[i] = v
-                return points_loss(card, g, make(y), pts)
+                def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
+                    y = x.copy()
+                    y[i] = v
+                    return points_loss(card, g, make(y), pts)
 
-            x[i] = _fit_one(own, upper[k])
+                x[i] = _fit_one(own, *DTYPE_BOUNDS.get(k, (0.1, upper.get(k, 2.0))))
     cal = make(x)
     if card.moe is not None:
         # the joint simplex barely moves factors whose priors sit on their bounds: refit them bounded
@@ -288,7 +299,7 @@ def fit(
                     "eager_launch_ms",
                     "piecewise_launch_ms",
                     "jitter_cv",
-                    *DTYPE_FITTABLE.values(),
+                    *DTYPE_FACTORS,
                     *MOE_FITTABLE,
                 )
                 if k not in keys
@@ -349,11 +360,11 @@ def points_loss(card: ModelCard, g: Gpu, cal: Calibration, points: Sequence[Meas
     return total / len(points)
 
 
-def _fit_one(f: Callable[[float], float], upper: float) -> float:
-    """The log-scale value in [log 0.1, log upper] minimising f (bounded Brent)."""
+def _fit_one(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """The log-scale value in [log lo, log hi] minimising f (bounded Brent)."""
     from scipy.optimize import minimize_scalar
 
-    r = minimize_scalar(f, bounds=(math.log(0.1), math.log(upper)), method="bounded", options={"xatol": 1e-3})
+    r = minimize_scalar(f, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-3})
     return float(r.x)
 
 

@@ -20,12 +20,19 @@ from perftune.sim.errorbars import Residual
 from perftune.util.atomic import write_text
 
 # fitted only when the measurements hold that dtype (a factor no point constrains stays a prior)
-DTYPE_FITTABLE = {"fp8w": "fp8_weight_efficiency", "fp8kv": "fp8_kv_efficiency"}
+# (FP8 weights have one factor per phase, the bandwidth of decode's weight reads and the FLOP rate of
+# prefill's GEMMs, and the host time of their ungraphed steps)
+DTYPE_FITTABLE = {
+    "fp8w": ("fp8_weight_efficiency", "fp8_gemm_efficiency", "fp8_ungraphed_layer_us"),
+    "fp8kv": ("fp8_kv_efficiency",),
+}
+DTYPE_FACTORS = tuple(f for fs in DTYPE_FITTABLE.values() for f in fs)
 MOE_FITTABLE = (  # fitted on MoE points
     "moe_routing_spread",
     "moe_gemm_efficiency",
     "moe_layer_overhead_us",
     "moe_ungraphed_layer_us",
+    "moe_expert_pool",
 )
 FITTABLE = (
     "hbm_efficiency",
@@ -66,8 +73,28 @@ class Calibration(BaseModel):
         1.0,
         gt=0,
         le=2,
-        description="FP8 weights: achieved / bf16-achieved bandwidth and FLOP efficiency of the FP8 "
-        "kernels (1.0: the roofline ratio, a prior; fitted when the measurements include FP8 weights)",
+        description="FP8 weights, decode: achieved / bf16-achieved bandwidth of reading FP8 weights "
+        "(weight-read-bound steps; 1.0: half the bytes take half the time, the roofline ratio, a prior; "
+        "fitted when the measurements include FP8 weights)",
+    )
+    fp8_gemm_efficiency: float | None = Field(
+        None,
+        gt=0,
+        le=2,
+        description="FP8 weights, prefill: achieved / bf16-achieved FLOP rate of the FP8 GEMMs (dynamic "
+        "activation quantization and scaled matmuls on FLOP-bound steps). None: the same as "
+        "fp8_weight_efficiency, one factor for both phases (as calibrations before 2026-12-04 were "
+        "fitted). Fitted when the measurements include FP8 weights (vLLM 0.26.0, H200, Llama-3.1-8B: "
+        "a lone prefill 1.65x faster than bf16's where GPU-bound, decode 1.52x)",
+    )
+    fp8_ungraphed_layer_us: float = Field(
+        0.0,
+        ge=0,
+        description="FP8 weights: host (CPU) time per layer of a step run without CUDA graphs (more "
+        "tokens than the largest captured graph, or eager): the activation-quantization and scaled-matmul "
+        "ops launched one by one. It overlaps the GPU's work, so a step takes the longer of the two. 0 is "
+        "a prior (launches hidden); fitted when the measurements include FP8 weights (vLLM 0.26.0, H200, "
+        "Llama-3.1-8B: a lone 1024-token FP8 prefill 41 ms ungraphed, 24 ms graphed)",
     )
     moe_routing_spread: float = Field(
         1.0,
@@ -78,6 +105,16 @@ class Calibration(BaseModel):
         "routing, a prior; 0: every token shares one set of experts). Fitted when the measurements are "
         "of a MoE model; dummy weights route correlated tokens, so a fit on them understates a trained "
         "router's spread",
+    )
+    moe_expert_pool: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="MoE: the share of a layer's routed experts the router reaches at all (1.0: every "
+        "expert, a trained router's balanced load, a prior). Below 1 the router concentrates on a pool, "
+        "so the experts a step reads grow fast over the first few tokens and then stop growing (dummy "
+        "weights: TPOT up 25% from batch 1 to 4, flat from 4 to 16). Fitted when the measurements are of "
+        "a MoE model",
     )
     moe_gemm_efficiency: float = Field(
         1.0,
@@ -127,6 +164,11 @@ class Calibration(BaseModel):
     )
     note: str = ""
 
+    @property
+    def fp8_gemm(self) -> float:
+        """The FP8 GEMMs' factor: its own where fitted, else the FP8 weights' one."""
+        return self.fp8_weight_efficiency if self.fp8_gemm_efficiency is None else self.fp8_gemm_efficiency
+
     def device_bytes(self, g: Gpu) -> float:
         # Datasheet "80 GB" parts expose about 80 GiB; the engine sizes KV from what it sees.
         return self.memory_bytes or g.memory_gb * 2**30 * 0.995
@@ -166,7 +208,7 @@ def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
             "eager_launch_ms",
             "piecewise_launch_ms",
             "jitter_cv",
-            *DTYPE_FITTABLE.values(),
+            *DTYPE_FACTORS,
             *MOE_FITTABLE,
         ],
         note="no calibration for this GPU: every factor is a prior",

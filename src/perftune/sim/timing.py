@@ -49,15 +49,16 @@ class StepModel:
     routed_bytes: float = 0.0  # one GPU's bytes of every routed expert
     route_share: float = 0.0  # top_k / experts: the share of experts one token touches
     route_spread: float = 1.0  # tokens routing independently (1) or together (0): Calibration
-    ungraphed_host_s: float = 0.0  # MoE: host time of the MoE layers in a step run without CUDA graphs
+    expert_pool: float = 1.0  # share of the routed experts the router reaches: Calibration
+    ungraphed_host_s: float = 0.0  # host time of the MoE layers (and FP8 layers) of a step run ungraphed
 
     @classmethod
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
         tp = cfg.tensor_parallel_size
         bpp = WEIGHT_BYTES[cfg.weight_dtype]
-        fp8w = cal.fp8_weight_efficiency if cfg.weight_dtype == "fp8" else 1.0
-        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency * fp8w
-        flops = g.peak_tflops(cfg.weight_dtype) * 1e12 * cal.gemm_efficiency * fp8w
+        fp8 = cfg.weight_dtype == "fp8"  # FP8 weights: one factor per phase (reads, FLOPs)
+        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency * (cal.fp8_weight_efficiency if fp8 else 1.0)
+        flops = g.peak_tflops(cfg.weight_dtype) * 1e12 * cal.gemm_efficiency * (cal.fp8_gemm if fp8 else 1.0)
         attn_flops = g.peak_tflops("bf16") * 1e12 * cal.attn_efficiency
         kv_tok = card.kv_bytes_per_token[cfg.kv_dtype] / tp
         kv_bw = (
@@ -101,7 +102,11 @@ class StepModel:
             routed_bytes=routed,
             route_share=card.moe.top_k / card.moe.experts if card.moe and card.moe.experts else 0.0,
             route_spread=cal.moe_routing_spread,
-            ungraphed_host_s=card.moe.moe_layers * cal.moe_ungraphed_layer_us * 1e-6 if card.moe else 0.0,
+            expert_pool=max(cal.moe_expert_pool, card.moe.top_k / card.moe.experts)
+            if card.moe and card.moe.experts
+            else 1.0,
+            ungraphed_host_s=(card.moe.moe_layers * cal.moe_ungraphed_layer_us if card.moe else 0.0) * 1e-6
+            + card.layers * (cal.fp8_ungraphed_layer_us if fp8 else 0.0) * 1e-6,
         )
 
     def experts_touched(self, tokens: int) -> float:
@@ -109,7 +114,8 @@ class StepModel:
         if self.route_share <= 0.0 or tokens <= 0:
             return 0.0
         independent = 1.0 + self.route_spread * (tokens - 1)
-        return float(1.0 - (1.0 - self.route_share) ** independent)
+        # a token picks top_k of the pool's experts: the pool fills fast, then stops growing
+        return float(self.expert_pool * (1.0 - (1.0 - self.route_share / self.expert_pool) ** independent))
 
     def weight_bytes_at(self, tokens: int) -> float:
         """One GPU's weight bytes read by a step of `tokens` tokens (MoE: the routed experts touched)."""

@@ -125,22 +125,28 @@ def test_fp8_kernel_factors_are_fitted_only_where_measured(tmp_path: Path) -> No
     )
 
 
-def test_a_dtype_factor_seen_in_one_point_is_recovered_by_its_own_refit() -> None:
-    """One FP8-weight point among bf16 ones, made by the simulator itself at a factor of 0.75: the joint
-    simplex alone (2 iterations here) leaves the factor near its prior of 1.0; the 1-D refit on the
-    dtype's own points recovers 0.75, and the point is then predicted to within a few percent."""
+def test_fp8_factors_per_phase_are_recovered_by_their_own_refit() -> None:
+    """FP8 weights have a factor per phase and a host time for their ungraphed steps. Three FP8 points
+    among bf16 ones, made by the simulator itself at a decode factor of 0.75, a GEMM factor of 0.55 and
+    1200 us per layer of an ungraphed step (38 ms over 32 layers; the GPU's share of the step is about
+    25 ms): a c=8 decode-heavy point, a lone 4096-token prefill with graphs captured to 8192 (GPU-bound)
+    and a lone 1024-token prefill on the default graphs (beyond 512 tokens: ungraphed, host-bound). The
+    joint simplex alone (2 iterations here) leaves the factors near their priors; the refit on the FP8
+    points recovers each, and the points are then predicted closely."""
     from perftune.hardware.ceilings import gpu
     from perftune.models.resolve import model_card
     from perftune.sim.calibrate import Measurement, fit, predict_point
     from perftune.sim.calibration import Calibration
 
     card, g = model_card("llama-3.1-8b"), gpu("h200")
-    truth = Calibration(gpu="h200", fp8_weight_efficiency=0.75)
+    truth = Calibration(
+        gpu="h200", fp8_weight_efficiency=0.75, fp8_gemm_efficiency=0.55, fp8_ungraphed_layer_us=1200.0
+    )
 
-    def point(c: int, flags: list[str]) -> Measurement:
+    def point(c: int, flags: list[str], isl: int = 1024, osl: int = 128) -> Measurement:
         m = Measurement(
-            source=f"synthetic c={c} {flags}", gpu="h200", engine="vllm", engine_version="0.26.0",
-            flags=flags, isl=1024, osl=128, concurrency=c, num_requests=2 * c, trials=1,
+            source=f"synthetic c={c} {flags} {isl}", gpu="h200", engine="vllm", engine_version="0.26.0",
+            flags=flags, isl=isl, osl=osl, concurrency=c, num_requests=max(2 * c, 4), trials=1,
             tpot_ms=1.0, tpot_stat="median", ttft_ms=1.0, output_tok_s=1.0,
         )  # fmt: skip
         p = predict_point(card, g, truth, m)
@@ -148,9 +154,57 @@ def test_a_dtype_factor_seen_in_one_point_is_recovered_by_its_own_refit() -> Non
             update={"tpot_ms": p.tpot_ms, "ttft_ms": p.ttft_ms, "output_tok_s": p.output_tok_s}
         )
 
-    pts = [point(1, []), point(8, []), point(16, []), point(8, ["--quantization", "fp8"])]
+    fp8 = ["--quantization", "fp8"]
+    graphs = [*fp8, "--max-cudagraph-capture-size", "8192"]
+    mine = [point(8, fp8), point(1, graphs, 4096, 8), point(1, fp8, 1024, 8)]
+    pts = [point(1, []), point(8, []), point(16, []), *mine]
     cal = fit(card, g, pts, Calibration(gpu="h200"), maxiter=2)
-    assert "fp8_weight_efficiency" in cal.fitted
-    assert cal.fp8_weight_efficiency == pytest.approx(0.75, rel=0.05)
-    fp8 = predict_point(card, g, cal, pts[-1])
-    assert fp8.tpot_ms == pytest.approx(pts[-1].tpot_ms, rel=0.05)
+    assert {"fp8_weight_efficiency", "fp8_gemm_efficiency", "fp8_ungraphed_layer_us"} <= set(cal.fitted)
+    assert cal.fp8_weight_efficiency == pytest.approx(0.75, rel=0.1)
+    assert cal.fp8_gemm == pytest.approx(0.55, rel=0.1)
+    assert cal.fp8_ungraphed_layer_us == pytest.approx(1200.0, rel=0.15)
+    for m in mine:
+        p = predict_point(card, g, cal, m)
+        assert p.tpot_ms == pytest.approx(m.tpot_ms, rel=0.05)
+        assert p.ttft_ms == pytest.approx(m.ttft_ms, rel=0.1)
+
+
+def test_fp8_phase_factors_touch_their_own_phase_and_an_old_calibration_keeps_one_factor() -> None:
+    """The FP8 decode factor scales the weight reads, the GEMM factor the FLOPs; a calibration without a
+    GEMM factor (fitted before the split) uses its one FP8 factor for both; bf16 is untouched. An ungraphed
+    FP8 step pays its host time where it exceeds the GPU's: a lone 1024-token prefill beyond the 512
+    captured tokens, not the same prefill with graphs captured to 2048."""
+    from perftune.hardware.ceilings import gpu
+    from perftune.models.resolve import model_card
+    from perftune.sim.calibration import Calibration
+    from perftune.sim.config import SimConfig
+    from perftune.sim.timing import StepModel
+
+    card, g = model_card("llama-3.1-8b"), gpu("h200")
+    fp8 = SimConfig(quantization="fp8")
+    one = StepModel.build(card, g, fp8, Calibration(gpu="h200", fp8_weight_efficiency=0.5))
+    split = StepModel.build(
+        card, g, fp8, Calibration(gpu="h200", fp8_weight_efficiency=0.5, fp8_gemm_efficiency=1.0)
+    )
+    roof = StepModel.build(card, g, fp8, Calibration(gpu="h200"))
+    assert one.weight_read_s == pytest.approx(2 * roof.weight_read_s) == pytest.approx(split.weight_read_s)
+    assert one.flop_s_per_token == pytest.approx(2 * roof.flop_s_per_token)  # one factor for both phases
+    assert split.flop_s_per_token == pytest.approx(roof.flop_s_per_token)  # its own GEMM factor
+    bf16 = StepModel.build(card, g, SimConfig(), Calibration(gpu="h200", fp8_gemm_efficiency=0.1))
+    assert bf16.flop_s_per_token == pytest.approx(
+        StepModel.build(card, g, SimConfig(), Calibration(gpu="h200")).flop_s_per_token
+    )
+
+    host = Calibration(gpu="h200", fp8_ungraphed_layer_us=1000.0)  # 32 layers: 32 ms per ungraphed step
+    lone = StepModel.build(card, g, fp8, host)
+    wide = StepModel.build(card, g, SimConfig(quantization="fp8", max_cudagraph_capture_size=2048), host)
+    assert lone.ungraphed_host_s == pytest.approx(0.032)
+    assert StepModel.build(card, g, SimConfig(), host).ungraphed_host_s == 0.0  # bf16: no FP8 host time
+    pairs = 1024 * 512.5  # a lone 1024-token prefill attends over 1024 x 1025 / 2 (query, key) pairs
+    gpu_s = sum(lone.parts(1, 1024, 0, pairs, False)[:3])
+    assert gpu_s < 0.032  # the GPU's share of the lone prefill is shorter than the host's launches
+    base = lone.fixed_s + lone.per_seq_s + lone.launch_s(False, 1024)
+    assert lone.step_s(1, 1024, 0, pairs, False) == pytest.approx(0.032 + base)  # the host bounds it
+    assert wide.step_s(1, 1024, 0, pairs, False) == pytest.approx(
+        gpu_s + wide.fixed_s + wide.per_seq_s + wide.piecewise_s
+    )

@@ -193,3 +193,23 @@ def test_calibrating_from_a_moe_bundle_fits_the_ungraphed_host_time(tmp_path: Pa
     assert at[768] > 2.5 * at[512]
     none = cal.model_copy(update={"moe_ungraphed_layer_us": 0.0})
     assert predict_point(card, g, none, points[768]).ttft_ms < 0.6 * points[768].ttft_ms
+
+
+def test_an_expert_pool_fills_in_a_few_tokens_and_then_stops_growing() -> None:
+    """A router that reaches only a pool of the experts (dummy weights: TPOT up 25% from batch 1 to 4, flat
+    from 4 to 16): a step of T tokens reads pool x (1 - (1 - share/pool)^T) of them. Hand-computed for
+    DeepSeek-V2-Lite (64 routed, top-6) with a pool of a quarter (16 experts)."""
+    card = model_card("deepseek-v2-lite")
+    cal = for_gpu(H100)
+    pool = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_expert_pool": 0.25}))
+    full = StepModel.build(card, H100, SimConfig(), cal)
+    assert pool.experts_touched(1) == pytest.approx(6 / 64) == full.experts_touched(1)  # one token: top_k
+    assert pool.experts_touched(4) == pytest.approx(0.25 * (1 - (10 / 16) ** 4))  # 0.211...: 13.5 experts
+    assert pool.experts_touched(256) == pytest.approx(0.25)  # saturates at the pool, not at every expert
+    assert full.experts_touched(4) == pytest.approx(1 - (58 / 64) ** 4)  # pool 1: the uniform formula
+    # the pool fills faster than the uniform spread over every expert, then stays below it
+    assert pool.experts_touched(4) / full.experts_touched(4) > 0.65
+    assert pool.experts_touched(64) < 0.3 * full.experts_touched(64)
+    # a pool smaller than one token's experts is clamped to top_k/E: every token reads the same experts
+    tiny = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_expert_pool": 0.01}))
+    assert tiny.experts_touched(1) == tiny.experts_touched(64) == pytest.approx(6 / 64)
