@@ -97,11 +97,11 @@ def moe_calibration(full: Calibration) -> Calibration:
     give every interval. Written by --calibration-out before the second 2026-12-04 run; that run's points
     are predicted with it (`perftune sim predict --calibration` reads the same file)."""
     card, g, pts = model_card("deepseek-v2-lite"), gpu("h200"), moe_points()
-    cal = with_residuals(card, g, fit_moe(card, g, full, pts), pts)
+    cal = with_residuals(card, g, fit_moe(card, g, full, pts, factors=4), pts)  # the model then
     return cal.model_copy(
         update={
-            "fitted": [*full.fitted, *MOE_FITTABLE],
-            "priors": [k for k in full.priors if k not in MOE_FITTABLE],
+            "fitted": [*full.fitted, *MOE_FITTABLE[:4]],
+            "priors": [k for k in full.priors if k not in MOE_FITTABLE[:4]],
             "sources": [*full.sources, *sorted({m.source.split("#")[0] for m in pts})],
             "note": "dense factors: the H200 fit on 19 Llama-3.1-8B points; MoE factors: DeepSeek-V2-Lite's "
             "18 points (benchmarks/sim_fresh_points.py --calibration-out)",
@@ -112,7 +112,7 @@ def moe_calibration(full: Calibration) -> Calibration:
 def main() -> int:
     if "--calibration-out" in sys.argv:
         g, dense = gpu("h200"), model_card("llama-3.1-8b")
-        full = fit(dense, g, h200_points(), base_calibration(dense, g), maxiter=MAXITER)
+        full = fit(dense, g, h200_points(phase=False), base_calibration(dense, g), maxiter=MAXITER)
         out = Path(sys.argv[sys.argv.index("--calibration-out") + 1])
         save_calibration(moe_calibration(full), out)
         print(f"wrote {out}")
@@ -145,9 +145,9 @@ def main() -> int:
         tot[1] += n
     # 2026-12-04: the four MoE factors (with the ungraphed step's host time) fitted on every MoE point
     # before that day (5), the H200 fit on all the dense H200 points; the prefill run's points are new
-    full = fit(dense, g, h200_points(), base_calibration(dense, g), maxiter=MAXITER)
+    full = fit(dense, g, h200_points(phase=False), base_calibration(dense, g), maxiter=MAXITER)
     before = moe_points(prefill=False)
-    mcal4 = with_residuals(moe_card, g, fit_moe(moe_card, g, full, before), before)  # MoE intervals
+    mcal4 = with_residuals(moe_card, g, fit_moe(moe_card, g, full, before, factors=4), before)  # as then
     runs = [(prefill_points(), "12-03", mcal4)]
     if (FRESH2 / "defaults").exists():  # predicted before measured, by the calibration committed there
         runs.append((fresh2_points(), "12-04", load_calibration(FRESH2 / "calibration.yaml")))

@@ -292,6 +292,7 @@ def test_the_mock_charges_per_chunk_usage_and_the_default_does_not_ask_for_it(tm
 
     with mock_process(ttft_ms=5.0, itl_ms=2.0, usage_cost_us=12000.0) as url:
         final, per_chunk = tpot(url, "final"), tpot(url, "per-chunk")
-    # per-chunk: every token waits for the 12 ms busy cost (the emission deadlines then lag behind);
+    # per-chunk: every token waits for the 12 ms busy cost (the emission deadlines then lag behind; a
+    # loaded client host stamps the first chunk late, which shortens the measured gaps a little);
     # final usage: the 2 ms interval, which a loaded host would have to make 3x late to reach half of it
-    assert per_chunk >= 11.9 and final < per_chunk / 2, (final, per_chunk)
+    assert per_chunk >= 10.0 and final < per_chunk / 2, (final, per_chunk)
