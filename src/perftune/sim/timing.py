@@ -15,7 +15,12 @@ token (each token runs its own top_k experts). With expert parallel (experts sha
 TP ranks) a MoE layer's MLP all-reduce is replaced by an all-to-all that sends each token's top_k
 hidden vectors to the experts' ranks and back. A step that runs without CUDA graphs (more tokens than
 the largest captured size, eager mode, or a FULL mode's mixed batch) launches its MoE layers op by op:
-that host time overlaps the GPU's work, and only its excess over the GPU's time shows.
+that host time overlaps the GPU's work, and only its excess over the GPU's time shows. A router that
+reaches only a pool of the experts (Calibration.moe_expert_pool) fills it within a few tokens.
+
+FP8 weights have a factor per phase (the weight reads of decode, the GEMM FLOPs of prefill) and, like
+the MoE layers, a host time per layer for steps that run without CUDA graphs (the activation
+quantization and scaled matmuls launched one by one).
 """
 
 from __future__ import annotations
