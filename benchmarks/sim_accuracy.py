@@ -20,11 +20,12 @@ regime. The held-out point's interval (from the fit's residuals, flagged as extr
 by construction not calibrated) is checked too. The MoE (DeepSeek-V2-Lite, H200, dummy weights: c=16 on
 2026-12-02 and 2026-12-03, the 2026-12-03 ladder at c=1, 16, 64, and the 2026-12-04 prefill run: c=1 at
 prompts of 256 to 8192 tokens and c=32 on engine defaults, c=1 and c=64 with graphs captured up to 2048
-tokens) is held out by concurrency band: the H200 dense fit (all its points) with the four MoE factors
+tokens) is held out by concurrency band: the H200 dense fit (all its points) with the five MoE factors
 (routing spread, MoE GEMM efficiency, per-MoE-layer step overhead, host time per MoE layer of an
-ungraphed step) fitted to the other bands' MoE points predicts the held-out band; its errors count in
-the MAPE. The second 2026-12-04 run (c=4, 8, 48, 128 on defaults; c=1 1536/8 and c=16 with graphs to
-2048) joins them: predicted before it was measured in `sim_fresh_points.py`, held out by band here.
+ungraphed step, the share of experts the router reaches) fitted to the other bands' MoE points
+predicts the held-out band; its errors count in the MAPE. The second 2026-12-04 run (c=4, 8, 48, 128
+on defaults; c=1 1536/8 and c=16 with graphs to 2048) joins them: predicted before it was measured in
+`sim_fresh_points.py`, held out by band here.
 SGLang 0.5.16 on the H100 (c=1, 16, 64) is held out as an engine: the fit on every vLLM H100 point
 predicts it with SGLang's scheduler.
 
@@ -105,16 +106,11 @@ FP8 = R / "2026-12-04-h200-vllm-0.26.0-fp8-phase"
 
 
 def fp8_points() -> list[Measurement]:
-    """The 2026-12-04 FP8 phase run (3 trials per point, one deploy per arm; the cells' context does not
-    record the deploy's flags, so they are set here): bf16 at c=1 with prompts of 512 to 4096 tokens (8
-    out) and c=64 1024/128; FP8 weights (--quantization fp8) at the same c=1 prompts, c=64 and c=128;
-    FP8 weights with graphs up to 2048 tokens at c=1 1024/8 and 2048/8."""
+    """The 2026-12-04 FP8 phase run (3 trials per point, one deploy per arm): bf16 at c=1 with prompts of
+    512 to 4096 tokens (8 out) and c=64 1024/128; FP8 weights (--quantization fp8) at the same c=1
+    prompts, c=64 and c=128; FP8 weights with graphs up to 2048 tokens at c=1 1024/8 and 2048/8."""
     fp8 = ["--quantization", "fp8"]
-    arms = {"bf16": [], "fp8": fp8, "fp8-graphs2048": [*fp8, "--max-cudagraph-capture-size", "2048"]}
-    out = []
-    for arm, flags in arms.items():
-        ms, _ = from_bundles([FP8 / arm], "h200")
-        out += [m.model_copy(update={"flags": [*m.flags, *flags]}) for m in ms]
+    out = arms(FP8, {"bf16": [], "fp8": fp8, "fp8-graphs2048": [*fp8, *GRAPHS_2048]})
     return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
 
 
@@ -142,14 +138,18 @@ def moe_points(prefill: bool = True) -> list[Measurement]:
     return sorted(ms + (prefill_points() if prefill else []), key=lambda m: (m.concurrency, m.flags, m.isl))
 
 
-def arms(run: Path) -> list[Measurement]:
-    """A 2026-12-04 MoE run's two arms, one deploy each: engine defaults (`defaults/`), then CUDA graphs
-    captured up to 2048 tokens (`graphs2048/`; its cells' context does not record the deploy's
-    --compilation-config, so the flag is set here)."""
-    defaults, _ = from_bundles([run / "defaults"], "h200")
-    graphs, _ = from_bundles([run / "graphs2048"], "h200")
-    size = ["--max-cudagraph-capture-size", "2048"]
-    return defaults + [m.model_copy(update={"flags": [*m.flags, *size]}) for m in graphs]
+GRAPHS_2048 = ["--max-cudagraph-capture-size", "2048"]
+
+
+def arms(run: Path, flags: dict[str, list[str]] | None = None) -> list[Measurement]:
+    """A run's arms, one deploy each, in the order given: arm folder -> the deploy's flags, which the
+    cells' context does not record, so they are set here. By default a 2026-12-04 MoE run's two arms:
+    engine defaults (`defaults/`), then CUDA graphs captured up to 2048 tokens (`graphs2048/`)."""
+    out: list[Measurement] = []
+    for arm, extra in (flags or {"defaults": [], "graphs2048": GRAPHS_2048}).items():
+        ms, _ = from_bundles([run / arm], "h200")
+        out += [m.model_copy(update={"flags": [*m.flags, *extra]}) for m in ms]
+    return out
 
 
 def prefill_points() -> list[Measurement]:
@@ -201,7 +201,7 @@ def held_out(
 
 def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
     """DeepSeek-V2-Lite, leave one concurrency band out: the H200 dense fit (all its points) with the
-    three MoE factors fitted to the other bands' MoE points predicts the held-out band (3 trials in
+    five MoE factors fitted to the other bands' MoE points predicts the held-out band (3 trials in
     virtual time), its interval from the MoE training points' residuals."""
     moe, card, g = moe_points() + fresh2_points(), model_card("deepseek-v2-lite"), gpu("h200")
     cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)

@@ -148,24 +148,30 @@ def main() -> int:
     full = fit(dense, g, h200_points(phase=False), base_calibration(dense, g), maxiter=MAXITER)
     before = moe_points(prefill=False)
     mcal4 = with_residuals(moe_card, g, fit_moe(moe_card, g, full, before, factors=4), before)  # as then
-    runs = [(prefill_points(), "12-03", mcal4)]
+
+    def graphed(m: Measurement) -> bool:
+        return "--max-cudagraph-capture-size" in m.flags
+
+    def moe_row(
+        m: Measurement, fitted_to: str, cal: Calibration
+    ) -> tuple[str, Measurement, str, Calibration]:
+        graphs = "graphs<=2048, " if graphed(m) else ""
+        return f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to {fitted_to})", m, "deepseek-v2-lite", cal
+
+    rows = [moe_row(m, "12-03", mcal4) for m in prefill_points()]
     if (FRESH2 / "defaults").exists():  # predicted before measured, by the calibration committed there
-        runs.append((fresh2_points(), "12-04", load_calibration(FRESH2 / "calibration.yaml")))
-    for points, fitted_to, moe_cal in runs:
-        for m in points:
-            graphs = "graphs<=2048, " if "--max-cudagraph-capture-size" in m.flags else ""
-            label = f"DSv2-Lite {graphs}{m.isl}/{m.osl} (fit to {fitted_to})"
-            i, n = show(label, m, "deepseek-v2-lite", moe_cal)
-            tot[0] += i
-            tot[1] += n
+        cal2 = load_calibration(FRESH2 / "calibration.yaml")
+        rows += [moe_row(m, "12-04", cal2) for m in fresh2_points()]
     if (FP8 / "bf16").exists():  # dense, predicted before measured by the calibration committed there
         fp8_cal = load_calibration(FP8 / "calibration.yaml")
         for m in fp8_points():
             arm = "FP8 weights" if "--quantization" in m.flags else "bf16"
-            graphs = ", graphs<=2048" if "--max-cudagraph-capture-size" in m.flags else ""
-            i, n = show(f"{arm}{graphs} {m.isl}/{m.osl} (fit to 12-03)", m, "llama-3.1-8b", fp8_cal)
-            tot[0] += i
-            tot[1] += n
+            graphs = ", graphs<=2048" if graphed(m) else ""
+            rows.append((f"{arm}{graphs} {m.isl}/{m.osl} (fit to 12-03)", m, "llama-3.1-8b", fp8_cal))
+    for label, m, card_name, point_cal in rows:
+        i, n = show(label, m, card_name, point_cal)
+        tot[0] += i
+        tot[1] += n
     print(
         f"fresh points: {tot[0]} of {tot[1]} values inside the predicted intervals "
         "(simulated predictions vs real vLLM 0.26.0 on 1x H200, DRAFT)"

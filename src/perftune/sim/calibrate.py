@@ -270,11 +270,11 @@ def fit(
     # bounded; a dtype with one factor per phase in two coordinate-descent rounds) on the dtype's own
     # points, the shared factors held at their joint fit.
     for dtype, fs in DTYPE_FITTABLE.items():
+        if dtype not in seen:  # fitted only where the points hold that dtype
+            continue
         mine = [m for m in points if dtype in _dtypes(m)]
         for _ in range(2 if len(fs) > 1 else 1):
             for k in fs:
-                if k not in keys:  # fitted only where the points hold that dtype
-                    continue
                 i = keys.index(k)
 
                 def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
@@ -282,7 +282,7 @@ def fit(
                     y[i] = v
                     return points_loss(card, g, make(y), pts)
 
-                x[i] = _fit_one(own, *DTYPE_BOUNDS.get(k, (0.1, upper.get(k, 2.0))))
+                x[i] = _fit_one(own, *(DTYPE_BOUNDS[k] if k in DTYPE_BOUNDS else (0.1, upper[k])))
     cal = make(x)
     if card.moe is not None:
         # the joint simplex barely moves factors whose priors sit on their bounds: refit them bounded
