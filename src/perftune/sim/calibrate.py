@@ -22,7 +22,14 @@ from perftune.errors import ConfigError
 from perftune.hardware.ceilings import Gpu, all_gpus
 from perftune.models.card import WEIGHT_BYTES, ModelCard
 from perftune.serving.levers import translate
-from perftune.sim.calibration import DTYPE_FACTORS, DTYPE_FITTABLE, FITTABLE, MOE_FITTABLE, Calibration
+from perftune.sim.calibration import (
+    DTYPE_FACTORS,
+    DTYPE_FITTABLE,
+    FITTABLE,
+    FRONTEND_FITTABLE,
+    MOE_FITTABLE,
+    Calibration,
+)
 from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
 from perftune.sim.errorbars import Residual, regime, residuals
@@ -207,6 +214,12 @@ def predict_point(
 WEIGHTS = {"tpot_ms": 1.0, "output_tok_s": 1.0, "ttft_ms": 0.5}
 # a dtype refit's bounds where they are not (0.1, the factor's upper bound): host times in microseconds
 DTYPE_BOUNDS = {"fp8_ungraphed_layer_us": (1.0, 1e4)}
+# the API server's refit bounds: ms per request (serial, shared), us per streamed token
+FRONTEND_BOUNDS = {
+    "frontend_ms_per_request": (0.01, 20.0),
+    "frontend_shared_ms_per_request": (0.01, 20.0),
+    "frontend_us_per_token": (1.0, 2000.0),
+}
 # fit_moe's bounds and starting points per MoE factor
 MOE_BOUNDS = {
     "moe_routing_spread": (1e-3, 1.0),
@@ -240,9 +253,12 @@ def fit(
 
     base = base or Calibration(gpu=g.key)
     seen = {part for m in points for part in _dtypes(m)}
+    front = list(FRONTEND_FITTABLE)
     keys = [*FITTABLE, *(f for d, fs in DTYPE_FITTABLE.items() if d in seen for f in fs)]
     if card.moe is not None:
         keys += MOE_FITTABLE
+    joint = len(keys)  # the simplex's factors; the API server's shared costs are only refitted, below
+    keys += front[1:]
     x0 = np.log([(base.fp8_gemm if k == "fp8_gemm_efficiency" else getattr(base, k)) or 1e-3 for k in keys])
     upper = {
         "hbm_efficiency": 1.0,
@@ -263,27 +279,52 @@ def fit(
     def loss(x: np.ndarray) -> float:
         return points_loss(card, g, make(x), points)
 
-    res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6})
-    x = np.array(res.x)
-    # A dtype's factors are ratios to the bf16 kernels, seen only in that dtype's points (often one or two
-    # among many): the joint simplex barely moves them from their priors. So each is then refitted (1-D,
-    # bounded; a dtype with one factor per phase in two coordinate-descent rounds) on the dtype's own
-    # points, the shared factors held at their joint fit.
-    for dtype, fs in DTYPE_FITTABLE.items():
-        if dtype not in seen:  # fitted only where the points hold that dtype
-            continue
-        mine = [m for m in points if dtype in _dtypes(m)]
-        for _ in range(2 if len(fs) > 1 else 1):
-            for k in fs:
-                i = keys.index(k)
+    def refit_dtypes(x: np.ndarray) -> None:
+        """A dtype's factors are ratios to the bf16 kernels, seen only in that dtype's points (often a
+        few among many): the joint simplex barely moves them from their priors. So each is refitted (1-D,
+        bounded; a dtype with one factor per phase in two coordinate-descent rounds) on the dtype's own
+        points, the shared factors held, in place in `x`."""
+        for dtype, fs in DTYPE_FITTABLE.items():
+            if dtype not in seen:  # fitted only where the points hold that dtype
+                continue
+            mine = [m for m in points if dtype in _dtypes(m)]
+            for _ in range(2 if len(fs) > 1 else 1):
+                for k in fs:
+                    i = keys.index(k)
 
-                def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
-                    y = x.copy()
-                    y[i] = v
-                    return points_loss(card, g, make(y), pts)
+                    def own(v: float, i: int = i, pts: list[Measurement] = mine) -> float:
+                        y = x.copy()
+                        y[i] = v
+                        return points_loss(card, g, make(y), pts)
 
-                x[i] = _fit_one(own, *(DTYPE_BOUNDS[k] if k in DTYPE_BOUNDS else (0.1, upper[k])))
+                    x[i] = _fit_one(own, *(DTYPE_BOUNDS[k] if k in DTYPE_BOUNDS else (0.1, upper[k])))
+
+    # Before the simplex too: a dtype factor left at its prior (FP8 weights read in half the time) would
+    # otherwise bend the shared factors (the step overhead) to make up for it on that dtype's points.
+    x = x0.copy()
+    refit_dtypes(x)
+    opts = {"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-6}
+    res = minimize(
+        lambda xj: loss(np.concatenate([xj, x[joint:]])), x[:joint], method="Nelder-Mead", options=opts
+    )
+    x = np.concatenate([res.x, x[joint:]])
+    # The API server's CPU costs show only where admissions meet a busy CPU (bursts, large batches
+    # streaming), a few of the points: refitted one at a time (1-D, bounded) on every point, the rest held.
+    # At concurrency 1 they only add to the fixed latency, so points all at c=1 keep the joint fit's.
+    if not any(m.concurrency > 1 for m in points):
+        front = []
+    for k in front:
+        i = keys.index(k)
+
+        def whole(v: float, i: int = i) -> float:
+            y = x.copy()
+            y[i] = v
+            return loss(y)
+
+        x[i] = _fit_one(whole, *FRONTEND_BOUNDS[k], xatol=0.02)
+    refit_dtypes(x)
     cal = make(x)
+    fitted = [k for k in keys if k in front or k not in FRONTEND_FITTABLE[1:]]
     if card.moe is not None:
         # the joint simplex barely moves factors whose priors sit on their bounds: refit them bounded
         cal = fit_moe(card, g, cal, points)
@@ -292,17 +333,18 @@ def fit(
     table = residual_table(points, preds)
     return cal.model_copy(
         update={
-            "fitted": keys,
+            "fitted": fitted,
             "priors": [
                 k
                 for k in (
+                    *FRONTEND_FITTABLE[1:],
                     "eager_launch_ms",
                     "piecewise_launch_ms",
                     "jitter_cv",
                     *DTYPE_FACTORS,
                     *MOE_FITTABLE,
                 )
-                if k not in keys
+                if k not in fitted
             ],
             "sources": sorted({m.source.split("#")[0] for m in points}),
             "engine": points[0].engine,
@@ -360,11 +402,11 @@ def points_loss(card: ModelCard, g: Gpu, cal: Calibration, points: Sequence[Meas
     return total / len(points)
 
 
-def _fit_one(f: Callable[[float], float], lo: float, hi: float) -> float:
-    """The log-scale value in [log lo, log hi] minimising f (bounded Brent)."""
+def _fit_one(f: Callable[[float], float], lo: float, hi: float, xatol: float = 1e-3) -> float:
+    """The log-scale value in [log lo, log hi] minimising f (bounded Brent, to `xatol` in log)."""
     from scipy.optimize import minimize_scalar
 
-    r = minimize_scalar(f, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-3})
+    r = minimize_scalar(f, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": xatol})
     return float(r.x)
 
 
@@ -372,8 +414,9 @@ def base_calibration(
     card: ModelCard, g: Gpu, device_memory_mib: float | None = None, kv_tokens: int | None = None
 ) -> Calibration:
     """Starting point of a fit, with the memory model pinned to what the engine reported, when known:
-    the KV size it logged at its default fraction (0.9) fixes the non-KV reserve."""
-    base = Calibration(gpu=g.key)
+    the KV size it logged at its default fraction (0.9) fixes the non-KV reserve. The API server's
+    shared CPU (`Frontend`) starts from 1 ms per request and 50 us per streamed token."""
+    base = Calibration(gpu=g.key, frontend_shared_ms_per_request=1.0, frontend_us_per_token=50.0)
     if device_memory_mib:
         base = base.model_copy(update={"memory_bytes": device_memory_mib * 2**20})
     if kv_tokens:

@@ -34,6 +34,8 @@ MOE_FITTABLE = (  # fitted on MoE points
     "moe_ungraphed_layer_us",
     "moe_expert_pool",
 )
+# the API server's costs (`Frontend`); the first is also in FITTABLE
+FRONTEND_FITTABLE = ("frontend_ms_per_request", "frontend_shared_ms_per_request", "frontend_us_per_token")
 FITTABLE = (
     "hbm_efficiency",
     "gemm_efficiency",
@@ -60,7 +62,24 @@ class Calibration(BaseModel):
         5.0, ge=0, description="request arrival to engine admission, in parallel (HTTP, validation, IPC)"
     )
     frontend_ms_per_request: float = Field(
-        0.5, ge=0, description="serialized API-server CPU per request: a burst of arrivals queues here"
+        0.5,
+        ge=0,
+        description="serial API-server work per request (handing it to the engine), one request after "
+        "another: a burst of arrivals queues here",
+    )
+    frontend_shared_ms_per_request: float = Field(
+        0.0,
+        ge=0,
+        description="API-server CPU per request shared with the other requests being admitted and the "
+        "tokens being streamed (processor sharing): a burst of arrivals reaches the engine only after the "
+        "burst's work. 0: none (calibrations before 2026-12-05)",
+    )
+    frontend_us_per_token: float = Field(
+        0.0,
+        ge=0,
+        description="API-server CPU per streamed output token (detokenize, SSE chunk), on the CPU that "
+        "admits requests: a large batch's streaming slows new admissions. 0: admissions alone use the "
+        "CPU (calibrations before 2026-12-05)",
     )
     eager_launch_ms: float = Field(
         2.0, ge=0, description="extra per step without CUDA graphs (kernel launches of a ~32-layer model)"
@@ -205,6 +224,7 @@ def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
         gpu=g.key,
         priors=[
             *FITTABLE,
+            *FRONTEND_FITTABLE[1:],
             "eager_launch_ms",
             "piecewise_launch_ms",
             "jitter_cv",

@@ -14,6 +14,7 @@ The core has no clock: `step()` returns the step's duration and the tokens it pr
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -460,16 +461,96 @@ class EngineCore:
 
 
 class Frontend:
-    """The API server in front of the engine: a fixed latency, plus CPU work that serializes requests
-    (a burst of arrivals reaches the engine one after another, which is what raises TTFT at high
-    concurrency beyond the prefill queue alone)."""
+    """The API server in front of the engine: a fixed latency (in parallel), one CPU, and a serial stage.
+
+    The CPU is shared (processor sharing, as an asyncio server's handlers interleave) by the requests it
+    is admitting (`frontend_shared_ms_per_request` of work each) and the tokens it streams
+    (`frontend_us_per_token` each, one job per engine step). A request done there then passes a serial
+    stage, one request after another (`frontend_ms_per_request` each: handing it to the engine), and
+    reaches the engine `api_latency_ms` later. So a burst of arrivals reaches the engine only after
+    the burst's shared work, and a large batch's streaming slows admissions, which is where TTFT at high
+    concurrency comes from beyond the prefill queue (vLLM 0.26.0, H200, c=128, a closed loop's first 128
+    sends at once: no first token before 216 ms on DeepSeek-V2-Lite, 257 ms on FP8 Llama-3.1-8B, where
+    one 8192-token prefill step takes about 85 and 120 ms). With neither shared cost (calibrations
+    before 2026-12-05) requests are admitted first come first served.
+
+    Processor sharing in virtual time: the virtual clock is the service each job in progress has had; it
+    advances at 1/n of real time with n jobs, and a job ends when the clock reaches its start's clock
+    plus its work, so each event costs a heap operation."""
 
     def __init__(self, cal: Calibration) -> None:
         self.latency_s = cal.api_latency_ms * 1e-3
-        self.per_req_s = cal.frontend_ms_per_request * 1e-3
-        self.free_at = 0.0
+        self.serial_s = cal.frontend_ms_per_request * 1e-3
+        self.shared_s = cal.frontend_shared_ms_per_request * 1e-3
+        self.per_tok_s = cal.frontend_us_per_token * 1e-6
+        self.t = 0.0  # the real time the CPU's state is at
+        self.v = 0.0  # the virtual clock
+        self.jobs: list[tuple[float, int, int]] = []  # on the CPU: (virtual end, seq, key; -1 streaming)
+        self.serial_free = 0.0  # when the serial stage is next free
+        self.seq = 0
+        self.ready: list[tuple[float, int, int]] = []  # through: (time at the engine, seq, key)
 
-    def admit_at(self, t: float) -> float:
-        start = max(t, self.free_at)
-        self.free_at = start + self.per_req_s
-        return self.free_at + self.latency_s
+    def _serial(self, t: float, seq: int, key: int) -> None:
+        self.serial_free = max(t, self.serial_free) + self.serial_s
+        heapq.heappush(self.ready, (self.serial_free + self.latency_s, seq, key))
+
+    def _advance(self, t: float) -> None:
+        """Run the CPU to real time `t` (an earlier time is taken as the state's own)."""
+        jobs = self.jobs
+        while jobs:
+            dt = (jobs[0][0] - self.v) * len(jobs)
+            if self.t + dt > t:
+                if t > self.t:
+                    self.v += (t - self.t) / len(jobs)
+                break
+            self.t += dt
+            self.v, seq, key = heapq.heappop(jobs)
+            if key >= 0:
+                self._serial(self.t, seq, key)
+        self.t = max(self.t, t)
+
+    def _job(self, t: float, work_s: float, key: int) -> None:
+        self._advance(t)
+        self.seq += 1
+        if work_s > 0.0:
+            heapq.heappush(self.jobs, (self.v + work_s, self.seq, key))
+        elif key >= 0:
+            self._serial(t, self.seq, key)
+
+    def arrive(self, t: float, key: int) -> None:
+        """Request `key` (>= 0) reaches the API server at `t`."""
+        self._job(t, self.shared_s, key)
+
+    def stream(self, t: float, tokens: int) -> None:
+        """A step ended at `t` with `tokens` tokens for the API server to stream."""
+        if tokens and self.per_tok_s > 0.0:
+            self._job(t, self.per_tok_s * tokens, -1)
+
+    def next_ready(self) -> float | None:
+        """When the next waiting request reaches the engine if nothing else arrives (None: none waits)."""
+        best = self.ready[0][0] if self.ready else None
+        t, v, n = self.t, self.v, len(self.jobs)
+        for end, _, key in sorted(self.jobs):
+            t += (end - v) * n
+            v, n = end, n - 1
+            if key >= 0:
+                at = max(t, self.serial_free) + self.serial_s + self.latency_s
+                return at if best is None else min(best, at)
+        return best
+
+    def admit(self, now: float) -> list[int]:
+        """The requests that reached the engine by `now`, in the order they reached it."""
+        self._advance(now)
+        out = []
+        while self.ready and self.ready[0][0] <= now + 1e-12:
+            out.append(heapq.heappop(self.ready)[2])
+        return out
+
+    def cancel(self, key: int, t: float) -> None:
+        """Request `key` leaves at `t` (its client went away): it no longer holds the CPU or a place."""
+        self._advance(t)
+        for q in (self.jobs, self.ready):
+            kept = [e for e in q if e[2] != key]
+            if len(kept) != len(q):
+                heapq.heapify(kept)
+                q[:] = kept

@@ -64,38 +64,48 @@ def run_trial(
     lines = [_Timeline(r, i, 0.0) for i, r in enumerate(reqs)]
     by_req = {id(tl.req): tl for tl in lines}
     front = Frontend(core.cal)
-    # (time, stage, idx): stage 0 = the client sends, stage 1 = the engine admits it.
-    events: list[tuple[float, int, int]] = []
+    # (time, idx): the client sends request idx; the API server (`Frontend`) admits it to the engine.
+    events: list[tuple[float, int]] = []
     nxt = 0
     if offsets is not None:
-        events = [(t0 + off, 0, i) for i, off in enumerate(offsets)]
+        events = [(t0 + off, i) for i, off in enumerate(offsets)]
         nxt = len(reqs)
     else:
         assert concurrency is not None
         for _ in range(min(concurrency, len(reqs))):
-            events.append((t0, 0, nxt))
+            events.append((t0, nxt))
             nxt += 1
     heapq.heapify(events)
+
+    def send(upto: float) -> None:
+        """The client's sends up to `upto` reach the API server, in time order."""
+        while events and events[0][0] <= upto:
+            t, i = heapq.heappop(events)
+            lines[i].t_sched = lines[i].t_send = t
+            front.arrive(t, i)
+
+    def next_event() -> float:
+        at = [x for x in (events[0][0] if events else None, front.next_ready()) if x is not None]
+        if not at:
+            raise RuntimeError("simulator stalled: requests waiting but nothing schedulable")
+        return min(at)
+
     now = t0
     done = 0
     while done < len(reqs):
-        if not core.has_work() and events and events[0][0] > now:
-            now = events[0][0]
-        while events and events[0][0] <= now:
-            t, stage, i = heapq.heappop(events)
-            tl = lines[i]
-            if stage == 0:
-                tl.t_sched = tl.t_send = t
-                heapq.heappush(events, (front.admit_at(t), 1, i))
-            else:
-                core.add(tl.req)
+        send(now)
+        for i in front.admit(now):
+            core.add(lines[i].req)
+        if not core.has_work():
+            now = max(now, next_event())
+            continue
         res = core.step()
         if res.scheduled == 0:
-            if not events:
-                raise RuntimeError("simulator stalled: requests waiting but nothing schedulable")
-            now = max(now, events[0][0])
+            now = max(now, next_event())
             continue
         now += res.duration_s
+        send(now)  # sends during the step reach the API server before this step's tokens stream
+        front.stream(now, len(res.emitted))
         for r in res.emitted:
             tl = by_req[id(r)]
             if keep_tokens or not tl.tokens:
@@ -105,7 +115,7 @@ def run_trial(
             tl.t_end = now
             done += 1
             if offsets is None and nxt < len(reqs):
-                heapq.heappush(events, (now, 0, nxt))
+                heapq.heappush(events, (now, nxt))
                 nxt += 1
     return lines
 

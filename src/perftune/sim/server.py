@@ -4,10 +4,11 @@ One engine task runs steps back to back on a virtual schedule: while the engine 
 scheduled to start at the previous step's scheduled end (not at the moment the host got round to it),
 so a late wake-up is caught up instead of being added to every later step; an idle engine re-anchors
 at the wall time work arrives. The task sleeps to each step's scheduled end, then hands each produced
-token to its stream. Requests pass the modelled API-server front (a fixed latency plus serialized
-per-request CPU) before the engine sees them. Every emitted token's write time is recorded, so the
-server's own timing is known, not assumed (GET /sim/requests, /sim/stats). /metrics uses vLLM's
-metric names; every response says `owned_by: perftune-sim`, so clients label the numbers simulated.
+token to its stream. Requests pass the modelled API-server front (`Frontend`: a fixed latency plus
+one CPU that admits them first come first served and streams the tokens) before the engine sees them.
+Every emitted token's write time is recorded, so the server's own timing is known, not assumed
+(GET /sim/requests, /sim/stats). /metrics uses vLLM's metric names; every response says
+`owned_by: perftune-sim`, so clients label the numbers simulated.
 
 A host that cannot keep up (a busy CPU) falls behind the schedule: the lag of every token written
 (write time minus its step's scheduled end) and the steps late by more than LATE_STEP_MIN_MS or
@@ -250,6 +251,7 @@ class SimServer:
         self.cfg, self.cal = cfg, cal
         self.core = EngineCore(card, g, cfg, cal)
         self.front = Frontend(cal)
+        self.admitted: set[int] = set()  # rids the front end let through whose handlers have not run yet
         self.tok = PromptTokenizer(model_dir)
         self.served = cfg.served_name or card.name
         self.version = sim_version(cal)
@@ -304,6 +306,7 @@ class SimServer:
             self.late_max_ns = max(self.late_max_ns, late)
             self.steps += 1
             self.lag.step(late, duration)
+            self.front.stream(self._now_s(deadline), len(res.emitted))
             for r in res.emitted:
                 live = self.live.get(r.rid)
                 if live is not None:
@@ -464,9 +467,7 @@ class SimServer:
                 return _gone_response()  # the client left during the stall: nothing reaches the engine
             if fault.kind == "drop":
                 drop = fault.drop_tokens
-        # The API server's share: a fixed latency plus serialized per-request CPU.
-        now_s = (time.monotonic_ns() - self.origin_ns) / 1e9
-        await asyncio.sleep(max(0.0, self.front.admit_at(now_s) - now_s))
+        await self._admission(r.rid)
         live = _Live(r, arrival_ns=arrival)
         self.live[r.rid] = live
         self.core.add(r)
@@ -483,6 +484,24 @@ class SimServer:
             if not r.finished:
                 self.core.abort(r)  # the client went away: free its KV like vLLM's abort
                 self.wake.set()
+
+    def _now_s(self, at_ns: int | None = None) -> float:
+        return ((time.monotonic_ns() if at_ns is None else at_ns) - self.origin_ns) / 1e9
+
+    async def _admission(self, rid: int) -> None:
+        """The API server's share (`Frontend`): wait until it lets request `rid` through to the engine."""
+        self.front.arrive(self._now_s(), rid)
+        try:
+            while rid not in self.admitted:
+                now = self._now_s()
+                self.admitted.update(self.front.admit(now))
+                if rid not in self.admitted:
+                    at = self.front.next_ready()
+                    await asyncio.sleep(max(0.0, (now if at is None else at) - now))
+        finally:  # let through, or the client left while it waited: either way it no longer waits
+            if rid not in self.admitted:
+                self.front.cancel(rid, self._now_s())
+            self.admitted.discard(rid)
 
     async def _wedge(
         self, request: web.Request, chat: bool, req: GenerateRequest, rid: int
