@@ -29,6 +29,12 @@ No committed point has FP8 weights, so the FP8-weight kernel factor stays at its
 ratio): the FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds these points to its H200
 set, where the two FP8 concurrencies fit the factor for each other.
 
+Every section but the last two refits with today's `fit()` on the points that existed before its run
+(since 2026-12-05 that includes the API server's shared CPU, `Frontend`), so it asks what today's model
+would have predicted then; the last two read the calibration files committed before their runs, which
+predict exactly as they did (a calibration without the front end's shared costs admits first come
+first served). `results/sim_fresh_points-DATE.txt` keeps each day's output.
+
 Ends with `fresh points: K of N values inside the predicted intervals (...)`.
 """
 
