@@ -253,12 +253,14 @@ def fit(
 
     base = base or Calibration(gpu=g.key)
     seen = {part for m in points for part in _dtypes(m)}
-    front = list(FRONTEND_FITTABLE)
+    # The API server's CPU costs show only where admissions meet a busy CPU (bursts, large batches
+    # streaming). At concurrency 1 they only add to the fixed latency: points all at c=1 leave them be.
+    front = FRONTEND_FITTABLE if any(m.concurrency > 1 for m in points) else ()
     keys = [*FITTABLE, *(f for d, fs in DTYPE_FITTABLE.items() if d in seen for f in fs)]
     if card.moe is not None:
         keys += MOE_FITTABLE
     joint = len(keys)  # the simplex's factors; the API server's shared costs are only refitted, below
-    keys += front[1:]
+    keys += FRONTEND_FITTABLE[1:]
     x0 = np.log([(base.fp8_gemm if k == "fp8_gemm_efficiency" else getattr(base, k)) or 1e-3 for k in keys])
     upper = {
         "hbm_efficiency": 1.0,
@@ -308,11 +310,8 @@ def fit(
         lambda xj: loss(np.concatenate([xj, x[joint:]])), x[:joint], method="Nelder-Mead", options=opts
     )
     x = np.concatenate([res.x, x[joint:]])
-    # The API server's CPU costs show only where admissions meet a busy CPU (bursts, large batches
-    # streaming), a few of the points: refitted one at a time (1-D, bounded) on every point, the rest held.
-    # At concurrency 1 they only add to the fixed latency, so points all at c=1 keep the joint fit's.
-    if not any(m.concurrency > 1 for m in points):
-        front = []
+    # The API server's costs, seen in a few of the points: refitted one at a time (1-D, bounded) on every
+    # point, the rest held.
     for k in front:
         i = keys.index(k)
 
@@ -324,7 +323,7 @@ def fit(
         x[i] = _fit_one(whole, *FRONTEND_BOUNDS[k], xatol=0.02)
     refit_dtypes(x)
     cal = make(x)
-    fitted = [k for k in keys if k in front or k not in FRONTEND_FITTABLE[1:]]
+    fitted = keys if front else keys[:joint]
     if card.moe is not None:
         # the joint simplex barely moves factors whose priors sit on their bounds: refit them bounded
         cal = fit_moe(card, g, cal, points)

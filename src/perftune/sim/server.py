@@ -4,8 +4,8 @@ One engine task runs steps back to back on a virtual schedule: while the engine 
 scheduled to start at the previous step's scheduled end (not at the moment the host got round to it),
 so a late wake-up is caught up instead of being added to every later step; an idle engine re-anchors
 at the wall time work arrives. The task sleeps to each step's scheduled end, then hands each produced
-token to its stream. Requests pass the modelled API-server front (`Frontend`: a fixed latency plus
-one CPU that admits them first come first served and streams the tokens) before the engine sees them.
+token to its stream. Requests pass the modelled API-server front (`Frontend`: a fixed latency, one CPU
+shared by admissions and streamed tokens, a serial hand-off) before the engine sees them.
 Every emitted token's write time is recorded, so the server's own timing is known, not assumed
 (GET /sim/requests, /sim/stats). /metrics uses vLLM's metric names; every response says
 `owned_by: perftune-sim`, so clients label the numbers simulated.
