@@ -17,6 +17,11 @@
 #   A. bf16, engine defaults: c=1 with prompts of 512 ... 4096 tokens (8 out), c=64 1024/128;
 #   B. FP8 weights (--quantization fp8), defaults: the same c=1 prompts, c=64 and c=128 1024/128;
 #   C. FP8 weights, graphs up to 2048 tokens: c=1 1024/8 and 2048/8.
+# PT_PLAN=ladder (2026-12-05) is the dense model's concurrency ladder, FP8 weights where no committed
+# point has them and bf16 where the H200 has one point above c=32, predictions committed first
+# (benchmarks/results/2026-12-05-h200-vllm-0.26.0-fp8-ladder/predictions.txt):
+#   A. FP8 weights (--quantization fp8), defaults: c=4, 8, 16, 32, 48, 96 at 1024/128, c=16 512/256;
+#   B. bf16, engine defaults: c=4, 48, 96, 128 at 1024/128.
 # Every point is `perftune bench run`, random workload, 3 trials, cache reset per trial; 12 requests per
 # trial at c=1, else max(2c, 32).
 #
@@ -32,7 +37,7 @@ root=${PT_RUN_ROOT:-/root/ptrun}
 plan=${PT_PLAN:-prefill}
 r="$root/moe-$plan"
 model_dir=dsv2-lite served=dsv2-lite
-[ "$plan" = fp8 ] && model_dir=llama-8b served=llama-8b
+case $plan in fp8|ladder) model_dir=llama-8b served=llama-8b ;; esac
 mkdir -p "$r"
 log() { echo "[$(date +%T)] $*" | tee -a "$r/steps.log"; }
 
@@ -87,6 +92,9 @@ pipeline() {
     sweep bf16 1:512:8,1:1024:8,1:2048:8,1:4096:8,64:1024:128
     sweep fp8 1:512:8,1:1024:8,1:2048:8,1:4096:8,64:1024:128,128:1024:128 --quantization fp8
     sweep fp8-graphs2048 1:1024:8,1:2048:8 --quantization fp8 --compilation-config "$graphs"
+  elif [ "$plan" = ladder ]; then
+    sweep fp8 4:1024:128,8:1024:128,16:1024:128,32:1024:128,48:1024:128,96:1024:128,16:512:256 --quantization fp8
+    sweep bf16 4:1024:128,48:1024:128,96:1024:128,128:1024:128
   elif [ "$plan" = fresh ]; then
     sweep defaults 4:1024:128,8:512:256,48:2048:128,128:1024:128
     sweep graphs2048 1:1536:8,16:1024:128 --compilation-config "$graphs"
