@@ -20,8 +20,9 @@
 # PT_PLAN=ladder (2026-12-05) is the dense model's concurrency ladder, FP8 weights where no committed
 # point has them and bf16 where the H200 has one point above c=32, predictions committed first
 # (benchmarks/results/2026-12-05-h200-vllm-0.26.0-fp8-ladder/predictions.txt):
-#   A. FP8 weights (--quantization fp8), defaults: c=4, 8, 16, 32, 48, 96 at 1024/128, c=16 512/256;
-#   B. bf16, engine defaults: c=4, 48, 96, 128 at 1024/128.
+#   A. FP8 weights (--quantization fp8), defaults: c=4, 8, 16, 32, 48, 96 at 1024/128, c=16 512/256, and
+#      c=1 and c=24 1024/128 again (the 2026-12-03 run measured them on another machine);
+#   B. bf16, engine defaults: c=4, 48, 96, 128 at 1024/128, and c=1 1024/128 again.
 # Every point is `perftune bench run`, random workload, 3 trials, cache reset per trial; 12 requests per
 # trial at c=1, else max(2c, 32).
 #
@@ -93,8 +94,8 @@ pipeline() {
     sweep fp8 1:512:8,1:1024:8,1:2048:8,1:4096:8,64:1024:128,128:1024:128 --quantization fp8
     sweep fp8-graphs2048 1:1024:8,1:2048:8 --quantization fp8 --compilation-config "$graphs"
   elif [ "$plan" = ladder ]; then
-    sweep fp8 4:1024:128,8:1024:128,16:1024:128,32:1024:128,48:1024:128,96:1024:128,16:512:256 --quantization fp8
-    sweep bf16 4:1024:128,48:1024:128,96:1024:128,128:1024:128
+    sweep fp8 1:1024:128,4:1024:128,8:1024:128,16:1024:128,24:1024:128,32:1024:128,48:1024:128,96:1024:128,16:512:256 --quantization fp8
+    sweep bf16 1:1024:128,4:1024:128,48:1024:128,96:1024:128,128:1024:128
   elif [ "$plan" = fresh ]; then
     sweep defaults 4:1024:128,8:512:256,48:2048:128,128:1024:128
     sweep graphs2048 1:1536:8,16:1024:128 --compilation-config "$graphs"
