@@ -13,6 +13,9 @@ dense Llama-3.1-8B with dummy weights, 3 trials each):
   weights at c=1 with prompts of 512 to 4096 tokens (8 out), c=64 (both) and c=128 (FP8), FP8 with graphs
   up to 2048 tokens at c=1 (13 points). FP8 weights then hold three regimes (c1-4, c5-48, c49+): each
   held out leaves the others to fit the three FP8 factors (decode, prefill GEMMs, ungraphed host time).
+- H200 (run 5, 2026-12-05, predicted before it was measured in `sim_fresh_points.py`): the concurrency
+  ladder, FP8 weights at c=1, 4, 8, 16, 24, 32, 48, 96 (1024/128) and c=16 512/256, bf16 at c=1, 4, 48,
+  96, 128 (14 points). FP8 weights now have mid-band decode points, and bf16 three points above c=48.
 Regimes (perftune.sim.errorbars): concurrency band (c1-4, c5-48, c49+) x dtype x workload, per GPU.
 Each regime is held out in turn: the simulator is calibrated on that GPU's other points and predicts the
 held-out ones (3 trials in virtual time), so every point is predicted once by a fit that never saw its
@@ -25,7 +28,8 @@ tokens) is held out by concurrency band: the H200 dense fit (all its points) wit
 ungraphed step, the share of experts the router reaches) fitted to the other bands' MoE points
 predicts the held-out band; its errors count in the MAPE. The second 2026-12-04 run (c=4, 8, 48, 128
 on defaults; c=1 1536/8 and c=16 with graphs to 2048) joins them: predicted before it was measured in
-`sim_fresh_points.py`, held out by band here.
+`sim_fresh_points.py`, held out by band here, and so does the 2026-12-05 MoE run (c=8 768/32 and 384/32,
+c=16 640/16 on defaults, measured after the dense ladder on its machine, not predicted first).
 SGLang 0.5.16 on the H100 (c=1, 16, 64) is held out as an engine: the fit on every vLLM H100 point
 predicts it with SGLang's scheduler.
 
@@ -89,9 +93,10 @@ def merged(ms: list[Measurement]) -> list[Measurement]:
     return sorted(out, key=lambda m: (m.flags, m.concurrency))
 
 
-def h200_points(fresh: bool = True, phase: bool = True) -> list[Measurement]:
+def h200_points(fresh: bool = True, phase: bool = True, ladder: bool = True) -> list[Measurement]:
     """Run 2's 14 closed-loop points, (fresh) run 3's 5: the 2026-12-03 tune of bf16 vs FP8 weights at
-    c=1 and c=24 (3 deploys each) and its phase 1 bf16 c=16 cell, and (phase) run 4's 13, `fp8_points`."""
+    c=1 and c=24 (3 deploys each) and its phase 1 bf16 c=16 cell, (phase) run 4's 13, `fp8_points`, and
+    (ladder, with phase) run 5's 14, `ladder_points`."""
     cap = R / "2026-12-02-h200-vllm-0.26.0-slo-capacity"
     base, _ = from_bundles([cap / "baseline-closed"], "h200")
     fp8, _ = from_bundles([cap / "fp8kv-closed"], "h200")
@@ -99,7 +104,7 @@ def h200_points(fresh: bool = True, phase: bool = True) -> list[Measurement]:
     if not fresh:
         return run2
     run3, _ = from_bundles([R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/fp8-ab/campaign"], "h200")
-    return run2 + merged(run3) + (fp8_points() if phase else [])
+    return run2 + merged(run3) + (fp8_points() + (ladder_points() if ladder else []) if phase else [])
 
 
 FP8 = R / "2026-12-04-h200-vllm-0.26.0-fp8-phase"
@@ -111,6 +116,17 @@ def fp8_points() -> list[Measurement]:
     prompts, c=64 and c=128; FP8 weights with graphs up to 2048 tokens at c=1 1024/8 and 2048/8."""
     fp8 = ["--quantization", "fp8"]
     out = arms(FP8, {"bf16": [], "fp8": fp8, "fp8-graphs2048": [*fp8, *GRAPHS_2048]})
+    return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
+
+
+FP8_LADDER = R / "2026-12-05-h200-vllm-0.26.0-fp8-ladder"
+
+
+def ladder_points() -> list[Measurement]:
+    """The 2026-12-05 ladder run (3 trials per point, one deploy per arm), predicted before it was
+    measured: FP8 weights at c=1, 4, 8, 16, 24, 32, 48, 96 1024/128 and c=16 512/256; bf16 at c=1, 4,
+    48, 96, 128 1024/128 (c=1 and FP8 c=24 repeat 2026-12-03's points on another machine)."""
+    out = arms(FP8_LADDER, {"fp8": ["--quantization", "fp8"], "bf16": []})
     return sorted(out, key=lambda m: (m.flags, m.concurrency, m.isl))
 
 
@@ -168,6 +184,15 @@ def fresh2_points() -> list[Measurement]:
     return sorted(arms(FRESH2), key=lambda m: (m.flags, m.concurrency, m.isl))
 
 
+MID = R / "2026-12-05-h200-vllm-0.26.0-moe-mid"
+
+
+def mid_points() -> list[Measurement]:
+    """The 2026-12-05 MoE run on engine defaults (3 trials per point, not predicted first): c=8 768/32
+    and 384/32, c=16 640/16, prompts either side of the largest captured graph."""
+    return sorted(arms(MID, {"defaults": []}), key=lambda m: (m.concurrency, m.isl))
+
+
 def held_out(
     name: str, points: list[Measurement], base_kw: dict[str, float]
 ) -> tuple[list[dict[str, float]], int]:
@@ -203,7 +228,7 @@ def moe_held_out(h200: list[Measurement]) -> tuple[list[dict[str, float]], int]:
     """DeepSeek-V2-Lite, leave one concurrency band out: the H200 dense fit (all its points) with the
     five MoE factors fitted to the other bands' MoE points predicts the held-out band (3 trials in
     virtual time), its interval from the MoE training points' residuals."""
-    moe, card, g = moe_points() + fresh2_points(), model_card("deepseek-v2-lite"), gpu("h200")
+    moe, card, g = moe_points() + fresh2_points() + mid_points(), model_card("deepseek-v2-lite"), gpu("h200")
     cal = fit(model_card("llama-3.1-8b"), g, h200, base_calibration(card, g), maxiter=MAXITER)
     errs: list[dict[str, float]] = []
     inside = 0
@@ -259,7 +284,7 @@ def sglang_held_out(h100: list[Measurement]) -> tuple[list[dict[str, float]], in
 def main() -> int:
     h100, h200 = h100_points(), h200_points()
     print(
-        f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02 to 12-04)"
+        f"real points: {len(h100)} on H100 (run 2026-11-23), {len(h200)} on H200 (runs 2026-12-02 to 12-05)"
     )
     print("GPU   held-out regime          points                       | held-out APE per metric (mean)")
     e1, in1 = held_out("H100", h100, {"device_memory_mib": H100_MIB, "kv_tokens": H100_KV})

@@ -25,13 +25,17 @@ The H200 fit is the one `benchmarks/sim_accuracy.py` uses (the 14 committed clos
   graphs up to 2048 tokens at c=1, predicted by the calibration committed there before the run (the H200
   fit on its 19 points at the time, one FP8 factor for both phases: a calibration without
   `fp8_gemm_efficiency` keeps that meaning).
-No committed point has FP8 weights, so the FP8-weight kernel factor stays at its prior (the roofline
-ratio): the FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds these points to its H200
-set, where the two FP8 concurrencies fit the factor for each other.
+- the ladder run (`results/2026-12-05-h200-vllm-0.26.0-fp8-ladder`, dense, a later machine): FP8
+  weights at c=1, 4, 8, 16, 24, 32, 48, 96 1024/128 and c=16 512/256, bf16 at c=1, 4, 48, 96, 128,
+  predicted by the calibration committed there before the run (the H200 fit on all 32 committed H200
+  points, with the API server's shared CPU; c=1 and FP8 c=24 repeat 2026-12-03's points).
+Before the 2026-12-03 run no point had FP8 weights, so that section's FP8-weight kernel factor stays at
+its prior (the roofline ratio): its FP8 rows show what an unfitted dtype costs. `sim_accuracy.py` adds
+every run's points to its H200 set.
 
-Every section but the last two refits with today's `fit()` on the points that existed before its run
+Every section but the last three refits with today's `fit()` on the points that existed before its run
 (since 2026-12-05 that includes the API server's shared CPU, `Frontend`), so it asks what today's model
-would have predicted then; the last two read the calibration files committed before their runs, which
+would have predicted then; the last three read the calibration files committed before their runs, which
 predict exactly as they did (a calibration without the front end's shared costs admits first come
 first served). `results/sim_fresh_points-DATE.txt` keeps each day's output.
 
@@ -60,6 +64,7 @@ from perftune.sim.errorbars import interval
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim_accuracy import (
     FP8,
+    FP8_LADDER,
     FRESH2,
     MAXITER,
     METRICS,
@@ -67,6 +72,7 @@ from sim_accuracy import (
     fp8_points,
     fresh2_points,
     h200_points,
+    ladder_points,
     merged,
     moe_points,
     prefill_points,
@@ -174,6 +180,11 @@ def main() -> int:
             arm = "FP8 weights" if "--quantization" in m.flags else "bf16"
             graphs = ", graphs<=2048" if graphed(m) else ""
             rows.append((f"{arm}{graphs} {m.isl}/{m.osl} (fit to 12-03)", m, "llama-3.1-8b", fp8_cal))
+    if (FP8_LADDER / "fp8").exists():  # dense, predicted before measured by the calibration committed there
+        ladder_cal = load_calibration(FP8_LADDER / "calibration.yaml")
+        for m in ladder_points():
+            arm = "FP8 weights" if "--quantization" in m.flags else "bf16"
+            rows.append((f"{arm} {m.isl}/{m.osl} (fit to 12-04)", m, "llama-3.1-8b", ladder_cal))
     for label, m, card_name, point_cal in rows:
         i, n = show(label, m, card_name, point_cal)
         tot[0] += i

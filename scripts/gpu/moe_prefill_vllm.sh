@@ -8,6 +8,9 @@
 #   A. engine defaults: c=1 with prompts of 256 ... 8192 tokens (8 output tokens), then c=32 1024/128;
 #   B. graphs captured up to 2048 tokens (--compilation-config max_cudagraph_capture_size=2048): the
 #      same c=1 prompts around the boundary, and c=64 1024/128.
+# PT_PLAN=moemid (2026-12-05, run right after the ladder on its machine, not predicted first): the MoE
+# at c=8 and 16 with short outputs and prompts either side of the largest captured graph (512 tokens):
+# defaults, c=8 768/32 and 384/32, c=16 640/16.
 # PT_PLAN=fresh measures points no committed bundle has, after their predictions were committed
 # (benchmarks/results/2026-12-04-h200-vllm-0.26.0-moe-fresh/predictions.txt):
 #   A. engine defaults: c=4 1024/128, c=8 512/256, c=48 2048/128, c=128 1024/128;
@@ -96,6 +99,8 @@ pipeline() {
   elif [ "$plan" = ladder ]; then
     sweep fp8 1:1024:128,4:1024:128,8:1024:128,16:1024:128,24:1024:128,32:1024:128,48:1024:128,96:1024:128,16:512:256 --quantization fp8
     sweep bf16 1:1024:128,4:1024:128,48:1024:128,96:1024:128,128:1024:128
+  elif [ "$plan" = moemid ]; then
+    sweep defaults 8:768:32,8:384:32,16:640:16
   elif [ "$plan" = fresh ]; then
     sweep defaults 4:1024:128,8:512:256,48:2048:128,128:1024:128
     sweep graphs2048 1:1536:8,16:1024:128 --compilation-config "$graphs"
