@@ -25,6 +25,7 @@ from perftune.serving.levers import translate
 from perftune.sim.calibration import (
     DTYPE_FACTORS,
     DTYPE_FITTABLE,
+    ENGINE_PRIORS,
     FITTABLE,
     FRONTEND_FITTABLE,
     MOE_FITTABLE,
@@ -337,9 +338,7 @@ def fit(
                 k
                 for k in (
                     *FRONTEND_FITTABLE[1:],
-                    "eager_launch_ms",
-                    "piecewise_launch_ms",
-                    "jitter_cv",
+                    *ENGINE_PRIORS,
                     *DTYPE_FACTORS,
                     *MOE_FITTABLE,
                 )
@@ -415,7 +414,9 @@ def base_calibration(
     """Starting point of a fit, with the memory model pinned to what the engine reported, when known:
     the KV size it logged at its default fraction (0.9) fixes the non-KV reserve. The API server's
     shared CPU (`Frontend`) starts from 1 ms per request and 50 us per streamed token."""
-    base = Calibration(gpu=g.key, frontend_shared_ms_per_request=1.0, frontend_us_per_token=50.0)
+    base = Calibration(
+        gpu=g.key, frontend_shared_ms_per_request=1.0, frontend_us_per_token=50.0, ungraphed_ahead=1.0
+    )
     if device_memory_mib:
         base = base.model_copy(update={"memory_bytes": device_memory_mib * 2**20})
     if kv_tokens:

@@ -36,6 +36,8 @@ MOE_FITTABLE = (  # fitted on MoE points
 )
 # the API server's costs (`Frontend`); the first is also in FITTABLE
 FRONTEND_FITTABLE = ("frontend_ms_per_request", "frontend_shared_ms_per_request", "frontend_us_per_token")
+# physical priors of the engine, never fitted (the async-scheduling overlap: vLLM 0.26.0's default)
+ENGINE_PRIORS = ("eager_launch_ms", "piecewise_launch_ms", "jitter_cv", "ungraphed_ahead")
 FITTABLE = (
     "hbm_efficiency",
     "gemm_efficiency",
@@ -159,6 +161,17 @@ class Calibration(BaseModel):
         "of the two. 0 is a prior (launches hidden); fitted when the measurements are of a MoE model "
         "(vLLM 0.26.0, H200, DeepSeek-V2-Lite: a lone 768-token prefill 93 ms ungraphed, 24 ms graphed)",
     )
+    ungraphed_ahead: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the previous step's GPU time during which the CPU may already launch an "
+        "ungraphed step's ops (vLLM's async scheduling: the next step is prepared while the GPU runs "
+        "this one), so only host time beyond both steps' GPU time shows. 0: the step's own GPU time "
+        "alone hides it (calibrations before 2026-12-05); 1: the whole previous step (vLLM 0.26.0, "
+        "H200, DeepSeek-V2-Lite: a 768-token prefill after an idle engine pays 60-70 ms ungraphed, the "
+        "same size after an 8,192-token step nothing)",
+    )
     fp8_kv_efficiency: float = Field(
         1.0,
         gt=0,
@@ -225,9 +238,7 @@ def for_gpu(g: Gpu, path: str | Path | None = None) -> Calibration:
         priors=[
             *FITTABLE,
             *FRONTEND_FITTABLE[1:],
-            "eager_launch_ms",
-            "piecewise_launch_ms",
-            "jitter_cv",
+            *ENGINE_PRIORS,
             *DTYPE_FACTORS,
             *MOE_FITTABLE,
         ],

@@ -173,6 +173,7 @@ class EngineCore:
         self.breakdown = StepBreakdown()
         self._preempt_base = 0
         self.rng = np.random.default_rng(cfg.seed)
+        self._free_s = 0.0  # GPU time of the last step free for launching the next (`StepModel.free_after`)
 
     # ------------------------------------------------------------------ KV blocks
 
@@ -397,7 +398,7 @@ class EngineCore:
             else:
                 decode_only = False
                 pairs += n * (r.computed + (n + 1) / 2)
-        parts = self.timing.parts(len(sched), tokens, dec_kv, pairs, decode_only)
+        parts = self.timing.parts(len(sched), tokens, dec_kv, pairs, decode_only, self._free_s)
         dt = sum(parts)
         if self.cal.jitter_cv > 0:
             dt *= float(np.exp(self.rng.normal(0.0, self.cal.jitter_cv)))
@@ -420,6 +421,8 @@ class EngineCore:
             self._release(r)
             self.counters.finished += 1
         self.counters.steps += 1
+        # the next step's ops can be launched during this one only if the engine stays busy
+        self._free_s = self.timing.free_after(parts, decode_only, tokens) if self.has_work() else 0.0
         return StepResult(dt, emitted, finished, len(sched), tokens)
 
     def _account(

@@ -15,7 +15,10 @@ token (each token runs its own top_k experts). With expert parallel (experts sha
 TP ranks) a MoE layer's MLP all-reduce is replaced by an all-to-all that sends each token's top_k
 hidden vectors to the experts' ranks and back. A step that runs without CUDA graphs (more tokens than
 the largest captured size, eager mode, or a FULL mode's mixed batch) launches its MoE layers op by op:
-that host time overlaps the GPU's work, and only its excess over the GPU's time shows. A router that
+that host time overlaps the GPU's work, and only its excess over the GPU's time shows; with async
+scheduling the CPU launches a step while the GPU still runs the one before, so a busy engine hides it
+behind that step's GPU time too (Calibration.ungraphed_ahead), and only a step after an idle engine
+(a lone prefill at c=1) pays it in full. A router that
 reaches only a pool of the experts (Calibration.moe_expert_pool) fills it within a few tokens.
 
 FP8 weights have a factor per phase (the weight reads of decode, the GEMM FLOPs of prefill) and, like
@@ -56,6 +59,7 @@ class StepModel:
     route_spread: float = 1.0  # tokens routing independently (1) or together (0): Calibration
     expert_pool: float = 1.0  # share of the routed experts the router reaches: Calibration
     ungraphed_host_s: float = 0.0  # host time of the MoE layers (and FP8 layers) of a step run ungraphed
+    ahead: float = 0.0  # share of the previous step's GPU time that can hide this step's host time
 
     @classmethod
     def build(cls, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration) -> StepModel:
@@ -112,6 +116,7 @@ class StepModel:
             else 1.0,
             ungraphed_host_s=(card.moe.moe_layers * cal.moe_ungraphed_layer_us if card.moe else 0.0) * 1e-6
             + card.layers * (cal.fp8_ungraphed_layer_us if fp8 else 0.0) * 1e-6,
+            ahead=cal.ungraphed_ahead,
         )
 
     def experts_touched(self, tokens: int) -> float:
@@ -149,18 +154,34 @@ class StepModel:
         return decode_only or self.mode in ("PIECEWISE", "FULL_AND_PIECEWISE")
 
     def parts(
-        self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool
+        self,
+        n_seqs: int,
+        tokens: int,
+        decode_kv_tokens: int,
+        prefill_pairs: float,
+        decode_only: bool,
+        free_s: float = 0.0,
     ) -> tuple[float, float, float, float]:
-        """(GEMM, attention, communication, host overhead) seconds of one step; see `step_s`."""
+        """(GEMM, attention, communication, host overhead) seconds of one step; see `step_s`.
+        `free_s`: GPU time of the step before, with the engine busy, left free of its own host work
+        (`free_after`); with async scheduling the CPU launches this step's ops during it."""
         read = self.weight_read_s + self.routed_read_s * self.experts_touched(tokens)
         gemm = max(read, self.flop_s_per_token * tokens)
         attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
         comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
         host = self.fixed_s + self.per_seq_s * n_seqs + self.launch_s(decode_only, tokens)
         if self.ungraphed_host_s > 0.0 and not self.graphed(decode_only, tokens):
-            # launched op by op, the MoE layers' host work overlaps the GPU's: only the excess shows
-            host += max(0.0, self.ungraphed_host_s - (gemm + attn + comm))
+            # launched op by op, the MoE layers' host work overlaps the GPU's (this step's, and the
+            # previous step's where the CPU could run ahead): only the excess shows
+            host += max(0.0, self.ungraphed_host_s - (gemm + attn + comm) - self.ahead * free_s)
         return gemm, attn, comm, host
+
+    def free_after(self, parts: tuple[float, float, float, float], decode_only: bool, tokens: int) -> float:
+        """GPU seconds of a step (its `parts`) during which the CPU is free to launch the next one:
+        all of it, less what an ungraphed step's own op-by-op launches took."""
+        gpu = parts[0] + parts[1] + parts[2]
+        own = self.ungraphed_host_s if not self.graphed(decode_only, tokens) else 0.0
+        return max(0.0, gpu - own)
 
     def step_s(
         self, n_seqs: int, tokens: int, decode_kv_tokens: int, prefill_pairs: float, decode_only: bool

@@ -213,3 +213,58 @@ def test_an_expert_pool_fills_in_a_few_tokens_and_then_stops_growing() -> None:
     # a pool smaller than one token's experts is clamped to top_k/E: every token reads the same experts
     tiny = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"moe_expert_pool": 0.01}))
     assert tiny.experts_touched(1) == tiny.experts_touched(64) == pytest.approx(6 / 64)
+
+
+def test_a_busy_engine_hides_an_ungraphed_steps_launches_behind_the_step_before() -> None:
+    """With async scheduling the CPU launches a step's ops while the GPU runs the one before. A 768-token
+    prefill after an idle engine pays its whole host excess (as at c=1); the same prefill right after a
+    step with enough GPU time free pays nothing; after a step with 10 ms free, 10 ms less. A calibration
+    without `ungraphed_ahead` (0, files before 2026-12-05) keeps the old cost whatever came before."""
+    card = model_card("deepseek-v2-lite")
+    cal = for_gpu(H100).model_copy(update={"moe_ungraphed_layer_us": 2780.0, "ungraphed_ahead": 1.0})
+    m = StepModel.build(card, H100, SimConfig(), cal)
+    short = (1, 768, 0, 768 * 769 / 2, False)
+    idle = m.parts(*short)
+    excess = m.ungraphed_host_s - sum(idle[:3])
+    assert excess > 0.05  # host-bound: 72.3 ms of launches against a few ms of GPU work
+    assert sum(m.parts(*short, free_s=0.010)) == pytest.approx(sum(idle) - 0.010)
+    assert sum(m.parts(*short, free_s=1.0)) == pytest.approx(sum(idle) - excess)
+    old = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"ungraphed_ahead": 0.0}))
+    assert sum(old.parts(*short, free_s=1.0)) == pytest.approx(sum(idle))
+    # what a step leaves free: a graphed decode all its GPU time, a host-bound ungraphed step nothing
+    dec = m.parts(8, 8, 8 * 1024, 0.0, True)
+    assert m.free_after(dec, True, 8) == pytest.approx(sum(dec[:3]))
+    assert m.free_after(idle, False, 768) == 0.0
+
+
+def test_the_engine_core_lends_a_steps_free_gpu_time_only_while_it_stays_busy() -> None:
+    """Two 768-token prompts: the first reaches an idle engine (its prefill host-bound), the second
+    arrives while the first is still decoding, after a decode step, and pays the host excess less that
+    step's GPU time; once the engine drains, the next prompt pays it in full again."""
+    from perftune.sim.core import EngineCore, SimRequest
+
+    card = model_card("deepseek-v2-lite")
+    cal = for_gpu(H100).model_copy(
+        update={"moe_ungraphed_layer_us": 2780.0, "ungraphed_ahead": 1.0, "jitter_cv": 0.0}
+    )
+    core = EngineCore(card, H100, SimConfig(), cal)
+    core.add(SimRequest(0, 768, 4))
+    first = core.step().duration_s  # prefill (and first token) after idle
+    dec = core.step().duration_s  # a decode step: its GPU time is free for the next launches
+    core.add(SimRequest(1, 768, 4))
+    mixed = core.step().duration_s  # the second prefill, batched with the first's decode
+    while core.has_work():
+        core.step()
+    core.add(SimRequest(2, 768, 4))
+    again = core.step().duration_s
+    assert again == pytest.approx(first)
+    m = core.timing
+    assert first == pytest.approx(sum(m.parts(1, 768, 0, 768 * 769 / 2, False)))
+    dec_parts = m.parts(1, 1, 769, 0.0, True)  # the decode step: 769 tokens of context
+    assert dec == pytest.approx(sum(dec_parts))
+    free = m.free_after(dec_parts, True, 1)
+    assert free == pytest.approx(sum(dec_parts[:3])) and free > 0.0
+    # the mixed step: the first request's decode (770 of context) and the second's 768-token prefill
+    assert mixed == pytest.approx(sum(m.parts(2, 769, 770, 768 * 769 / 2, False, free)))
+    # still host-bound after one decode step: the whole of its free GPU time comes off
+    assert mixed == pytest.approx(sum(m.parts(2, 769, 770, 768 * 769 / 2, False)) - free)
