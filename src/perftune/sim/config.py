@@ -70,6 +70,12 @@ class SimConfig(BaseModel):
         description="MoE experts sharded whole across the TP ranks: each MoE layer's tokens travel by "
         "all-to-all (dispatch and combine) instead of the MLP's all-reduce",
     )
+    async_scheduling: bool = Field(
+        True,
+        description="vLLM's async scheduling (its default): the next step is prepared and launched while "
+        "the GPU runs this one, so a busy engine hides an ungraphed step's host time behind the step "
+        "before (Calibration.ungraphed_ahead)",
+    )
     max_model_len: int | None = Field(None, ge=1, description="context limit (default: the model's)")
     scheduler: Literal["vllm", "sglang"] = Field(
         "vllm",
@@ -125,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", "-tp", type=int)
     p.add_argument("--enable-expert-parallel", action="store_true", default=None)
     p.add_argument("--max-model-len", type=int)
+    p.add_argument("--async-scheduling", action="store_true", default=None)
+    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false")
     p.add_argument("--seed", type=int)
     for flag in _NEUTRAL:
         p.add_argument(flag)
@@ -196,7 +204,7 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
             "--gpu-memory-utilization --kv-cache-dtype --quantization fp8 --(no-)enable-prefix-caching "
             "--block-size --enforce-eager --compilation-config '{\"cudagraph_mode\": ...}' "
             "--max-cudagraph-capture-size --tensor-parallel-size --enable-expert-parallel --max-model-len "
-            "--seed "
+            "--(no-)async-scheduling --seed "
             "(test faults: --fault --fault-after --fault-stall-s --fault-drop-tokens --fault-when)",
         )
     d = (base or SimConfig()).model_dump()
@@ -213,6 +221,7 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
         "tensor_parallel_size",
         "enable_expert_parallel",
         "max_model_len",
+        "async_scheduling",
         "seed",
     ):
         if v.get(key) is not None:

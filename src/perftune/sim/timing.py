@@ -116,7 +116,7 @@ class StepModel:
             else 1.0,
             ungraphed_host_s=(card.moe.moe_layers * cal.moe_ungraphed_layer_us if card.moe else 0.0) * 1e-6
             + card.layers * (cal.fp8_ungraphed_layer_us if fp8 else 0.0) * 1e-6,
-            ahead=cal.ungraphed_ahead,
+            ahead=cal.ungraphed_ahead if cfg.async_scheduling else 0.0,
         )
 
     def experts_touched(self, tokens: int) -> float:

@@ -12,7 +12,7 @@ from perftune.hardware.ceilings import gpu
 from perftune.models.card import WEIGHT_BYTES
 from perftune.models.resolve import model_card
 from perftune.sim.calibration import for_gpu
-from perftune.sim.config import SimConfig
+from perftune.sim.config import SimConfig, parse_vllm_flags
 from perftune.sim.timing import StepModel
 
 H100 = gpu("h100")
@@ -231,6 +231,10 @@ def test_a_busy_engine_hides_an_ungraphed_steps_launches_behind_the_step_before(
     assert sum(m.parts(*short, free_s=1.0)) == pytest.approx(sum(idle) - excess)
     old = StepModel.build(card, H100, SimConfig(), cal.model_copy(update={"ungraphed_ahead": 0.0}))
     assert sum(old.parts(*short, free_s=1.0)) == pytest.approx(sum(idle))
+    # --no-async-scheduling: the CPU waits for each step, nothing is launched ahead
+    sync = StepModel.build(card, H100, parse_vllm_flags(["--no-async-scheduling"]), cal)
+    assert sum(sync.parts(*short, free_s=1.0)) == pytest.approx(sum(idle))
+    assert parse_vllm_flags(["--async-scheduling"]).async_scheduling and SimConfig().async_scheduling
     # what a step leaves free: a graphed decode all its GPU time, a host-bound ungraphed step nothing
     dec = m.parts(8, 8, 8 * 1024, 0.0, True)
     assert m.free_after(dec, True, 8) == pytest.approx(sum(dec[:3]))
