@@ -93,10 +93,10 @@ def merged(ms: list[Measurement]) -> list[Measurement]:
     return sorted(out, key=lambda m: (m.flags, m.concurrency))
 
 
-def h200_points(fresh: bool = True, phase: bool = True, ladder: bool = True) -> list[Measurement]:
+def h200_points(fresh: bool = True, phase: bool = True) -> list[Measurement]:
     """Run 2's 14 closed-loop points, (fresh) run 3's 5: the 2026-12-03 tune of bf16 vs FP8 weights at
     c=1 and c=24 (3 deploys each) and its phase 1 bf16 c=16 cell, (phase) run 4's 13, `fp8_points`, and
-    (ladder, with phase) run 5's 14, `ladder_points`."""
+    (phase) run 5's 14, `ladder_points`."""
     cap = R / "2026-12-02-h200-vllm-0.26.0-slo-capacity"
     base, _ = from_bundles([cap / "baseline-closed"], "h200")
     fp8, _ = from_bundles([cap / "fp8kv-closed"], "h200")
@@ -104,7 +104,7 @@ def h200_points(fresh: bool = True, phase: bool = True, ladder: bool = True) -> 
     if not fresh:
         return run2
     run3, _ = from_bundles([R / "2026-12-03-h200-vllm-0.26.0-fp8-moe/fp8-ab/campaign"], "h200")
-    return run2 + merged(run3) + (fp8_points() + (ladder_points() if ladder else []) if phase else [])
+    return run2 + merged(run3) + (fp8_points() + ladder_points() if phase else [])
 
 
 FP8 = R / "2026-12-04-h200-vllm-0.26.0-fp8-phase"
