@@ -108,11 +108,23 @@ def test_stop_signals_tear_down_publish_and_print_the_resume_command(tmp_path: P
     cmd += ["--runs-dir", str(runs), "--lake", str(lake), "--registry", str(tmp_path / "kg.yaml")]
     cmd += ["--findings", str(tmp_path / "f.yaml"), "--workloads", "random,prefix", "--ladder", "4,8"]
     cmd += ["--isl", "256", "--osl", "64", "--trials", "3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    st = _wait_for_phase8_with_a_live_server(runs, proc)
-    servers = [d.pgid for d in st.live]
-    os.kill(proc.pid, sig)
-    _, err = proc.communicate(timeout=120)
+    # A test run launched as a background job of a non-interactive shell (`nohup ... &`) starts with
+    # SIGINT ignored, and an ignored signal stays ignored across exec: the campaign would rightly ignore
+    # Ctrl-C too. A handler does not survive exec, so installing one here gives the campaign the default.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    try:
+        st = _wait_for_phase8_with_a_live_server(runs, proc)
+        servers = [d.pgid for d in st.live]
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.returncode is None:  # failed before it exited: no process outlives the test
+            stop(proc, runs)
+            proc.communicate()
     assert proc.returncode == 130, err[-2000:]
     assert f"perftune optimize --resume {st.run_id} --runs-dir {runs} --lake {lake} --yes" in err
     assert "Traceback" not in err
