@@ -170,7 +170,8 @@ class Calibration(BaseModel):
         "this one), so only host time beyond both steps' GPU time shows. 0: the step's own GPU time "
         "alone hides it (calibrations before 2026-12-05); 1: the whole previous step (vLLM 0.26.0, "
         "H200, DeepSeek-V2-Lite: a 768-token prefill after an idle engine pays 60-70 ms ungraphed, the "
-        "same size after an 8,192-token step nothing)",
+        "same size after an 8,192-token step nothing). Above 0 the engine also launches a step before it "
+        "hands out the previous step's tokens, which a host-bound step holds back by its launches",
     )
     fp8_kv_efficiency: float = Field(
         1.0,

@@ -57,6 +57,10 @@ class StepResult:
     finished: list[SimRequest]
     scheduled: int
     tokens: int
+    # With async scheduling the engine launches this step before it hands the previous step's tokens
+    # out, so they leave this many seconds after this step starts: its host-bound launches (an
+    # ungraphed step's excess over the GPU's time). 0 without async scheduling, or for a graphed step.
+    held_s: float = 0.0
 
 
 @dataclass
@@ -399,9 +403,13 @@ class EngineCore:
                 decode_only = False
                 pairs += n * (r.computed + (n + 1) / 2)
         parts = self.timing.parts(len(sched), tokens, dec_kv, pairs, decode_only, self._free_s)
-        dt = sum(parts)
+        raw = dt = sum(parts)
         if self.cal.jitter_cv > 0:
             dt *= float(np.exp(self.rng.normal(0.0, self.cal.jitter_cv)))
+        held = 0.0
+        if self.timing.ahead > 0.0:
+            gpu_s = parts[0] + parts[1] + parts[2]
+            held = self.timing.host_excess_s(gpu_s, decode_only, tokens, self._free_s) * dt / raw
         self._account(parts, dt, sched, tokens, dec_kv, decode_only)
         emitted: list[SimRequest] = []
         finished: list[SimRequest] = []
@@ -423,7 +431,7 @@ class EngineCore:
         self.counters.steps += 1
         # the next step's ops can be launched during this one only if the engine stays busy
         self._free_s = self.timing.free_after(parts, decode_only, tokens) if self.has_work() else 0.0
-        return StepResult(dt, emitted, finished, len(sched), tokens)
+        return StepResult(dt, emitted, finished, len(sched), tokens, held)
 
     def _account(
         self,

@@ -3,7 +3,8 @@
 The same workload builder, salting, closed/open-loop discipline and metric code as a real bench
 run drive the engine core on a virtual clock: a closed-loop slot sends its next request the moment
 the previous one ends; a request that arrives during a step joins at the next step; every token a
-step produces is stamped at the step's end. Results are labelled simulated.
+step produces is stamped at the step's end, or, with async scheduling, once the next step is launched
+when that step's host-bound launches end later (StepResult.held_s). Results are labelled simulated.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from perftune.hardware.ceilings import Gpu
 from perftune.models.card import ModelCard
 from perftune.sim.calibration import Calibration
 from perftune.sim.config import SimConfig
-from perftune.sim.core import EngineCore, Frontend, SimRequest, block_hashes
+from perftune.sim.core import EngineCore, Frontend, SimRequest, StepResult, block_hashes
 from perftune.sim.tokens import PromptTokenizer
 
 
@@ -90,8 +91,27 @@ def run_trial(
             raise RuntimeError("simulator stalled: requests waiting but nothing schedulable")
         return min(at)
 
-    now = t0
     done = 0
+
+    def hand_out(t: float, res: StepResult) -> None:
+        """A step's tokens leave the engine at `t`; a finished request frees its client's slot."""
+        nonlocal done, nxt
+        send(t)  # sends until then reach the API server before these tokens stream
+        front.stream(t, len(res.emitted))
+        for r in res.emitted:
+            tl = by_req[id(r)]
+            if keep_tokens or not tl.tokens:
+                tl.tokens.append(t)
+        for r in res.finished:
+            tl = by_req[id(r)]
+            tl.t_end = t
+            done += 1
+            if offsets is None and nxt < len(reqs):
+                heapq.heappush(events, (t, nxt))
+                nxt += 1
+
+    now = t0
+    held: tuple[float, StepResult] | None = None  # a step whose tokens wait for the next one's launch
     while done < len(reqs):
         send(now)
         for i in front.admit(now):
@@ -100,23 +120,18 @@ def run_trial(
             now = max(now, next_event())
             continue
         res = core.step()
+        if held is not None:  # with async scheduling: handed out once this step is launched
+            hand_out(held[0] + res.held_s if res.scheduled else held[0], held[1])
+            held = None
         if res.scheduled == 0:
             now = max(now, next_event())
             continue
         now += res.duration_s
-        send(now)  # sends during the step reach the API server before this step's tokens stream
-        front.stream(now, len(res.emitted))
-        for r in res.emitted:
-            tl = by_req[id(r)]
-            if keep_tokens or not tl.tokens:
-                tl.tokens.append(now)
-        for r in res.finished:
-            tl = by_req[id(r)]
-            tl.t_end = now
-            done += 1
-            if offsets is None and nxt < len(reqs):
-                heapq.heappush(events, (now, nxt))
-                nxt += 1
+        if core.has_work():
+            held = (now, res)
+            send(now)
+        else:
+            hand_out(now, res)
     return lines
 
 

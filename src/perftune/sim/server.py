@@ -64,13 +64,13 @@ from perftune.mock.server import (
 from perftune.models.card import ModelCard
 from perftune.sim.calibration import Calibration
 from perftune.sim.config import SimConfig
-from perftune.sim.core import EngineCore, Frontend, SimRequest
+from perftune.sim.core import EngineCore, Frontend, SimRequest, StepResult
 from perftune.sim.predict import sim_version
 from perftune.sim.tokens import PromptTokenizer
 
 CHAT_DEFAULT_MAX_TOKENS = 256
-COMPLETION_DEFAULT_MAX_TOKENS = 16
-SPIN_S = 0.0015  # vLLM's default for /v1/completions
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
+SPIN_S = 0.0015  # the last stretch to a step's end is spun (yielding), not slept: timers are ~1 ms coarse
 # A step is late when it ends behind its scheduled end by more than max(2 ms, 5% of its duration):
 # event-loop timers are ~1 ms coarse, so less than that is the loop's grain, not a slow host.
 LATE_STEP_MIN_MS = 2.0
@@ -244,6 +244,17 @@ class _Collector:
         )
 
 
+async def _until(deadline: int) -> None:
+    """Sleep to a monotonic-ns deadline. Event-loop timers are ~1 ms coarse: the last gap is closed by
+    yielding (requests still flow); a deadline already past still yields once, so streams are written."""
+    delay = (deadline - time.monotonic_ns()) / 1e9
+    if delay > SPIN_S:
+        await asyncio.sleep(delay - SPIN_S)
+    await asyncio.sleep(0)
+    while time.monotonic_ns() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+
+
 class SimServer:
     def __init__(
         self, card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration, model_dir: str | None = None
@@ -277,6 +288,7 @@ class SimServer:
 
     async def engine_loop(self) -> None:
         core, clock, ns = self.core, self.clock, time.monotonic_ns
+        held: tuple[int, StepResult] | None = None  # a step whose tokens wait for the next one's launch
         while True:
             if not core.has_work():
                 clock.idle()
@@ -284,6 +296,11 @@ class SimServer:
                 await self.wake.wait()
             start = clock.start()  # taken before step(): the step's own CPU time is inside its duration
             res = core.step()
+            if held is not None:  # with async scheduling: handed out once this step is launched
+                at = held[0] + round(res.held_s * 1e9) if res.scheduled else held[0]
+                await _until(at)
+                self._hand_out(at, held[1])
+                held = None
             if res.scheduled == 0:  # KV full of waiting work that cannot start: wait for a change
                 clock.idle()
                 self.wake.clear()
@@ -292,25 +309,25 @@ class SimServer:
                 continue
             duration = round(res.duration_s * 1e9)
             deadline = clock.end(start, duration)
-            delay = (deadline - ns()) / 1e9
-            if delay > SPIN_S:
-                await asyncio.sleep(delay - SPIN_S)
-            # Event-loop timers are ~1 ms coarse: close the last gap by yielding (requests still flow).
-            # A step already behind its schedule still yields once, so streams are written meanwhile.
-            await asyncio.sleep(0)
-            while ns() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0)
-            now = ns()
-            late = now - deadline
+            await _until(deadline)
+            late = ns() - deadline
             self.late_sum_ns += late
             self.late_max_ns = max(self.late_max_ns, late)
             self.steps += 1
             self.lag.step(late, duration)
-            self.front.stream(self._now_s(deadline), len(res.emitted))
-            for r in res.emitted:
-                live = self.live.get(r.rid)
-                if live is not None:
-                    live.queue.put_nowait((int(self.rng.integers(1000, self.vocab)), r.finished, deadline))
+            if core.has_work():
+                held = (deadline, res)
+            else:
+                self._hand_out(deadline, res)
+
+    def _hand_out(self, at: int, res: StepResult) -> None:
+        """A step's tokens leave the engine at `at` (monotonic ns, their scheduled time) to their streams."""
+        self.front.stream(self._now_s(at), len(res.emitted))
+        final = {id(r) for r in res.finished}  # as of that step: a held step's request may finish later
+        for r in res.emitted:
+            live = self.live.get(r.rid)
+            if live is not None:
+                live.queue.put_nowait((int(self.rng.integers(1000, self.vocab)), id(r) in final, at))
 
     # ------------------------------------------------------------------ HTTP
 

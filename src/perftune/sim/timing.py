@@ -18,7 +18,11 @@ the largest captured size, eager mode, or a FULL mode's mixed batch) launches it
 that host time overlaps the GPU's work, and only its excess over the GPU's time shows; with async
 scheduling the CPU launches a step while the GPU still runs the one before, so a busy engine hides it
 behind that step's GPU time too (Calibration.ungraphed_ahead), and only a step after an idle engine
-(a lone prefill at c=1) pays it in full. A router that
+(a lone prefill at c=1) pays it in full. The engine hands a step's tokens out only after it has
+launched the next step, so a host-bound step holds back the tokens of the step before it by its
+excess (`host_excess_s`, StepResult.held_s): in a burst of prefills the tokens come late, then together
+(vLLM 0.26.0, H200, DeepSeek-V2-Lite c=16 640/16: 12 first tokens 60 ms after the first 2, the next
+tokens 4 ms later; stamped at their steps' ends, the simulator had put 64 ms between them). A router that
 reaches only a pool of the experts (Calibration.moe_expert_pool) fills it within a few tokens.
 
 FP8 weights have a factor per phase (the weight reads of decode, the GEMM FLOPs of prefill) and, like
@@ -170,11 +174,15 @@ class StepModel:
         attn = decode_kv_tokens * self.kv_read_s_per_token + prefill_pairs * self.attn_s_per_pair
         comm = self.allreduce_fixed_s + self.allreduce_s_per_token * tokens
         host = self.fixed_s + self.per_seq_s * n_seqs + self.launch_s(decode_only, tokens)
-        if self.ungraphed_host_s > 0.0 and not self.graphed(decode_only, tokens):
-            # launched op by op, the MoE layers' host work overlaps the GPU's (this step's, and the
-            # previous step's where the CPU could run ahead): only the excess shows
-            host += max(0.0, self.ungraphed_host_s - (gemm + attn + comm) - self.ahead * free_s)
+        host += self.host_excess_s(gemm + attn + comm, decode_only, tokens, free_s)
         return gemm, attn, comm, host
+
+    def host_excess_s(self, gpu_s: float, decode_only: bool, tokens: int, free_s: float = 0.0) -> float:
+        """Launched op by op, an ungraphed step's MoE (or FP8) layers' host work overlaps the GPU's (this
+        step's, and the previous step's where the CPU could run ahead): only the excess shows."""
+        if self.ungraphed_host_s <= 0.0 or self.graphed(decode_only, tokens):
+            return 0.0
+        return max(0.0, self.ungraphed_host_s - gpu_s - self.ahead * free_s)
 
     def free_after(self, parts: tuple[float, float, float, float], decode_only: bool, tokens: int) -> float:
         """GPU seconds of a step (its `parts`) during which the CPU is free to launch the next one:
