@@ -29,6 +29,11 @@ class Gpu(BaseModel):
         None, description="which HBM figure %SoL divides by, where the datasheet and a measurement differ"
     )
 
+    @property
+    def native_fp4(self) -> bool:
+        """Whether the GPU has FP4 tensor cores (a peak of its own for fp4): Blackwell, not Hopper."""
+        return "fp4" in self.tflops
+
     def peak_tflops(self, dtype: str) -> float:
         d = {"fp16": "bf16", "int4": "bf16", "nvfp4": "fp4", "mxfp4": "fp4"}.get(dtype, dtype)
         # Weight-only quantized GEMMs run at the activation dtype where the GPU has no faster path; fp4 and

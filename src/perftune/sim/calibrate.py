@@ -78,8 +78,9 @@ def _flags(ctx: dict[str, Any]) -> list[str]:
     kv = str(ctx.get("kv_cache_dtype") or "").split(" ")[0]
     if kv.startswith("fp8") and "--kv-cache-dtype" not in flags:
         flags += ["--kv-cache-dtype", "fp8"]
-    if str(ctx.get("quantization") or "").split(" ")[0] == "fp8" and "--quantization" not in flags:
-        flags += ["--quantization", "fp8"]
+    quant = str(ctx.get("quantization") or "").split(" ")[0].lower()
+    if quant in ("fp8", "nvfp4") and "--quantization" not in flags:
+        flags += ["--quantization", "fp8" if quant == "fp8" else "modelopt_fp4"]
     return flags
 
 
@@ -270,6 +271,8 @@ def fit(
         "fp8_weight_efficiency": 2.0,
         "fp8_gemm_efficiency": 2.0,
         "fp8_kv_efficiency": 2.0,
+        "nvfp4_weight_efficiency": 2.0,
+        "nvfp4_gemm_efficiency": 2.0,
         "moe_routing_spread": 1.0,
         "moe_gemm_efficiency": 1.0,
         "moe_expert_pool": 1.0,

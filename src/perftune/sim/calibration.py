@@ -25,6 +25,7 @@ from perftune.util.atomic import write_text
 DTYPE_FITTABLE = {
     "fp8w": ("fp8_weight_efficiency", "fp8_gemm_efficiency", "fp8_ungraphed_layer_us"),
     "fp8kv": ("fp8_kv_efficiency",),
+    "nvfp4w": ("nvfp4_weight_efficiency", "nvfp4_gemm_efficiency"),
 }
 DTYPE_FACTORS = tuple(f for fs in DTYPE_FITTABLE.values() for f in fs)
 MOE_FITTABLE = (  # fitted on MoE points
@@ -116,6 +117,23 @@ class Calibration(BaseModel):
         "ops launched one by one. It overlaps the GPU's work, so a step takes the longer of the two. 0 is "
         "a prior (launches hidden); fitted when the measurements include FP8 weights (vLLM 0.26.0, H200, "
         "Llama-3.1-8B: a lone 1024-token FP8 prefill 41 ms ungraphed, 24 ms graphed)",
+    )
+    nvfp4_weight_efficiency: float = Field(
+        1.0,
+        gt=0,
+        le=2,
+        description="NVFP4 weights, decode: achieved / bf16-achieved bandwidth of reading the 4-bit weights "
+        "and their scales (1.0: the roofline ratio, a prior: no NVFP4 point has been measured; fitted when "
+        "the measurements include NVFP4 weights)",
+    )
+    nvfp4_gemm_efficiency: float = Field(
+        1.0,
+        gt=0,
+        le=2,
+        description="NVFP4 weights, prefill: achieved / bf16-achieved rate of the GEMMs, against the FP4 "
+        "peak where the GPU has FP4 tensor cores (Blackwell), else against the bf16 peak (Hopper runs "
+        "NVFP4 checkpoints as 4-bit weights dequantized into bf16 GEMMs). 1.0 is a prior; fitted when the "
+        "measurements include NVFP4 weights",
     )
     moe_routing_spread: float = Field(
         1.0,

@@ -59,7 +59,12 @@ class SimConfig(BaseModel):
     enable_chunked_prefill: bool = Field(True, description="split long prompts across steps")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory used")
     kv_cache_dtype: Literal["auto", "fp8"] = Field("auto", description="KV-cache element type")
-    quantization: Literal["none", "fp8"] = Field("none", description="weight quantization")
+    quantization: Literal["none", "fp8", "nvfp4"] = Field(
+        "none",
+        description="weight quantization: fp8 (vLLM --quantization fp8), nvfp4 (--quantization "
+        "modelopt_fp4: FP4 GEMMs where the GPU has FP4 tensor cores, else 4-bit weights into bf16 GEMMs, "
+        "vLLM's Marlin path)",
+    )
     enable_prefix_caching: bool = Field(True, description="reuse KV of identical prompt blocks")
     block_size: int = Field(16, ge=1, description="KV block size, tokens")
     cudagraph_mode: CudagraphMode = Field("FULL_AND_PIECEWISE", description="vLLM cudagraph_mode")
@@ -100,7 +105,7 @@ class SimConfig(BaseModel):
 
     @property
     def weight_dtype(self) -> str:
-        return "fp8" if self.quantization == "fp8" else "bf16"
+        return "bf16" if self.quantization == "none" else self.quantization
 
 
 # Flags accepted and ignored because they do not change what the simulator computes.
@@ -121,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-enable-chunked-prefill", dest="enable_chunked_prefill", action="store_false")
     p.add_argument("--gpu-memory-utilization", type=float)
     p.add_argument("--kv-cache-dtype", choices=["auto", "fp8", "fp8_e4m3"])
-    p.add_argument("--quantization", "-q", choices=["fp8"])
+    p.add_argument("--quantization", "-q", choices=["fp8", "modelopt_fp4"])
     p.add_argument("--enable-prefix-caching", action="store_true", default=None)
     p.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     p.add_argument("--block-size", type=int)
@@ -201,7 +206,8 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
         raise ConfigError(
             f"the simulator cannot model vLLM flag '{flag}'",
             hint="modelled: --max-num-seqs --max-num-batched-tokens --(no-)enable-chunked-prefill "
-            "--gpu-memory-utilization --kv-cache-dtype --quantization fp8 --(no-)enable-prefix-caching "
+            "--gpu-memory-utilization --kv-cache-dtype --quantization fp8|modelopt_fp4 "
+            "--(no-)enable-prefix-caching "
             "--block-size --enforce-eager --compilation-config '{\"cudagraph_mode\": ...}' "
             "--max-cudagraph-capture-size --tensor-parallel-size --enable-expert-parallel --max-model-len "
             "--(no-)async-scheduling --seed "
@@ -229,7 +235,7 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
     if v.get("kv_cache_dtype"):
         d["kv_cache_dtype"] = "fp8" if v["kv_cache_dtype"].startswith("fp8") else "auto"
     if v.get("quantization"):
-        d["quantization"] = v["quantization"]
+        d["quantization"] = {"modelopt_fp4": "nvfp4"}.get(v["quantization"], v["quantization"])
     if v.get("enforce_eager"):
         d["cudagraph_mode"] = "NONE"
     if v.get("compilation_config"):

@@ -151,7 +151,8 @@ def kv_capacity_blocks(card: ModelCard, g: Gpu, cfg: SimConfig, cal: Calibration
         raise ConfigError(
             f"no memory left for the KV cache: {weights / 1e9:.1f} GB of weights per GPU at "
             f"gpu_memory_utilization {cfg.gpu_memory_utilization}",
-            hint="raise --gpu-memory-utilization, use --tensor-parallel-size, or --quantization fp8",
+            hint="raise --gpu-memory-utilization, use --tensor-parallel-size, or --quantization fp8 "
+            "(or modelopt_fp4)",
         )
     return int(free // per_block)
 

@@ -25,6 +25,10 @@ excess (`host_excess_s`, StepResult.held_s): in a burst of prefills the tokens c
 tokens 4 ms later; stamped at their steps' ends, the simulator had put 64 ms between them). A router that
 reaches only a pool of the experts (Calibration.moe_expert_pool) fills it within a few tokens.
 
+NVFP4 weights (`--quantization modelopt_fp4`) read 4.5 bits per weight and run their GEMMs on FP4 tensor
+cores where the GPU has them (Blackwell), else at the bf16 rate (Hopper: 4-bit weights dequantized into
+bf16 GEMMs); their two factors are priors until a measurement with NVFP4 weights is fitted.
+
 FP8 weights have a factor per phase (the weight reads of decode, the GEMM FLOPs of prefill) and, like
 the MoE layers, a host time per layer for steps that run without CUDA graphs (the activation
 quantization and scaled matmuls launched one by one).
@@ -70,8 +74,15 @@ class StepModel:
         tp = cfg.tensor_parallel_size
         bpp = WEIGHT_BYTES[cfg.weight_dtype]
         fp8 = cfg.weight_dtype == "fp8"  # FP8 weights: one factor per phase (reads, FLOPs)
-        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency * (cal.fp8_weight_efficiency if fp8 else 1.0)
-        flops = g.peak_tflops(cfg.weight_dtype) * 1e12 * cal.gemm_efficiency * (cal.fp8_gemm if fp8 else 1.0)
+        read_eff, gemm_eff = {
+            "fp8": (cal.fp8_weight_efficiency, cal.fp8_gemm),
+            "nvfp4": (cal.nvfp4_weight_efficiency, cal.nvfp4_gemm_efficiency),
+        }.get(cfg.weight_dtype, (1.0, 1.0))
+        bw = g.hbm_tb_s * 1e12 * cal.hbm_efficiency * read_eff
+        # NVFP4 runs on FP4 tensor cores where the GPU has them; elsewhere (Hopper) vLLM dequantizes the
+        # 4-bit weights into bf16 GEMMs (Marlin): the reads shrink, the FLOP rate is bf16's
+        gemm_dtype = "bf16" if cfg.weight_dtype == "nvfp4" and not g.native_fp4 else cfg.weight_dtype
+        flops = g.peak_tflops(gemm_dtype) * 1e12 * cal.gemm_efficiency * gemm_eff
         attn_flops = g.peak_tflops("bf16") * 1e12 * cal.attn_efficiency
         kv_tok = card.kv_bytes_per_token[cfg.kv_dtype] / tp
         kv_bw = (

@@ -208,3 +208,19 @@ def test_fp8_phase_factors_touch_their_own_phase_and_an_old_calibration_keeps_on
     assert wide.step_s(1, 1024, 0, pairs, False) == pytest.approx(
         gpu_s + wide.fixed_s + wide.per_seq_s + wide.piecewise_s
     )
+
+
+def test_a_dtype_no_calibrated_point_has_is_said_to_run_on_priors_and_widened() -> None:
+    """NVFP4 weights against a calibration of bf16 and FP8 points: the nearest regime's interval,
+    flagged, and widened by UNCALIBRATED_DTYPE on each side (its factors are priors); a dtype the
+    calibration has, in another band, is only extrapolated."""
+    from perftune.sim.errorbars import UNCALIBRATED_DTYPE
+
+    res = summarize([0.01, -0.02, 0.0])
+    table = {"c5-48/bf16/random": {"tpot_ms": res}, "c1-4/fp8w/random": {"tpot_ms": res}}
+    fp8 = interval("tpot_ms", 10.0, "c5-48/fp8w/random", table)
+    fp4 = interval("tpot_ms", 10.0, "c5-48/nvfp4w/random", table)
+    assert fp8.extrapolated and "priors" not in fp8.basis
+    assert fp4.extrapolated and "no calibrated point has nvfp4w: its factors are priors" in fp4.describe()
+    assert fp8.lo is not None and fp8.hi is not None and fp4.lo is not None and fp4.hi is not None
+    assert math.log(fp4.hi / fp4.lo) == pytest.approx(math.log(fp8.hi / fp8.lo) + 2 * UNCALIBRATED_DTYPE)

@@ -144,3 +144,37 @@ def test_unknown_flags_are_refused_by_name() -> None:
     assert parse_vllm_flags(both).max_cudagraph_capture_size == 1024
     with pytest.raises(ConfigError, match="max_cudagraph_capture_size must be a positive integer"):
         parse_vllm_flags(["--compilation-config", '{"max_cudagraph_capture_size": "big"}'])
+
+
+def test_nvfp4_weights_read_4_5_bits_and_run_fp4_gemms_only_where_the_gpu_has_them() -> None:
+    """`--quantization modelopt_fp4` (vLLM's name for a ModelOpt NVFP4 checkpoint): 4-bit weights and an
+    FP8 scale per 16 (0.5625 bytes), so a weight-read-bound decode step reads 0.5625 / 2 of bf16's bytes
+    everywhere; prefill's GEMMs run at the FP4 peak on a B200 (2x its FP8, 4x its bf16) but at the bf16
+    rate on an H100/H200 (4-bit weights dequantized into bf16 GEMMs, vLLM's Marlin path)."""
+    from perftune.errors import ConfigError
+    from perftune.sim.timing import StepModel
+
+    cfg = parse_vllm_flags(["--quantization", "modelopt_fp4"])
+    assert cfg.quantization == "nvfp4" and cfg.weight_dtype == "nvfp4"
+    for g, gemm_ratio in ((gpu("b200"), 0.25), (gpu("h200"), 1.0), (H100, 1.0)):
+        cal = Calibration(gpu=g.key)
+        bf16, fp4 = (StepModel.build(CARD, g, c, cal) for c in (SimConfig(), cfg))
+        assert fp4.weight_read_s / bf16.weight_read_s == pytest.approx(0.5625 / 2)
+        assert fp4.flop_s_per_token / bf16.flop_s_per_token == pytest.approx(gemm_ratio)
+    assert gpu("b200").native_fp4 and not gpu("h200").native_fp4
+    # the decode factor scales the reads alone, the GEMM factor the FLOPs alone (priors until fitted)
+    b200 = gpu("b200")
+    half = Calibration(gpu=b200.key, nvfp4_weight_efficiency=0.5, nvfp4_gemm_efficiency=0.8)
+    base, slow = (StepModel.build(CARD, b200, cfg, c) for c in (Calibration(gpu=b200.key), half))
+    assert slow.weight_read_s == pytest.approx(2 * base.weight_read_s)
+    assert slow.flop_s_per_token == pytest.approx(base.flop_s_per_token / 0.8)
+    # a smaller footprint leaves more KV; a bf16-only flag value is still refused by name
+    assert kv_capacity_blocks(CARD, H100, cfg, CAL) > kv_capacity_blocks(
+        CARD, H100, parse_vllm_flags([]), CAL
+    )
+    wl = WorkloadSpec(kind="random", isl=128, osl=64, num_requests=8)
+    assert (
+        run(["--quantization", "modelopt_fp4"], wl, 1)["tpot"] < run(["--quantization", "fp8"], wl, 1)["tpot"]
+    )
+    with pytest.raises(ConfigError, match="invalid choice: 'awq'"):
+        parse_vllm_flags(["--quantization", "awq"])
