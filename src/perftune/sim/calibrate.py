@@ -31,9 +31,9 @@ from perftune.sim.calibration import (
     MOE_FITTABLE,
     Calibration,
 )
-from perftune.sim.config import SimConfig, parse_vllm_flags
+from perftune.sim.config import VLLM_QUANTIZATION, SimConfig, parse_vllm_flags
 from perftune.sim.core import EngineCore
-from perftune.sim.errorbars import Residual, regime, residuals
+from perftune.sim.errorbars import Residual, dtype_parts, regime, residuals
 from perftune.sim.predict import replay_random
 
 
@@ -79,8 +79,9 @@ def _flags(ctx: dict[str, Any]) -> list[str]:
     if kv.startswith("fp8") and "--kv-cache-dtype" not in flags:
         flags += ["--kv-cache-dtype", "fp8"]
     quant = str(ctx.get("quantization") or "").split(" ")[0].lower()
-    if quant in ("fp8", "nvfp4") and "--quantization" not in flags:
-        flags += ["--quantization", "fp8" if quant == "fp8" else "modelopt_fp4"]
+    vllm = {ours: name for name, ours in VLLM_QUANTIZATION.items()}
+    if quant in vllm and "--quantization" not in flags:
+        flags += ["--quantization", vllm[quant]]
     return flags
 
 
@@ -155,7 +156,7 @@ def regime_of(m: Measurement) -> str:
 
 def _dtypes(m: Measurement) -> set[str]:
     """The dtype parts of a point's regime: {'bf16'}, {'fp8w'}, {'fp8w', 'fp8kv'}..."""
-    return set(regime_of(m).split("/")[1].split("+"))
+    return dtype_parts(regime_of(m))
 
 
 def load_measurements(paths: Sequence[str | Path], gpu_override: str | None = None) -> list[Measurement]:

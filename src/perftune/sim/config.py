@@ -108,6 +108,9 @@ class SimConfig(BaseModel):
         return "bf16" if self.quantization == "none" else self.quantization
 
 
+# vLLM's --quantization values the simulator models -> SimConfig.quantization
+VLLM_QUANTIZATION = {"fp8": "fp8", "modelopt_fp4": "nvfp4"}
+
 # Flags accepted and ignored because they do not change what the simulator computes.
 _NEUTRAL = {"--load-format": "weights are never loaded", "--dtype": "bf16/auto only (see --quantization)"}
 
@@ -126,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-enable-chunked-prefill", dest="enable_chunked_prefill", action="store_false")
     p.add_argument("--gpu-memory-utilization", type=float)
     p.add_argument("--kv-cache-dtype", choices=["auto", "fp8", "fp8_e4m3"])
-    p.add_argument("--quantization", "-q", choices=["fp8", "modelopt_fp4"])
+    p.add_argument("--quantization", "-q", choices=list(VLLM_QUANTIZATION))
     p.add_argument("--enable-prefix-caching", action="store_true", default=None)
     p.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     p.add_argument("--block-size", type=int)
@@ -235,7 +238,7 @@ def parse_vllm_flags(argv: list[str], base: SimConfig | None = None) -> SimConfi
     if v.get("kv_cache_dtype"):
         d["kv_cache_dtype"] = "fp8" if v["kv_cache_dtype"].startswith("fp8") else "auto"
     if v.get("quantization"):
-        d["quantization"] = {"modelopt_fp4": "nvfp4"}.get(v["quantization"], v["quantization"])
+        d["quantization"] = VLLM_QUANTIZATION[v["quantization"]]
     if v.get("enforce_eager"):
         d["cudagraph_mode"] = "NONE"
     if v.get("compilation_config"):

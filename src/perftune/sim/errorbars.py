@@ -122,7 +122,7 @@ def interval(
     if near != reg:  # outside calibrated regimes: the error of a neighbour, widened by its own size
         spread += abs(res.mean)
     basis = f"{near} (n={res.n} points)"
-    new = _dtype_parts(reg) - {p for r in have for p in _dtype_parts(r)}
+    new = dtype_parts(reg) - {p for r in have for p in dtype_parts(r)} - {"bf16"}  # bf16: no factors
     if new:
         spread += UNCALIBRATED_DTYPE
         basis += f"; no calibrated point has {'+'.join(sorted(new))}: its factors are priors, widened"
@@ -139,6 +139,6 @@ def interval(
     )
 
 
-def _dtype_parts(reg: str) -> set[str]:
-    """A regime's quantized parts: {'fp8w', 'fp8kv'} for 'c1-4/fp8w+fp8kv/random', none for bf16."""
-    return set(reg.split("/")[1].split("+")) - {"bf16"}
+def dtype_parts(reg: str) -> set[str]:
+    """A regime's dtype parts: {'fp8w', 'fp8kv'} for 'c1-4/fp8w+fp8kv/random', {'bf16'} for bf16."""
+    return set(reg.split("/")[1].split("+"))

@@ -111,7 +111,7 @@ def run_trial(
                 nxt += 1
 
     now = t0
-    held: tuple[float, StepResult] | None = None  # a step whose tokens wait for the next one's launch
+    held: StepResult | None = None  # a step whose tokens wait for the next one's launch
     while done < len(reqs):
         send(now)
         for i in front.admit(now):
@@ -120,15 +120,15 @@ def run_trial(
             now = max(now, next_event())
             continue
         res = core.step()
-        if held is not None:  # with async scheduling: handed out once this step is launched
-            hand_out(held[0] + res.held_s if res.scheduled else held[0], held[1])
+        if held is not None:  # with async scheduling: handed out once this step (from `now`) is launched
+            hand_out(now + res.held_s, held)
             held = None
         if res.scheduled == 0:
             now = max(now, next_event())
             continue
         now += res.duration_s
         if core.has_work():
-            held = (now, res)
+            held = res
             send(now)
         else:
             hand_out(now, res)

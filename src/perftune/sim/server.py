@@ -288,7 +288,7 @@ class SimServer:
 
     async def engine_loop(self) -> None:
         core, clock, ns = self.core, self.clock, time.monotonic_ns
-        held: tuple[int, StepResult] | None = None  # a step whose tokens wait for the next one's launch
+        held: StepResult | None = None  # a step whose tokens wait for the next one's launch
         while True:
             if not core.has_work():
                 clock.idle()
@@ -297,9 +297,9 @@ class SimServer:
             start = clock.start()  # taken before step(): the step's own CPU time is inside its duration
             res = core.step()
             if held is not None:  # with async scheduling: handed out once this step is launched
-                at = held[0] + round(res.held_s * 1e9) if res.scheduled else held[0]
+                at = start + round(res.held_s * 1e9)  # start: the held step's scheduled end
                 await _until(at)
-                self._hand_out(at, held[1])
+                self._hand_out(at, held)
                 held = None
             if res.scheduled == 0:  # KV full of waiting work that cannot start: wait for a change
                 clock.idle()
@@ -316,7 +316,7 @@ class SimServer:
             self.steps += 1
             self.lag.step(late, duration)
             if core.has_work():
-                held = (deadline, res)
+                held = res
             else:
                 self._hand_out(deadline, res)
 
